@@ -1,0 +1,175 @@
+"""The framework-free session lifecycle: cookie in, session out; session in, cookie out.
+
+Adapters (``satchel.flask`` today) call :meth:`SessionManager.open` with the
+cookie a request carried and :meth:`SessionManager.save` when the response is
+ready, then set or delete the cookie as the returned :class:`Outcome` says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .errors import SessionTooLarge
+from .serialization import dumps
+from .session import Session
+from .signing import CookieSigner, new_id, store_key
+from .stores.base import Change, Record, Store
+
+security_log = logging.getLogger("satchel.security")
+
+#: Never rewrite a record's idle expiry more often than this many seconds.
+REFRESH_AT_MOST_EVERY = 60.0
+#: ... nor more often than this fraction of the idle window.
+REFRESH_FRACTION = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Lifetimes in seconds and the size limit in bytes."""
+
+    idle_timeout: float
+    absolute_timeout: float
+    max_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the response must do with the cookie after a save."""
+
+    #: A newly signed cookie value to send (the session has a new ID).
+    new_cookie: str | None = None
+    #: The session lives on under the same ID and was read or written.
+    alive: bool = False
+    #: The browser holds a cookie that no longer names a session: expire it.
+    delete_cookie: bool = False
+
+
+class SessionManager:
+    """Opens and saves sessions against one store with one signer."""
+
+    def __init__(
+        self,
+        store: Store,
+        signer: CookieSigner,
+        settings: Settings,
+        session_class: type[Session] = Session,
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.settings = settings
+        self.session_class = session_class
+        self._refresh_after = min(REFRESH_AT_MOST_EVERY, settings.idle_timeout * REFRESH_FRACTION)
+
+    def open(self, cookie: str | None) -> Session:
+        """Return the session a cookie names, without touching the store yet.
+
+        A cookie that fails verification gives an empty session and a line on
+        the ``satchel.security`` logger; it is expired if nothing is stored.
+        """
+        if not cookie:
+            return self.session_class(self, None)
+        session_id = self.signer.unsign(cookie)
+        if session_id is None:
+            security_log.warning(
+                "rejected a session cookie that failed verification (%d chars)",
+                len(cookie),
+            )
+            session = self.session_class(self, None)
+            session._stale_cookie = True
+            return session
+        return self.session_class(self, session_id)
+
+    def load(self, session: Session) -> Record | None:
+        """Read the record behind ``session`` (called on its first use)."""
+        assert session.session_id is not None
+        return self.store.load(store_key(session.session_id))
+
+    def sign(self, session_id: str) -> str:
+        """Return the cookie value for ``session_id``."""
+        return self.signer.sign(session_id)
+
+    def save(self, session: Session) -> Outcome:
+        """Write what the request changed, as one atomic change set.
+
+        Raises :class:`SessionTooLarge` before writing anything when the
+        session has outgrown ``max_size``.
+        """
+        if not session._loaded:
+            return Outcome(delete_cookie=session._stale_cookie)
+        data, loaded = session._data, session._raw
+        changed: dict[str, bytes] = {}
+        for key in session._touched:
+            if key in data:
+                raw = dumps(data[key], key)
+                if loaded.get(key) != raw:
+                    changed[key] = raw
+        deleted = [key for key in session._deleted if key in loaded]
+        had_cookie = session.session_id is not None or session._stale_cookie
+
+        if session._drop_old and session.session_id is not None:
+            self.store.delete(store_key(session.session_id))
+            session.session_id = None
+
+        if not any(key != "_permanent" for key in data):
+            # Nothing worth keeping: never store an empty session.
+            if session.record is not None and session.session_id is not None:
+                self.store.delete(store_key(session.session_id))
+            session.session_id = None
+            session.record = None
+            return Outcome(delete_cookie=had_cookie)
+
+        size = sum(len(v) for v in changed.values()) + sum(
+            len(v) for k, v in loaded.items() if k in data and k not in changed
+        )
+        if size > self.settings.max_size:
+            raise SessionTooLarge(size, self.settings.max_size)
+
+        now = time.time()
+        record = session.record
+        if record is None or session.session_id is None:
+            fields = {key: changed.get(key) or loaded[key] for key in data}
+            change = Change(
+                set=fields,
+                created_at=now,
+                touched_at=now,
+                expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
+            )
+            while True:
+                session_id = new_id()
+                if self.store.save(store_key(session_id), change, create=True):
+                    break
+            session.session_id = session_id
+            session.record = Record(fields, now, now, change.expires_at)
+            session._raw = dict(fields)
+            session._touched.clear()
+            session._deleted.clear()
+            session._drop_old = False
+            return Outcome(new_cookie=self.sign(session_id), alive=True)
+
+        key = store_key(session.session_id)
+        expires_at = min(
+            now + self.settings.idle_timeout,
+            record.created_at + self.settings.absolute_timeout,
+        )
+        if changed or deleted:
+            ok = self.store.save(
+                key,
+                Change(set=changed, delete=deleted, touched_at=now, expires_at=expires_at),
+                create=False,
+            )
+        elif now - record.touched_at >= self._refresh_after:
+            ok = self.store.touch(key, now, expires_at)
+        else:
+            ok = True
+        if not ok:
+            # Cleared, revoked or expired by another request meanwhile: the
+            # session is over, and this request must not bring it back.
+            security_log.info(
+                "session ended while a request was using it; its changes were dropped"
+            )
+            session.session_id = None
+            session.record = None
+            return Outcome(delete_cookie=True)
+        return Outcome(alive=True)

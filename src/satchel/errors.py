@@ -1,0 +1,69 @@
+"""The exceptions satchel raises.
+
+Every error derives from one base class, so an app can catch them all::
+
+    SatchelError
+    ├── ConfigError          bad or missing configuration, raised at start-up
+    ├── SerializationError   a session value that cannot be stored
+    ├── SessionTooLarge      a session over ``SATCHEL_MAX_SIZE``
+    └── StoreUnavailable     the store did not answer; the Flask adapter answers 503
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "SatchelError",
+    "SerializationError",
+    "SessionTooLarge",
+    "StoreUnavailable",
+]
+
+
+class SatchelError(Exception):
+    """Base class of every error satchel raises."""
+
+
+class ConfigError(SatchelError):
+    """The configuration is missing, contradictory or of the wrong type."""
+
+
+class SerializationError(SatchelError, TypeError):
+    """A value cannot be stored in the session.
+
+    ``key`` is the session key it was stored under (``None`` when unknown) and
+    ``value_type`` the offending type, which may sit deep inside a container.
+    """
+
+    def __init__(self, key: str | None, value_type: type, detail: str = "") -> None:
+        self.key = key
+        self.value_type = value_type
+        where = f"session[{key!r}]" if key is not None else "a session value"
+        name = f"{value_type.__module__}.{value_type.__qualname__}"
+        if value_type.__module__ == "builtins":
+            name = value_type.__qualname__
+        message = f"cannot store {where}: values of type {name} are not supported"
+        if detail:
+            message = f"{message} ({detail})"
+        super().__init__(message)
+
+
+class SessionTooLarge(SatchelError):
+    """The serialised session exceeds the configured limit; nothing was written."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"session is {size} bytes serialised, over the limit of {limit} bytes "
+            "(SATCHEL_MAX_SIZE); nothing was saved"
+        )
+
+
+class StoreUnavailable(SatchelError):
+    """The session store could not be reached or failed to answer in time."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        self.store = store
+        self.reason = reason
+        super().__init__(f"session store {store} is unavailable: {reason}")

@@ -1,0 +1,213 @@
+"""The Flask adapter: ``Satchel(app)`` makes ``flask.session`` a satchel session.
+
+Configuration, read once by :meth:`Satchel.init_app` (Flask's own keys keep
+their meaning; cookie keys are read on every request, as Flask does):
+
+============================  ===============================================
+key                           meaning (default)
+============================  ===============================================
+``SECRET_KEY``                signs the cookie; required
+``SECRET_KEY_FALLBACKS``      older keys still accepted (``[]``)
+``SESSION_COOKIE_*``          name, domain, path, Secure, HttpOnly,
+                              Partitioned as in Flask; ``SAMESITE`` ``None``
+                              means ``"Lax"`` here
+``PERMANENT_SESSION_LIFETIME``  cookie lifetime of permanent sessions
+``SESSION_REFRESH_EACH_REQUEST``  resend a permanent cookie on each request
+``SATCHEL_STORE``             a store URL or object (SQLite file in the
+                              instance folder)
+``SATCHEL_IDLE_TIMEOUT``      end a session unused this long (seconds or
+                              ``timedelta``; ``PERMANENT_SESSION_LIFETIME``)
+``SATCHEL_ABSOLUTE_TIMEOUT``  end a session this long after it began,
+                              however active (90 days)
+``SATCHEL_MAX_SIZE``          largest serialised session in bytes (1 MiB)
+============================  ===============================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from flask.sessions import SessionInterface, SessionMixin
+
+from ._manager import SessionManager, Settings
+from .errors import ConfigError, StoreUnavailable
+from .session import Session
+from .signing import CookieSigner
+from .stores import Store, from_url
+from .stores.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from flask import Flask, Request
+    from werkzeug.wrappers import Response as BaseResponse
+
+__all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface"]
+
+_log = logging.getLogger("satchel")
+
+DEFAULT_ABSOLUTE_TIMEOUT = timedelta(days=90)
+DEFAULT_MAX_SIZE = 1024 * 1024
+DEFAULT_SQLITE_NAME = "satchel-sessions.sqlite3"
+UNAVAILABLE_MESSAGE = (
+    "Service unavailable: the session store is not answering. Please try again shortly.\n"
+)
+
+
+class FlaskSession(Session, SessionMixin):  # type: ignore[override]
+    """A satchel :class:`~satchel.session.Session` that Flask accepts as its session."""
+
+
+def _seconds(value: Any, name: str) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigError(f"{name} must be a timedelta or a number of seconds, not {value!r}")
+    if seconds <= 0:
+        raise ConfigError(f"{name} must be positive, not {value!r}")
+    return seconds
+
+
+def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
+    _log.warning("answered 503: %s", error)
+    return (
+        UNAVAILABLE_MESSAGE,
+        503,
+        {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"},
+    )
+
+
+class SatchelSessionInterface(SessionInterface):
+    """Flask's hook into satchel: opens sessions lazily and saves their changes."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+
+    def get_cookie_samesite(self, app: Flask) -> str | None:
+        """Flask's ``SESSION_COOKIE_SAMESITE``, with ``None`` read as ``"Lax"``."""
+        return app.config["SESSION_COOKIE_SAMESITE"] or "Lax"
+
+    def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        """Verify the cookie; the store is read only when a view uses the session."""
+        cookie = request.cookies.get(self.get_cookie_name(app))
+        return self.manager.open(cookie)  # type: ignore[return-value]
+
+    def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
+        """Save the changes, then set, refresh or expire the cookie as needed."""
+        assert isinstance(session, FlaskSession)
+        if session.accessed:
+            response.vary.add("Cookie")
+        try:
+            outcome = self.manager.save(session)
+        except StoreUnavailable as exc:
+            message, status, headers = _unavailable(exc)
+            response.status_code = status
+            response.set_data(message)
+            response.headers.update(headers)
+            return
+        name = self.get_cookie_name(app)
+        domain = self.get_cookie_domain(app)
+        path = self.get_cookie_path(app)
+        secure = self.get_cookie_secure(app)
+        samesite = self.get_cookie_samesite(app)
+        httponly = self.get_cookie_httponly(app)
+        partitioned = self.get_cookie_partitioned(app)
+        if outcome.delete_cookie:
+            response.vary.add("Cookie")
+            response.delete_cookie(
+                name,
+                domain=domain,
+                path=path,
+                secure=secure,
+                httponly=httponly,
+                samesite=samesite,
+                partitioned=partitioned,
+            )
+            return
+        if outcome.new_cookie is None and not (
+            outcome.alive and self.should_set_cookie(app, session)
+        ):
+            return
+        assert session.session_id is not None
+        response.vary.add("Cookie")
+        response.set_cookie(
+            name,
+            outcome.new_cookie or self.manager.sign(session.session_id),
+            expires=self.get_expiration_time(app, session),
+            domain=domain,
+            path=path,
+            secure=secure,
+            httponly=httponly,
+            samesite=samesite,
+            partitioned=partitioned,
+        )
+
+
+class Satchel:
+    """The Flask extension: ``Satchel(app)`` or ``Satchel().init_app(app)``.
+
+    ``store`` is a :class:`~satchel.stores.Store` to use instead of the one
+    ``SATCHEL_STORE`` names. The extension keeps no reference to the app; its
+    per-app state is ``app.extensions["satchel"]``, a ``SessionManager``.
+    """
+
+    def __init__(self, app: Flask | None = None, *, store: Store | None = None) -> None:
+        self.store = store
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, *, store: Store | None = None) -> None:
+        """Check the configuration, build the store and install the session interface.
+
+        Raises :class:`~satchel.errors.ConfigError` when ``SECRET_KEY`` is
+        missing, a setting is malformed, or satchel is already set up on ``app``.
+        """
+        if "satchel" in app.extensions:
+            raise ConfigError("satchel is already set up on this app")
+        app.config.setdefault("SATCHEL_STORE", None)
+        app.config.setdefault("SATCHEL_IDLE_TIMEOUT", None)
+        app.config.setdefault("SATCHEL_ABSOLUTE_TIMEOUT", DEFAULT_ABSOLUTE_TIMEOUT)
+        app.config.setdefault("SATCHEL_MAX_SIZE", DEFAULT_MAX_SIZE)
+        config = app.config
+
+        secret = config.get("SECRET_KEY")
+        if not secret or not isinstance(secret, str | bytes):
+            raise ConfigError(
+                "SECRET_KEY is not set: satchel signs session cookies with it "
+                "(set app.config['SECRET_KEY'], e.g. from an environment variable)"
+            )
+        fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
+        if isinstance(fallbacks, str | bytes) or not all(
+            isinstance(k, str | bytes) and k for k in fallbacks
+        ):
+            raise ConfigError("SECRET_KEY_FALLBACKS must be a list of keys")
+
+        idle = config["SATCHEL_IDLE_TIMEOUT"]
+        if idle is None:
+            idle = config["PERMANENT_SESSION_LIFETIME"]
+        max_size = config["SATCHEL_MAX_SIZE"]
+        if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0:
+            raise ConfigError(f"SATCHEL_MAX_SIZE must be a positive int, not {max_size!r}")
+        settings = Settings(
+            idle_timeout=_seconds(idle, "SATCHEL_IDLE_TIMEOUT"),
+            absolute_timeout=_seconds(
+                config["SATCHEL_ABSOLUTE_TIMEOUT"], "SATCHEL_ABSOLUTE_TIMEOUT"
+            ),
+            max_size=max_size,
+        )
+
+        chosen = store or self.store or config["SATCHEL_STORE"]
+        if chosen is None:
+            chosen = SQLiteStore(os.path.join(app.instance_path, DEFAULT_SQLITE_NAME))
+        elif isinstance(chosen, str):
+            chosen = from_url(chosen)
+        if not isinstance(chosen, Store):
+            raise ConfigError(f"SATCHEL_STORE must be a store URL or a Store, not {chosen!r}")
+
+        manager = SessionManager(chosen, CookieSigner(secret, fallbacks), settings, FlaskSession)
+        app.extensions["satchel"] = manager
+        app.session_interface = SatchelSessionInterface(manager)
+        app.register_error_handler(StoreUnavailable, _unavailable)

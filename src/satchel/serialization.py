@@ -1,0 +1,124 @@
+"""Session values to bytes and back: JSON with a few tags, never pickle.
+
+Plain JSON loses types a Flask session relies on, so values of these types are
+wrapped in a one-key object whose key is a tag starting with a space:
+
+=========================  ===================================
+type                       stored as
+=========================  ===================================
+``tuple``                  ``{" t": [...]}``
+``bytes``                  ``{" b": "<base64>"}``
+``markupsafe.Markup``      ``{" m": "<html>"}``
+``uuid.UUID``              ``{" u": "<hex>"}``
+``datetime.datetime``      ``{" d": "<ISO 8601>"}`` (time zone kept)
+``datetime.date``          ``{" D": "<ISO 8601>"}``
+a dict that looks tagged   ``{" di": {...}}``
+=========================  ===================================
+
+Everything else JSON holds natively (``str``, ``int``, ``float``, ``bool``,
+``None``, lists and dicts with string keys) is stored as is; a subclass of
+``str``, ``int`` or ``float`` (an ``enum.StrEnum`` member, say) comes back as
+the plain base type. Any other type,
+or a dict key that is not a string, raises
+:class:`~satchel.errors.SerializationError` rather than being silently
+changed.
+"""
+
+from __future__ import annotations
+
+import json
+from base64 import b64decode, b64encode
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+from markupsafe import Markup
+
+from .errors import SerializationError
+
+__all__ = ["dumps", "loads"]
+
+_TAGS = frozenset({" t", " b", " m", " u", " d", " D", " di"})
+_PLAIN = (str, int, float, bool, type(None))
+_encode = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=True, check_circular=True
+).encode
+_decode = json.JSONDecoder().decode
+
+
+def _tag(value: Any, key: str | None) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is list:
+        return [_tag(item, key) for item in value]
+    if kind is dict:
+        out = {}
+        for name, item in value.items():
+            if type(name) is not str:
+                raise SerializationError(key, type(name), "dict keys must be strings, as in JSON")
+            out[name] = _tag(item, key)
+        if len(out) == 1 and next(iter(out)) in _TAGS:
+            return {" di": out}
+        return out
+    if kind is tuple:
+        return {" t": [_tag(item, key) for item in value]}
+    if kind is bytes:
+        return {" b": b64encode(value).decode("ascii")}
+    if isinstance(value, Markup):
+        return {" m": str(value)}
+    if isinstance(value, UUID):
+        return {" u": value.hex}
+    if isinstance(value, datetime):
+        return {" d": value.isoformat()}
+    if isinstance(value, date):
+        return {" D": value.isoformat()}
+    if hasattr(value, "__html__"):
+        return {" m": str(value.__html__())}
+    for plain in _PLAIN[:3]:
+        if isinstance(value, plain):  # an IntEnum or StrEnum member, say
+            return plain(value)
+    raise SerializationError(key, kind)
+
+
+def _untag(value: Any) -> Any:
+    kind = type(value)
+    if kind is list:
+        return [_untag(item) for item in value]
+    if kind is not dict:
+        return value
+    if len(value) == 1:
+        ((name, inner),) = value.items()
+        if name == " t":
+            return tuple(_untag(item) for item in inner)
+        if name == " b":
+            return b64decode(inner)
+        if name == " m":
+            return Markup(inner)
+        if name == " u":
+            return UUID(inner)
+        if name == " d":
+            return datetime.fromisoformat(inner)
+        if name == " D":
+            return date.fromisoformat(inner)
+        if name == " di":
+            return {k: _untag(v) for k, v in inner.items()}
+    return {k: _untag(v) for k, v in value.items()}
+
+
+def dumps(value: Any, key: str | None = None) -> bytes:
+    """Serialise one session value to UTF-8 JSON bytes.
+
+    ``key`` only names the value in a :class:`SerializationError`.
+    """
+    try:
+        return _encode(_tag(value, key)).encode("utf-8")
+    except ValueError as exc:  # a container that holds itself
+        raise SerializationError(key, type(value), str(exc)) from exc
+    except RecursionError as exc:
+        raise SerializationError(key, type(value), "nested too deeply") from exc
+
+
+def loads(data: bytes) -> Any:
+    """Deserialise bytes written by :func:`dumps`."""
+    return _untag(_decode(data.decode("utf-8")))

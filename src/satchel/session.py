@@ -1,0 +1,255 @@
+"""The session object views use: a dict that loads lazily and tracks its changes.
+
+Nothing is read from the store until a view first touches the session, and
+nothing is written unless something changed. Values handed out that could be
+changed in place (lists, dicts, …) are compared with what was loaded when the
+request ends, so ``session["cart"].append(item)`` is saved without
+``session.modified = True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+from markupsafe import Markup
+
+from .errors import SerializationError
+from .serialization import dumps, loads
+from .stores.base import Record
+
+if TYPE_CHECKING:
+    from ._manager import SessionManager
+
+__all__ = ["Session"]
+
+_log = logging.getLogger("satchel")
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, Markup, UUID})
+_MISSING: Any = object()
+
+
+class Session(MutableMapping[str, Any]):
+    """Session data for one request, read from the store on first use.
+
+    A mutable mapping like Flask's own session; every method goes through the
+    lazy load and the change tracking. ``dict(session)`` gives a plain copy.
+    """
+
+    def __init__(self, manager: SessionManager, session_id: str | None) -> None:
+        self._data: dict[str, Any] = {}
+        self._manager = manager
+        #: The verified ID from the cookie, or the new one once saved.
+        self.session_id = session_id
+        self.record: Record | None = None
+        self.accessed = False
+        self._loaded = session_id is None
+        self._raw: dict[str, bytes] = {}
+        self._touched: set[str] = set()
+        self._deleted: set[str] = set()
+        self._drop_old = False
+        self._stale_cookie = False
+
+    # -- loading -------------------------------------------------------------
+
+    def _load(self) -> None:
+        self.accessed = True
+        if self._loaded:
+            return
+        record = self._manager.load(self)
+        self._loaded = True
+        if record is None:
+            self._stale_cookie = True
+            return
+        self.record = record
+        for name, raw in record.fields.items():
+            try:
+                value = loads(raw)
+            except ValueError:
+                _log.error("dropped unreadable session field %r", name)
+                continue
+            self._raw[name] = raw
+            self._data.__setitem__(name, value)
+
+    # -- reading -------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        self._load()
+        value = self._data.__getitem__(key)
+        if type(value) not in _IMMUTABLE:
+            self._touched.add(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return ``self[key]`` if present, else ``default``."""
+        self._load()
+        value = self._data.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        if type(value) not in _IMMUTABLE:
+            self._touched.add(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return self._data.__contains__(key)
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(self._data)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return self._data == (other._data if isinstance(other, Session) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if not self._loaded:
+            return f"<{type(self).__name__} (not loaded)>"
+        return f"<{type(self).__name__} {self._data!r}>"
+
+    def keys(self) -> Any:
+        """The keys, as ``dict.keys`` gives them."""
+        self._load()
+        return self._data.keys()
+
+    def values(self) -> Any:
+        """The values; each may be changed in place and is saved if it is."""
+        self._touch_all()
+        return self._data.values()
+
+    def items(self) -> Any:
+        """The items; each value may be changed in place and is saved if it is."""
+        self._touch_all()
+        return self._data.items()
+
+    def copy(self) -> dict[str, Any]:
+        """A plain ``dict`` with the same items (a shallow copy)."""
+        self._touch_all()
+        return dict(self._data.items())
+
+    def _touch_all(self) -> None:
+        self._load()
+        self._touched.update(self._data.keys())
+
+    # -- writing -------------------------------------------------------------
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if type(key) is not str:
+            raise SerializationError(repr(key), type(key), "session keys must be str")
+        dumps(value, key)  # fail here, at the assignment, not when the view ends
+        self._load()
+        self._data.__setitem__(key, value)
+        self._touched.add(key)
+        self._deleted.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        self._load()
+        self._data.__delitem__(key)
+        self._touched.discard(key)
+        self._deleted.add(key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """Return ``self[key]``, first storing ``default`` there if it is missing."""
+        self._load()
+        if not self._data.__contains__(key):
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value (or ``default`` if missing)."""
+        self._load()
+        if not self._data.__contains__(key):
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        value = self._data.__getitem__(key)
+        del self[key]
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        """Remove and return the last inserted item."""
+        self._load()
+        key = next(reversed(self._data.keys()))
+        return key, self.pop(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Set each item of a mapping, an iterable of pairs, and keyword arguments."""
+        items = dict(*args, **kwargs)
+        for key, value in cast(Mapping[str, Any], items).items():
+            self[key] = value
+
+    def __ior__(self, other: Any) -> Session:
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        """Forget everything: the stored record is deleted when the request ends.
+
+        The old cookie is dead from then on; anything stored after this call
+        goes into a new session with a new ID.
+        """
+        self.accessed = True
+        self._loaded = True
+        self._data.clear()
+        self._raw.clear()
+        self._touched.clear()
+        self._deleted.clear()
+        self.record = None
+        self._drop_old = self.session_id is not None or self._drop_old
+
+    def regenerate(self) -> None:
+        """Keep the data but move it to a new ID, deleting the old record.
+
+        Call it whenever privilege changes (at login), so an ID an attacker
+        planted or saw before is worthless afterwards.
+        """
+        self._load()
+        self._drop_old = self.session_id is not None or self._drop_old
+        self.record = None
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the store has been read (or there was nothing to read)."""
+        return self._loaded
+
+    @property
+    def new(self) -> bool:
+        """True when no stored record backs this session (yet)."""
+        self._load()
+        return self.record is None
+
+    @property
+    def modified(self) -> bool:
+        """True when the request set, deleted or may have changed something.
+
+        Setting it to True makes the save compare every value, as a view that
+        changed something the tracking cannot see would want.
+        """
+        return bool(self._touched or self._deleted or self._drop_old)
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        if value:
+            self._touch_all()
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the cookie outlives the browser (``PERMANENT_SESSION_LIFETIME``)."""
+        self._load()
+        return bool(self._data.get("_permanent", False))
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        self["_permanent"] = bool(value)

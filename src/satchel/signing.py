@@ -1,0 +1,67 @@
+"""Session IDs: making them, signing them for the cookie, hashing them for the store.
+
+An ID is 256 random bits. The cookie carries the ID signed with the app's
+secret key (itsdangerous, HMAC-SHA256, compared in constant time); older keys
+are still accepted so that keys rotate without logging anyone out. The store
+only ever sees :func:`store_key`, a SHA-256 hash of the ID, so a copy of the
+store cannot be turned back into working cookies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+
+from itsdangerous import BadSignature, Signer
+
+__all__ = ["MAX_COOKIE_LENGTH", "CookieSigner", "new_id", "store_key"]
+
+#: A signed ID is under 100 characters; anything much longer is not ours.
+MAX_COOKIE_LENGTH = 256
+
+_SALT = "satchel.session"
+
+
+def new_id() -> str:
+    """Return a fresh session ID: 256 bits from :mod:`secrets`, URL-safe text."""
+    return secrets.token_urlsafe(32)
+
+
+def store_key(session_id: str) -> str:
+    """Return the key a store files a session under: the hex SHA-256 of its ID."""
+    return hashlib.sha256(session_id.encode("ascii")).hexdigest()
+
+
+class CookieSigner:
+    """Signs session IDs with the newest key, accepts any of the keys given.
+
+    ``secret_key`` signs; each of ``fallbacks`` (oldest or newest first, as
+    Flask's ``SECRET_KEY_FALLBACKS`` lists them) is still accepted.
+    """
+
+    def __init__(self, secret_key: str | bytes, fallbacks: Iterable[str | bytes] = ()) -> None:
+        # itsdangerous signs with the last key of the list and tries them all.
+        keys = [
+            k.encode("utf-8") if isinstance(k, str) else k
+            for k in [*reversed(list(fallbacks)), secret_key]
+        ]
+        self._signer = Signer(keys, salt=_SALT, digest_method=hashlib.sha256)
+
+    def sign(self, session_id: str) -> str:
+        """Return the cookie value for ``session_id``."""
+        return self._signer.sign(session_id).decode("ascii")
+
+    def unsign(self, cookie: str) -> str | None:
+        """Return the session ID in ``cookie``, or ``None`` when it is not genuine."""
+        if not cookie or len(cookie) > MAX_COOKIE_LENGTH:
+            return None
+        try:
+            raw = self._signer.unsign(cookie.encode("ascii"))
+        except (BadSignature, UnicodeEncodeError):
+            return None
+        try:
+            session_id = raw.decode("ascii")
+        except UnicodeDecodeError:  # pragma: no cover - signed by us, so ASCII
+            return None
+        return session_id if len(session_id) == 43 else None

@@ -1,0 +1,107 @@
+"""Session stores: the :class:`Store` protocol, the built-in stores, and URLs.
+
+Pick a store by passing an object (``Satchel(app, store=RedisStore(client))``)
+or by URL through :func:`from_url`:
+
+=======================================  ====================================
+URL                                      store
+=======================================  ====================================
+``memory://``                            :class:`MemoryStore` (one process)
+``sqlite:///relative/path.db``           :class:`SQLiteStore`, path relative
+``sqlite:////absolute/path.db``          to the working directory, or absolute
+``redis://[:password@]host:port/db``     :class:`RedisStore` (Redis or Valkey)
+``rediss://…``, ``unix:///path.sock``    the same over TLS or a Unix socket
+``valkey://…``, ``valkeys://…``          aliases of ``redis://`` and ``rediss://``
+=======================================  ====================================
+
+``sqlite`` URLs take ``?timeout=SECONDS`` (how long to wait for a lock).
+Third-party stores add schemes with :func:`register_scheme`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import ConfigError
+from .base import Change, Record, Store
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
+
+__all__ = [
+    "Change",
+    "MemoryStore",
+    "Record",
+    "RedisStore",
+    "SQLiteStore",
+    "Store",
+    "from_url",
+    "register_scheme",
+]
+
+_SCHEMES: dict[str, Callable[[str], Store]] = {}
+
+
+def register_scheme(scheme: str, factory: Callable[[str], Store]) -> None:
+    """Make :func:`from_url` build stores for ``scheme://`` URLs with ``factory``."""
+    _SCHEMES[scheme.lower()] = factory
+
+
+def from_url(url: str) -> Store:
+    """Build the store a URL names; an unknown scheme raises :class:`ConfigError`."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"a store URL looks like 'sqlite:///sessions.db', not {url!r}")
+    scheme = url.split("://", 1)[0].lower()
+    factory = _SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(sorted(f"{s}://" for s in _SCHEMES))
+        raise ConfigError(f"unknown store URL scheme {scheme!r}; known: {known}")
+    return factory(url)
+
+
+def _memory(url: str) -> Store:
+    return MemoryStore()
+
+
+def _sqlite(url: str) -> Store:
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if parts.netloc or not path.startswith("/") or path == "/":
+        raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
+    path = path[1:]  # three slashes: relative; four: absolute
+    options: dict[str, Any] = {}
+    for name, values in parse_qs(parts.query).items():
+        if name != "timeout":
+            raise ConfigError(f"unknown SQLite URL option {name!r} in {url!r}")
+        try:
+            options["timeout"] = float(values[-1])
+        except ValueError:
+            raise ConfigError(f"timeout must be a number of seconds in {url!r}") from None
+    return SQLiteStore(path, **options)
+
+
+def _redis(url: str) -> Store:
+    from .redis import RedisStore
+
+    if url[:6].lower() == "valkey":  # redis-py speaks the same protocol
+        url = "redis" + url[6:]
+    return RedisStore.from_url(url)
+
+
+register_scheme("memory", _memory)
+register_scheme("sqlite", _sqlite)
+for _scheme in ("redis", "rediss", "unix", "valkey", "valkeys"):
+    register_scheme(_scheme, _redis)
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore imports lazily so that redis-py stays an optional extra.
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(name)

@@ -1,0 +1,179 @@
+"""A store on Redis or Valkey through redis-py: one hash per session.
+
+A session is one hash: ``d:<name>`` fields hold the values, ``m:c``, ``m:t``
+and ``m:e`` the created, last-seen and expiry times, and the key itself
+expires with the session. Every save is one Lua script call, so it is atomic
+and costs one round trip; a load is one ``HGETALL``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, StoreUnavailable
+from .base import Change, Record
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["RedisStore"]
+
+# ARGV: create flag, created, touched, expires (seconds), expiry (unix ms),
+# number of fields to set, then name/value pairs, then names to delete.
+_SAVE = """
+local key = KEYS[1]
+local exists = redis.call('EXISTS', key) == 1
+if ARGV[1] == '1' then
+  if exists then return 0 end
+  redis.call('HSET', key, 'm:c', ARGV[2])
+elseif not exists then
+  return 0
+end
+redis.call('HSET', key, 'm:t', ARGV[3], 'm:e', ARGV[4])
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', key, ARGV[i])
+  i = i + 1
+end
+redis.call('PEXPIREAT', key, ARGV[5])
+return 1
+"""
+
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'm:t', ARGV[1], 'm:e', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def _unix_ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+class RedisStore:
+    """Sessions in Redis or Valkey, through a ``redis.Redis`` client you pass.
+
+    Keys are ``prefix`` followed by the hashed session ID. The client must not
+    decode responses (values are bytes); set socket timeouts on it so a
+    stalled server gives ``StoreUnavailable`` quickly rather than a hung
+    worker (:meth:`from_url` does).
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "satchel:") -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ConfigError("RedisStore needs a client made with decode_responses=False")
+        self.client = client
+        self.prefix = prefix
+        self._save: Callable[..., Any] = client.register_script(_SAVE)
+        self._touch: Callable[..., Any] = client.register_script(_TOUCH)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "satchel:",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+    ) -> RedisStore:
+        """Build a store on a new client for ``url`` with short timeouts.
+
+        Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs. A broken
+        connection is retried once, so a restarted server is picked up again
+        without an error, while a stopped one fails within about a second.
+        """
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError as exc:
+            raise ConfigError(
+                "the Redis store needs redis-py: pip install 'satchel[redis]'"
+            ) from exc
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=False,
+        )
+        return cls(client, prefix=prefix)
+
+    def __repr__(self) -> str:
+        kwargs = self.client.get_connection_kwargs()
+        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        return f"RedisStore({where!r})"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        import redis
+
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
+
+    def load(self, key: str) -> Record | None:
+        """Fetch the whole hash in one round trip."""
+        with self._errors():
+            raw: dict[bytes, bytes] = self.client.hgetall(self.prefix + key)  # type: ignore[assignment]
+        if not raw:
+            return None
+        try:
+            expires = float(raw[b"m:e"])
+            record = Record(
+                {
+                    name[2:].decode("utf-8"): value
+                    for name, value in raw.items()
+                    if name.startswith(b"d:")
+                },
+                float(raw[b"m:c"]),
+                float(raw[b"m:t"]),
+                expires,
+            )
+        except (KeyError, ValueError):
+            return None  # a half-written or foreign hash: treat as missing
+        return record if expires > time.time() else None
+
+    def save(self, key: str, change: Change, *, create: bool) -> bool:
+        """Apply ``change`` with one script call."""
+        args: list[Any] = [
+            "1" if create else "0",
+            repr(change.created_at),
+            repr(change.touched_at),
+            repr(change.expires_at),
+            _unix_ms(change.expires_at),
+            len(change.set),
+        ]
+        for name, value in change.set.items():
+            args += ("d:" + name, value)
+        args += ["d:" + name for name in change.delete]
+        with self._errors():
+            return bool(self._save(keys=[self.prefix + key], args=args))
+
+    def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        """Move the record's times with one script call."""
+        args = [repr(touched_at), repr(expires_at), _unix_ms(expires_at)]
+        with self._errors():
+            return bool(self._touch(keys=[self.prefix + key], args=args))
+
+    def delete(self, key: str) -> None:
+        """Delete the hash."""
+        with self._errors():
+            self.client.delete(self.prefix + key)
+
+    def purge_expired(self) -> int:
+        """Nothing to do: Redis expires keys itself. Returns 0."""
+        return 0
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()

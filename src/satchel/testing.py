@@ -1,0 +1,176 @@
+"""The store contract as tests: subclass :class:`StoreContract` to prove a store.
+
+Every built-in store's tests subclass it, and a third-party store can do the
+same::
+
+    from satchel.testing import StoreContract
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture
+        def store(self):
+            s = MyStore(...)
+            yield s
+            s.close()
+
+Requires pytest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .stores.base import Change, Store
+
+__all__ = ["StoreContract"]
+
+
+def _change(fields: dict[str, bytes] | None = None, ttl: float = 60.0, **kw: Any) -> Change:
+    now = time.time()
+    return Change(
+        set=fields or {},
+        created_at=kw.pop("created_at", now),
+        touched_at=kw.pop("touched_at", now),
+        expires_at=kw.pop("expires_at", now + ttl),
+        **kw,
+    )
+
+
+class StoreContract:
+    """Behaviour every :class:`~satchel.stores.Store` must show.
+
+    Subclasses provide a ``store`` fixture returning a fresh, empty store.
+    """
+
+    def test_is_a_store(self, store: Store) -> None:
+        """The object satisfies the Store protocol."""
+        assert isinstance(store, Store)
+
+    def test_missing_record_loads_as_none(self, store: Store) -> None:
+        """A key never saved loads as None."""
+        assert store.load("0" * 64) is None
+
+    def test_create_then_load(self, store: Store) -> None:
+        """A created record loads with its fields and times."""
+        change = _change({"a": b"1", "b": b"\x00\xff binary"})
+        assert store.save("k1", change, create=True) is True
+        record = store.load("k1")
+        assert record is not None
+        assert dict(record.fields) == {"a": b"1", "b": b"\x00\xff binary"}
+        assert record.created_at == change.created_at
+        assert record.touched_at == change.touched_at
+        assert record.expires_at == change.expires_at
+
+    def test_create_refuses_an_existing_record(self, store: Store) -> None:
+        """create=True on a live record writes nothing and returns False."""
+        store.save("k1", _change({"a": b"1"}), create=True)
+        assert store.save("k1", _change({"a": b"2"}), create=True) is False
+        record = store.load("k1")
+        assert record is not None and dict(record.fields) == {"a": b"1"}
+
+    def test_update_refuses_a_missing_record(self, store: Store) -> None:
+        """create=False on a missing record writes nothing and returns False."""
+        assert store.save("k1", _change({"a": b"1"}), create=False) is False
+        assert store.load("k1") is None
+
+    def test_update_sets_and_deletes_only_named_fields(self, store: Store) -> None:
+        """An update leaves fields it does not name alone."""
+        store.save("k1", _change({"a": b"1", "b": b"2", "c": b"3"}), create=True)
+        created = store.load("k1")
+        assert created is not None
+        change = Change(
+            set={"b": b"20", "d": b"4"},
+            delete=["c", "never-there"],
+            touched_at=created.touched_at + 5,
+            expires_at=created.expires_at + 5,
+        )
+        assert store.save("k1", change, create=False) is True
+        record = store.load("k1")
+        assert record is not None
+        assert dict(record.fields) == {"a": b"1", "b": b"20", "d": b"4"}
+        assert record.created_at == created.created_at
+        assert record.touched_at == created.touched_at + 5
+        assert record.expires_at == created.expires_at + 5
+
+    def test_field_names_are_kept_exactly(self, store: Store) -> None:
+        """Names with colons, spaces, quotes and non-ASCII survive."""
+        fields = {"d:x": b"1", "m:c": b"2", " ": b"3", "naïve 'q'": b"4", "": b"5"}
+        store.save("k1", _change(fields), create=True)
+        record = store.load("k1")
+        assert record is not None and dict(record.fields) == fields
+
+    def test_delete(self, store: Store) -> None:
+        """A deleted record is gone; deleting again is fine."""
+        store.save("k1", _change({"a": b"1"}), create=True)
+        store.save("k2", _change({"a": b"2"}), create=True)
+        store.delete("k1")
+        store.delete("k1")
+        assert store.load("k1") is None
+        assert store.load("k2") is not None
+
+    def test_expired_record_is_gone(self, store: Store) -> None:
+        """A record past expires_at neither loads nor accepts updates."""
+        store.save("k1", _change({"a": b"1"}, ttl=0.3), create=True)
+        assert store.load("k1") is not None
+        time.sleep(0.4)
+        assert store.load("k1") is None
+        assert store.save("k1", _change({"b": b"2"}), create=False) is False
+        assert store.touch("k1", time.time(), time.time() + 60) is False
+
+    def test_expired_key_can_be_created_again(self, store: Store) -> None:
+        """After expiry a create under the same key starts from nothing."""
+        store.save("k1", _change({"a": b"1"}, ttl=0.2), create=True)
+        time.sleep(0.3)
+        assert store.save("k1", _change({"b": b"2"}), create=True) is True
+        record = store.load("k1")
+        assert record is not None and dict(record.fields) == {"b": b"2"}
+
+    def test_touch_moves_times_only(self, store: Store) -> None:
+        """touch changes last-seen and expiry, not the fields."""
+        store.save("k1", _change({"a": b"1"}, ttl=0.5), create=True)
+        later = time.time() + 100
+        assert store.touch("k1", later - 50, later) is True
+        time.sleep(0.6)
+        record = store.load("k1")
+        assert record is not None
+        assert dict(record.fields) == {"a": b"1"}
+        assert (record.touched_at, record.expires_at) == (later - 50, later)
+        assert store.touch("missing", later, later) is False
+
+    def test_purge_expired(self, store: Store) -> None:
+        """purge_expired removes the expired records and keeps the live ones."""
+        for i in range(5):
+            store.save(f"old{i}", _change({"a": b"1"}, ttl=0.2), create=True)
+        store.save("live", _change({"a": b"1"}), create=True)
+        time.sleep(0.3)
+        removed = store.purge_expired()
+        assert removed in (0, 5)  # 0 where the server expires keys itself
+        assert store.load("live") is not None
+        assert all(store.load(f"old{i}") is None for i in range(5))
+
+    def test_overlapping_updates_of_different_fields_all_survive(self, store: Store) -> None:
+        """Threads saving different fields of one record at once lose nothing."""
+        store.save("k1", _change({"start": b"0"}), create=True)
+        threads, rounds = 8, 25
+        barrier = threading.Barrier(threads)
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                barrier.wait()
+                for i in range(rounds):
+                    ok = store.save("k1", _change({f"t{n}-{i}": b"x"}), create=False)
+                    assert ok
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        assert errors == []
+        record = store.load("k1")
+        assert record is not None
+        assert len(record.fields) == 1 + threads * rounds

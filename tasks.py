@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Set up a virtual environment and run satchel's demo or its checks.
+
+    python3 tasks.py demo [ARGS...]   run the questionnaire demo (SQLite store)
+    python3 tasks.py test [ARGS...]   ruff, mypy --strict and the whole pytest suite
+
+Only the standard library is used here, so this works on a fresh machine with
+Python 3.11+. The environment lives in ``.venv`` and is reinstalled whenever
+``pyproject.toml`` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("SATCHEL_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+
+
+def run(*cmd: str | os.PathLike[str]) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+    if result.returncode:
+        sys.exit(result.returncode)
+
+
+def ensure_venv(extra: str) -> None:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extra.encode()).hexdigest()
+    stamp = VENV / f".installed-{extra}"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not PYTHON.exists():
+        print(f"+ creating {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]")
+    stamp.write_text(digest)
+
+
+def demo(args: list[str]) -> None:
+    ensure_venv("redis")
+    os.execv(BIN / "satchel", [str(BIN / "satchel"), "demo", *args])
+
+
+def test(args: list[str]) -> None:
+    ensure_venv("dev")
+    run(BIN / "ruff", "check", "src", "tests", "tasks.py")
+    run(BIN / "ruff", "format", "--check", "src", "tests", "tasks.py")
+    run(BIN / "mypy", "--strict", "src")
+    run(PYTHON, "-m", "pytest", *args)
+
+
+def main() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - runs before anything is installed
+        sys.exit(f"satchel needs Python 3.11 or newer, this is {sys.version.split()[0]}")
+    commands = {"demo": demo, "test": test}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(__doc__)
+    commands[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Fixtures shared by the whole suite: a real Valkey server and one store per kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from satchel import Satchel
+from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
+
+from .valkey import ValkeyServer
+
+SECRET = "test-secret-key-that-is-long-enough-0123456789"
+STORE_KINDS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    """One real server for the run; tests that break it get their own (see ``own_valkey``)."""
+    server = ValkeyServer(tmp_path_factory.mktemp("valkey"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
+    """A private server that a test may kill, freeze or restart."""
+    server = ValkeyServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_store(valkey: ValkeyServer) -> Iterator[RedisStore]:
+    client = redis.Redis.from_url(valkey.url)
+    client.flushdb()
+    client.close()
+    store = RedisStore.from_url(valkey.url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "sessions.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Each kind of store in turn, empty."""
+    if request.param == "memory":
+        memory = MemoryStore()
+        yield memory
+        memory.close()
+    else:
+        yield request.getfixturevalue(f"{request.param}_store")
+
+
+@pytest.fixture
+def make_app(store: Store) -> Callable[..., Flask]:
+    """Build a Flask app with satchel on the current store; config overrides as keywords."""
+
+    def build(**config: Any) -> Flask:
+        app = Flask("satchel_test")
+        app.config.update(SECRET_KEY=SECRET, TESTING=True)
+        app.config.update(config)
+        Satchel(app, store=store)
+        return app
+
+    return build

@@ -1,0 +1,33 @@
+"""Every built-in store against the shared store contract."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from satchel.stores import MemoryStore, RedisStore, SQLiteStore
+from satchel.testing import StoreContract
+
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    def store(self) -> Iterator[MemoryStore]:
+        store = MemoryStore()
+        yield store
+        store.close()
+
+
+class TestSQLiteStore(StoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[SQLiteStore]:
+        store = SQLiteStore(tmp_path / "s.sqlite3")
+        yield store
+        store.close()
+
+
+class TestRedisStore(StoreContract):
+    @pytest.fixture
+    def store(self, redis_store: RedisStore) -> RedisStore:
+        return redis_store
