@@ -77,3 +77,21 @@ def make_app(store: Store) -> Callable[..., Flask]:
         return app
 
     return build
+
+
+def stored_keys(store: Store) -> list[str]:
+    """Every record key a store holds right now (reaches into each store's internals)."""
+    if isinstance(store, MemoryStore):
+        return list(store._records)
+    if isinstance(store, SQLiteStore):
+        rows = store._conn().execute("SELECT key FROM satchel_session").fetchall()
+        return [row[0] for row in rows]
+    if isinstance(store, RedisStore):
+        keys = store.client.keys(store.prefix + "*")
+        return [k.decode()[len(store.prefix) :] for k in keys]  # type: ignore[union-attr]
+    raise TypeError(store)
+
+
+def session_id_of(cookie_value: str) -> str:
+    """The raw session ID inside a signed cookie value."""
+    return cookie_value.rsplit(".", 1)[0]

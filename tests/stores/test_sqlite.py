@@ -1,0 +1,102 @@
+"""SQLite specifics: WAL mode, purging, and one file shared by several processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+
+from flask import Flask, session
+
+from satchel import Satchel
+from satchel.stores import SQLiteStore
+from satchel.stores.base import Change
+
+from ..conftest import SECRET
+
+WRITES_PER_PROCESS = 30
+
+
+def test_wal_mode_and_schema(tmp_path: Path) -> None:
+    """The file is in WAL mode and holds the two satchel tables."""
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    conn = sqlite3.connect(tmp_path / "s.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"satchel_session", "satchel_field"} <= tables
+    conn.close()
+    store.close()
+
+
+def test_purge_removes_rows_of_fields_too(tmp_path: Path) -> None:
+    """purge_expired deletes expired sessions and their field rows, in batches."""
+    store = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=7)
+    now = time.time()
+    for i in range(20):
+        change = Change(set={"a": b"1", "b": b"2"}, created_at=now, expires_at=now + 0.2)
+        store.save(f"old{i}", change, create=True)
+    store.save("live", Change(set={"a": b"1"}, expires_at=now + 60), create=True)
+    time.sleep(0.3)
+    assert store.purge_expired() == 20
+    conn = sqlite3.connect(tmp_path / "s.sqlite3")
+    assert conn.execute("SELECT count(*) FROM satchel_session").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM satchel_field").fetchone()[0] == 1
+    conn.close()
+    store.close()
+
+
+def _app(path: str) -> Flask:
+    app = Flask("multi")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE=f"sqlite:///{path}")
+
+    @app.get("/write/<key>")
+    def write(key: str) -> str:
+        session[key] = key
+        return "ok"
+
+    @app.get("/read")
+    def read() -> dict[str, object]:
+        return dict(session)
+
+    Satchel(app)
+    return app
+
+
+def _worker(path: str, cookie: str, name: str, start: float) -> None:
+    app = _app(path)
+    client = app.test_client()
+    client.set_cookie("session", cookie)
+    while time.time() < start:  # both processes begin together
+        time.sleep(0.001)
+    for i in range(WRITES_PER_PROCESS):
+        response = client.get(f"/write/{name}-{i}")
+        assert response.status_code == 200, response.data
+
+
+def test_two_processes_share_one_file(tmp_path: Path) -> None:
+    """Two processes writing different keys of one session to one file lose nothing."""
+    path = str(tmp_path / "shared.sqlite3")
+    app = _app(path)
+    client = app.test_client()
+    client.get("/write/origin")
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    context = multiprocessing.get_context("spawn")
+    start = time.time() + 1.5
+    workers = [
+        context.Process(target=_worker, args=(path, cookie.value, name, start))
+        for name in ("left", "right")
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    data = client.get("/read").json
+    assert data is not None
+    expected = {"origin"} | {f"{n}-{i}" for n in ("left", "right") for i in range(WRITES_PER_PROCESS)}
+    assert set(data) == expected
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

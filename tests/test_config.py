@@ -1,0 +1,155 @@
+"""Configuration errors surface at start-up as ConfigError, with a clear message."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+import satchel
+from satchel import ConfigError, Satchel, SatchelError
+from satchel.stores import MemoryStore, SQLiteStore, from_url, register_scheme
+
+from .conftest import SECRET
+
+
+def test_public_names() -> None:
+    """The package exports exactly the intended names."""
+    assert sorted(satchel.__all__) == [
+        "ConfigError",
+        "Satchel",
+        "SatchelError",
+        "SerializationError",
+        "Session",
+        "SessionTooLarge",
+        "StoreUnavailable",
+    ]
+    for name in satchel.__all__:
+        assert getattr(satchel, name).__doc__
+
+
+def test_error_tree() -> None:
+    """Every error derives from SatchelError."""
+    for name in ("ConfigError", "SerializationError", "SessionTooLarge", "StoreUnavailable"):
+        assert issubclass(getattr(satchel, name), SatchelError)
+
+
+def test_missing_secret_key_fails_at_init() -> None:
+    """init_app without SECRET_KEY raises ConfigError, before any request."""
+    app = Flask("nokey")
+    with pytest.raises(ConfigError, match="SECRET_KEY"):
+        Satchel(app, store=MemoryStore())
+
+
+def test_init_twice_fails() -> None:
+    """A second init_app on one app is refused."""
+    app = Flask("twice")
+    app.config["SECRET_KEY"] = SECRET
+    Satchel(app, store=MemoryStore())
+    with pytest.raises(ConfigError, match="already"):
+        Satchel(app, store=MemoryStore())
+
+
+def test_factory_pattern(tmp_path: Path) -> None:
+    """Satchel() then init_app(app) works and keeps no reference to the app."""
+    ext = Satchel(store=MemoryStore())
+    app = Flask("factory", instance_path=str(tmp_path))
+    app.config["SECRET_KEY"] = SECRET
+    ext.init_app(app)
+    assert "satchel" in app.extensions
+    assert not any(isinstance(v, Flask) for v in vars(ext).values())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("SATCHEL_IDLE_TIMEOUT", "ten minutes", "SATCHEL_IDLE_TIMEOUT"),
+        ("SATCHEL_IDLE_TIMEOUT", -5, "positive"),
+        ("SATCHEL_ABSOLUTE_TIMEOUT", timedelta(0), "positive"),
+        ("SATCHEL_ABSOLUTE_TIMEOUT", True, "SATCHEL_ABSOLUTE_TIMEOUT"),
+        ("SATCHEL_MAX_SIZE", "1MB", "SATCHEL_MAX_SIZE"),
+        ("SATCHEL_MAX_SIZE", 0, "SATCHEL_MAX_SIZE"),
+        ("SATCHEL_STORE", "postgres://x", "unknown store URL scheme 'postgres'"),
+        ("SATCHEL_STORE", "not a url", "store URL"),
+        ("SATCHEL_STORE", 42, "SATCHEL_STORE"),
+        ("SECRET_KEY_FALLBACKS", "old-key", "SECRET_KEY_FALLBACKS"),
+    ],
+)
+def test_bad_settings(key: str, value: Any, message: str) -> None:
+    """Each malformed setting raises ConfigError naming it."""
+    app = Flask("bad")
+    app.config.update({"SECRET_KEY": SECRET, "SATCHEL_STORE": "memory://", key: value})
+    with pytest.raises(ConfigError, match=message):
+        Satchel(app)
+
+
+def test_durations_accept_timedelta_and_seconds() -> None:
+    """Timeouts take a timedelta or a number of seconds."""
+    for idle in (timedelta(minutes=30), 1800, 1800.0):
+        app = Flask("durations")
+        app.config.update(SECRET_KEY=SECRET, SATCHEL_IDLE_TIMEOUT=idle)
+        Satchel(app, store=MemoryStore())
+        assert app.extensions["satchel"].settings.idle_timeout == 1800.0
+
+
+def test_defaults(tmp_path: Path) -> None:
+    """With no store set, sessions go to a SQLite file in the instance folder."""
+    app = Flask("defaults", instance_path=str(tmp_path / "inst"))
+    app.config["SECRET_KEY"] = SECRET
+    Satchel(app)
+    manager = app.extensions["satchel"]
+    assert isinstance(manager.store, SQLiteStore)
+    assert manager.store.path == tmp_path / "inst" / "satchel-sessions.sqlite3"
+    assert manager.settings.idle_timeout == app.permanent_session_lifetime.total_seconds()
+    assert manager.settings.absolute_timeout == timedelta(days=90).total_seconds()
+    assert manager.settings.max_size == 1024 * 1024
+    manager.store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///x.db?mode=ro", "sqlite:///x?timeout=a"],
+)
+def test_bad_sqlite_urls(url: str) -> None:
+    """Malformed SQLite URLs are a ConfigError."""
+    with pytest.raises(ConfigError):
+        from_url(url)
+
+
+def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three slashes are relative to the working directory, four absolute."""
+    monkeypatch.chdir(tmp_path)
+    relative = from_url("sqlite:///rel/s.db?timeout=2.5")
+    assert isinstance(relative, SQLiteStore)
+    assert relative.path == Path("rel/s.db") and relative.timeout == 2.5
+    assert (tmp_path / "rel" / "s.db").exists()
+    absolute = from_url(f"sqlite:///{tmp_path}/abs.db")
+    assert isinstance(absolute, SQLiteStore) and absolute.path == tmp_path / "abs.db"
+    relative.close()
+    absolute.close()
+
+
+def test_register_scheme() -> None:
+    """A third-party scheme plugs into from_url."""
+    made: list[str] = []
+
+    def factory(url: str) -> MemoryStore:
+        made.append(url)
+        return MemoryStore()
+
+    register_scheme("custom", factory)
+    assert isinstance(from_url("custom://anything"), MemoryStore)
+    assert made == ["custom://anything"]
+
+
+def test_redis_client_must_not_decode() -> None:
+    """A redis client that decodes responses is refused."""
+    import redis
+
+    from satchel.stores import RedisStore
+
+    with pytest.raises(ConfigError, match="decode_responses"):
+        RedisStore(redis.Redis(decode_responses=True))

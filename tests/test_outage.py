@@ -1,0 +1,138 @@
+"""A store that is down gives 503 with a short plain message, and the app recovers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask, session
+
+from satchel import Satchel, SessionTooLarge, StoreUnavailable
+from satchel.stores import RedisStore, SQLiteStore, Store
+
+from .conftest import SECRET, stored_keys
+from .valkey import ValkeyServer
+
+
+def make(store: Store, server: ValkeyServer | None = None, **config: object) -> Flask:
+    app = Flask("outage")
+    app.config.update(SECRET_KEY=SECRET, **config)
+    Satchel(app, store=store)
+
+    @app.get("/read")
+    def read() -> dict[str, object]:
+        return dict(session)
+
+    @app.get("/set/<key>/<value>")
+    def set_(key: str, value: str) -> str:
+        session[key] = value
+        return "ok"
+
+    @app.get("/kill-then-set")
+    def kill_then_set() -> str:
+        session["during"] = "outage"
+        assert server is not None
+        server.kill()
+        return "the view finished"
+
+    return app
+
+
+@pytest.fixture
+def own_store(own_valkey: ValkeyServer) -> Iterator[RedisStore]:
+    store = RedisStore.from_url(own_valkey.url)
+    yield store
+    store.close()
+
+
+def assert_clean_503(response: object, caplog: pytest.LogCaptureFixture) -> None:
+    assert response.status_code == 503  # type: ignore[attr-defined]
+    assert response.mimetype == "text/plain"  # type: ignore[attr-defined]
+    assert b"session store" in response.data  # type: ignore[attr-defined]
+    assert b"Traceback" not in response.data  # type: ignore[attr-defined]
+    assert not any(r.exc_info for r in caplog.records), "no traceback is logged"
+
+
+def test_store_down_gives_503_then_recovers(
+    own_valkey: ValkeyServer, own_store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed server: reads and writes get 503; after a restart the same app works again."""
+    app = make(own_store)
+    client = app.test_client()
+    assert client.get("/set/a/1").status_code == 200
+    own_valkey.kill()
+    with caplog.at_level(logging.WARNING):
+        assert_clean_503(client.get("/read"), caplog)
+        assert_clean_503(client.get("/set/b/2"), caplog)
+    assert any("answered 503" in r.getMessage() for r in caplog.records)
+    own_valkey.start()  # same port, empty: the old session is gone, not corrupted
+    assert client.get("/read").json == {}
+    assert client.get("/set/c/3").status_code == 200
+    assert client.get("/read").json == {"c": "3"}
+
+
+def test_store_dies_between_load_and_save(
+    own_valkey: ValkeyServer, own_store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store lost while the view runs turns the response into a 503, not a silent loss."""
+    app = make(own_store, own_valkey)
+    client = app.test_client()
+    client.get("/set/a/1")
+    with caplog.at_level(logging.WARNING):
+        response = client.get("/kill-then-set")
+    assert_clean_503(response, caplog)
+    assert b"the view finished" not in response.data
+
+
+def test_frozen_store_gives_503(
+    own_valkey: ValkeyServer, own_store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that stops answering (SIGSTOP) gives 503 by socket timeout, not a hang."""
+    app = make(own_store)
+    client = app.test_client()
+    client.get("/set/a/1")
+    own_valkey.freeze()
+    try:
+        assert_clean_503(client.get("/read"), caplog)
+    finally:
+        own_valkey.thaw()
+    assert client.get("/read").json == {"a": "1"}
+
+
+def test_store_unavailable_is_typed() -> None:
+    """Store errors surface as StoreUnavailable naming the store."""
+    store = RedisStore.from_url("redis://127.0.0.1:1/0")
+    with pytest.raises(StoreUnavailable, match="127.0.0.1:1") as info:
+        store.load("k")
+    assert info.value.reason
+    store.close()
+
+
+def test_unreadable_sqlite_file_gives_503(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A SQLite file that is not a database gives 503, not a 500."""
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteStore(path)
+    app = make(store)
+    client = app.test_client()
+    client.get("/set/a/1")
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        target = Path(str(path) + suffix)
+        if target.exists():
+            target.write_bytes(b"this is not a database" * 100)
+    assert_clean_503(client.get("/read"), caplog)
+
+
+def test_session_too_large_writes_nothing(store: Store) -> None:
+    """Over SATCHEL_MAX_SIZE: SessionTooLarge, and the stored record is unchanged."""
+    app = make(store, SATCHEL_MAX_SIZE=200, TESTING=True)
+    client = app.test_client()
+    client.get("/set/small/1")
+    keys = stored_keys(store)
+    with pytest.raises(SessionTooLarge, match="over the limit of 200 bytes") as info:
+        client.get("/set/big/" + "x" * 300)
+    assert info.value.limit == 200 and info.value.size > 200
+    assert stored_keys(store) == keys
+    assert client.get("/read").json == {"small": "1"}

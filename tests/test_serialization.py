@@ -1,0 +1,169 @@
+"""Tagged JSON: every type Flask's own session keeps round-trips; nothing else is accepted."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from flask import Flask, flash, get_flashed_messages, session
+from markupsafe import Markup
+
+from satchel import Satchel, SerializationError
+from satchel.serialization import dumps, loads
+from satchel.stores import Store
+
+from .conftest import SECRET
+
+SAMPLES: list[Any] = [
+    "text",
+    "ünïcode ☃",
+    0,
+    -(2**70),
+    1.5,
+    True,
+    None,
+    [1, "two", [3]],
+    {"a": {"b": [1, 2]}},
+    (1, "two", (3, 4)),
+    b"\x00\xff bytes",
+    Markup("<b>safe</b>"),
+    UUID("12345678-1234-5678-1234-567812345678"),
+    datetime(2026, 11, 25, 12, 30, 15, 123456),
+    datetime(2026, 11, 25, 12, 30, tzinfo=timezone(timedelta(hours=-5))),
+    date(2026, 11, 25),
+    {" t": "a dict that looks like a tag"},
+    {" di": {" t": 1}},
+    [(b"x", {"k": (1,)})],
+    {},
+    [],
+    (),
+]
+
+
+@pytest.mark.parametrize("value", SAMPLES, ids=repr)
+def test_round_trip(value: Any) -> None:
+    """dumps then loads gives back an equal value of the same type."""
+    back = loads(dumps(value))
+    assert back == value
+    assert type(back) is type(value)
+
+
+def test_tagged_bytes_are_json() -> None:
+    """The stored form is compact UTF-8 JSON, readable by anything."""
+    import json
+
+    assert json.loads(dumps((1, b"a"))) == {" t": [1, {" b": "YQ=="}]}
+    assert dumps("é") == '"é"'.encode()
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    ("value", "bad_type"),
+    [
+        ({1, 2}, set),
+        (object(), object),
+        (Decimal("1.5"), Decimal),
+        ({"nested": [{"deep": {1, 2}}]}, set),
+        ({1: "int key"}, int),
+        (lambda: 1, type(lambda: 1)),
+    ],
+)
+def test_unsupported_values_raise(value: Any, bad_type: type) -> None:
+    """Unsupported types raise SerializationError naming the key and the type."""
+    with pytest.raises(SerializationError) as info:
+        dumps(value, "cart")
+    assert info.value.key == "cart"
+    assert info.value.value_type is bad_type
+    assert "session['cart']" in str(info.value)
+    assert bad_type.__qualname__ in str(info.value)
+
+
+def test_self_containing_list_raises() -> None:
+    """A container that holds itself is refused, not an endless loop."""
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(SerializationError):
+        dumps(loop, "loop")
+
+
+def test_str_enum_is_stored_as_its_value() -> None:
+    """A StrEnum member is stored as its plain string."""
+    assert loads(dumps(Colour.RED)) == "red"
+
+
+def test_session_round_trips_types_across_requests(store: Store) -> None:
+    """Values of every supported type come back from the store in a later request."""
+    app = Flask("types")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=store)
+
+    @app.get("/set")
+    def set_() -> str:
+        for i, value in enumerate(SAMPLES):
+            session[f"k{i}"] = value
+        return "ok"
+
+    @app.get("/check")
+    def check() -> str:
+        for i, value in enumerate(SAMPLES):
+            got = session[f"k{i}"]
+            assert got == value and type(got) is type(value), (i, got)
+        return "ok"
+
+    client = app.test_client()
+    assert client.get("/set").status_code == 200
+    assert client.get("/check").status_code == 200
+
+
+def test_flash_works_unchanged(store: Store) -> None:
+    """flask.flash messages, with categories and Markup, survive to the next request once."""
+    app = Flask("flash")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=store)
+
+    @app.get("/flash")
+    def do_flash() -> str:
+        flash("plain")
+        flash(Markup("<em>marked</em>"), "warning")
+        return "ok"
+
+    @app.get("/show")
+    def show() -> dict[str, Any]:
+        messages = get_flashed_messages(with_categories=True)
+        return {"messages": [[c, str(m), type(m).__name__] for c, m in messages]}
+
+    client = app.test_client()
+    client.get("/flash")
+    assert client.get("/show").json == {
+        "messages": [["message", "plain", "str"], ["warning", "<em>marked</em>", "Markup"]]
+    }
+    assert client.get("/show").json == {"messages": []}
+
+
+def test_unsupported_value_fails_at_the_assignment(store: Store) -> None:
+    """session[k] = unsupported raises right there, naming the key and type."""
+    app = Flask("bad-value")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=store)
+    seen: list[SerializationError] = []
+
+    @app.get("/bad")
+    def bad() -> str:
+        try:
+            session["basket"] = {"items": {1, 2}}
+        except SerializationError as exc:
+            seen.append(exc)
+            return "refused"
+        return "stored"
+
+    client = app.test_client()
+    assert client.get("/bad").data == b"refused"
+    assert seen[0].key == "basket" and seen[0].value_type is set
+    assert "Set-Cookie" not in client.get("/bad").headers
