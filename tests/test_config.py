@@ -111,7 +111,13 @@ def test_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["sqlite://", "sqlite:///", "sqlite://host/x.db", "sqlite:///x.db?mode=ro", "sqlite:///x?timeout=a"],
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite://host/x.db",
+        "sqlite:///x.db?mode=ro",
+        "sqlite:///x?timeout=a",
+    ],
 )
 def test_bad_sqlite_urls(url: str) -> None:
     """Malformed SQLite URLs are a ConfigError."""

@@ -187,7 +187,7 @@ def test_vary_cookie_when_session_read(app: Flask) -> None:
 
 
 def test_clear_deletes_record_and_expires_cookie(make_app: AppFactory, store: Store) -> None:
-    """Start over deletes the record, expires the cookie with its attributes; replay finds nothing."""
+    """clear() deletes the record and expires the cookie with the attributes it was set with."""
     app = add_views(
         make_app(
             SESSION_COOKIE_DOMAIN="example.test",

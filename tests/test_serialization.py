@@ -6,7 +6,7 @@ import enum
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pytest
 from flask import Flask, flash, get_flashed_messages, session

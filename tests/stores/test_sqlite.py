@@ -95,7 +95,8 @@ def test_two_processes_share_one_file(tmp_path: Path) -> None:
         assert worker.exitcode == 0
     data = client.get("/read").json
     assert data is not None
-    expected = {"origin"} | {f"{n}-{i}" for n in ("left", "right") for i in range(WRITES_PER_PROCESS)}
+    written = {f"{n}-{i}" for n in ("left", "right") for i in range(WRITES_PER_PROCESS)}
+    expected = {"origin"} | written
     assert set(data) == expected
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
