@@ -59,6 +59,8 @@ def test_whole_flow(demo: Flask) -> None:
     page3 = text(client.get("/page3"))
     summary = re.sub(r"\s+", " ", page3[page3.index('id="summary"') :])
     assert "Ada Lovelace" in summary and "green" in summary
+    held = footer(client)
+    assert held.index("First name") < held.index("Last name") < held.index("Favourite colour")
 
 
 def test_start_over_forgets_everything(demo: Flask) -> None:

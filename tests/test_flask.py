@@ -583,3 +583,14 @@ def test_memory_store_from_url_config() -> None:
     app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE="memory://")
     Satchel(app)
     assert isinstance(app.extensions["satchel"].store, MemoryStore)
+
+
+def test_session_transaction_in_tests(app: Flask) -> None:
+    """Flask's test_client().session_transaction() reads and writes satchel sessions."""
+    client = app.test_client()
+    with client.session_transaction() as sess:
+        sess["planted"] = "by the test"
+    assert client.get("/read").json == {"data": {"planted": "by the test"}}
+    client.get("/set/a/1")
+    with client.session_transaction() as sess:
+        assert sess["a"] == "1"

@@ -66,7 +66,7 @@ class Session(MutableMapping[str, Any]):
         for name, raw in record.fields.items():
             try:
                 value = loads(raw)
-            except ValueError:
+            except (ValueError, TypeError, AttributeError):
                 _log.error("dropped unreadable session field %r", name)
                 continue
             self._raw[name] = raw

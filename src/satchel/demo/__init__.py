@@ -65,7 +65,13 @@ def create_app(
 
     @app.context_processor
     def footer() -> dict[str, Any]:
-        return {"fields": FIELDS, "store": app.extensions["satchel"].store}
+        held = dict(session)
+        ordered = [(key, held.pop(key)) for key in FIELDS if key in held]
+        return {
+            "fields": FIELDS,
+            "held": ordered + sorted(held.items()),
+            "store": app.extensions["satchel"].store,
+        }
 
     @app.get("/")
     def home() -> str:
