@@ -51,8 +51,8 @@ def demo(args: list[str]) -> None:
 
 def test(args: list[str]) -> None:
     ensure_venv("dev")
-    run(BIN / "ruff", "check", "src", "tests", "tasks.py")
-    run(BIN / "ruff", "format", "--check", "src", "tests", "tasks.py")
+    run(BIN / "ruff", "check", "src", "tests", "bench", "tasks.py")
+    run(BIN / "ruff", "format", "--check", "src", "tests", "bench", "tasks.py")
     run(BIN / "mypy", "--strict", "src")
     run(PYTHON, "-m", "pytest", *args)
 

@@ -159,3 +159,20 @@ def test_redis_client_must_not_decode() -> None:
 
     with pytest.raises(ConfigError, match="decode_responses"):
         RedisStore(redis.Redis(decode_responses=True))
+
+
+def test_redis_urls_build_redis_stores(valkey: object) -> None:
+    """redis://, valkey:// and unix:// URLs build a RedisStore on that address."""
+    from satchel.stores import RedisStore
+
+    from .valkey import ValkeyServer
+
+    assert isinstance(valkey, ValkeyServer)
+    for url in (valkey.url, valkey.url.replace("redis://", "valkey://")):
+        store = from_url(url)
+        assert isinstance(store, RedisStore)
+        assert store.client.ping()
+        store.close()
+    socket_store = from_url("unix:///tmp/satchel-test.sock")
+    assert repr(socket_store) == "RedisStore('/tmp/satchel-test.sock')"
+    socket_store.close()

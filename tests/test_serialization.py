@@ -98,11 +98,16 @@ def test_str_enum_is_stored_as_its_value() -> None:
     assert loads(dumps(Colour.RED)) == "red"
 
 
-def test_session_round_trips_types_across_requests(store: Store) -> None:
-    """Values of every supported type come back from the store in a later request."""
+@pytest.fixture
+def app(store: Store) -> Flask:
     app = Flask("types")
     app.config.update(SECRET_KEY=SECRET)
     Satchel(app, store=store)
+    return app
+
+
+def test_session_round_trips_types_across_requests(app: Flask) -> None:
+    """Values of every supported type come back from the store in a later request."""
 
     @app.get("/set")
     def set_() -> str:
@@ -122,11 +127,8 @@ def test_session_round_trips_types_across_requests(store: Store) -> None:
     assert client.get("/check").status_code == 200
 
 
-def test_flash_works_unchanged(store: Store) -> None:
+def test_flash_works_unchanged(app: Flask) -> None:
     """flask.flash messages, with categories and Markup, survive to the next request once."""
-    app = Flask("flash")
-    app.config.update(SECRET_KEY=SECRET)
-    Satchel(app, store=store)
 
     @app.get("/flash")
     def do_flash() -> str:
@@ -147,11 +149,8 @@ def test_flash_works_unchanged(store: Store) -> None:
     assert client.get("/show").json == {"messages": []}
 
 
-def test_unsupported_value_fails_at_the_assignment(store: Store) -> None:
+def test_unsupported_value_fails_at_the_assignment(app: Flask) -> None:
     """session[k] = unsupported raises right there, naming the key and type."""
-    app = Flask("bad-value")
-    app.config.update(SECRET_KEY=SECRET)
-    Satchel(app, store=store)
     seen: list[SerializationError] = []
 
     @app.get("/bad")
