@@ -594,3 +594,61 @@ def test_session_transaction_in_tests(app: Flask) -> None:
     client.get("/set/a/1")
     with client.session_transaction() as sess:
         assert sess["a"] == "1"
+
+
+def test_cookie_name_hook_gives_independent_sessions(store: Store) -> None:
+    """A cookie_name function lets one browser hold one session per URL prefix."""
+    from flask import Request
+
+    def by_prefix(request: Request) -> str:
+        slot = request.path.split("/")[2] if request.path.startswith("/s/") else "0"
+        return f"session-{slot}"
+
+    app = Flask("slots")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=store, cookie_name=by_prefix)
+
+    @app.get("/s/<slot>/set/<value>")
+    def set_(slot: str, value: str) -> str:
+        session["who"] = value
+        return "ok"
+
+    @app.get("/s/<slot>/read")
+    def read(slot: str) -> dict[str, Any]:
+        return dict(session)
+
+    @app.get("/s/<slot>/clear")
+    def clear(slot: str) -> str:
+        session.clear()
+        return "ok"
+
+    client = app.test_client()
+    client.get("/s/1/set/alice")
+    client.get("/s/2/set/bob")
+    assert client.get("/s/1/read").json == {"who": "alice"}
+    assert client.get("/s/2/read").json == {"who": "bob"}
+    assert {c for c in ("session-1", "session-2") if client.get_cookie(c)} == {
+        "session-1",
+        "session-2",
+    }
+    response = client.get("/s/1/clear")
+    assert "session-1=;" in response.headers["Set-Cookie"]
+    assert client.get("/s/1/read").json == {}
+    assert client.get("/s/2/read").json == {"who": "bob"}
+    assert len(stored_keys(store)) == 1
+
+
+def test_cookie_name_hook_must_return_a_name(store: Store) -> None:
+    """A cookie_name function returning junk is a ConfigError, not a silent default."""
+    from satchel import ConfigError
+
+    app = Flask("bad-namer")
+    app.config.update(SECRET_KEY=SECRET, TESTING=True)
+    Satchel(app, store=store, cookie_name=lambda request: "")
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    with pytest.raises(ConfigError, match="cookie_name"):
+        app.test_client().get("/")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from datetime import timedelta
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask.sessions import SessionInterface, SessionMixin
@@ -55,8 +56,14 @@ UNAVAILABLE_MESSAGE = (
 )
 
 
+CookieNamer = Callable[["Request"], str]
+
+
 class FlaskSession(Session, SessionMixin):  # type: ignore[override]
     """A satchel :class:`~satchel.session.Session` that Flask accepts as its session."""
+
+    #: The cookie this session was read from and is written to.
+    cookie_name: str = "session"
 
 
 def _seconds(value: Any, name: str) -> float:
@@ -83,8 +90,18 @@ def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
 class SatchelSessionInterface(SessionInterface):
     """Flask's hook into satchel: opens sessions lazily and saves their changes."""
 
-    def __init__(self, manager: SessionManager) -> None:
+    def __init__(self, manager: SessionManager, cookie_name: CookieNamer | None = None) -> None:
         self.manager = manager
+        self.cookie_namer = cookie_name
+
+    def cookie_name_for(self, app: Flask, request: Request) -> str:
+        """The cookie name for this request: ``SESSION_COOKIE_NAME`` unless a namer is set."""
+        if self.cookie_namer is None:
+            return self.get_cookie_name(app)
+        name = self.cookie_namer(request)
+        if not isinstance(name, str) or not name or not name.isascii() or "=" in name:
+            raise ConfigError(f"the cookie_name function returned {name!r}, not a cookie name")
+        return name
 
     def get_cookie_samesite(self, app: Flask) -> str | None:
         """Flask's ``SESSION_COOKIE_SAMESITE``, with ``None`` read as ``"Lax"``."""
@@ -92,8 +109,11 @@ class SatchelSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         """Verify the cookie; the store is read only when a view uses the session."""
-        cookie = request.cookies.get(self.get_cookie_name(app))
-        return self.manager.open(cookie)  # type: ignore[return-value]
+        name = self.cookie_name_for(app, request)
+        session = self.manager.open(request.cookies.get(name))
+        assert isinstance(session, FlaskSession)
+        session.cookie_name = name
+        return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
         """Save the changes, then set, refresh or expire the cookie as needed."""
@@ -108,7 +128,7 @@ class SatchelSessionInterface(SessionInterface):
             response.set_data(message)
             response.headers.update(headers)
             return
-        name = self.get_cookie_name(app)
+        name = session.cookie_name
         domain = self.get_cookie_domain(app)
         path = self.get_cookie_path(app)
         secure = self.get_cookie_secure(app)
@@ -150,16 +170,29 @@ class Satchel:
     """The Flask extension: ``Satchel(app)`` or ``Satchel().init_app(app)``.
 
     ``store`` is a :class:`~satchel.stores.Store` to use instead of the one
-    ``SATCHEL_STORE`` names. The extension keeps no reference to the app; its
-    per-app state is ``app.extensions["satchel"]``, a ``SessionManager``.
+    ``SATCHEL_STORE`` names. ``cookie_name`` is a function of the request that
+    returns the session cookie's name, for apps that keep several independent
+    sessions in one browser (one per URL prefix, say); by default every
+    request uses ``SESSION_COOKIE_NAME``. The extension keeps no reference to
+    the app; its per-app state is ``app.extensions["satchel"]``, a
+    ``SessionManager``.
     """
 
-    def __init__(self, app: Flask | None = None, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        store: Store | None = None,
+        cookie_name: CookieNamer | None = None,
+    ) -> None:
         self.store = store
+        self.cookie_name = cookie_name
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, *, store: Store | None = None) -> None:
+    def init_app(
+        self, app: Flask, *, store: Store | None = None, cookie_name: CookieNamer | None = None
+    ) -> None:
         """Check the configuration, build the store and install the session interface.
 
         Raises :class:`~satchel.errors.ConfigError` when ``SECRET_KEY`` is
@@ -209,5 +242,5 @@ class Satchel:
 
         manager = SessionManager(chosen, CookieSigner(secret, fallbacks), settings, FlaskSession)
         app.extensions["satchel"] = manager
-        app.session_interface = SatchelSessionInterface(manager)
+        app.session_interface = SatchelSessionInterface(manager, cookie_name or self.cookie_name)
         app.register_error_handler(StoreUnavailable, _unavailable)
