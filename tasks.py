@@ -45,7 +45,7 @@ def ensure_venv(extra: str) -> None:
 
 
 def demo(args: list[str]) -> None:
-    ensure_venv("redis")
+    ensure_venv("demo,redis")
     os.execv(BIN / "satchel", [str(BIN / "satchel"), "demo", *args])
 
 

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -18,6 +19,7 @@ from flask.testing import FlaskClient
 from satchel.demo import create_app
 from satchel.stores import Store
 
+from .conftest import stored_keys
 from .valkey import free_port
 
 
@@ -27,102 +29,180 @@ def demo(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Flask
     return create_app(store=store, instance_path=tmp_path / "instance")
 
 
-def text(response: object) -> str:
-    return response.get_data(as_text=True)  # type: ignore[attr-defined,no-any-return]
+def text(response: Any) -> str:
+    return str(response.get_data(as_text=True))
 
 
-def footer(client: FlaskClient) -> str:
-    page = text(client.get("/"))
+def token(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "the page has a form with a CSRF token"
+    return match.group(1)
+
+
+def submit(client: FlaskClient, path: str, data: dict[str, str]) -> Any:
+    """Post a form the way a browser does: fetch the page, send its token back."""
+    page = text(client.get(path))
+    return client.post(path, data={**data, "csrf_token": token(page)})
+
+
+def footer(client: FlaskClient, slot: int = 1) -> str:
+    page = text(client.get(f"/s/{slot}/"))
     return page[page.index("What the session holds") :]
+
+
+def fill_in(client: FlaskClient, slot: int = 1, first: str = "Ada", colour: str = "green") -> None:
+    submit(client, f"/s/{slot}/page1", {"firstName": first, "lastName": "Lovelace"})
+    submit(client, f"/s/{slot}/page2", {"favoriteColor": colour})
 
 
 def test_whole_flow(demo: Flask) -> None:
     """Home → Page 1 → Page 2 → Page 3 shows all answers; the footer follows along."""
     client = demo.test_client()
-    home = client.get("/")
-    assert home.status_code == 200 and "session" in text(home)
-    assert "Nothing yet" in text(home)
+    assert client.get("/").headers["Location"].endswith("/s/1/")
+    home = client.get("/s/1/")
+    assert home.status_code == 200 and "What is a session?" in text(home)
+    assert "no session is stored" in text(home)
     assert "Set-Cookie" not in home.headers  # reading creates nothing
 
-    page1 = client.get("/page1")
-    assert 'name="firstName"' in text(page1) and 'name="lastName"' in text(page1)
-    response = client.post("/page1", data={"firstName": "Ada", "lastName": "Lovelace"})
-    assert response.status_code == 303 and response.headers["Location"].endswith("/page2")
-    assert "Set-Cookie" in response.headers
+    page1 = text(client.get("/s/1/page1"))
+    assert 'name="firstName"' in page1 and 'name="lastName"' in page1
+    response = submit(client, "/s/1/page1", {"firstName": "Ada", "lastName": "Lovelace"})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/s/1/page2")
     assert "Ada" in footer(client) and "Lovelace" in footer(client)
 
-    page2 = client.get("/page2")
-    assert 'name="favoriteColor"' in text(page2) and "Hello, Ada" in text(page2)
-    response = client.post("/page2", data={"favoriteColor": "green"})
-    assert response.status_code == 303 and response.headers["Location"].endswith("/page3")
+    page2 = text(client.get("/s/1/page2"))
+    assert 'name="favoriteColor"' in page2 and "Hello, Ada" in page2
+    response = submit(client, "/s/1/page2", {"favoriteColor": "green"})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/s/1/page3")
 
-    page3 = text(client.get("/page3"))
+    page3 = text(client.get("/s/1/page3"))
     summary = re.sub(r"\s+", " ", page3[page3.index('id="summary"') :])
     assert "Ada Lovelace" in summary and "green" in summary
     held = footer(client)
     assert held.index("First name") < held.index("Last name") < held.index("Favourite colour")
 
 
-def test_start_over_forgets_everything(demo: Flask) -> None:
-    """Start over clears the session on the server; the old cookie is dead."""
+def test_forms_without_a_token_are_refused_kindly(demo: Flask, store: Store) -> None:
+    """A POST without a CSRF token saves nothing and redirects with a message, never a 400."""
     client = demo.test_client()
-    client.post("/page1", data={"firstName": "Ada", "lastName": "Lovelace"})
-    old = client.get_cookie("session")
-    assert old is not None
-    response = client.get("/start-over")
+    client.get("/s/1/page1")
+    response = client.post("/s/1/page1", data={"firstName": "Eve", "lastName": "X"})
     assert response.status_code == 303
-    assert "Nothing yet" in footer(client)
+    page = text(client.get(response.headers["Location"]))
+    assert "That form had expired" in page
+    assert "Eve" not in footer(client)
+
+
+def test_start_over_forgets_everything(demo: Flask, store: Store) -> None:
+    """Start over deletes the record; the old cookie is dead and the session page says so."""
+    client = demo.test_client()
+    fill_in(client)
+    old = client.get_cookie("session-1")
+    assert old is not None and stored_keys(store)
+    confirm = text(client.get("/s/1/start-over"))
+    assert "Start over?" in confirm
+    response = client.post("/s/1/start-over", data={"csrf_token": token(confirm)})
+    assert response.status_code == 303
+    assert stored_keys(store) == []
+    assert "no session is stored" in footer(client)
     replay = demo.test_client()
-    replay.set_cookie("session", old.value)
-    assert "Nothing yet" in footer(replay)
+    replay.set_cookie("session-1", old.value)
+    assert "no session is stored" in footer(replay)
+    inspect = text(client.get("/s/1/session"))
+    assert "nothing answers to it. It is dead." in inspect
 
 
-@pytest.mark.parametrize("path", ["/page2", "/page3"])
+def test_session_page_shows_cookie_and_record_never_the_id(demo: Flask) -> None:
+    """The session page shows the cookie's shape and the stored record, not the raw ID."""
+    client = demo.test_client()
+    empty = text(client.get("/s/1/session"))
+    assert "You have no session in slot 1 yet" in empty
+    assert "Set-Cookie" not in client.get("/s/1/session").headers
+    fill_in(client)
+    cookie = client.get_cookie("session-1")
+    assert cookie is not None
+    raw_id = cookie.value.rsplit(".", 1)[0]
+    page = text(client.get("/s/1/session"))
+    assert raw_id not in page
+    store = repr(client.application.extensions["satchel"].store)
+    expected = ["You have a session in slot 1", "Ada", "green", "Created", "Last seen"]
+    expected += ["Ends if unused", "Ends at the latest", store.replace("'", "&#39;")]
+    for snippet in expected:
+        assert snippet in page, snippet
+    assert "None of your answers" in page and "when you close the browser" in page
+
+
+def test_tampered_cookie_gives_a_fresh_session(demo: Flask) -> None:
+    """The tamper button changes one character; the next page has a fresh session."""
+    client = demo.test_client()
+    fill_in(client)
+    page = text(client.get("/s/1/session"))
+    response = client.post("/s/1/tamper", data={"csrf_token": token(page)})
+    assert response.status_code == 303
+    result = client.get(response.headers["Location"])
+    assert result.status_code == 200
+    assert "Its signature no\nlonger matched" in text(result)
+    assert "You have no session in slot 1 yet" in text(result)
+    assert "Max-Age=0" in result.headers["Set-Cookie"]  # the forged cookie is dropped
+
+
+def test_slots_are_independent(demo: Flask) -> None:
+    """Two slots in one client are two visitors, each with its own cookie."""
+    client = demo.test_client()
+    fill_in(client, slot=1, first="Ada", colour="green")
+    fill_in(client, slot=2, first="Grace", colour="blue")
+    assert "Ada" in footer(client, 1) and "Grace" not in footer(client, 1)
+    assert "Grace" in footer(client, 2) and "Ada" not in footer(client, 2)
+    assert client.get_cookie("session-1") and client.get_cookie("session-2")
+
+
+def test_unknown_slot_goes_to_slot_one(demo: Flask) -> None:
+    """A slot number out of range redirects rather than erring."""
+    response = demo.test_client().get("/s/99/page1")
+    assert response.status_code == 303 and response.headers["Location"].endswith("/s/1/")
+
+
+@pytest.mark.parametrize("path", ["/s/1/page2", "/s/1/page3"])
 def test_skipping_ahead_is_friendly(demo: Flask, path: str) -> None:
     """Going straight to Page 2 or 3 explains what is missing, with a link back."""
     response = demo.test_client().get(path)
     assert response.status_code == 200
     assert "needs your name first" in text(response)
-    assert 'href="/page1"' in text(response)
+    assert 'href="/s/1/page1"' in text(response)
 
 
 def test_page3_without_colour_points_to_page2(demo: Flask) -> None:
     """With a name but no colour, Page 3 sends the visitor to Page 2."""
     client = demo.test_client()
-    client.post("/page1", data={"firstName": "Ada", "lastName": "Lovelace"})
-    response = client.get("/page3")
-    assert "favourite colour first" in text(response) and 'href="/page2"' in text(response)
+    submit(client, "/s/1/page1", {"firstName": "Ada", "lastName": "Lovelace"})
+    response = client.get("/s/1/page3")
+    assert "favourite colour first" in text(response) and 'href="/s/1/page2"' in text(response)
 
 
 @pytest.mark.parametrize(
-    ("path", "form"),
-    [
-        ("/page1", {}),
-        ("/page1", {"firstName": "Ada"}),
-        ("/page1", {"firstName": "  ", "lastName": "  "}),
-    ],
+    "form",
+    [{}, {"firstName": "Ada"}, {"firstName": "  ", "lastName": "  "}],
 )
-def test_empty_forms_show_the_form_again(demo: Flask, path: str, form: dict[str, str]) -> None:
+def test_empty_forms_show_the_form_again(demo: Flask, form: dict[str, str]) -> None:
     """An empty or half-empty form comes back with a message, never an error status."""
     client = demo.test_client()
-    response = client.post(path, data=form)
+    response = submit(client, "/s/1/page1", form)
     assert response.status_code == 200
     assert 'role="alert"' in text(response) and 'name="firstName"' in text(response)
-    assert "Set-Cookie" not in response.headers
 
 
 def test_empty_colour_shows_the_form_again(demo: Flask) -> None:
     """An empty colour comes back with a message."""
     client = demo.test_client()
-    client.post("/page1", data={"firstName": "Ada", "lastName": "Lovelace"})
-    response = client.post("/page2", data={"favoriteColor": ""})
+    submit(client, "/s/1/page1", {"firstName": "Ada", "lastName": "Lovelace"})
+    response = submit(client, "/s/1/page2", {"favoriteColor": ""})
     assert response.status_code == 200 and 'role="alert"' in text(response)
 
 
 def test_html_in_answers_is_escaped(demo: Flask) -> None:
     """Answers are shown escaped: a stored script tag is text, not markup."""
     client = demo.test_client()
-    client.post("/page1", data={"firstName": "<script>x</script>", "lastName": "L"})
+    submit(client, "/s/1/page1", {"firstName": "<script>x</script>", "lastName": "L"})
     assert "<script>x</script>" not in footer(client)
     assert "&lt;script&gt;" in footer(client)
 
@@ -180,6 +260,7 @@ def test_satchel_demo_command_serves_the_questionnaire(
     url, process = served
     with urllib.request.urlopen(url, timeout=5) as response:
         assert response.status == 200
+        assert response.url.endswith("/s/1/")
         assert "satchel questionnaire" in response.read().decode()
     assert (tmp_path / "inst" / "satchel-sessions.sqlite3").exists()
     process.terminate()

@@ -30,16 +30,22 @@ def main() -> None:
 )
 def demo(host: str, port: int, store: str | None, instance: str) -> None:
     """Run the three-page questionnaire on a development server."""
-    from .demo import create_app
     from .errors import ConfigError
 
     try:
+        from .demo import create_app
+
         app = create_app(store=store, instance_path=instance)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the demo needs {exc.name}: pip install 'satchel[demo]'"
+        ) from exc
     key_file = app.config["DEMO_SECRET_KEY_FILE"]
     if key_file:
         click.echo(f"No FLASK_SECRET_KEY set: using the random key kept in {key_file}")
     click.echo(f"Sessions are stored in {app.extensions['satchel'].store!r}")
     click.echo(f"Open http://{host}:{port}/ in a browser (Ctrl+C to stop)")
+    click.echo(f"A second, independent session: http://{host}:{port}/s/2/ in another tab")
     app.run(host=host, port=port, debug=False, load_dotenv=False)

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from flask.sessions import SessionInterface, SessionMixin
@@ -173,7 +173,9 @@ class Satchel:
     ``SATCHEL_STORE`` names. ``cookie_name`` is a function of the request that
     returns the session cookie's name, for apps that keep several independent
     sessions in one browser (one per URL prefix, say); by default every
-    request uses ``SESSION_COOKIE_NAME``. The extension keeps no reference to
+    request uses ``SESSION_COOKIE_NAME``. Flask opens the session before it
+    routes the request, so the function should look at ``request.path``, not
+    ``request.view_args``. The extension keeps no reference to
     the app; its per-app state is ``app.extensions["satchel"]``, a
     ``SessionManager``.
     """

@@ -1,27 +1,48 @@
-"""The questionnaire demo: three pages that remember a visitor between requests.
+"""The questionnaire demo: a small app that shows, live, what a session is.
 
 Home explains sessions; Page 1 asks for ``firstName`` and ``lastName``; Page 2
 for ``favoriteColor``; Page 3 shows all three. Every page's footer shows what
-the session holds, and "Start over" discards it on the server. Run it with
-``satchel demo``.
+the session holds, and "Start over" discards it on the server. The
+"What's in my session?" page shows the cookie and the stored record side by
+side. Each *slot* (``/s/1/…``, ``/s/2/…``) has its own cookie, so two tabs of
+one browser can be two different visitors. Run it with ``satchel demo``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Request,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
-from ..flask import Satchel
-from ..stores import Store
+from ..flask import FlaskSession, Satchel
+from ..signing import store_key
+from ..stores import MemoryStore, Store
 
-__all__ = ["create_app", "load_secret_key"]
+__all__ = ["FIELDS", "SLOTS", "create_app", "load_secret_key"]
 
+#: The questionnaire's form fields, in the order the pages ask for them.
 FIELDS = {"firstName": "First name", "lastName": "Last name", "favoriteColor": "Favourite colour"}
+#: How many independent session slots the demo offers.
+SLOTS = 3
+DEAD_COOKIE = "demo-ended-{slot}"
+
+pages = Blueprint("pages", __name__, url_prefix="/s/<int:slot>")
 
 
 def load_secret_key(instance_path: str | os.PathLike[str]) -> tuple[str, str | None]:
@@ -44,6 +65,174 @@ def load_secret_key(instance_path: str | os.PathLike[str]) -> tuple[str, str | N
     return key, str(path)
 
 
+def slot_cookie(request: Request) -> str:
+    """Each slot's pages (``/s/N/…``) use cookie ``session-N``; anything else ``session``."""
+    parts = request.path.split("/", 3)
+    if len(parts) > 2 and parts[1] == "s" and parts[2].isdigit():
+        return f"session-{int(parts[2])}"
+    return "session"
+
+
+def fingerprint(session_id: str) -> str:
+    """A short, safe name for a session: the start of its store key, never the ID."""
+    return store_key(session_id)[:8]
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@pages.url_defaults
+def _add_slot(endpoint: str, values: dict[str, Any]) -> None:
+    if "slot" not in values and "slot" in g:
+        values["slot"] = g.slot
+
+
+@pages.url_value_preprocessor
+def _pull_slot(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    g.slot = (values or {}).pop("slot", 1)
+
+
+@pages.before_request
+def _check_slot() -> Response | None:
+    if not 1 <= g.slot <= SLOTS:
+        return redirect(url_for("pages.home", slot=1), 303)
+    return None
+
+
+@pages.get("/")
+def home() -> str:
+    return render_template("home.html")
+
+
+@pages.route("/page1", methods=["GET", "POST"])
+def page1() -> str | Response:
+    error = None
+    if request.method == "POST":
+        first = request.form.get("firstName", "").strip()
+        last = request.form.get("lastName", "").strip()
+        if first and last:
+            session["firstName"] = first
+            session["lastName"] = last
+            return redirect(url_for(".page2"), 303)
+        error = "Please fill in both your first and last name."
+    return render_template("page1.html", error=error)
+
+
+@pages.route("/page2", methods=["GET", "POST"])
+def page2() -> str | Response:
+    if "firstName" not in session:
+        return render_template("missing.html", step="your name", target=".page1")
+    error = None
+    if request.method == "POST":
+        color = request.form.get("favoriteColor", "").strip()
+        if color:
+            session["favoriteColor"] = color
+            return redirect(url_for(".page3"), 303)
+        error = "Please tell us your favourite colour."
+    return render_template("page2.html", error=error)
+
+
+@pages.get("/page3")
+def page3() -> str:
+    if "firstName" not in session:
+        return render_template("missing.html", step="your name", target=".page1")
+    if "favoriteColor" not in session:
+        return render_template("missing.html", step="your favourite colour", target=".page2")
+    return render_template("page3.html")
+
+
+@pages.route("/start-over", methods=["GET", "POST"])
+def start_over() -> str | Response:
+    if request.method == "GET":
+        return render_template("start_over.html")
+    current = session
+    assert isinstance(current, FlaskSession)
+    old_cookie = request.cookies.get(current.cookie_name)
+    had_session = current.session_id is not None and not current.new
+    current.clear()
+    response = redirect(url_for(".home"), 303)
+    if had_session and old_cookie:
+        # Kept only so the session page can show that replaying it finds nothing.
+        response.set_cookie(
+            DEAD_COOKIE.format(slot=g.slot), old_cookie, httponly=True, samesite="Lax"
+        )
+    return response
+
+
+@pages.get("/session")
+def inspect() -> str:
+    return render_template("session.html", info=describe(), dead=replay_dead_cookie())
+
+
+@pages.post("/tamper")
+def tamper() -> Response:
+    """Change one character of the cookie's signature, as an attacker might."""
+    current = session
+    assert isinstance(current, FlaskSession)
+    value = request.cookies.get(current.cookie_name, "")
+    response = redirect(url_for(".inspect", tampered=1), 303)
+    if value:
+        flipped = value[:-1] + ("A" if value[-1] != "A" else "B")
+        response.set_cookie(current.cookie_name, flipped, httponly=True, samesite="Lax")
+    return response
+
+
+def describe() -> dict[str, Any]:
+    """What the session page shows: the cookie and the record, never the raw ID."""
+    from flask import current_app
+
+    current = session
+    assert isinstance(current, FlaskSession)
+    manager = current_app.extensions["satchel"]
+    data = dict(current)
+    record = current.record
+    cookie = request.cookies.get(current.cookie_name)
+    info: dict[str, Any] = {
+        "exists": record is not None,
+        "cookie_name": current.cookie_name,
+        "cookie_sent": cookie is not None,
+        "data": data,
+        "store": manager.store,
+        "persistent": not isinstance(manager.store, MemoryStore),
+        "idle": timedelta(seconds=manager.settings.idle_timeout),
+        "absolute": timedelta(seconds=manager.settings.absolute_timeout),
+        "permanent": current.permanent,
+        "lifetime": current_app.permanent_session_lifetime,
+        "samesite": current_app.session_interface.get_cookie_samesite(current_app),
+        "secure": current_app.config["SESSION_COOKIE_SECURE"],
+    }
+    if cookie is not None:
+        info["cookie_length"] = len(cookie)
+    if record is not None and current.session_id is not None:
+        signature = cookie.rsplit(".", 1)[-1] if cookie else ""
+        info.update(
+            fingerprint=fingerprint(current.session_id),
+            signature=signature[:10],
+            created=_when(record.created_at),
+            last_seen=_when(record.touched_at),
+            idle_expiry=_when(record.touched_at + manager.settings.idle_timeout),
+            absolute_expiry=_when(record.created_at + manager.settings.absolute_timeout),
+            expires=_when(record.expires_at),
+        )
+    return info
+
+
+def replay_dead_cookie() -> dict[str, Any] | None:
+    """Replay the cookie "Start over" ended against the store, to show it is dead."""
+    from flask import current_app
+
+    value = request.cookies.get(DEAD_COOKIE.format(slot=g.slot))
+    if not value:
+        return None
+    manager = current_app.extensions["satchel"]
+    session_id = manager.signer.unsign(value)
+    if session_id is None:
+        return None
+    found = manager.store.load(store_key(session_id))
+    return {"fingerprint": fingerprint(session_id), "found": found is not None}
+
+
 def create_app(
     *,
     store: str | Store | None = None,
@@ -54,14 +243,22 @@ def create_app(
 
     ``instance_path`` defaults to ``./instance``; ``config`` overrides settings.
     """
+    from flask_wtf.csrf import CSRFError, CSRFProtect
+
     instance = os.path.abspath(instance_path or "instance")
     app = Flask(__name__, instance_path=instance)
     key, key_file = load_secret_key(instance)
-    app.config["SECRET_KEY"] = key
-    app.config["DEMO_SECRET_KEY_FILE"] = key_file
-    app.config["SATCHEL_STORE"] = store
+    app.config.update(
+        SECRET_KEY=key,
+        DEMO_SECRET_KEY_FILE=key_file,
+        SATCHEL_STORE=store,
+        SATCHEL_IDLE_TIMEOUT=timedelta(minutes=30),
+        SATCHEL_ABSOLUTE_TIMEOUT=timedelta(hours=8),
+    )
     app.config.update(config or {})
-    Satchel(app)
+    Satchel(app, cookie_name=slot_cookie)
+    CSRFProtect(app)
+    app.register_blueprint(pages)
 
     @app.context_processor
     def footer() -> dict[str, Any]:
@@ -70,50 +267,23 @@ def create_app(
         return {
             "fields": FIELDS,
             "held": ordered + sorted(held.items()),
-            "store": app.extensions["satchel"].store,
+            "slot": g.get("slot", 1),
+            "slots": range(1, SLOTS + 1),
+            "idle_minutes": round(app.extensions["satchel"].settings.idle_timeout / 60),
+            "absolute_hours": round(app.extensions["satchel"].settings.absolute_timeout / 3600),
         }
 
+    @app.errorhandler(CSRFError)
+    def expired_form(error: CSRFError) -> Response:
+        # Most often an old tab after "Start over" or an expired session: not
+        # an attack worth a 400 page, so explain and let the visitor go on.
+        flash("That form had expired (its session ended), so nothing was saved. Please try again.")
+        if request.endpoint == "pages.tamper":
+            return redirect(url_for("pages.inspect"), 303)
+        return redirect(request.path, 303)
+
     @app.get("/")
-    def home() -> str:
-        return render_template("home.html")
-
-    @app.route("/page1", methods=["GET", "POST"])
-    def page1() -> str | Response:
-        error = None
-        if request.method == "POST":
-            first = request.form.get("firstName", "").strip()
-            last = request.form.get("lastName", "").strip()
-            if first and last:
-                session["firstName"] = first
-                session["lastName"] = last
-                return redirect(url_for("page2"), 303)
-            error = "Please fill in both your first and last name."
-        return render_template("page1.html", error=error)
-
-    @app.route("/page2", methods=["GET", "POST"])
-    def page2() -> str | Response:
-        if "firstName" not in session:
-            return render_template("missing.html", step="your name", target="page1")
-        error = None
-        if request.method == "POST":
-            color = request.form.get("favoriteColor", "").strip()
-            if color:
-                session["favoriteColor"] = color
-                return redirect(url_for("page3"), 303)
-            error = "Please tell us your favourite colour."
-        return render_template("page2.html", error=error)
-
-    @app.get("/page3")
-    def page3() -> str:
-        if "firstName" not in session:
-            return render_template("missing.html", step="your name", target="page1")
-        if "favoriteColor" not in session:
-            return render_template("missing.html", step="your favourite colour", target="page2")
-        return render_template("page3.html")
-
-    @app.get("/start-over")
-    def start_over() -> Response:
-        session.clear()
-        return redirect(url_for("home"), 303)
+    def index() -> Response:
+        return redirect(url_for("pages.home", slot=1), 303)
 
     return app
