@@ -184,19 +184,23 @@ def test_page3_without_colour_points_to_page2(demo: Flask) -> None:
     [{}, {"firstName": "Ada"}, {"firstName": "  ", "lastName": "  "}],
 )
 def test_empty_forms_show_the_form_again(demo: Flask, form: dict[str, str]) -> None:
-    """An empty or half-empty form comes back with a message, never an error status."""
+    """An empty or half-empty form redirects back to itself with a message (no 4xx)."""
     client = demo.test_client()
     response = submit(client, "/s/1/page1", form)
-    assert response.status_code == 200
-    assert 'role="alert"' in text(response) and 'name="firstName"' in text(response)
+    assert response.status_code == 303 and response.headers["Location"] == "/s/1/page1"
+    page = text(client.get("/s/1/page1"))
+    assert 'role="alert"' in page and "first and last name" in page
+    assert 'name="firstName"' in page
+    assert "firstName" not in footer(client)
 
 
 def test_empty_colour_shows_the_form_again(demo: Flask) -> None:
-    """An empty colour comes back with a message."""
+    """An empty colour redirects back to Page 2 with a message."""
     client = demo.test_client()
     submit(client, "/s/1/page1", {"firstName": "Ada", "lastName": "Lovelace"})
-    response = submit(client, "/s/1/page2", {"favoriteColor": ""})
-    assert response.status_code == 200 and 'role="alert"' in text(response)
+    response = submit(client, "/s/1/page2", {"favoriteColor": " "})
+    assert response.status_code == 303
+    assert "favourite colour" in text(client.get("/s/1/page2"))
 
 
 def test_html_in_answers_is_escaped(demo: Flask) -> None:

@@ -107,30 +107,32 @@ def home() -> str:
 
 @pages.route("/page1", methods=["GET", "POST"])
 def page1() -> str | Response:
-    error = None
-    if request.method == "POST":
-        first = request.form.get("firstName", "").strip()
-        last = request.form.get("lastName", "").strip()
-        if first and last:
-            session["firstName"] = first
-            session["lastName"] = last
-            return redirect(url_for(".page2"), 303)
-        error = "Please fill in both your first and last name."
-    return render_template("page1.html", error=error)
+    if request.method == "GET":
+        return render_template("page1.html")
+    first = request.form.get("firstName", "").strip()
+    last = request.form.get("lastName", "").strip()
+    if not (first and last):
+        # Redirect even on error, so that no page in the history is a POST
+        # result that reload or Back would send again.
+        flash("Please fill in both your first and last name.", "error")
+        return redirect(url_for(".page1"), 303)
+    session["firstName"] = first
+    session["lastName"] = last
+    return redirect(url_for(".page2"), 303)
 
 
 @pages.route("/page2", methods=["GET", "POST"])
 def page2() -> str | Response:
     if "firstName" not in session:
         return render_template("missing.html", step="your name", target=".page1")
-    error = None
-    if request.method == "POST":
-        color = request.form.get("favoriteColor", "").strip()
-        if color:
-            session["favoriteColor"] = color
-            return redirect(url_for(".page3"), 303)
-        error = "Please tell us your favourite colour."
-    return render_template("page2.html", error=error)
+    if request.method == "GET":
+        return render_template("page2.html")
+    color = request.form.get("favoriteColor", "").strip()
+    if not color:
+        flash("Please tell us your favourite colour.", "error")
+        return redirect(url_for(".page2"), 303)
+    session["favoriteColor"] = color
+    return redirect(url_for(".page3"), 303)
 
 
 @pages.get("/page3")
@@ -167,13 +169,13 @@ def inspect() -> str:
 
 @pages.post("/tamper")
 def tamper() -> Response:
-    """Change one character of the cookie's signature, as an attacker might."""
+    """Change one character of the cookie's ID part, as an attacker guessing IDs might."""
     current = session
     assert isinstance(current, FlaskSession)
     value = request.cookies.get(current.cookie_name, "")
     response = redirect(url_for(".inspect", tampered=1), 303)
     if value:
-        flipped = value[:-1] + ("A" if value[-1] != "A" else "B")
+        flipped = value[:5] + ("A" if value[5] != "A" else "B") + value[6:]
         response.set_cookie(current.cookie_name, flipped, httponly=True, samesite="Lax")
     return response
 
