@@ -90,8 +90,10 @@ class Visitor:
         self.page.get_by_label("First name").fill(first)
         self.page.get_by_label("Last name").fill(last)
         self.page.get_by_role("button", name="Next").click()
+        self.page.wait_for_url("**/page2")
         self.page.get_by_label("Favourite colour").fill(colour)
         self.page.get_by_role("button", name="Next").click()
+        self.page.wait_for_url("**/page3")
 
     def footer(self) -> str:
         return str(self.page.locator("#session-contents").inner_text())
@@ -116,22 +118,24 @@ def test_whole_flow_by_clicking_and_typing(visitor: Visitor) -> None:
     assert visitor.context.cookies() == []
     visitor.shot("home")
     page.get_by_role("link", name="Start the questionnaire").click()
+    page.wait_for_url("**/s/1/page1")
     visitor.shot("page1")
     page.get_by_label("First name").fill("Ada")
     page.get_by_label("Last name").fill("Lovelace")
     page.get_by_role("button", name="Next").click()
-    assert page.url.endswith("/s/1/page2")
+    page.wait_for_url("**/s/1/page2")
     assert "Hello, Ada!" in page.content()
     visitor.shot("page2")
     page.get_by_label("Favourite colour").fill("green")
     page.get_by_role("button", name="Next").click()
-    assert page.url.endswith("/s/1/page3")
+    page.wait_for_url("**/s/1/page3")
     assert page.locator("#summary").inner_text() == (
         "You are Ada Lovelace and your favourite colour is green."
     )
     assert "Ada" in visitor.footer() and "green" in visitor.footer()
     visitor.shot("page3")
     page.get_by_role("link", name="What's in my session?").first.click()
+    page.wait_for_url("**/s/1/session")
     assert "You have a session in slot 1" in page.locator("#session-state").inner_text()
     assert "Ada" in page.locator("#record").inner_text()
     visitor.shot("session")
@@ -143,6 +147,7 @@ def test_reload_after_submit_resubmits_nothing(visitor: Visitor) -> None:
     visitor.page.get_by_label("First name").fill("Ada")
     visitor.page.get_by_label("Last name").fill("Lovelace")
     visitor.page.get_by_role("button", name="Next").click()
+    visitor.page.wait_for_url("**/s/1/page2")
     posts = [s for s in visitor.statuses if s[0] == "POST"]
     assert len(posts) == 1 and posts[0][2] == 303
     visitor.page.reload()
@@ -157,7 +162,7 @@ def test_start_over(visitor: Visitor) -> None:
     visitor.answer()
     old = [c for c in visitor.context.cookies() if c["name"] == "session-1"]
     visitor.page.get_by_role("button", name="Start over").click()
-    assert visitor.page.url.endswith("/s/1/")
+    visitor.page.wait_for_url("**/s/1/")
     assert "Nothing" in visitor.footer()
     assert not [c for c in visitor.context.cookies() if c["name"] == "session-1"]
     visitor.context.add_cookies(old)  # replay the old cookie
@@ -197,6 +202,7 @@ def test_tamper_button(visitor: Visitor) -> None:
     visitor.answer()
     visitor.go("/s/1/session")
     visitor.page.get_by_role("button", name="Tamper with my cookie").click()
+    visitor.page.wait_for_url("**/s/1/session?tampered=1")
     assert "no longer matched" in visitor.page.locator("#tamper-result").inner_text()
     assert "no session in slot 1" in visitor.page.locator("#session-state").inner_text()
     visitor.shot("tampered")
@@ -228,8 +234,10 @@ def test_two_slots_in_one_browser_are_isolated(visitor: Visitor) -> None:
     tab2.get_by_label("First name").fill("Grace")
     tab2.get_by_label("Last name").fill("Hopper")
     tab2.get_by_role("button", name="Next").click()
+    tab2.wait_for_url("**/s/2/page2")
     tab2.get_by_label("Favourite colour").fill("blue")
     tab2.get_by_role("button", name="Next").click()
+    tab2.wait_for_url("**/s/2/page3")
     tab1.reload()
     assert "Ada Lovelace" in tab1.locator("#summary").inner_text()
     assert "Grace Hopper" in tab2.locator("#summary").inner_text()
@@ -245,6 +253,7 @@ def test_works_without_javascript(browser: Any, server: str) -> None:
     person.answer()
     assert person.page.url.endswith("/s/1/page3")
     person.page.get_by_role("button", name="Start over").click()
+    person.page.wait_for_url("**/s/1/")
     assert "Nothing" in person.footer()
     assert person.errors() == []
     person.context.close()
@@ -282,12 +291,15 @@ def test_back_button_and_empty_forms_never_error(visitor: Visitor) -> None:
     page.get_by_label("First name").fill(" ")
     page.get_by_label("Last name").fill(" ")
     page.get_by_role("button", name="Next").click()  # blanks pass the browser, not the server
+    page.wait_for_load_state()
     assert "first and last name" in page.get_by_role("alert").inner_text()
     visitor.answer()
     page.go_back()
     page.go_back()
     page.go_forward()
     page.get_by_role("button", name="Start over").click()
+    page.wait_for_url("**/s/1/")
+    page.wait_for_load_state()
     page.go_back()
     page.go_back()
     assert page.url.endswith("/s/1/page1")  # the session ended, the form still works
