@@ -62,6 +62,7 @@ def test_whole_flow(demo: Flask) -> None:
     home = client.get("/s/1/")
     assert home.status_code == 200 and "What is a session?" in text(home)
     assert "no session is stored" in text(home)
+    assert "so you have no session yet" in text(home)
     assert "Set-Cookie" not in home.headers  # reading creates nothing
 
     page1 = text(client.get("/s/1/page1"))
@@ -78,6 +79,7 @@ def test_whole_flow(demo: Flask) -> None:
     page3 = text(client.get("/s/1/page3"))
     summary = re.sub(r"\s+", " ", page3[page3.index('id="summary"') :])
     assert "Ada Lovelace" in summary and "green" in summary
+    assert "you have a session because another page stored something" in text(client.get("/s/1/"))
     held = footer(client)
     assert held.index("First name") < held.index("Last name") < held.index("Favourite colour")
 

@@ -271,6 +271,7 @@ def create_app(
             "held": ordered + sorted(held.items()),
             "slot": g.get("slot", 1),
             "slots": range(1, SLOTS + 1),
+            "persistent": not isinstance(app.extensions["satchel"].store, MemoryStore),
             "idle_minutes": round(app.extensions["satchel"].settings.idle_timeout / 60),
             "absolute_hours": round(app.extensions["satchel"].settings.absolute_timeout / 3600),
         }
