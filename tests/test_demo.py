@@ -158,6 +158,12 @@ def test_slots_are_independent(demo: Flask) -> None:
     assert client.get_cookie("session-1") and client.get_cookie("session-2")
 
 
+@pytest.mark.parametrize("path", ["/s/1/tamper", "/s/1/start-over", "/s/2/session", "/"])
+def test_every_url_answers_get_without_error(demo: Flask, path: str) -> None:
+    """Every demo URL typed into the address bar answers 200 or a redirect."""
+    assert demo.test_client().get(path).status_code in (200, 303)
+
+
 def test_unknown_slot_goes_to_slot_one(demo: Flask) -> None:
     """A slot number out of range redirects rather than erring."""
     response = demo.test_client().get("/s/99/page1")

@@ -167,9 +167,11 @@ def inspect() -> str:
     return render_template("session.html", info=describe(), dead=replay_dead_cookie())
 
 
-@pages.post("/tamper")
+@pages.route("/tamper", methods=["GET", "POST"])
 def tamper() -> Response:
     """Change one character of the cookie's ID part, as an attacker guessing IDs might."""
+    if request.method == "GET":  # a typed or bookmarked URL: nothing to do
+        return redirect(url_for(".inspect"), 303)
     current = session
     assert isinstance(current, FlaskSession)
     value = request.cookies.get(current.cookie_name, "")
