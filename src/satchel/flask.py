@@ -20,6 +20,8 @@ key                           meaning (default)
 ``SATCHEL_ABSOLUTE_TIMEOUT``  end a session this long after it began,
                               however active (90 days)
 ``SATCHEL_MAX_SIZE``          largest serialised session in bytes (1 MiB)
+``SATCHEL_STRICT_SECRET``     refuse to start with a weak secret key instead
+                              of logging a warning (``False``)
 ============================  ===============================================
 """
 
@@ -33,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 from flask.sessions import SessionInterface, SessionMixin
 
-from ._manager import SessionManager, Settings
+from ._manager import SessionManager, Settings, security_log
 from .errors import ConfigError, StoreUnavailable
 from .session import Session
-from .signing import CookieSigner
+from .signing import CookieSigner, weak_secret
 from .stores import Store, from_url
 from .stores.sqlite import SQLiteStore
 
@@ -206,6 +208,7 @@ class Satchel:
         app.config.setdefault("SATCHEL_IDLE_TIMEOUT", None)
         app.config.setdefault("SATCHEL_ABSOLUTE_TIMEOUT", DEFAULT_ABSOLUTE_TIMEOUT)
         app.config.setdefault("SATCHEL_MAX_SIZE", DEFAULT_MAX_SIZE)
+        app.config.setdefault("SATCHEL_STRICT_SECRET", False)
         config = app.config
 
         secret = config.get("SECRET_KEY")
@@ -219,6 +222,17 @@ class Satchel:
             isinstance(k, str | bytes) and k for k in fallbacks
         ):
             raise ConfigError("SECRET_KEY_FALLBACKS must be a list of keys")
+        for name, key in [("SECRET_KEY", secret)] + [
+            (f"SECRET_KEY_FALLBACKS[{i}]", k) for i, k in enumerate(fallbacks)
+        ]:
+            weakness = weak_secret(key)
+            if weakness is None:
+                continue
+            if config["SATCHEL_STRICT_SECRET"]:
+                raise ConfigError(f"{name} is {weakness} (SATCHEL_STRICT_SECRET is set)")
+            security_log.warning(
+                "%s is %s: anyone who guesses it can forge session cookies", name, weakness
+            )
 
         idle = config["SATCHEL_IDLE_TIMEOUT"]
         if idle is None:

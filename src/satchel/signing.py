@@ -15,12 +15,55 @@ from collections.abc import Iterable
 
 from itsdangerous import BadSignature, Signer
 
-__all__ = ["MAX_COOKIE_LENGTH", "CookieSigner", "new_id", "store_key"]
+__all__ = [
+    "MAX_COOKIE_LENGTH",
+    "MIN_SECRET_LENGTH",
+    "CookieSigner",
+    "new_id",
+    "store_key",
+    "weak_secret",
+]
 
 #: A signed ID is under 100 characters; anything much longer is not ours.
 MAX_COOKIE_LENGTH = 256
 
 _SALT = "satchel.session"
+
+#: A secret key shorter than this many bytes draws a warning.
+MIN_SECRET_LENGTH = 32
+
+# Keys copied from tutorials and documentation, Flask's own among them.
+_SAMPLE_KEYS = frozenset(
+    {
+        b'_5#y2L"F4Q8z\n\xec]/',
+        b"dev",
+        b"development key",
+        b"secret",
+        b"secret-key",
+        b"secret_key",
+        b"changeme",
+        b"change-me",
+        b"change me",
+        b"your-secret-key",
+        b"your_secret_key",
+        b"super-secret-key",
+        b"supersecretkey",
+        b"mysecretkey",
+        b"replace-me",
+    }
+)
+
+
+def weak_secret(key: str | bytes) -> str | None:
+    """Say why ``key`` is a weak secret key, or return ``None`` when it looks fine."""
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    if raw.strip().lower() in _SAMPLE_KEYS or raw in _SAMPLE_KEYS:
+        return "a sample key from documentation or a tutorial"
+    if len(raw) < MIN_SECRET_LENGTH:
+        return f"only {len(raw)} bytes long (use at least {MIN_SECRET_LENGTH} random bytes)"
+    if len(set(raw)) < 8:
+        return "made of very few distinct characters"
+    return None
 
 
 def new_id() -> str:
