@@ -88,7 +88,8 @@ def stored_keys(store: Store) -> list[str]:
         return [row[0] for row in rows]
     if isinstance(store, RedisStore):
         keys = store.client.keys(store.prefix + "*")
-        return [k.decode()[len(store.prefix) :] for k in keys]  # type: ignore[union-attr]
+        names = [k.decode()[len(store.prefix) :] for k in keys]  # type: ignore[union-attr]
+        return [name for name in names if not name.endswith(":lock")]
     raise TypeError(store)
 
 

@@ -20,12 +20,14 @@ def test_public_names() -> None:
     """The package exports exactly the intended names."""
     assert sorted(satchel.__all__) == [
         "ConfigError",
+        "LockTimeout",
         "Satchel",
         "SatchelError",
         "SerializationError",
         "Session",
         "SessionTooLarge",
         "StoreUnavailable",
+        "locked",
     ]
     for name in satchel.__all__:
         assert getattr(satchel, name).__doc__
@@ -35,6 +37,7 @@ def test_error_tree() -> None:
     """Every error derives from SatchelError."""
     for name in ("ConfigError", "SerializationError", "SessionTooLarge", "StoreUnavailable"):
         assert issubclass(getattr(satchel, name), SatchelError)
+    assert issubclass(satchel.LockTimeout, satchel.StoreUnavailable)
 
 
 def test_missing_secret_key_fails_at_init() -> None:

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from .errors import (
     ConfigError,
+    LockTimeout,
     SatchelError,
     SerializationError,
     SessionTooLarge,
     StoreUnavailable,
 )
-from .flask import Satchel
+from .flask import Satchel, locked
 from .session import Session
 
 __all__ = [
     "ConfigError",
+    "LockTimeout",
     "Satchel",
     "SatchelError",
     "SerializationError",
     "Session",
     "SessionTooLarge",
     "StoreUnavailable",
+    "locked",
 ]

@@ -8,14 +8,15 @@ ready, then set or delete the cookie as the returned :class:`Outcome` says.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 
-from .errors import SessionTooLarge
+from .errors import ConfigError, LockTimeout, SessionTooLarge
 from .serialization import dumps
 from .session import Session
 from .signing import CookieSigner, new_id, store_key
-from .stores.base import Change, Record, Store
+from .stores.base import Change, LockingStore, Record, Store
 
 security_log = logging.getLogger("satchel.security")
 
@@ -27,11 +28,17 @@ REFRESH_FRACTION = 0.1
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Lifetimes in seconds and the size limit in bytes."""
+    """Lifetimes in seconds, the size limit in bytes, and strict mode's lock times."""
 
     idle_timeout: float
     absolute_timeout: float
     max_size: int
+    #: Strict mode for every request (views can also ask for it one by one).
+    locking: bool = False
+    #: How long a request waits for another request's lock before giving up.
+    lock_timeout: float = 5.0
+    #: How long a lock lasts if its holder never releases it (a crashed worker).
+    lock_lease: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,8 @@ class SessionManager:
         self.signer = signer
         self.settings = settings
         self.session_class = session_class
+        if settings.locking and not isinstance(store, LockingStore):
+            raise ConfigError(f"strict mode needs a store that can lock; {store!r} cannot")
         self._refresh_after = min(REFRESH_AT_MOST_EVERY, settings.idle_timeout * REFRESH_FRACTION)
 
     def open(self, cookie: str | None) -> Session:
@@ -82,9 +91,39 @@ class SessionManager:
         return self.session_class(self, session_id)
 
     def load(self, session: Session) -> Record | None:
-        """Read the record behind ``session`` (called on its first use)."""
+        """Read the record behind ``session`` (called on its first use).
+
+        In strict mode the session's lock is taken first, so that requests of
+        one session run their view one at a time.
+        """
         assert session.session_id is not None
-        return self.store.load(store_key(session.session_id))
+        key = store_key(session.session_id)
+        if self.settings.locking or session._lock_wanted():
+            self._lock(session, key)
+        return self.store.load(key)
+
+    def _lock(self, session: Session, key: str) -> None:
+        store = self.store
+        if not isinstance(store, LockingStore):
+            raise ConfigError(f"strict mode needs a store that can lock; {store!r} cannot")
+        token = secrets.token_hex(16)
+        start = time.monotonic()
+        pause = 0.002
+        while not store.acquire(key, token, self.settings.lock_lease):
+            waited = time.monotonic() - start
+            if waited >= self.settings.lock_timeout:
+                raise LockTimeout(repr(store), waited)
+            time.sleep(min(pause, self.settings.lock_timeout - waited))
+            pause = min(pause * 2, 0.05)
+        session._lock_held = (key, token)
+
+    def release(self, session: Session) -> None:
+        """Drop the session's lock, if it holds one; safe to call more than once."""
+        held, session._lock_held = session._lock_held, None
+        if held is not None:
+            store = self.store
+            assert isinstance(store, LockingStore)
+            store.release(*held)
 
     def sign(self, session_id: str) -> str:
         """Return the cookie value for ``session_id``."""
@@ -94,8 +133,15 @@ class SessionManager:
         """Write what the request changed, as one atomic change set.
 
         Raises :class:`SessionTooLarge` before writing anything when the
-        session has outgrown ``max_size``.
+        session has outgrown ``max_size``. A lock taken in strict mode is
+        released whatever happens.
         """
+        try:
+            return self._save(session)
+        finally:
+            self.release(session)
+
+    def _save(self, session: Session) -> Outcome:
         if not session._loaded:
             return Outcome(delete_cookie=session._stale_cookie)
         data, loaded = session._data, session._raw

@@ -7,12 +7,14 @@ Every error derives from one base class, so an app can catch them all::
     ├── SerializationError   a session value that cannot be stored
     ├── SessionTooLarge      a session over ``SATCHEL_MAX_SIZE``
     └── StoreUnavailable     the store did not answer; the Flask adapter answers 503
+        └── LockTimeout      strict mode waited too long for another request's lock
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "LockTimeout",
     "SatchelError",
     "SerializationError",
     "SessionTooLarge",
@@ -67,3 +69,15 @@ class StoreUnavailable(SatchelError):
         self.store = store
         self.reason = reason
         super().__init__(f"session store {store} is unavailable: {reason}")
+
+
+class LockTimeout(StoreUnavailable):
+    """Strict mode could not take the session's lock within ``SATCHEL_LOCK_TIMEOUT``.
+
+    Another request of the same session held it all that time; answering 503
+    is safer than running the view without it and overwriting that request.
+    """
+
+    def __init__(self, store: str, waited: float) -> None:
+        self.waited = waited
+        super().__init__(store, f"the session stayed locked by another request for {waited:.1f}s")

@@ -22,6 +22,10 @@ key                           meaning (default)
 ``SATCHEL_MAX_SIZE``          largest serialised session in bytes (1 MiB)
 ``SATCHEL_STRICT_SECRET``     refuse to start with a weak secret key instead
                               of logging a warning (``False``)
+``SATCHEL_LOCKING``           strict mode for every request: one request of a
+                              session at a time (``False``; see :func:`locked`)
+``SATCHEL_LOCK_TIMEOUT``      how long to wait for the lock before a 503 (5 s)
+``SATCHEL_LOCK_LEASE``        how long a lock outlives a crashed holder (30 s)
 ============================  ===============================================
 """
 
@@ -31,12 +35,14 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from flask import current_app, has_request_context, request
+from flask import session as current_session
 from flask.sessions import SessionInterface, SessionMixin
 
 from ._manager import SessionManager, Settings, security_log
-from .errors import ConfigError, StoreUnavailable
+from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .session import Session
 from .signing import CookieSigner, weak_secret
 from .stores import Store, from_url
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
     from flask import Flask, Request
     from werkzeug.wrappers import Response as BaseResponse
 
-__all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface"]
+__all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface", "locked"]
 
 _log = logging.getLogger("satchel")
 
@@ -56,6 +62,28 @@ DEFAULT_SQLITE_NAME = "satchel-sessions.sqlite3"
 UNAVAILABLE_MESSAGE = (
     "Service unavailable: the session store is not answering. Please try again shortly.\n"
 )
+BUSY_MESSAGE = (
+    "Service unavailable: another request of this session is still running. "
+    "Please try again shortly.\n"
+)
+
+ViewT = TypeVar("ViewT", bound=Callable[..., Any])
+
+
+def locked(view: ViewT) -> ViewT:
+    """Run this view in strict mode: one request of a session at a time.
+
+    The view's session is locked from its first use until the response is
+    saved, so a read-modify-write of one key (a counter) loses nothing to an
+    overlapping request. Waiting longer than ``SATCHEL_LOCK_TIMEOUT`` gives 503.
+    Put it below the route decorator::
+
+        @app.post("/vote")
+        @locked
+        def vote(): ...
+    """
+    view._satchel_locked = True  # type: ignore[attr-defined]
+    return view
 
 
 CookieNamer = Callable[["Request"], str]
@@ -66,6 +94,12 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[override]
 
     #: The cookie this session was read from and is written to.
     cookie_name: str = "session"
+
+    def _lock_wanted(self) -> bool:
+        if not has_request_context() or request.endpoint is None:
+            return False
+        view = current_app.view_functions.get(request.endpoint)
+        return bool(getattr(view, "_satchel_locked", False))
 
 
 def _seconds(value: Any, name: str) -> float:
@@ -82,11 +116,9 @@ def _seconds(value: Any, name: str) -> float:
 
 def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
     _log.warning("answered 503: %s", error)
-    return (
-        UNAVAILABLE_MESSAGE,
-        503,
-        {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"},
-    )
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"}
+    message = BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE
+    return message, 503, headers
 
 
 class SatchelSessionInterface(SessionInterface):
@@ -209,6 +241,9 @@ class Satchel:
         app.config.setdefault("SATCHEL_ABSOLUTE_TIMEOUT", DEFAULT_ABSOLUTE_TIMEOUT)
         app.config.setdefault("SATCHEL_MAX_SIZE", DEFAULT_MAX_SIZE)
         app.config.setdefault("SATCHEL_STRICT_SECRET", False)
+        app.config.setdefault("SATCHEL_LOCKING", False)
+        app.config.setdefault("SATCHEL_LOCK_TIMEOUT", 5.0)
+        app.config.setdefault("SATCHEL_LOCK_LEASE", 30.0)
         config = app.config
 
         secret = config.get("SECRET_KEY")
@@ -246,6 +281,9 @@ class Satchel:
                 config["SATCHEL_ABSOLUTE_TIMEOUT"], "SATCHEL_ABSOLUTE_TIMEOUT"
             ),
             max_size=max_size,
+            locking=bool(config["SATCHEL_LOCKING"]),
+            lock_timeout=_seconds(config["SATCHEL_LOCK_TIMEOUT"], "SATCHEL_LOCK_TIMEOUT"),
+            lock_lease=_seconds(config["SATCHEL_LOCK_LEASE"], "SATCHEL_LOCK_LEASE"),
         )
 
         chosen = store or self.store or config["SATCHEL_STORE"]
@@ -260,3 +298,13 @@ class Satchel:
         app.extensions["satchel"] = manager
         app.session_interface = SatchelSessionInterface(manager, cookie_name or self.cookie_name)
         app.register_error_handler(StoreUnavailable, _unavailable)
+
+        @app.teardown_request
+        def _release_lock(exc: BaseException | None) -> None:
+            # save_session releases it; this covers requests that never got there.
+            held = current_session._get_current_object()  # type: ignore[attr-defined]
+            if isinstance(held, FlaskSession):
+                try:
+                    manager.release(held)
+                except StoreUnavailable as error:
+                    _log.warning("could not release a session lock: %s", error)

@@ -50,6 +50,7 @@ class Session(MutableMapping[str, Any]):
         self._deleted: set[str] = set()
         self._drop_old = False
         self._stale_cookie = False
+        self._lock_held: tuple[str, str] | None = None
 
     # -- loading -------------------------------------------------------------
 
@@ -71,6 +72,10 @@ class Session(MutableMapping[str, Any]):
                 continue
             self._raw[name] = raw
             self._data.__setitem__(name, value)
+
+    def _lock_wanted(self) -> bool:
+        """Whether this request asks for strict mode; adapters override it."""
+        return False
 
     # -- reading -------------------------------------------------------------
 

@@ -21,9 +21,9 @@ import threading
 import time
 from typing import Any
 
-from .stores.base import Change, Store
+from .stores.base import Change, LockingStore, Store
 
-__all__ = ["StoreContract"]
+__all__ = ["LockingStoreContract", "StoreContract"]
 
 
 def _change(fields: dict[str, bytes] | None = None, ttl: float = 60.0, **kw: Any) -> Change:
@@ -174,3 +174,62 @@ class StoreContract:
         record = store.load("k1")
         assert record is not None
         assert len(record.fields) == 1 + threads * rounds
+
+
+class LockingStoreContract(StoreContract):
+    """The contract plus strict mode's lease locks, for stores that offer them."""
+
+    def test_is_a_locking_store(self, store: Store) -> None:
+        """The object satisfies the LockingStore protocol."""
+        assert isinstance(store, LockingStore)
+
+    def test_lock_excludes_other_tokens(self, store: LockingStore) -> None:
+        """A held lock refuses other tokens until released; its holder may renew it."""
+        assert store.acquire("k1", "me", 30) is True
+        assert store.acquire("k1", "you", 30) is False
+        assert store.acquire("k1", "me", 30) is True
+        assert store.acquire("k2", "you", 30) is True  # locks are per key
+        store.release("k1", "you")  # not the holder: no effect
+        assert store.acquire("k1", "you", 30) is False
+        store.release("k1", "me")
+        assert store.acquire("k1", "you", 30) is True
+
+    def test_lease_lapses(self, store: LockingStore) -> None:
+        """A lock whose holder vanished lapses after its lease."""
+        assert store.acquire("k1", "crashed", 0.3) is True
+        assert store.acquire("k1", "next", 30) is False
+        time.sleep(0.4)
+        assert store.acquire("k1", "next", 30) is True
+
+    def test_lock_does_not_touch_the_record(self, store: LockingStore) -> None:
+        """Locking and releasing leaves the session record as it was."""
+        store.save("k1", _change({"a": b"1"}), create=True)
+        store.acquire("k1", "me", 30)
+        store.release("k1", "me")
+        record = store.load("k1")
+        assert record is not None and dict(record.fields) == {"a": b"1"}
+
+    def test_one_holder_at_a_time_under_contention(self, store: LockingStore) -> None:
+        """Threads racing for one lock never hold it together."""
+        holders: list[int] = []
+        overlaps: list[int] = []
+        barrier = threading.Barrier(6)
+
+        def work(n: int) -> None:
+            barrier.wait()
+            for _ in range(10):
+                while not store.acquire("k1", f"t{n}", 30):
+                    time.sleep(0.001)
+                holders.append(n)
+                if len(holders) > 1:
+                    overlaps.append(n)
+                time.sleep(0.001)
+                holders.remove(n)
+                store.release("k1", f"t{n}")
+
+        pool = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        assert overlaps == []

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from satchel.stores import MemoryStore, RedisStore, SQLiteStore
-from satchel.testing import StoreContract
+from satchel.testing import LockingStoreContract
 
 
-class TestMemoryStore(StoreContract):
+class TestMemoryStore(LockingStoreContract):
     @pytest.fixture
     def store(self) -> Iterator[MemoryStore]:
         store = MemoryStore()
@@ -19,7 +19,7 @@ class TestMemoryStore(StoreContract):
         store.close()
 
 
-class TestSQLiteStore(StoreContract):
+class TestSQLiteStore(LockingStoreContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SQLiteStore]:
         store = SQLiteStore(tmp_path / "s.sqlite3")
@@ -27,7 +27,7 @@ class TestSQLiteStore(StoreContract):
         store.close()
 
 
-class TestRedisStore(StoreContract):
+class TestRedisStore(LockingStoreContract):
     @pytest.fixture
     def store(self, redis_store: RedisStore) -> RedisStore:
         return redis_store

@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Change", "Record", "Store"]
+__all__ = ["Change", "LockingStore", "Record", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,4 +73,21 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections and files; the store is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class LockingStore(Store, Protocol):
+    """A store that can also lease a per-session lock, for strict mode.
+
+    A lock is a lease: it names an owner ``token`` and lapses after ``lease``
+    seconds, so a worker that dies holding it blocks nobody for long.
+    """
+
+    def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Take the lock on ``key`` for ``token`` unless someone else holds it."""
+        ...
+
+    def release(self, key: str, token: str) -> None:
+        """Drop the lock on ``key`` if ``token`` still holds it."""
         ...

@@ -15,6 +15,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._records: dict[str, Record] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -77,7 +78,24 @@ class MemoryStore:
                 del self._records[key]
             return len(dead)
 
+    def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Lease the lock on ``key`` to ``token`` if it is free or lapsed."""
+        now = time.time()
+        with self._lock:
+            held = self._locks.get(key)
+            if held is not None and held[1] > now and held[0] != token:
+                return False
+            self._locks[key] = (token, now + lease)
+            return True
+
+    def release(self, key: str, token: str) -> None:
+        """Free the lock if ``token`` holds it."""
+        with self._lock:
+            if self._locks.get(key, ("", 0.0))[0] == token:
+                del self._locks[key]
+
     def close(self) -> None:
         """Drop everything."""
         with self._lock:
             self._records.clear()
+            self._locks.clear()

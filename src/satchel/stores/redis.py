@@ -54,6 +54,19 @@ return 1
 """
 
 
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def _unix_ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
@@ -74,6 +87,8 @@ class RedisStore:
         self.prefix = prefix
         self._save: Callable[..., Any] = client.register_script(_SAVE)
         self._touch: Callable[..., Any] = client.register_script(_TOUCH)
+        self._acquire: Callable[..., Any] = client.register_script(_ACQUIRE)
+        self._release: Callable[..., Any] = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(
@@ -169,6 +184,17 @@ class RedisStore:
         """Delete the hash."""
         with self._errors():
             self.client.delete(self.prefix + key)
+
+    def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Set the lock key with a lease unless another token holds it: one script call."""
+        args = [token, max(int(lease * 1000), 1)]
+        with self._errors():
+            return bool(self._acquire(keys=[self.prefix + key + ":lock"], args=args))
+
+    def release(self, key: str, token: str) -> None:
+        """Delete the lock only if ``token`` still holds it (a script, so atomic)."""
+        with self._errors():
+            self._release(keys=[self.prefix + key + ":lock"], args=[token])
 
     def purge_expired(self) -> int:
         """Nothing to do: Redis expires keys itself. Returns 0."""

@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS satchel_field (
     value BLOB NOT NULL,
     PRIMARY KEY (key, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS satchel_lock (
+    key TEXT PRIMARY KEY,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 _LOAD = """
@@ -183,6 +188,25 @@ class SQLiteStore:
             conn.execute("DELETE FROM satchel_field WHERE key = ?", (key,))
             conn.execute("DELETE FROM satchel_session WHERE key = ?", (key,))
 
+    def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Lease the lock on ``key`` to ``token`` in one transaction."""
+        now = time.time()
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO satchel_lock VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE"
+                " SET token = excluded.token, expires_at = excluded.expires_at"
+                " WHERE satchel_lock.expires_at <= ? OR satchel_lock.token = excluded.token",
+                (key, token, now + lease, now),
+            )
+            return cursor.rowcount == 1
+
+    def release(self, key: str, token: str) -> None:
+        """Free the lock if ``token`` holds it."""
+        with self._errors():
+            self._conn().execute(
+                "DELETE FROM satchel_lock WHERE key = ? AND token = ?", (key, token)
+            )
+
     def _purge_batch(self, now: float) -> int:
         with self._write() as conn:
             keys = conn.execute(
@@ -191,6 +215,7 @@ class SQLiteStore:
             ).fetchall()
             conn.executemany("DELETE FROM satchel_field WHERE key = ?", keys)
             conn.executemany("DELETE FROM satchel_session WHERE key = ?", keys)
+            conn.execute("DELETE FROM satchel_lock WHERE expires_at <= ?", (now,))
         return len(keys)
 
     def purge_expired(self) -> int:
