@@ -37,8 +37,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import current_app, has_request_context, request
-from flask import session as current_session
+from flask import current_app, g, has_request_context, request
 from flask.sessions import SessionInterface, SessionMixin
 
 from ._manager import SessionManager, Settings, security_log
@@ -147,6 +146,7 @@ class SatchelSessionInterface(SessionInterface):
         session = self.manager.open(request.cookies.get(name))
         assert isinstance(session, FlaskSession)
         session.cookie_name = name
+        g._satchel_session = session
         return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
@@ -302,7 +302,7 @@ class Satchel:
         @app.teardown_request
         def _release_lock(exc: BaseException | None) -> None:
             # save_session releases it; this covers requests that never got there.
-            held = current_session._get_current_object()  # type: ignore[attr-defined]
+            held = g.pop("_satchel_session", None)
             if isinstance(held, FlaskSession):
                 try:
                     manager.release(held)
