@@ -35,9 +35,10 @@ def free_port() -> int:
 class ValkeyServer:
     """One server process on 127.0.0.1 with its data in ``directory``."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *args: str) -> None:
         self.directory = directory
         self.port = port or free_port()
+        self.args = list(args)
         self.binary = server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -56,6 +57,7 @@ class ValkeyServer:
                 "--appendonly", "no",
                 "--daemonize", "no",
                 "--logfile", str(self.directory / "server.log"),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -103,11 +103,13 @@ class RedisStore:
 
         Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs. A broken
         connection is retried once, so a restarted server is picked up again
-        without an error, while a stopped one fails within about a second.
+        without an error; a timeout is not retried, so a frozen server fails
+        the call after ``socket_timeout`` seconds.
         """
         try:
             import redis
             from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
             from redis.retry import Retry
         except ImportError as exc:
             raise ConfigError(
@@ -117,7 +119,7 @@ class RedisStore:
             url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             decode_responses=False,
         )
         return cls(client, prefix=prefix)

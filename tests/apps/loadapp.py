@@ -1,0 +1,63 @@
+"""The app the load and fault tests run under gunicorn, configured by environment.
+
+``LOADAPP_BACKEND`` picks the session layer: ``satchel`` (store from
+``LOADAPP_STORE``), ``flask-cookie`` (Flask's built-in session) or
+``flask-session-redis`` (Flask-Session on ``LOADAPP_STORE``, for comparisons).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, session
+
+SECRET = "load-test-secret-key-0123456789abcdef-xyz"
+
+
+def create_app() -> Flask:
+    app = Flask("loadapp")
+    app.config["SECRET_KEY"] = SECRET
+    backend = os.environ.get("LOADAPP_BACKEND", "satchel")
+    store = os.environ.get("LOADAPP_STORE", "memory://")
+    if backend == "satchel":
+        from satchel import Satchel
+
+        app.config["SATCHEL_STORE"] = store
+        app.config["SATCHEL_LOCK_TIMEOUT"] = 20
+        Satchel(app)
+    elif backend == "flask-session-redis":
+        import redis
+        from flask_session import Session
+
+        app.config.update(SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(store))
+        Session(app)
+    elif backend != "flask-cookie":
+        raise ValueError(f"unknown LOADAPP_BACKEND {backend!r}")
+
+    @app.get("/start/<marker>")
+    def start(marker: str) -> str:
+        session["owner"] = marker
+        session["count"] = 0
+        return "ok"
+
+    @app.get("/write/<key>")
+    def write(key: str) -> str:
+        session[key] = True
+        return "ok"
+
+    @app.get("/incr")
+    def incr() -> str:
+        session["count"] = session.get("count", 0) + 1
+        return "ok"
+
+    if backend == "satchel":
+        from satchel import locked
+
+        app.add_url_rule("/incr-locked", "incr_locked", locked(incr))
+
+    @app.get("/read")
+    def read() -> dict[str, Any]:
+        return dict(session)
+
+    return app

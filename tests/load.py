@@ -1,0 +1,138 @@
+"""Helpers for load and fault tests: gunicorn on 127.0.0.1 and a bounded HTTP load loop."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .valkey import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_TIMEOUT = 10.0
+
+
+class Gunicorn:
+    """``gunicorn -w WORKERS --threads THREADS tests.apps.loadapp:create_app()``."""
+
+    def __init__(self, env: dict[str, str], workers: int = 4, threads: int = 4) -> None:
+        self.env = env
+        self.workers = workers
+        self.threads = threads
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "-w", str(self.workers), "--threads", str(self.threads),
+            "-b", f"127.0.0.1:{self.port}", "--timeout", "60",
+            "--log-level", "warning",
+            "tests.apps.loadapp:create_app()",
+        ]  # fmt: skip
+        # Its log (503 warnings, mostly) goes to a file, not the test output.
+        self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)  # noqa: SIM115 - lives as long as the server
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "gunicorn exited"
+            try:
+                status, _, _ = request(self.port, "/read")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("gunicorn did not answer")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+            self.log.close()
+            os.unlink(self.log.name)
+
+
+def request(port: int, path: str, cookie: str | None = None) -> tuple[int, str | None, bytes]:
+    """One GET; returns status, the session cookie it set (if any) and the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CLIENT_TIMEOUT)
+    try:
+        conn.request("GET", path, headers={"Cookie": f"session={cookie}"} if cookie else {})
+        response = conn.getresponse()
+        body = response.read()
+        set_cookie = None
+        for header in response.headers.get_all("Set-Cookie") or []:
+            if header.startswith("session="):
+                set_cookie = header.split(";", 1)[0].split("=", 1)[1]
+        return response.status, set_cookie, body
+    finally:
+        conn.close()
+
+
+def start_session(port: int, marker: str) -> str:
+    status, cookie, _ = request(port, f"/start/{marker}")
+    assert status == 200 and cookie
+    return cookie
+
+
+def read_session(port: int, cookie: str) -> dict[str, Any]:
+    status, _, body = request(port, "/read", cookie)
+    assert status == 200, body
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+@dataclass
+class LoadResult:
+    """What a load loop saw: statuses, slowest answer, and requests that never answered."""
+
+    statuses: dict[int, int] = field(default_factory=dict)
+    #: The status each job got, in job order (-1: no answer).
+    each: list[int] = field(default_factory=list)
+    slowest: float = 0.0
+    slowest_503: float = 0.0
+    no_answer: int = 0
+
+    def count(self, status: int) -> int:
+        return self.statuses.get(status, 0)
+
+
+def load(port: int, jobs: Iterable[tuple[str, str | None]], clients: int = 16) -> LoadResult:
+    """Send each (path, cookie) job once from ``clients`` threads; bounded by the job list."""
+    result = LoadResult()
+
+    def one(job: tuple[str, str | None]) -> tuple[int, float]:
+        start = time.monotonic()
+        try:
+            status, _, _ = request(port, *job)
+        except OSError:
+            return -1, time.monotonic() - start
+        return status, time.monotonic() - start
+
+    with ThreadPoolExecutor(clients) as pool:
+        for status, elapsed in pool.map(one, list(jobs)):
+            result.each.append(status)
+            if status == -1:
+                result.no_answer += 1
+                continue
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            result.slowest = max(result.slowest, elapsed)
+            if status == 503:
+                result.slowest_503 = max(result.slowest_503, elapsed)
+    return result

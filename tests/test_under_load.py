@@ -1,0 +1,184 @@
+"""Real load on gunicorn (4 workers × 4 threads): overlap, strict mode, faults, restarts.
+
+Figures are printed (run with ``-s`` to see them) and quoted in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .load import Gunicorn, load, read_session, request, start_session
+from .valkey import ValkeyServer
+
+WRITES = 300
+INCREMENTS = 200
+
+
+def report(capsys: Any, line: str) -> None:
+    with capsys.disabled():
+        print(f"\n[load] {line}")
+
+
+@pytest.fixture(params=["sqlite", "valkey"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A persistent store: a SQLite file, or a private Valkey server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/sessions.sqlite3"
+        return
+    server = ValkeyServer(tmp_path)
+    server.start()
+    yield server.url
+    server.kill()
+
+
+@pytest.fixture
+def app_server(store_url: str) -> Iterator[Gunicorn]:
+    server = Gunicorn({"LOADAPP_STORE": store_url})
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_overlapping_writes_lose_nothing(app_server: Gunicorn, capsys: Any) -> None:
+    """300 overlapping requests of one session, each writing its own key: all 300 kept."""
+    cookie = start_session(app_server.port, "solo")
+    result = load(app_server.port, [(f"/write/k{i}", cookie) for i in range(WRITES)])
+    assert result.statuses == {200: WRITES}
+    data = read_session(app_server.port, cookie)
+    lost = sum(1 for i in range(WRITES) if f"k{i}" not in data)
+    report(capsys, f"{app_server.env}: {WRITES} overlapping writes, 16 clients, lost {lost}")
+    assert lost == 0
+
+
+def test_strict_mode_counter(app_server: Gunicorn, capsys: Any) -> None:
+    """200 overlapping read-modify-writes of one counter in a @locked view: exactly 200."""
+    cookie = start_session(app_server.port, "counter")
+    result = load(app_server.port, [("/incr-locked", cookie)] * INCREMENTS)
+    assert result.statuses == {200: INCREMENTS}
+    count = read_session(app_server.port, cookie)["count"]
+    report(capsys, f"{app_server.env}: {INCREMENTS} locked increments -> {count}")
+    assert count == INCREMENTS
+
+
+def test_sessions_survive_an_app_restart(app_server: Gunicorn) -> None:
+    """Stopping and starting the app servers keeps every session."""
+    cookie = start_session(app_server.port, "durable")
+    request(app_server.port, "/write/kept", cookie)
+    app_server.stop()
+    app_server.start()
+    assert read_session(app_server.port, cookie) == {"owner": "durable", "count": 0, "kept": True}
+
+
+@pytest.fixture
+def durable_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
+    """A Valkey that writes every acknowledged command to disk before answering."""
+    server = ValkeyServer(tmp_path, None, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    yield server
+    server.kill()
+
+
+def faulty_run(
+    server: ValkeyServer, fault: str, capsys: Any
+) -> tuple[Gunicorn, list[str], list[tuple[str, str | None]], Any]:
+    app = Gunicorn({"LOADAPP_STORE": server.url})
+    app.start()
+    markers = [f"s{n}" for n in range(20)]
+    cookies = {m: start_session(app.port, m) for m in markers}
+    jobs: list[tuple[str, str | None]] = [
+        (f"/write/{m}-{i}", cookies[m]) for i in range(30) for m in markers
+    ]
+
+    def inject() -> None:
+        time.sleep(0.5)
+        if fault == "kill":
+            server.kill()
+            time.sleep(1.5)
+            server.start()
+        else:
+            server.freeze()
+            time.sleep(2.5)
+            server.thaw()
+
+    injector = threading.Thread(target=inject)
+    injector.start()
+    result = load(app.port, jobs)
+    injector.join()
+    report(
+        capsys,
+        f"valkey {fault}: {len(jobs)} requests from 20 sessions, statuses {result.statuses}, "
+        f"no answer {result.no_answer}, slowest 503 {result.slowest_503:.2f}s",
+    )
+    return app, markers, jobs, (result, cookies)
+
+
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
+def test_valkey_fault_under_load(durable_valkey: ValkeyServer, fault: str, capsys: Any) -> None:
+    """Killed-and-restarted or frozen Valkey: only 200s and 503s, nothing acknowledged lost."""
+    app, markers, jobs, (result, cookies) = faulty_run(durable_valkey, fault, capsys)
+    try:
+        assert result.no_answer == 0, "no request hung past the client's timeout"
+        assert set(result.statuses) <= {200, 503}
+        assert result.count(503) > 0, "the fault was felt"
+        assert result.count(200) > 0
+        # Recovered without a restart of the app, sessions intact and unmixed:
+        for marker in markers:
+            data = read_session(app.port, cookies[marker])
+            assert data["owner"] == marker
+            assert all(k.startswith(marker + "-") for k in data if k not in ("owner", "count"))
+        for (path, cookie), status in zip(jobs, result.each, strict=True):
+            if status == 200:
+                key = path.rsplit("/", 1)[1]
+                owner = key.split("-")[0]
+                assert key in read_session(app.port, cookies[owner]), "acknowledged write kept"
+                assert cookie == cookies[owner]
+    finally:
+        app.stop()
+
+
+def _hold_lock(path: str, seconds: float, ready: Any) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    ready.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_sqlite_file_locked_by_another_process(tmp_path: Path, capsys: Any) -> None:
+    """A writer holding the file: writes wait the busy timeout then 503; reads go on (WAL)."""
+    path = tmp_path / "sessions.sqlite3"
+    app = Gunicorn({"LOADAPP_STORE": f"sqlite:///{path}?timeout=1"}, workers=2, threads=2)
+    app.start()
+    try:
+        cookie = start_session(app.port, "locked")
+        context = multiprocessing.get_context("spawn")
+        ready = context.Event()
+        holder = context.Process(target=_hold_lock, args=(str(path), 4.0, ready))
+        holder.start()
+        assert ready.wait(20)
+        started = time.monotonic()
+        write_status, _, body = request(app.port, "/write/during", cookie)
+        waited = time.monotonic() - started
+        read_status, _, _ = request(app.port, "/read", cookie)
+        holder.join(30)
+        report(capsys, f"sqlite locked: write -> {write_status} after {waited:.2f}s, "
+                       f"read -> {read_status}")  # fmt: skip
+        assert write_status == 503 and b"session store" in body
+        assert read_status == 200
+        assert request(app.port, "/write/after", cookie)[0] == 200
+        data = read_session(app.port, cookie)
+        assert "after" in data and "during" not in data
+    finally:
+        app.stop()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
