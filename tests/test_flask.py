@@ -652,3 +652,26 @@ def test_cookie_name_hook_must_return_a_name(store: Store) -> None:
 
     with pytest.raises(ConfigError, match="cookie_name"):
         app.test_client().get("/")
+
+
+def test_unchanged_browser_session_cookie_is_not_resent(app: Flask) -> None:
+    """A write to an existing browser-session session sends no Set-Cookie: nothing changed."""
+    client = app.test_client()
+    assert "Set-Cookie" in client.get("/set/a/1").headers
+    assert "Set-Cookie" not in client.get("/set/b/2").headers
+    assert client.get("/read").json == {"data": {"a": "1", "b": "2"}}
+
+
+def test_switching_permanent_off_resends_a_browser_session_cookie(make_app: AppFactory) -> None:
+    """session.permanent = False turns the persistent cookie back into a browser-session one."""
+    app = add_views(make_app())
+
+    @app.get("/not-permanent")
+    def not_permanent() -> str:
+        session.permanent = False
+        return "ok"
+
+    client = app.test_client()
+    assert "Expires" in client.get("/permanent").headers["Set-Cookie"]
+    header = client.get("/not-permanent").headers["Set-Cookie"]
+    assert header.startswith("session=") and "Expires" not in header

@@ -144,11 +144,11 @@ class SessionManager:
     def _save(self, session: Session) -> Outcome:
         if not session._loaded:
             return Outcome(delete_cookie=session._stale_cookie)
-        data, loaded = session._data, session._raw
+        data, loaded, pending = session._data, session._raw, session._pending
         changed: dict[str, bytes] = {}
         for key in session._touched:
             if key in data:
-                raw = dumps(data[key], key)
+                raw = pending.get(key) or dumps(data[key], key)
                 if loaded.get(key) != raw:
                     changed[key] = raw
         deleted = [key for key in session._deleted if key in loaded]
@@ -189,6 +189,7 @@ class SessionManager:
             session.session_id = session_id
             session.record = Record(fields, now, now, change.expires_at)
             session._raw = dict(fields)
+            session._pending.clear()
             session._touched.clear()
             session._deleted.clear()
             session._drop_old = False

@@ -140,6 +140,21 @@ class SatchelSessionInterface(SessionInterface):
         """Flask's ``SESSION_COOKIE_SAMESITE``, with ``None`` read as ``"Lax"``."""
         return app.config["SESSION_COOKIE_SAMESITE"] or "Lax"
 
+    def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
+        """Resend an unchanged ID only when its cookie's lifetime must move or change.
+
+        A browser-session cookie holds the same value and attributes after a
+        write, so resending it is wasted work; a permanent one is refreshed as
+        Flask's ``SESSION_REFRESH_EACH_REQUEST`` says, and a change of
+        ``session.permanent`` either way always resends.
+        """
+        assert isinstance(session, FlaskSession)
+        if "_permanent" in session._touched or "_permanent" in session._deleted:
+            return True
+        return bool(
+            session.permanent and (session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"])
+        )
+
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         """Verify the cookie; the store is read only when a view uses the session."""
         name = self.cookie_name_for(app, request)

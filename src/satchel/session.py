@@ -47,6 +47,8 @@ class Session(MutableMapping[str, Any]):
         self._loaded = session_id is None
         self._raw: dict[str, bytes] = {}
         self._touched: set[str] = set()
+        # Serialised form of values set in this request that cannot change in place.
+        self._pending: dict[str, bytes] = {}
         self._deleted: set[str] = set()
         self._drop_old = False
         self._stale_cookie = False
@@ -151,9 +153,13 @@ class Session(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if type(key) is not str:
             raise SerializationError(repr(key), type(key), "session keys must be str")
-        dumps(value, key)  # fail here, at the assignment, not when the view ends
+        raw = dumps(value, key)  # fail here, at the assignment, not when the view ends
         self._load()
         self._data.__setitem__(key, value)
+        if type(value) in _IMMUTABLE:
+            self._pending[key] = raw
+        else:
+            self._pending.pop(key, None)
         self._touched.add(key)
         self._deleted.discard(key)
 
@@ -161,6 +167,7 @@ class Session(MutableMapping[str, Any]):
         self._load()
         self._data.__delitem__(key)
         self._touched.discard(key)
+        self._pending.pop(key, None)
         self._deleted.add(key)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
@@ -207,6 +214,7 @@ class Session(MutableMapping[str, Any]):
         self._loaded = True
         self._data.clear()
         self._raw.clear()
+        self._pending.clear()
         self._touched.clear()
         self._deleted.clear()
         self.record = None

@@ -49,6 +49,12 @@ SELECT s.created_at, s.touched_at, s.expires_at, f.name, f.value
 FROM satchel_session AS s LEFT JOIN satchel_field AS f ON f.key = s.key
 WHERE s.key = ? AND s.expires_at > ?
 """
+_CREATE = """
+INSERT INTO satchel_session VALUES (?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at,
+    touched_at = excluded.touched_at, expires_at = excluded.expires_at
+WHERE satchel_session.expires_at <= ?
+"""
 _UPSERT_FIELD = """
 INSERT INTO satchel_field (key, name, value) VALUES (?, ?, ?)
 ON CONFLICT (key, name) DO UPDATE SET value = excluded.value
@@ -142,24 +148,23 @@ class SQLiteStore:
         """Apply ``change`` in one ``BEGIN IMMEDIATE`` transaction."""
         now = time.time()
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT expires_at FROM satchel_session WHERE key = ?", (key,)
-            ).fetchone()
-            live = row is not None and row[0] > now
-            if live is create:
-                return False
             if create:
-                if row is not None:  # an expired record left under this key
-                    conn.execute("DELETE FROM satchel_field WHERE key = ?", (key,))
-                conn.execute(
-                    "INSERT OR REPLACE INTO satchel_session VALUES (?, ?, ?, ?)",
-                    (key, change.created_at, change.touched_at, change.expires_at),
+                # Takes the key if it is free or its record has expired...
+                cursor = conn.execute(
+                    _CREATE, (key, change.created_at, change.touched_at, change.expires_at, now)
                 )
+                if cursor.rowcount != 1:
+                    return False
+                # ...and then none of an expired record's fields may linger.
+                conn.execute("DELETE FROM satchel_field WHERE key = ?", (key,))
             else:
-                conn.execute(
-                    "UPDATE satchel_session SET touched_at = ?, expires_at = ? WHERE key = ?",
-                    (change.touched_at, change.expires_at, key),
+                cursor = conn.execute(
+                    "UPDATE satchel_session SET touched_at = ?, expires_at = ?"
+                    " WHERE key = ? AND expires_at > ?",
+                    (change.touched_at, change.expires_at, key, now),
                 )
+                if cursor.rowcount != 1:
+                    return False
             if change.set:
                 conn.executemany(_UPSERT_FIELD, [(key, n, v) for n, v in change.set.items()])
             if change.delete:

@@ -1,0 +1,438 @@
+"""satchel's benchmark: per-request cost, end-to-end throughput, scale, and targets.
+
+    python bench/run.py            # everything, a few minutes on 2 cores
+    python bench/run.py --quick    # fewer rounds, no scale section
+
+Needs the ``bench`` extra (``pip install -e '.[bench]'``) and, for the end-to-end
+section, ``wrk`` (``apt-get install wrk``). Every figure is a median of
+interleaved rounds in this one run, and every ratio is against bare Flask
+measured in the same run. Results go to ``bench/results/`` (table, JSON, PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import redis  # noqa: E402
+from backends import all_backends  # noqa: E402
+from flask import Flask  # noqa: E402
+
+from tests.valkey import ValkeyServer, free_port  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PAYLOADS = {"100 B": 100, "2 KB": 2_000, "50 KB": 50_000}
+WORKLOADS = ["read-only", "read-modify-write", "first request"]
+
+
+def per_request(n: int, call: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - start) / n
+
+
+class WSGIClient:
+    """Calls a WSGI app directly with a minimal environ, carrying its cookie along.
+
+    Cheaper than Flask's test client, so the harness hides less of what the
+    session layer costs.
+    """
+
+    def __init__(self, app: Flask, keep_cookies: bool = True) -> None:
+        self.app = app.wsgi_app
+        self.keep = keep_cookies
+        self.cookie = ""
+        self.base = {
+            "REQUEST_METHOD": "GET",
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": "localhost",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": None,
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "REMOTE_ADDR": "127.0.0.1",
+        }
+        self.status = ""
+        self.headers: list[tuple[str, str]] = []
+
+    def _start(self, status: str, headers: list[tuple[str, str]], exc: Any = None) -> None:
+        self.status, self.headers = status, headers
+
+    def get(self, path: str) -> bytes:
+        environ = dict(self.base, PATH_INFO=path)
+        if self.cookie:
+            environ["HTTP_COOKIE"] = self.cookie
+        body = b"".join(self.app(environ, self._start))
+        if self.keep:
+            for name, value in self.headers:
+                if name == "Set-Cookie" and value.startswith("session="):
+                    cookie = value.split(";", 1)[0]
+                    self.cookie = "" if cookie == "session=" else cookie
+        assert self.status.startswith(("200", "30")), (path, self.status, body[:200])
+        return body
+
+
+def make_clients(factory: Callable[[], Flask], size: int) -> tuple[WSGIClient, WSGIClient]:
+    """A client holding a session with a ``size``-byte payload, and a cookie-less one."""
+    app = factory()
+    holder = WSGIClient(app)
+    holder.get(f"/create/{size}")
+    assert holder.cookie
+    return holder, WSGIClient(app, keep_cookies=False)
+
+
+def in_process(backends: dict[str, Any], rounds: int, n: int) -> dict[str, dict[str, float]]:
+    """Median µs per request for each backend, workload and payload."""
+    clients = {
+        (name, label): make_clients(factory, size)
+        for name, factory in backends.items()
+        for label, size in PAYLOADS.items()
+    }
+    samples: dict[tuple[str, str, str], list[float]] = {}
+    for _ in range(rounds):
+        for label, size in PAYLOADS.items():
+            for workload in WORKLOADS:
+                for name in backends:
+                    holder, fresh = clients[(name, label)]
+                    if name == "bare Flask":
+                        call: Callable[[], Any] = lambda c=holder: c.get("/bare")  # noqa: E731
+                    elif workload == "read-only":
+                        call = lambda c=holder: c.get("/read")  # noqa: E731
+                    elif workload == "read-modify-write":
+                        call = lambda c=holder: c.get("/write")  # noqa: E731
+                    else:
+                        call = lambda c=fresh, s=size: c.get(f"/create/{s}")  # noqa: E731
+                    samples.setdefault((name, workload, label), []).append(per_request(n, call))
+    table: dict[str, dict[str, float]] = {}
+    for (name, workload, label), values in samples.items():
+        table.setdefault(name, {})[f"{workload}, {label}"] = statistics.median(values) * 1e6
+    return table
+
+
+def commands_per_request(backends: dict[str, Any], valkey: ValkeyServer) -> dict[str, dict[str, float]]:
+    """Round trips to Redis/Valkey per request: sends on the client's connections."""
+    from redis.connection import Connection
+
+    sent = [0]
+    original = Connection.send_packed_command
+
+    def counting(self: Connection, command: Any, check_health: bool = True) -> None:
+        sent[0] += 1
+        original(self, command, check_health)
+
+    counts: dict[str, dict[str, float]] = {}
+    Connection.send_packed_command = counting  # type: ignore[method-assign]
+    try:
+        for name in ("Flask-Session Redis", "satchel Valkey"):
+            holder, fresh = make_clients(backends[name], 2_000)
+            for workload, call in (
+                ("read-only", lambda h=holder: h.get("/read")),
+                ("read-modify-write", lambda h=holder: h.get("/write")),
+                ("first request", lambda f=fresh: f.get("/create/2000")),
+            ):
+                call()  # warm: scripts loaded, connections open
+                sent[0] = 0
+                for _ in range(100):
+                    call()
+                counts.setdefault(name, {})[workload] = sent[0] / 100
+    finally:
+        Connection.send_packed_command = original  # type: ignore[method-assign]
+    return counts
+
+
+def end_to_end(backend_envs: dict[str, dict[str, str]], seconds: int) -> dict[str, dict[str, float]]:
+    """Requests per second and p99 latency under gunicorn (2 workers) and wrk."""
+    results: dict[str, dict[str, float]] = {}
+    for name, env in backend_envs.items():
+        port = free_port()
+        command = [
+            sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+            "--log-level", "warning", "bench_e2e_app:create_app()",
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT / "bench",
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            cookie = _wait_and_create(port)
+            path = "/bare" if name == "bare Flask" else "/read"
+            out = subprocess.run(
+                ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency",
+                 "-H", f"Cookie: session={cookie}", f"http://127.0.0.1:{port}{path}"],
+                capture_output=True, text=True, check=True, timeout=seconds + 30,
+            ).stdout  # fmt: skip
+            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+            p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+            assert p99 is not None, out
+            scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+            errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+            results[name] = {
+                "rps": rps,
+                "p99_ms": float(p99.group(1)) * scale,
+                "non_2xx": float(errors.group(1)) if errors else 0.0,
+            }
+        finally:
+            process.terminate()
+            process.wait(30)
+    return results
+
+
+def _wait_and_create(port: int) -> str:
+    import http.client
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/create/2000")
+            response = conn.getresponse()
+            response.read()
+            header = response.getheader("Set-Cookie") or "session=none;"
+            conn.close()
+            return header.split(";", 1)[0].split("=", 1)[1]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, float]:
+    """Load time and memory with ``sessions`` records in SQLite; purge; bytes per Redis session."""
+    import resource
+    import threading
+
+    from satchel.serialization import dumps
+    from satchel.signing import store_key
+    from satchel.stores import RedisStore, SQLiteStore
+    from satchel.stores.base import Change
+
+    path = directory / "scale.sqlite3"
+    store = SQLiteStore(path, purge_batch=2_000)
+    conn = store._conn()
+    now = time.time()
+    payload = dumps("x" * 200)
+    started = time.perf_counter()
+    batch = 50_000
+    for first in range(0, sessions, batch):
+        keys = [store_key(f"{i:043d}") for i in range(first, min(first + batch, sessions))]
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO satchel_session VALUES (?, ?, ?, ?)",
+            [(k, now, now, now + 3600) for k in keys],
+        )
+        conn.executemany(
+            "INSERT INTO satchel_field VALUES (?, ?, ?)",
+            [(k, f, payload) for k in keys for f in ("payload", "count")],
+        )
+        conn.execute("COMMIT")
+    fill_seconds = time.perf_counter() - started
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    keys = [store_key(f"{i:043d}") for i in range(0, sessions, max(sessions // 2_000, 1))]
+    times = []
+    for key in keys:
+        start = time.perf_counter()
+        assert store.load(key) is not None
+        times.append(time.perf_counter() - start)
+    load_us = statistics.median(times) * 1e6
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Expire everything, then purge while another thread keeps loading sessions.
+    conn.execute("UPDATE satchel_session SET expires_at = ?", (now - 1,))
+    live_key = store_key("live")
+    store.save(live_key, Change(set={"a": payload}, created_at=now, touched_at=now,
+                                expires_at=now + 3600), create=True)  # fmt: skip
+    stalls: list[float] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            store.load(live_key)
+            stalls.append(time.perf_counter() - start)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    start = time.perf_counter()
+    removed = store.purge_expired()
+    purge_seconds = time.perf_counter() - start
+    done.set()
+    thread.join()
+    store.close()
+    rstore = RedisStore.from_url(valkey.url.replace("/0", "/2"))
+    rstore.client.flushdb()
+    for i in range(1000):
+        rstore.save(store_key(f"r{i}"), Change(set={"payload": dumps("x" * 2000), "count": b"0"},
+                    created_at=now, touched_at=now, expires_at=now + 3600), create=True)  # fmt: skip
+    used = [int(rstore.client.memory_usage(rstore.prefix + store_key(f"r{i}")) or 0)  # type: ignore[arg-type]
+            for i in range(0, 1000, 10)]  # fmt: skip
+    rstore.close()
+    return {
+        "sessions": sessions,
+        "fill_seconds": fill_seconds,
+        "load_us": load_us,
+        "load_rss_growth_mb": (rss_after - rss_before) / 1024,
+        "file_mb": path.stat().st_size / 1e6,
+        "purged": removed,
+        "purge_seconds": purge_seconds,
+        "max_read_stall_ms": max(stalls) * 1e3 if stalls else 0.0,
+        "reads_during_purge": len(stalls),
+        "redis_bytes_per_2kb_session": statistics.median(used),
+    }
+
+
+def targets(table: dict[str, dict[str, float]], rt: dict[str, dict[str, float]],
+            e2e: dict[str, dict[str, float]]) -> list[tuple[bool, str]]:  # fmt: skip
+    """The issue's targets, each with its measured value."""
+    out: list[tuple[bool, str]] = []
+    bare = table["bare Flask"]
+    ratio = table["satchel SQLite"]["read-only, 2 KB"] / bare["read-only, 2 KB"]
+    out.append((ratio <= 1.5, f"satchel SQLite read-only 2 KB: {ratio:.2f}x bare (target <= 1.5x)"))
+    for column in table["bare Flask"]:
+        ours, cookie = table["satchel SQLite"][column], table["Flask cookie session"][column]
+        out.append((ours < cookie, f"satchel SQLite cheaper than Flask's cookie session, "
+                                   f"{column}: {ours:.0f} vs {cookie:.0f} us"))  # fmt: skip
+    for column in table["bare Flask"]:
+        ours, theirs = table["satchel Valkey"][column], table["Flask-Session Redis"][column]
+        out.append((ours <= 0.4 * theirs, f"satchel Valkey vs Flask-Session Redis, {column}: "
+                                          f"{ours / theirs:.2f}x (target <= 0.4x)"))  # fmt: skip
+    for workload, count in rt.get("satchel Valkey", {}).items():
+        limit = 1 if workload == "read-only" else 2
+        out.append((count <= limit, f"satchel Valkey round trips, {workload}: {count:.2f} "
+                                    f"(target <= {limit})"))  # fmt: skip
+    if e2e:
+        base = e2e["bare Flask"]["rps"]
+        for name in ("satchel SQLite", "satchel Valkey"):
+            share = e2e[name]["rps"] / base
+            out.append((share >= 0.85, f"{name} under gunicorn: {share:.0%} of bare Flask's "
+                                       f"requests per second (target >= 85%)"))  # fmt: skip
+    return out
+
+
+def plot(table: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    columns = [c for c in table["bare Flask"] if c.endswith("2 KB")]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.8 / len(columns)
+    for i, column in enumerate(columns):
+        ratios = [table[n][column] / table["bare Flask"][column] for n in names]
+        ax.bar([x + i * width for x in range(len(names))], ratios, width, label=column)
+    ax.set_xticks([x + width for x in range(len(names))], names, rotation=25, ha="right")
+    ax.set_ylabel("cost per request, × bare Flask (log scale)")
+    ax.set_yscale("log")
+    ax.axhline(1, color="black", linewidth=0.5)
+    ax.set_title("Per-request cost with a 2 KB session (in-process WSGI calls, medians)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, no scale section")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--requests", type=int, default=100, help="requests per sample")
+    parser.add_argument("--seconds", type=int, default=5, help="wrk duration per backend")
+    parser.add_argument("--sessions", type=int, default=1_000_000, help="SQLite scale test")
+    args = parser.parse_args()
+    rounds = args.rounds or (3 if args.quick else 5)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="satchel-bench-"))
+    valkey = ValkeyServer(work)
+    valkey.start()
+    report: dict[str, Any] = {
+        "versions": {p: version(p) for p in ("flask", "flask-session", "redis", "satchel")},
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    try:
+        backends = all_backends(valkey.url, work)
+        print(f"in-process, direct WSGI calls: median of {rounds} rounds x {args.requests} requests")
+        table = in_process(backends, rounds, args.requests)
+        report["in_process_us"] = table
+        columns = list(table["bare Flask"])
+        for column_group in (columns[i : i + 3] for i in range(0, len(columns), 3)):
+            print(f"\n{'backend':<34}" + "".join(f"{c:>30}" for c in column_group))
+            for name, row in table.items():
+                cells = [f"{row[c]:8.0f} us {row[c] / table['bare Flask'][c]:6.2f}x" for c in column_group]
+                print(f"{name:<34}" + "".join(f"{c:>30}" for c in cells))
+        rt = commands_per_request(backends, valkey)
+        report["redis_commands_per_request"] = rt
+        print("\nRedis/Valkey commands (round trips) per request, 2 KB session:")
+        for name, row in rt.items():
+            print(f"  {name:<24} " + ", ".join(f"{w}: {c:.2f}" for w, c in row.items()))
+        e2e: dict[str, dict[str, float]] = {}
+        if shutil.which("wrk"):
+            envs = {
+                "bare Flask": {"E2E_BACKEND": "bare Flask"},
+                "Flask cookie session": {"E2E_BACKEND": "Flask cookie session"},
+                "Flask-Session Redis": {"E2E_BACKEND": "Flask-Session Redis", "E2E_VALKEY": valkey.url},
+                "satchel SQLite": {"E2E_BACKEND": "satchel SQLite", "E2E_DIR": str(work / "e2e")},
+                "satchel Valkey": {"E2E_BACKEND": "satchel Valkey", "E2E_VALKEY": valkey.url},
+            }
+            (work / "e2e").mkdir(exist_ok=True)
+            e2e = end_to_end(envs, args.seconds)
+            report["end_to_end"] = e2e
+            print(f"\nend to end: gunicorn 2 workers, wrk 2 threads x 16 connections, "
+                  f"{args.seconds}s each, read-only 2 KB")  # fmt: skip
+            for name, row in e2e.items():
+                share = row["rps"] / e2e["bare Flask"]["rps"]
+                print(f"  {name:<24} {row['rps']:8.0f} req/s ({share:4.0%})  p99 {row['p99_ms']:6.2f} ms"
+                      f"  non-2xx {row['non_2xx']:.0f}")  # fmt: skip
+        else:
+            print("\nend to end: skipped, wrk is not installed (apt-get install wrk)")
+        if not args.quick:
+            sc = scale(work, valkey, args.sessions)
+            report["scale"] = sc
+            print(f"\nscale: {sc['sessions']:,} sessions in SQLite ({sc['file_mb']:.0f} MB, filled in "
+                  f"{sc['fill_seconds']:.0f}s)")  # fmt: skip
+            print(f"  load one session: {sc['load_us']:.0f} us median, memory growth "
+                  f"{sc['load_rss_growth_mb']:.1f} MB")  # fmt: skip
+            print(f"  purge {sc['purged']:,} expired: {sc['purge_seconds']:.1f}s in batches; "
+                  f"a concurrent reader's worst wait {sc['max_read_stall_ms']:.1f} ms over "
+                  f"{sc['reads_during_purge']} reads")  # fmt: skip
+            print(f"  Redis/Valkey: {sc['redis_bytes_per_2kb_session']:.0f} bytes per 2 KB session")
+        print("\ntargets:")
+        checks = targets(table, rt, e2e)
+        report["targets"] = [{"pass": ok, "what": what} for ok, what in checks]
+        for ok, what in checks:
+            print(f"  {'PASS' if ok else 'FAIL'}  {what}")
+        (RESULTS / "results.json").write_text(json.dumps(report, indent=2))
+        plot(table, RESULTS / "performance.png")
+        print(f"\nwrote {RESULTS / 'results.json'} and {RESULTS / 'performance.png'}")
+    finally:
+        valkey.kill()
+
+
+if __name__ == "__main__":
+    main()
