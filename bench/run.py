@@ -31,10 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import redis  # noqa: E402
 from backends import all_backends  # noqa: E402
 from flask import Flask  # noqa: E402
-
 from tests.valkey import ValkeyServer, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -132,7 +130,9 @@ def in_process(backends: dict[str, Any], rounds: int, n: int) -> dict[str, dict[
     return table
 
 
-def commands_per_request(backends: dict[str, Any], valkey: ValkeyServer) -> dict[str, dict[str, float]]:
+def commands_per_request(
+    backends: dict[str, Any], valkey: ValkeyServer
+) -> dict[str, dict[str, float]]:
     """Round trips to Redis/Valkey per request: sends on the client's connections."""
     from redis.connection import Connection
 
@@ -163,7 +163,9 @@ def commands_per_request(backends: dict[str, Any], valkey: ValkeyServer) -> dict
     return counts
 
 
-def end_to_end(backend_envs: dict[str, dict[str, str]], seconds: int) -> dict[str, dict[str, float]]:
+def end_to_end(
+    backend_envs: dict[str, dict[str, str]], seconds: int
+) -> dict[str, dict[str, float]]:
     """Requests per second and p99 latency under gunicorn (2 workers) and wrk."""
     results: dict[str, dict[str, float]] = {}
     for name, env in backend_envs.items():
@@ -231,25 +233,21 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
     from satchel.signing import store_key
     from satchel.stores import RedisStore, SQLiteStore
     from satchel.stores.base import Change
+    from satchel.stores.sqlite import _CREATE, _encode, _text
 
     path = directory / "scale.sqlite3"
     store = SQLiteStore(path, purge_batch=2_000)
     conn = store._conn()
     now = time.time()
     payload = dumps("x" * 200)
+    data = _encode({"payload": _text(payload), "count": _text(b"0")})
     started = time.perf_counter()
     batch = 50_000
     for first in range(0, sessions, batch):
         keys = [store_key(f"{i:043d}") for i in range(first, min(first + batch, sessions))]
+        # The store's own statement and format, many rows to a transaction.
         conn.execute("BEGIN")
-        conn.executemany(
-            "INSERT INTO satchel_session VALUES (?, ?, ?, ?)",
-            [(k, now, now, now + 3600) for k in keys],
-        )
-        conn.executemany(
-            "INSERT INTO satchel_field VALUES (?, ?, ?)",
-            [(k, f, payload) for k in keys for f in ("payload", "count")],
-        )
+        conn.executemany(_CREATE, [(k, now, now, now + 3600, data, now) for k in keys])
         conn.execute("COMMIT")
     fill_seconds = time.perf_counter() - started
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -262,7 +260,7 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
     load_us = statistics.median(times) * 1e6
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Expire everything, then purge while another thread keeps loading sessions.
-    conn.execute("UPDATE satchel_session SET expires_at = ?", (now - 1,))
+    conn.execute("UPDATE satchel_sessions SET expires_at = ?", (now - 1,))
     live_key = store_key("live")
     store.save(live_key, Change(set={"a": payload}, created_at=now, touched_at=now,
                                 expires_at=now + 3600), create=True)  # fmt: skip
@@ -286,11 +284,16 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
     store.close()
     rstore = RedisStore.from_url(valkey.url.replace("/0", "/2"))
     rstore.client.flushdb()
+    two_kb = Change(
+        set={"payload": dumps("x" * 2000), "count": b"0"},
+        created_at=now,
+        touched_at=now,
+        expires_at=now + 3600,
+    )
     for i in range(1000):
-        rstore.save(store_key(f"r{i}"), Change(set={"payload": dumps("x" * 2000), "count": b"0"},
-                    created_at=now, touched_at=now, expires_at=now + 3600), create=True)  # fmt: skip
-    used = [int(rstore.client.memory_usage(rstore.prefix + store_key(f"r{i}")) or 0)  # type: ignore[arg-type]
-            for i in range(0, 1000, 10)]  # fmt: skip
+        rstore.save(store_key(f"r{i}"), two_kb, create=True)
+    memory_usage = rstore.client.memory_usage
+    used = [int(memory_usage(rstore.prefix + store_key(f"r{i}")) or 0) for i in range(0, 1000, 10)]  # type: ignore[arg-type]
     rstore.close()
     return {
         "sessions": sessions,
@@ -377,14 +380,19 @@ def main() -> None:
     }
     try:
         backends = all_backends(valkey.url, work)
-        print(f"in-process, direct WSGI calls: median of {rounds} rounds x {args.requests} requests")
+        print(
+            f"in-process, direct WSGI calls: median of {rounds} rounds x {args.requests} requests"
+        )
         table = in_process(backends, rounds, args.requests)
         report["in_process_us"] = table
         columns = list(table["bare Flask"])
         for column_group in (columns[i : i + 3] for i in range(0, len(columns), 3)):
             print(f"\n{'backend':<34}" + "".join(f"{c:>30}" for c in column_group))
             for name, row in table.items():
-                cells = [f"{row[c]:8.0f} us {row[c] / table['bare Flask'][c]:6.2f}x" for c in column_group]
+                cells = [
+                    f"{row[c]:8.0f} us {row[c] / table['bare Flask'][c]:6.2f}x"
+                    for c in column_group
+                ]
                 print(f"{name:<34}" + "".join(f"{c:>30}" for c in cells))
         rt = commands_per_request(backends, valkey)
         report["redis_commands_per_request"] = rt
@@ -396,7 +404,10 @@ def main() -> None:
             envs = {
                 "bare Flask": {"E2E_BACKEND": "bare Flask"},
                 "Flask cookie session": {"E2E_BACKEND": "Flask cookie session"},
-                "Flask-Session Redis": {"E2E_BACKEND": "Flask-Session Redis", "E2E_VALKEY": valkey.url},
+                "Flask-Session Redis": {
+                    "E2E_BACKEND": "Flask-Session Redis",
+                    "E2E_VALKEY": valkey.url,
+                },
                 "satchel SQLite": {"E2E_BACKEND": "satchel SQLite", "E2E_DIR": str(work / "e2e")},
                 "satchel Valkey": {"E2E_BACKEND": "satchel Valkey", "E2E_VALKEY": valkey.url},
             }
@@ -407,15 +418,16 @@ def main() -> None:
                   f"{args.seconds}s each, read-only 2 KB")  # fmt: skip
             for name, row in e2e.items():
                 share = row["rps"] / e2e["bare Flask"]["rps"]
-                print(f"  {name:<24} {row['rps']:8.0f} req/s ({share:4.0%})  p99 {row['p99_ms']:6.2f} ms"
-                      f"  non-2xx {row['non_2xx']:.0f}")  # fmt: skip
+                rps, p99, bad = row["rps"], row["p99_ms"], row["non_2xx"]
+                print(f"  {name:<24} {rps:8.0f} req/s ({share:4.0%})  p99 {p99:6.2f} ms  "
+                      f"non-2xx {bad:.0f}")  # fmt: skip
         else:
             print("\nend to end: skipped, wrk is not installed (apt-get install wrk)")
         if not args.quick:
             sc = scale(work, valkey, args.sessions)
             report["scale"] = sc
-            print(f"\nscale: {sc['sessions']:,} sessions in SQLite ({sc['file_mb']:.0f} MB, filled in "
-                  f"{sc['fill_seconds']:.0f}s)")  # fmt: skip
+            print(f"\nscale: {sc['sessions']:,} sessions in SQLite ({sc['file_mb']:.0f} MB, "
+                  f"filled in {sc['fill_seconds']:.0f}s)")  # fmt: skip
             print(f"  load one session: {sc['load_us']:.0f} us median, memory growth "
                   f"{sc['load_rss_growth_mb']:.1f} MB")  # fmt: skip
             print(f"  purge {sc['purged']:,} expired: {sc['purge_seconds']:.1f}s in batches; "

@@ -24,13 +24,13 @@ def test_wal_mode_and_schema(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "s.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"satchel_session", "satchel_field"} <= tables
+    assert {"satchel_sessions", "satchel_lock"} <= tables
     conn.close()
     store.close()
 
 
-def test_purge_removes_rows_of_fields_too(tmp_path: Path) -> None:
-    """purge_expired deletes expired sessions and their field rows, in batches."""
+def test_purge_walks_the_table_in_batches(tmp_path: Path) -> None:
+    """purge_expired deletes every expired row, batch by batch, and keeps the live ones."""
     store = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=7)
     now = time.time()
     for i in range(20):
@@ -40,8 +40,8 @@ def test_purge_removes_rows_of_fields_too(tmp_path: Path) -> None:
     time.sleep(0.3)
     assert store.purge_expired() == 20
     conn = sqlite3.connect(tmp_path / "s.sqlite3")
-    assert conn.execute("SELECT count(*) FROM satchel_session").fetchone()[0] == 1
-    assert conn.execute("SELECT count(*) FROM satchel_field").fetchone()[0] == 1
+    rows = conn.execute("SELECT key FROM satchel_sessions").fetchall()
+    assert rows == [("live",)]
     conn.close()
     store.close()
 
@@ -101,3 +101,35 @@ def test_two_processes_share_one_file(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_periodic_purge_visits_the_whole_table(tmp_path: Path) -> None:
+    """Saves purge one batch every purge_interval, walking on until every row was seen."""
+    store = SQLiteStore(tmp_path / "s.sqlite3", purge_interval=0, purge_batch=5)
+    now = time.time()
+    for i in range(23):
+        change = Change(set={"a": b"1"}, created_at=now, expires_at=now + 0.2)
+        store.save(f"old{i}", change, create=True)
+    time.sleep(0.3)
+    for i in range(8):  # each save runs one batch of 5 rowids
+        store.save(f"new{i}", Change(set={"a": b"1"}, expires_at=now + 60), create=True)
+    conn = sqlite3.connect(tmp_path / "s.sqlite3")
+    left = {r[0] for r in conn.execute("SELECT key FROM satchel_sessions")}
+    conn.close()
+    store.close()
+    assert left == {f"new{i}" for i in range(8)}
+
+
+def test_non_utf8_bytes_and_json_look_alikes_survive(tmp_path: Path) -> None:
+    """Field values are opaque bytes: binary, null-looking and marker-looking ones round-trip."""
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    fields = {"bin": b"\xff\x00\xfe", "null": b"null", "eq": b"=x", "tilde": b"~eA==", "e": b""}
+    now = time.time()
+    store.save("k", Change(set=fields, created_at=now, expires_at=now + 60), create=True)
+    store.save("k", Change(set={"null": b"\x80"}, delete=["e"], expires_at=now + 60), create=False)
+    record = store.load("k")
+    store.close()
+    assert record is not None
+    expected = {**fields, "null": b"\x80"}
+    del expected["e"]
+    assert dict(record.fields) == expected

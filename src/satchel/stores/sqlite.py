@@ -1,42 +1,44 @@
 """The embedded default store: one SQLite file, shared by threads and processes.
 
-The file is in WAL mode, so readers never wait for a writer; writers queue on
-SQLite's lock for up to ``timeout`` seconds and then the store raises
-``StoreUnavailable``. Each save is one ``BEGIN IMMEDIATE`` transaction over a
-row per session and a row per field, so a save only touches the fields it
-changes. Every thread of every process gets its own connection.
+Each session is one row: its key (the hash of its ID), three times, and its
+fields as one JSON object whose members hold each field's serialised value as
+a string (``"="`` and the UTF-8 text, or ``"~"`` and base64 for other
+bytes). Every operation is a single SQL statement, hence atomic on its own: a
+save merges only the fields it changed into the row with ``json_patch`` (a
+``null`` member deletes a field), so two overlapping requests that change
+different fields both keep their changes, and no transaction is ever held
+open across Python code. The file is in WAL mode, so readers never wait for a
+writer; a writer waits for another process's write for up to ``timeout``
+seconds, then the store raises ``StoreUnavailable``. Every thread of every
+process gets its own connection.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
+from base64 import b64decode, b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from .base import Change, Record
 
 __all__ = ["SQLiteStore"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS satchel_session (
-    key TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS satchel_sessions (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
     touched_at REAL NOT NULL,
-    expires_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS satchel_session_expires
-    ON satchel_session (expires_at);
-CREATE TABLE IF NOT EXISTS satchel_field (
-    key TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (key, name)
-) WITHOUT ROWID;
+    expires_at REAL NOT NULL,
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS satchel_lock (
     key TEXT PRIMARY KEY,
     token TEXT NOT NULL,
@@ -45,29 +47,56 @@ CREATE TABLE IF NOT EXISTS satchel_lock (
 """
 
 _LOAD = """
-SELECT s.created_at, s.touched_at, s.expires_at, f.name, f.value
-FROM satchel_session AS s LEFT JOIN satchel_field AS f ON f.key = s.key
-WHERE s.key = ? AND s.expires_at > ?
+SELECT created_at, touched_at, expires_at, data FROM satchel_sessions
+WHERE key = ? AND expires_at > ?
 """
+# Takes the key when it is free or its record has expired (then replaced whole).
 _CREATE = """
-INSERT INTO satchel_session VALUES (?, ?, ?, ?)
+INSERT INTO satchel_sessions (key, created_at, touched_at, expires_at, data)
+VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at,
-    touched_at = excluded.touched_at, expires_at = excluded.expires_at
-WHERE satchel_session.expires_at <= ?
+    touched_at = excluded.touched_at, expires_at = excluded.expires_at, data = excluded.data
+WHERE satchel_sessions.expires_at <= ?
 """
-_UPSERT_FIELD = """
-INSERT INTO satchel_field (key, name, value) VALUES (?, ?, ?)
-ON CONFLICT (key, name) DO UPDATE SET value = excluded.value
+_UPDATE = """
+UPDATE satchel_sessions SET data = json_patch(data, ?), touched_at = ?, expires_at = ?
+WHERE key = ? AND expires_at > ?
 """
+_TOUCH = """
+UPDATE satchel_sessions SET touched_at = ?, expires_at = ? WHERE key = ? AND expires_at > ?
+"""
+_ACQUIRE = """
+INSERT INTO satchel_lock VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE
+SET token = excluded.token, expires_at = excluded.expires_at
+WHERE satchel_lock.expires_at <= ? OR satchel_lock.token = excluded.token
+"""
+
+
+def _encode(fields: dict[str, str | None]) -> str:
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def _text(value: bytes) -> str:
+    # Field values are bytes; JSON holds text: UTF-8 as is behind "=", else base64 behind "~".
+    try:
+        return "=" + value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "~" + b64encode(value).decode("ascii")
+
+
+def _bytes(text: str) -> bytes:
+    return text[1:].encode("utf-8") if text[0] == "=" else b64decode(text[1:])
 
 
 class SQLiteStore:
     """Sessions in the SQLite database at ``path`` (created when missing).
 
-    ``timeout`` is how long, in seconds, a request waits for another
-    process's write before the store gives up. Expired records are removed a
-    batch at a time every ``purge_interval`` seconds by whichever request
-    saves next, and all at once by :meth:`purge_expired`.
+    ``timeout`` is how long, in seconds, a write waits for another process's
+    write before the store gives up. Expired records are removed
+    ``purge_batch`` rows at a time: every ``purge_interval`` seconds one batch
+    by whichever request saves next, and all of them by :meth:`purge_expired`.
+    Needs SQLite's JSON functions (built in since SQLite 3.38, and in most
+    older builds).
     """
 
     def __init__(
@@ -76,7 +105,7 @@ class SQLiteStore:
         *,
         timeout: float = 5.0,
         purge_interval: float = 300.0,
-        purge_batch: int = 500,
+        purge_batch: int = 2000,
     ) -> None:
         self.path = Path(path)
         self.timeout = timeout
@@ -86,9 +115,16 @@ class SQLiteStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._next_purge = time.time() + purge_interval
+        self._purge_from = 0  # the rowid where the next periodic batch starts
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._errors():
             conn = self._conn()
+            try:
+                conn.execute("SELECT json_patch('{}', '{}')")
+            except sqlite3.OperationalError as exc:
+                raise ConfigError(
+                    f"SQLite {sqlite3.sqlite_version} lacks the JSON functions satchel needs"
+                ) from exc
             conn.executescript(_SCHEMA)
 
     def __repr__(self) -> str:
@@ -102,10 +138,7 @@ class SQLiteStore:
         # A connection must not cross a fork: a worker forked from a parent
         # that already opened one makes its own.
         conn = sqlite3.connect(
-            self.path,
-            timeout=self.timeout,
-            isolation_level=None,
-            check_same_thread=False,
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -122,116 +155,86 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(repr(self), str(exc)) from exc
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _run(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
         with self._errors():
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            return self._conn().execute(sql, args)
 
     def load(self, key: str) -> Record | None:
-        """Read the record and its fields in one statement, one snapshot."""
-        with self._errors():
-            rows = self._conn().execute(_LOAD, (key, time.time())).fetchall()
-        if not rows:
+        """Read the record in one statement."""
+        row = self._run(_LOAD, (key, time.time())).fetchone()
+        if row is None:
             return None
-        created, touched, expires = rows[0][0], rows[0][1], rows[0][2]
-        fields = {row[3]: row[4] for row in rows if row[3] is not None}
-        return Record(fields, created, touched, expires)
+        try:
+            stored = json.loads(row[3])
+            fields = {name: _bytes(value) for name, value in stored.items()}
+        except (ValueError, AttributeError, IndexError, TypeError):
+            return None  # not written by this store: treat as missing
+        return Record(fields, row[0], row[1], row[2])
 
     def save(self, key: str, change: Change, *, create: bool) -> bool:
-        """Apply ``change`` in one ``BEGIN IMMEDIATE`` transaction."""
+        """Apply ``change`` in one statement: an insert, or an update that merges fields."""
         now = time.time()
-        with self._write() as conn:
-            if create:
-                # Takes the key if it is free or its record has expired...
-                cursor = conn.execute(
-                    _CREATE, (key, change.created_at, change.touched_at, change.expires_at, now)
-                )
-                if cursor.rowcount != 1:
-                    return False
-                # ...and then none of an expired record's fields may linger.
-                conn.execute("DELETE FROM satchel_field WHERE key = ?", (key,))
-            else:
-                cursor = conn.execute(
-                    "UPDATE satchel_session SET touched_at = ?, expires_at = ?"
-                    " WHERE key = ? AND expires_at > ?",
-                    (change.touched_at, change.expires_at, key, now),
-                )
-                if cursor.rowcount != 1:
-                    return False
-            if change.set:
-                conn.executemany(_UPSERT_FIELD, [(key, n, v) for n, v in change.set.items()])
-            if change.delete:
-                conn.executemany(
-                    "DELETE FROM satchel_field WHERE key = ? AND name = ?",
-                    [(key, n) for n in change.delete],
-                )
+        if create:
+            data = _encode({name: _text(value) for name, value in change.set.items()})
+            args: tuple[object, ...] = (
+                key, change.created_at, change.touched_at, change.expires_at, data, now,
+            )  # fmt: skip
+            cursor = self._run(_CREATE, args)
+        else:
+            patch: dict[str, str | None] = dict.fromkeys(change.delete)
+            patch.update((name, _text(value)) for name, value in change.set.items())
+            args = (_encode(patch), change.touched_at, change.expires_at, key, now)
+            cursor = self._run(_UPDATE, args)
+        if cursor.rowcount != 1:
+            return False
         if now >= self._next_purge:
             self._next_purge = now + self.purge_interval
-            self._purge_batch(now)
+            self._purge_from = self._purge_range(self._purge_from, now)
         return True
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times in one statement."""
-        with self._errors():
-            cursor = self._conn().execute(
-                "UPDATE satchel_session SET touched_at = ?, expires_at = ?"
-                " WHERE key = ? AND expires_at > ?",
-                (touched_at, expires_at, key, time.time()),
-            )
-        return cursor.rowcount == 1
+        return self._run(_TOUCH, (touched_at, expires_at, key, time.time())).rowcount == 1
 
     def delete(self, key: str) -> None:
-        """Remove the record and its fields in one transaction."""
-        with self._write() as conn:
-            conn.execute("DELETE FROM satchel_field WHERE key = ?", (key,))
-            conn.execute("DELETE FROM satchel_session WHERE key = ?", (key,))
+        """Remove the record."""
+        self._run("DELETE FROM satchel_sessions WHERE key = ?", (key,))
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
-        """Lease the lock on ``key`` to ``token`` in one transaction."""
+        """Lease the lock on ``key`` to ``token`` in one statement."""
         now = time.time()
-        with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO satchel_lock VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE"
-                " SET token = excluded.token, expires_at = excluded.expires_at"
-                " WHERE satchel_lock.expires_at <= ? OR satchel_lock.token = excluded.token",
-                (key, token, now + lease, now),
-            )
-            return cursor.rowcount == 1
+        return self._run(_ACQUIRE, (key, token, now + lease, now)).rowcount == 1
 
     def release(self, key: str, token: str) -> None:
         """Free the lock if ``token`` holds it."""
-        with self._errors():
-            self._conn().execute(
-                "DELETE FROM satchel_lock WHERE key = ? AND token = ?", (key, token)
-            )
+        self._run("DELETE FROM satchel_lock WHERE key = ? AND token = ?", (key, token))
 
-    def _purge_batch(self, now: float) -> int:
-        with self._write() as conn:
-            keys = conn.execute(
-                "SELECT key FROM satchel_session WHERE expires_at <= ? LIMIT ?",
-                (now, self.purge_batch),
-            ).fetchall()
-            conn.executemany("DELETE FROM satchel_field WHERE key = ?", keys)
-            conn.executemany("DELETE FROM satchel_session WHERE key = ?", keys)
-            conn.execute("DELETE FROM satchel_lock WHERE expires_at <= ?", (now,))
-        return len(keys)
+    def _purge_range(self, start: int, now: float) -> int:
+        """Delete expired rows with rowids in one batch from ``start``; return the next start.
+
+        Walking the table by rowid needs no index on the expiry time (which every
+        save would have to update) and keeps each write short.
+        """
+        end = start + self.purge_batch
+        self._run(
+            "DELETE FROM satchel_sessions WHERE id >= ? AND id < ? AND expires_at <= ?",
+            (start, end, now),
+        )
+        self._run("DELETE FROM satchel_lock WHERE expires_at <= ?", (now,))
+        last = self._run("SELECT max(id) FROM satchel_sessions", ()).fetchone()[0]
+        return 0 if last is None or end > last else end
 
     def purge_expired(self) -> int:
-        """Remove every expired record, a batch per transaction so writers interleave."""
+        """Remove every expired record, one short batch at a time; return how many."""
         now = time.time()
-        total = 0
+        before = self._run("SELECT count(*) FROM satchel_sessions", ()).fetchone()[0]
+        start = 0
         while True:
-            removed = self._purge_batch(now)
-            total += removed
-            if removed < self.purge_batch:
-                return total
+            start = self._purge_range(start, now)
+            if start == 0:
+                break
+        after = self._run("SELECT count(*) FROM satchel_sessions", ()).fetchone()[0]
+        return int(before - after)
 
     def close(self) -> None:
         """Close every connection this store opened, in any thread."""
