@@ -97,8 +97,7 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[override]
     def _lock_wanted(self) -> bool:
         if not has_request_context() or request.endpoint is None:
             return False
-        view = current_app.view_functions.get(request.endpoint)
-        return bool(getattr(view, "_satchel_locked", False))
+        return request.endpoint in _locked_endpoints(current_app)
 
 
 def _seconds(value: Any, name: str) -> float:
@@ -118,6 +117,20 @@ def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
     headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"}
     message = BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE
     return message, 503, headers
+
+
+def _locked_endpoints(app: Flask) -> frozenset[str]:
+    """The endpoints whose views carry @locked, found once per app."""
+    state = app.extensions.get("satchel.locked")
+    if state is None or state[0] != len(app.view_functions):
+        found = frozenset(
+            name
+            for name, view in app.view_functions.items()
+            if getattr(view, "_satchel_locked", False)
+        )
+        state = (len(app.view_functions), found)
+        app.extensions["satchel.locked"] = state
+    return state[1]
 
 
 class SatchelSessionInterface(SessionInterface):
