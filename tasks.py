@@ -3,6 +3,7 @@
 
     python3 tasks.py demo [ARGS...]   run the questionnaire demo (SQLite store)
     python3 tasks.py test [ARGS...]   ruff, mypy --strict and the whole pytest suite
+    python3 tasks.py bench [ARGS...]  the benchmark (bench/run.py; wrk for end to end)
 
 Only the standard library is used here, so this works on a fresh machine with
 Python 3.11+. The environment lives in ``.venv`` and is reinstalled whenever
@@ -57,10 +58,15 @@ def test(args: list[str]) -> None:
     run(PYTHON, "-m", "pytest", *args)
 
 
+def bench(args: list[str]) -> None:
+    ensure_venv("dev,bench")
+    run(PYTHON, "bench/run.py", *args)
+
+
 def main() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - runs before anything is installed
         sys.exit(f"satchel needs Python 3.11 or newer, this is {sys.version.split()[0]}")
-    commands = {"demo": demo, "test": test}
+    commands = {"demo": demo, "test": test, "bench": bench}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](sys.argv[2:])
