@@ -136,3 +136,22 @@ def test_session_too_large_writes_nothing(store: Store) -> None:
     assert info.value.limit == 200 and info.value.size > 200
     assert stored_keys(store) == keys
     assert client.get("/read").json == {"small": "1"}
+
+
+def test_too_large_regenerate_keeps_the_old_session(store: Store) -> None:
+    """A regenerate() whose session is over the limit deletes nothing: the old ID still works."""
+    app = make(store, SATCHEL_MAX_SIZE=200, TESTING=True)
+
+    @app.get("/grow-and-regenerate")
+    def grow_and_regenerate() -> str:
+        session["big"] = "x" * 300
+        session.regenerate()  # type: ignore[attr-defined]
+        return "ok"
+
+    client = app.test_client()
+    client.get("/set/small/1")
+    keys = stored_keys(store)
+    with pytest.raises(SessionTooLarge):
+        client.get("/grow-and-regenerate")
+    assert stored_keys(store) == keys
+    assert client.get("/read").json == {"small": "1"}

@@ -153,6 +153,12 @@ class SessionManager:
                     changed[key] = raw
         deleted = [key for key in session._deleted if key in loaded]
         had_cookie = session.session_id is not None or session._stale_cookie
+        # Checked before any write, so that a refused save changes nothing at all.
+        size = sum(len(v) for v in changed.values()) + sum(
+            len(v) for k, v in loaded.items() if k in data and k not in changed
+        )
+        if size > self.settings.max_size:
+            raise SessionTooLarge(size, self.settings.max_size)
 
         if session._drop_old and session.session_id is not None:
             self.store.delete(store_key(session.session_id))
@@ -165,12 +171,6 @@ class SessionManager:
             session.session_id = None
             session.record = None
             return Outcome(delete_cookie=had_cookie)
-
-        size = sum(len(v) for v in changed.values()) + sum(
-            len(v) for k, v in loaded.items() if k in data and k not in changed
-        )
-        if size > self.settings.max_size:
-            raise SessionTooLarge(size, self.settings.max_size)
 
         now = time.time()
         record = session.record
