@@ -100,6 +100,19 @@ class StoreContract:
         record = store.load("k1")
         assert record is not None and dict(record.fields) == fields
 
+    def test_many_fields_in_one_save(self, store: Store) -> None:
+        """A save of thousands of fields (and deletes) is applied whole."""
+        many = {f"f{i}": str(i).encode() for i in range(5000)}
+        assert store.save("k1", _change(many), create=True) is True
+        change = _change(
+            {f"g{i}": b"x" for i in range(3000)}, delete=[f"f{i}" for i in range(4000)]
+        )
+        assert store.save("k1", change, create=False) is True
+        record = store.load("k1")
+        assert record is not None
+        assert len(record.fields) == 1000 + 3000
+        assert record.fields["f4999"] == b"4999" and "f0" not in record.fields
+
     def test_delete(self, store: Store) -> None:
         """A deleted record is gone; deleting again is fine."""
         store.save("k1", _change({"a": b"1"}), create=True)
