@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -34,13 +35,17 @@ def build(store: Store, **config: Any) -> Flask:
 
     @app.get("/increment")
     def increment() -> str:
-        session["count"] += 1
+        count = session["count"]
+        time.sleep(0.001)  # let other threads run between the read and the write
+        session["count"] = count + 1
         return "ok"
 
     @app.get("/increment-locked")
     @locked
     def increment_locked() -> str:
-        session["count"] += 1
+        count = session["count"]
+        time.sleep(0.001)
+        session["count"] = count + 1
         return "ok"
 
     @app.get("/fail")
@@ -87,6 +92,15 @@ def test_app_wide_strict_mode_loses_no_increment(store: Store) -> None:
     statuses = hammer(app, cookie, "/increment")
     assert statuses == [200] * THREADS * PER_THREAD
     assert client.get("/count").data == str(THREADS * PER_THREAD).encode()
+    assert Satchel.stats(app)["lock_waits"] > 0  # the requests really did overlap
+
+
+def test_without_strict_mode_overlapping_increments_are_lost(store: Store) -> None:
+    """The same load without the lock loses increments: what strict mode is for."""
+    app = build(store)
+    client, cookie = started(app)
+    hammer(app, cookie, "/increment")
+    assert int(client.get("/count").data) < THREADS * PER_THREAD
 
 
 def test_locked_view_loses_no_increment(store: Store) -> None:

@@ -67,6 +67,7 @@ def test_store_down_gives_503_then_recovers(
         assert_clean_503(client.get("/read"), caplog)
         assert_clean_503(client.get("/set/b/2"), caplog)
     assert any("answered 503" in r.getMessage() for r in caplog.records)
+    assert Satchel.stats(app)["store_errors"] == 2
     own_valkey.start()  # same port, empty: the old session is gone, not corrupted
     assert client.get("/read").json == {}
     assert client.get("/set/c/3").status_code == 200

@@ -12,9 +12,16 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from .errors import ConfigError, LockTimeout, SessionTooLarge
+from .errors import ConfigError, LockTimeout, SessionTooLarge, StoreUnavailable
 from .serialization import dumps
 from .session import Session
+from .signals import (
+    Counters,
+    session_created,
+    session_destroyed,
+    session_expired,
+    session_regenerated,
+)
 from .signing import CookieSigner, new_id, store_key
 from .stores.base import Change, LockingStore, Record, Store
 
@@ -62,8 +69,13 @@ class SessionManager:
         signer: CookieSigner,
         settings: Settings,
         session_class: type[Session] = Session,
+        sender: object = None,
     ) -> None:
         self.store = store
+        #: What signals are sent from (the Flask app, for the Flask adapter).
+        self.sender = sender
+        #: Counts of loads, saves, errors and more, for monitoring.
+        self.counters = Counters()
         self.signer = signer
         self.settings = settings
         self.session_class = session_class
@@ -81,6 +93,7 @@ class SessionManager:
             return self.session_class(self, None)
         session_id = self.signer.unsign(cookie)
         if session_id is None:
+            self.counters.add("rejected_cookies")
             security_log.warning(
                 "rejected a session cookie that failed verification (%d chars)",
                 len(cookie),
@@ -98,9 +111,17 @@ class SessionManager:
         """
         assert session.session_id is not None
         key = store_key(session.session_id)
-        if self.settings.locking or session._lock_wanted():
-            self._lock(session, key)
-        return self.store.load(key)
+        try:
+            if self.settings.locking or session._lock_wanted():
+                self._lock(session, key)
+            record = self.store.load(key)
+        except StoreUnavailable:
+            self.counters.add("store_errors")
+            raise
+        self.counters.add("loads")
+        if record is None:
+            session_expired.send(self.sender, session=session, fingerprint=key[:8])
+        return record
 
     def _lock(self, session: Session, key: str) -> None:
         store = self.store
@@ -110,6 +131,8 @@ class SessionManager:
         start = time.monotonic()
         pause = 0.002
         while not store.acquire(key, token, self.settings.lock_lease):
+            if pause == 0.002:
+                self.counters.add("lock_waits")
             waited = time.monotonic() - start
             if waited >= self.settings.lock_timeout:
                 raise LockTimeout(repr(store), waited)
@@ -138,6 +161,9 @@ class SessionManager:
         """
         try:
             return self._save(session)
+        except StoreUnavailable:
+            self.counters.add("store_errors")
+            raise
         finally:
             self.release(session)
 
@@ -160,14 +186,22 @@ class SessionManager:
         if size > self.settings.max_size:
             raise SessionTooLarge(size, self.settings.max_size)
 
+        regenerating = session._regenerating
         if session._drop_old and session.session_id is not None:
-            self.store.delete(store_key(session.session_id))
+            old = store_key(session.session_id)
+            self.store.delete(old)
+            self.counters.add("deletes")
+            if not regenerating:
+                session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
             session.session_id = None
 
         if not any(key != "_permanent" for key in data):
             # Nothing worth keeping: never store an empty session.
             if session.record is not None and session.session_id is not None:
-                self.store.delete(store_key(session.session_id))
+                old = store_key(session.session_id)
+                self.store.delete(old)
+                self.counters.add("deletes")
+                session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
             session.session_id = None
             session.record = None
             return Outcome(delete_cookie=had_cookie)
@@ -192,7 +226,11 @@ class SessionManager:
             session._pending.clear()
             session._touched.clear()
             session._deleted.clear()
-            session._drop_old = False
+            session._drop_old = session._regenerating = False
+            self.counters.add("saves")
+            self.counters.add("creates")
+            signal = session_regenerated if regenerating else session_created
+            signal.send(self.sender, session=session, fingerprint=store_key(session_id)[:8])
             return Outcome(new_cookie=self.sign(session_id), alive=True)
 
         key = store_key(session.session_id)
@@ -206,8 +244,10 @@ class SessionManager:
                 Change(set=changed, delete=deleted, touched_at=now, expires_at=expires_at),
                 create=False,
             )
+            self.counters.add("saves")
         elif now - record.touched_at >= self._refresh_after:
             ok = self.store.touch(key, now, expires_at)
+            self.counters.add("touches")
         else:
             ok = True
         if not ok:

@@ -254,6 +254,18 @@ class Satchel:
         if app is not None:
             self.init_app(app)
 
+    @staticmethod
+    def stats(app: Flask | None = None) -> dict[str, int]:
+        """This process's counters for ``app`` (the current app by default).
+
+        Loads, saves, creates, deletes, idle refreshes, rejected cookies, store
+        errors and lock waits since the app started; see
+        :class:`satchel.signals.Counters`.
+        """
+        target = app if app is not None else current_app
+        manager: SessionManager = target.extensions["satchel"]
+        return manager.counters.snapshot()
+
     def init_app(
         self, app: Flask, *, store: Store | None = None, cookie_name: CookieNamer | None = None
     ) -> None:
@@ -322,7 +334,9 @@ class Satchel:
         if not isinstance(chosen, Store):
             raise ConfigError(f"SATCHEL_STORE must be a store URL or a Store, not {chosen!r}")
 
-        manager = SessionManager(chosen, CookieSigner(secret, fallbacks), settings, FlaskSession)
+        manager = SessionManager(
+            chosen, CookieSigner(secret, fallbacks), settings, FlaskSession, sender=app
+        )
         app.extensions["satchel"] = manager
         app.session_interface = SatchelSessionInterface(manager, cookie_name or self.cookie_name)
         app.register_error_handler(StoreUnavailable, _unavailable)

@@ -51,6 +51,7 @@ class Session(MutableMapping[str, Any]):
         self._pending: dict[str, bytes] = {}
         self._deleted: set[str] = set()
         self._drop_old = False
+        self._regenerating = False
         self._stale_cookie = False
         self._lock_held: tuple[str, str] | None = None
 
@@ -228,6 +229,7 @@ class Session(MutableMapping[str, Any]):
         """
         self._load()
         self._drop_old = self.session_id is not None or self._drop_old
+        self._regenerating = self._drop_old
         self.record = None
 
     # -- state ----------------------------------------------------------------

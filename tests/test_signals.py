@@ -1,0 +1,136 @@
+"""Signals at a session's turning points, and the counters an operator reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask, session
+
+from satchel import Satchel
+from satchel.signals import (
+    session_created,
+    session_destroyed,
+    session_expired,
+    session_regenerated,
+)
+from satchel.signing import store_key
+from satchel.stores import Store
+
+from .conftest import SECRET, session_id_of
+
+
+@pytest.fixture
+def app(store: Store) -> Flask:
+    app = Flask("signals")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_IDLE_TIMEOUT=3600)
+    Satchel(app, store=store)
+
+    @app.get("/set")
+    def set_() -> str:
+        session["a"] = 1
+        return "ok"
+
+    @app.get("/read")
+    def read() -> dict[str, Any]:
+        return dict(session)
+
+    @app.get("/regenerate")
+    def regenerate() -> str:
+        session.regenerate()  # type: ignore[attr-defined]
+        return "ok"
+
+    @app.get("/clear")
+    def clear() -> str:
+        session.clear()
+        return "ok"
+
+    return app
+
+
+@pytest.fixture
+def received(app: Flask) -> Iterator[list[tuple[str, Any, str]]]:
+    log: list[tuple[str, Any, str]] = []
+    receivers = {}
+    for name, signal in (
+        ("created", session_created),
+        ("regenerated", session_regenerated),
+        ("destroyed", session_destroyed),
+        ("expired", session_expired),
+    ):
+
+        def receiver(sender: Any, name: str = name, **extra: Any) -> None:
+            log.append((name, sender, extra["fingerprint"]))
+
+        receivers[name] = receiver
+        signal.connect(receiver, sender=app)
+    yield log
+    for name, signal in (
+        ("created", session_created),
+        ("regenerated", session_regenerated),
+        ("destroyed", session_destroyed),
+        ("expired", session_expired),
+    ):
+        signal.disconnect(receivers[name])
+
+
+def fingerprint(client: Any) -> str:
+    cookie = client.get_cookie("session")
+    return store_key(session_id_of(cookie.value))[:8]
+
+
+def test_lifecycle_signals(app: Flask, received: list[tuple[str, Any, str]]) -> None:
+    """created, regenerated, destroyed and expired fire once each, from the app."""
+    client = app.test_client()
+    client.get("/set")
+    first = fingerprint(client)
+    client.get("/read")
+    client.get("/regenerate")
+    second = fingerprint(client)
+    old_cookie = client.get_cookie("session")
+    assert old_cookie is not None
+    client.get("/clear")
+    replay = app.test_client()
+    replay.set_cookie("session", old_cookie.value)
+    replay.get("/read")
+    assert received == [
+        ("created", app, first),
+        ("regenerated", app, second),
+        ("destroyed", app, second),
+        ("expired", app, second),
+    ]
+
+
+def test_signals_never_carry_the_raw_id(app: Flask, received: list[tuple[str, Any, str]]) -> None:
+    """The fingerprint is a short hash prefix, not a piece of the ID."""
+    client = app.test_client()
+    client.get("/set")
+    raw = session_id_of(client.get_cookie("session").value)  # type: ignore[union-attr]
+    (_, _, fp) = received[0]
+    assert len(fp) == 8 and fp not in raw
+
+
+def test_counters(app: Flask) -> None:
+    """The counters follow what happened: loads, saves, creates, deletes, rejected cookies."""
+    client = app.test_client()
+    client.get("/set")
+    client.get("/read")
+    client.get("/read")
+    client.get("/clear")
+    bad = app.test_client(use_cookies=False)
+    bad.get("/read", headers={"Cookie": "session=forged.cookie"})
+    with app.app_context():
+        stats = Satchel.stats()
+    # /set had no cookie and clear() needs no data, so only the two reads load.
+    assert stats == {
+        "loads": 2,
+        "saves": 1,
+        "creates": 1,
+        "deletes": 1,
+        "touches": 0,
+        "rejected_cookies": 1,
+        "store_errors": 0,
+        "lock_waits": 0,
+    }
+    assert Satchel.stats(app) == stats
