@@ -87,9 +87,8 @@ def stored_keys(store: Store) -> list[str]:
         rows = store._conn().execute("SELECT key FROM satchel_sessions").fetchall()
         return [row[0] for row in rows]
     if isinstance(store, RedisStore):
-        keys = store.client.keys(store.prefix + "*")
-        names = [k.decode()[len(store.prefix) :] for k in keys]  # type: ignore[union-attr]
-        return [name for name in names if not name.endswith(":lock")]
+        keys = store.client.keys(store.prefix + "s:*")
+        return [k.decode()[len(store.prefix) + 2 :] for k in keys]  # type: ignore[union-attr]
     raise TypeError(store)
 
 

@@ -21,9 +21,9 @@ import threading
 import time
 from typing import Any
 
-from .stores.base import Change, LockingStore, Store
+from .stores.base import Change, ListingStore, LockingStore, Store
 
-__all__ = ["LockingStoreContract", "StoreContract"]
+__all__ = ["FullStoreContract", "ListingStoreContract", "LockingStoreContract", "StoreContract"]
 
 
 def _change(fields: dict[str, bytes] | None = None, ttl: float = 60.0, **kw: Any) -> Change:
@@ -246,3 +246,54 @@ class LockingStoreContract(StoreContract):
         for t in pool:
             t.join()
         assert overlaps == []
+
+
+class ListingStoreContract(StoreContract):
+    """The contract plus owners, client details and listing, for stores that list."""
+
+    def test_is_a_listing_store(self, store: Store) -> None:
+        """The object satisfies the ListingStore protocol."""
+        assert isinstance(store, ListingStore)
+
+    def test_owner_and_meta_are_kept(self, store: ListingStore) -> None:
+        """Owner and meta given at creation survive updates and touches."""
+        meta = {"user_agent": "Mozilla/5.0 ünï", "ip": "127.0.0.1"}
+        store.save("k1", _change({"a": b"1"}, owner="alice", meta=meta), create=True)
+        store.save("k1", _change({"b": b"2"}), create=False)
+        store.touch("k1", time.time(), time.time() + 60)
+        record = store.load("k1")
+        assert record is not None
+        assert record.owner == "alice" and dict(record.meta) == meta
+        plain = _change({"a": b"1"})
+        store.save("k2", plain, create=True)
+        other = store.load("k2")
+        assert other is not None and other.owner is None and dict(other.meta) == {}
+
+    def test_records_lists_live_records(self, store: ListingStore) -> None:
+        """records() yields every live record once; records(owner) only that owner's."""
+        store.save("a1", _change({"x": b"1"}, owner="alice"), create=True)
+        store.save("a2", _change({"x": b"2"}, owner="alice"), create=True)
+        store.save("b1", _change({"x": b"3"}, owner="bob"), create=True)
+        store.save("n1", _change({"x": b"4"}), create=True)
+        store.save("old", _change({"x": b"5"}, owner="alice", ttl=0.2), create=True)
+        store.save("gone", _change({"x": b"6"}, owner="alice"), create=True)
+        store.delete("gone")
+        time.sleep(0.3)
+        assert sorted(k for k, _ in store.records()) == ["a1", "a2", "b1", "n1"]
+        alice = dict(store.records("alice"))
+        assert sorted(alice) == ["a1", "a2"]
+        assert dict(alice["a1"].fields) == {"x": b"1"}
+        assert [k for k, _ in store.records("carol")] == []
+        # Listing again is stable (and any index pruning did no harm).
+        assert sorted(k for k, _ in store.records("alice")) == ["a1", "a2"]
+
+    def test_records_pages_through_many(self, store: ListingStore) -> None:
+        """Listing walks past any internal page size."""
+        for i in range(1203):
+            store.save(f"k{i:05d}", _change({"x": b"1"}, owner="many"), create=True)
+        assert len(list(store.records())) == 1203
+        assert len(list(store.records("many"))) == 1203
+
+
+class FullStoreContract(LockingStoreContract, ListingStoreContract):
+    """Everything the built-in stores offer: the contract, locks and listing."""

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from satchel.stores import MemoryStore, RedisStore, SQLiteStore
-from satchel.testing import LockingStoreContract
+from satchel.testing import FullStoreContract
 
 
-class TestMemoryStore(LockingStoreContract):
+class TestMemoryStore(FullStoreContract):
     @pytest.fixture
     def store(self) -> Iterator[MemoryStore]:
         store = MemoryStore()
@@ -19,7 +19,7 @@ class TestMemoryStore(LockingStoreContract):
         store.close()
 
 
-class TestSQLiteStore(LockingStoreContract):
+class TestSQLiteStore(FullStoreContract):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[SQLiteStore]:
         store = SQLiteStore(tmp_path / "s.sqlite3")
@@ -27,7 +27,7 @@ class TestSQLiteStore(LockingStoreContract):
         store.close()
 
 
-class TestRedisStore(LockingStoreContract):
+class TestRedisStore(FullStoreContract):
     @pytest.fixture
     def store(self, redis_store: RedisStore) -> RedisStore:
         return redis_store

@@ -8,31 +8,37 @@ change different fields of one session both keep their changes.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Change", "LockingStore", "Record", "Store"]
+__all__ = ["Change", "ListingStore", "LockingStore", "Record", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
     """A stored session: its fields and when it was created, last seen and expires.
 
-    Times are seconds since the epoch (``time.time()``).
+    Times are seconds since the epoch (``time.time()``). ``owner`` (the user a
+    login tied it to) and ``meta`` (such as the client's user agent and IP) are
+    set when the record is created.
     """
 
     fields: Mapping[str, bytes]
     created_at: float
     touched_at: float
     expires_at: float
+    owner: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one save does to a record: fields to set, fields to delete, new times.
 
-    ``created_at`` is only used when the save creates the record.
+    ``created_at``, ``owner``, ``meta`` and ``ends_by`` are only used when the
+    save creates the record; ``ends_by`` is the latest the record can live (its
+    absolute timeout), which lets a store expire what indexes it.
     """
 
     set: Mapping[str, bytes] = field(default_factory=dict)
@@ -40,6 +46,9 @@ class Change:
     created_at: float = 0.0
     touched_at: float = 0.0
     expires_at: float = 0.0
+    owner: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    ends_by: float = 0.0
 
 
 @runtime_checkable
@@ -90,4 +99,13 @@ class LockingStore(Store, Protocol):
 
     def release(self, key: str, token: str) -> None:
         """Drop the lock on ``key`` if ``token`` still holds it."""
+        ...
+
+
+@runtime_checkable
+class ListingStore(Store, Protocol):
+    """A store that can also enumerate its live records, for operators and owners."""
+
+    def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
+        """Yield ``(key, record)`` for every live record, or only ``owner``'s."""
         ...

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 
 from .base import Change, Record
 
@@ -39,6 +41,8 @@ class MemoryStore:
                 record.created_at,
                 record.touched_at,
                 record.expires_at,
+                record.owner,
+                dict(record.meta),
             )
 
     def save(self, key: str, change: Change, *, create: bool) -> bool:
@@ -51,8 +55,22 @@ class MemoryStore:
             fields.update(change.set)
             for name in change.delete:
                 fields.pop(name, None)
-            created = change.created_at if record is None else record.created_at
-            self._records[key] = Record(fields, created, change.touched_at, change.expires_at)
+            if record is None:
+                self._records[key] = Record(
+                    fields,
+                    change.created_at,
+                    change.touched_at,
+                    change.expires_at,
+                    change.owner,
+                    dict(change.meta),
+                )
+            else:
+                self._records[key] = replace(
+                    record,
+                    fields=fields,
+                    touched_at=change.touched_at,
+                    expires_at=change.expires_at,
+                )
             return True
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
@@ -61,8 +79,19 @@ class MemoryStore:
             record = self._live(key, time.time())
             if record is None:
                 return False
-            self._records[key] = Record(record.fields, record.created_at, touched_at, expires_at)
+            self._records[key] = replace(record, touched_at=touched_at, expires_at=expires_at)
             return True
+
+    def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
+        """The live records (of ``owner``), copied at the moment of the call."""
+        now = time.time()
+        with self._lock:
+            found = [
+                (key, record)
+                for key, record in self._records.items()
+                if record.expires_at > now and (owner is None or record.owner == owner)
+            ]
+        return iter(found)
 
     def delete(self, key: str) -> None:
         """Forget the record."""

@@ -1,13 +1,17 @@
 """A store on Redis or Valkey through redis-py: one hash per session.
 
-A session is one hash: ``d:<name>`` fields hold the values, ``m:c``, ``m:t``
-and ``m:e`` the created, last-seen and expiry times, and the key itself
-expires with the session. Every save is one Lua script call, so it is atomic
-and costs one round trip; a load is one ``HGETALL``.
+A session is one hash, ``<prefix>s:<hashed ID>``: ``d:<name>`` fields hold the
+values; ``m:c``, ``m:t`` and ``m:e`` the created, last-seen and expiry times;
+``m:o`` and ``m:x`` the owner and client details. The key expires with the
+session. Every save is one Lua script call, so it is atomic and costs one round
+trip (a create with an owner first adds the key to ``<prefix>o:<owner>``, a set
+that expires when its longest-lived member can); a load is one ``HGETALL``.
+Strict-mode locks are ``<prefix>l:<hashed ID>``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +52,18 @@ return 1
 """
 
 
+# Adds a session key to its owner's set and keeps the set alive as long as the
+# longest-lived member can be (ARGV[2], unix ms), so an abandoned set expires.
+_INDEX = """
+redis.call('SADD', KEYS[1], ARGV[1])
+local deadline = tonumber(ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if ttl < 0 or now_ms + ttl < deadline then redis.call('PEXPIREAT', KEYS[1], deadline) end
+return 1
+"""
+
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
@@ -65,10 +81,27 @@ def _unix_ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
 
+def _record(raw: dict[bytes, bytes]) -> Record | None:
+    """The Record a session hash holds; None if missing, expired, half-written or foreign."""
+    if not raw:
+        return None
+    try:
+        expires = float(raw[b"m:e"])
+        fields = {
+            name[2:].decode("utf-8"): value for name, value in raw.items() if name.startswith(b"d:")
+        }
+        owner = raw[b"m:o"].decode("utf-8") if b"m:o" in raw else None
+        meta = json.loads(raw[b"m:x"]) if b"m:x" in raw else {}
+        record = Record(fields, float(raw[b"m:c"]), float(raw[b"m:t"]), expires, owner, meta)
+    except (KeyError, ValueError):
+        return None
+    return record if expires > time.time() else None
+
+
 class RedisStore:
     """Sessions in Redis or Valkey, through a ``redis.Redis`` client you pass.
 
-    Keys are ``prefix`` followed by the hashed session ID. The client must not
+    Every key starts with ``prefix`` (see the module's docstring). The client must not
     decode responses (values are bytes); set socket timeouts on it so a
     stalled server gives ``StoreUnavailable`` quickly rather than a hung
     worker (:meth:`from_url` does).
@@ -82,6 +115,7 @@ class RedisStore:
         self._save: Callable[..., Any] = client.register_script(_SAVE)
         self._touch: Callable[..., Any] = client.register_script(_TOUCH)
         self._acquire: Callable[..., Any] = client.register_script(_ACQUIRE)
+        self._index: Callable[..., Any] = client.register_script(_INDEX)
         self._release: Callable[..., Any] = client.register_script(_RELEASE)
 
     @classmethod
@@ -135,24 +169,57 @@ class RedisStore:
     def load(self, key: str) -> Record | None:
         """Fetch the whole hash in one round trip."""
         with self._errors():
-            raw: dict[bytes, bytes] = self.client.hgetall(self.prefix + key)  # type: ignore[assignment]
-        if not raw:
-            return None
-        try:
-            expires = float(raw[b"m:e"])
-            record = Record(
-                {
-                    name[2:].decode("utf-8"): value
-                    for name, value in raw.items()
-                    if name.startswith(b"d:")
-                },
-                float(raw[b"m:c"]),
-                float(raw[b"m:t"]),
-                expires,
-            )
-        except (KeyError, ValueError):
-            return None  # a half-written or foreign hash: treat as missing
-        return record if expires > time.time() else None
+            raw: dict[bytes, bytes] = self.client.hgetall(self._key(key))  # type: ignore[assignment]
+        return _record(raw)
+
+    # Three namespaces under the prefix: s: session hashes, l: strict-mode
+    # locks, o: each owner's set of session keys.
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}s:{key}"
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self.prefix}l:{key}"
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self.prefix}o:{owner}"
+
+    def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
+        """Yield live records: an owner's from their set (pruning what expired), or all by SCAN."""
+        if owner is not None:
+            owner_key = self._owner_key(owner)
+            with self._errors():
+                members = sorted(m.decode() for m in self.client.smembers(owner_key))  # type: ignore[union-attr]
+                pipe = self.client.pipeline(transaction=False)
+                for key in members:
+                    pipe.hgetall(self._key(key))
+                hashes = pipe.execute()
+            gone = []
+            for key, raw in zip(members, hashes, strict=True):
+                record = _record(raw)
+                if record is None:
+                    gone.append(key)
+                elif record.owner == owner:
+                    yield key, record
+            if gone:
+                with self._errors():
+                    self.client.srem(owner_key, *gone)
+            return
+        start = len(self._key(""))
+        with self._errors():
+            keys = [
+                name.decode()[start:] for name in self.client.scan_iter(self._key("*"), count=1000)
+            ]
+        for first in range(0, len(keys), 500):
+            batch = keys[first : first + 500]
+            with self._errors():
+                pipe = self.client.pipeline(transaction=False)
+                for key in batch:
+                    pipe.hgetall(self._key(key))
+                hashes = pipe.execute()
+            for key, raw in zip(batch, hashes, strict=True):
+                record = _record(raw)
+                if record is not None:
+                    yield key, record
 
     def save(self, key: str, change: Change, *, create: bool) -> bool:
         """Apply ``change`` with one script call."""
@@ -161,33 +228,42 @@ class RedisStore:
         args += ["d:" + name for name in change.delete]
         if create:
             args += ("m:c", repr(change.created_at))
+            if change.meta:
+                args += ("m:x", json.dumps(dict(change.meta), ensure_ascii=False))
+            if change.owner is not None:
+                args += ("m:o", change.owner)
+                # Indexed first: a failure after this leaves a member that the
+                # next listing prunes, never a session that revoke_all misses.
+                until = _unix_ms(max(change.ends_by, change.expires_at))
+                with self._errors():
+                    self._index(keys=[self._owner_key(change.owner)], args=[key, until])
         args += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
         for name, value in change.set.items():
             args += ("d:" + name, value)
         with self._errors():
-            return bool(self._save(keys=[self.prefix + key], args=args))
+            return bool(self._save(keys=[self._key(key)], args=args))
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times with one script call."""
         args = [repr(touched_at), repr(expires_at), _unix_ms(expires_at)]
         with self._errors():
-            return bool(self._touch(keys=[self.prefix + key], args=args))
+            return bool(self._touch(keys=[self._key(key)], args=args))
 
     def delete(self, key: str) -> None:
         """Delete the hash."""
         with self._errors():
-            self.client.delete(self.prefix + key)
+            self.client.delete(self._key(key))
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Set the lock key with a lease unless another token holds it: one script call."""
         args = [token, max(int(lease * 1000), 1)]
         with self._errors():
-            return bool(self._acquire(keys=[self.prefix + key + ":lock"], args=args))
+            return bool(self._acquire(keys=[self._lock_key(key)], args=args))
 
     def release(self, key: str, token: str) -> None:
         """Delete the lock only if ``token`` still holds it (a script, so atomic)."""
         with self._errors():
-            self._release(keys=[self.prefix + key + ":lock"], args=[token])
+            self._release(keys=[self._lock_key(key)], args=[token])
 
     def purge_expired(self) -> int:
         """Nothing to do: Redis expires keys itself. Returns 0."""

@@ -21,9 +21,10 @@ import sqlite3
 import threading
 import time
 from base64 import b64decode, b64encode
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, StoreUnavailable
 from .base import Change, Record
@@ -37,8 +38,12 @@ CREATE TABLE IF NOT EXISTS satchel_sessions (
     created_at REAL NOT NULL,
     touched_at REAL NOT NULL,
     expires_at REAL NOT NULL,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    owner TEXT,
+    meta TEXT NOT NULL DEFAULT '{}'
 );
+CREATE INDEX IF NOT EXISTS satchel_sessions_owner ON satchel_sessions (owner)
+    WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS satchel_lock (
     key TEXT PRIMARY KEY,
     token TEXT NOT NULL,
@@ -46,16 +51,15 @@ CREATE TABLE IF NOT EXISTS satchel_lock (
 ) WITHOUT ROWID;
 """
 
-_LOAD = """
-SELECT created_at, touched_at, expires_at, data FROM satchel_sessions
-WHERE key = ? AND expires_at > ?
-"""
+_COLUMNS = "created_at, touched_at, expires_at, data, owner, meta"
+_LOAD = f"SELECT {_COLUMNS} FROM satchel_sessions WHERE key = ? AND expires_at > ?"
 # Takes the key when it is free or its record has expired (then replaced whole).
 _CREATE = """
-INSERT INTO satchel_sessions (key, created_at, touched_at, expires_at, data)
-VALUES (?, ?, ?, ?, ?)
+INSERT INTO satchel_sessions (key, created_at, touched_at, expires_at, data, owner, meta)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at,
-    touched_at = excluded.touched_at, expires_at = excluded.expires_at, data = excluded.data
+    touched_at = excluded.touched_at, expires_at = excluded.expires_at, data = excluded.data,
+    owner = excluded.owner, meta = excluded.meta
 WHERE satchel_sessions.expires_at <= ?
 """
 _UPDATE = """
@@ -86,6 +90,17 @@ def _text(value: bytes) -> str:
 
 def _bytes(text: str) -> bytes:
     return text[1:].encode("utf-8") if text[0] == "=" else b64decode(text[1:])
+
+
+def _record(row: Sequence[Any]) -> Record | None:
+    """A Record from (created, touched, expires, data, owner, meta); None if unreadable."""
+    try:
+        stored = json.loads(row[3])
+        fields = {name: _bytes(value) for name, value in stored.items()}
+        meta = json.loads(row[5]) if row[5] else {}
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return None  # not written by this store: treat as missing
+    return Record(fields, row[0], row[1], row[2], row[4], meta)
 
 
 class SQLiteStore:
@@ -125,6 +140,12 @@ class SQLiteStore:
                 raise ConfigError(
                     f"SQLite {sqlite3.sqlite_version} lacks the JSON functions satchel needs"
                 ) from exc
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(satchel_sessions)")}
+            if columns and "owner" not in columns:  # a file from before owners existed
+                conn.execute("ALTER TABLE satchel_sessions ADD COLUMN owner TEXT")
+                conn.execute(
+                    "ALTER TABLE satchel_sessions ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'"
+                )
             conn.executescript(_SCHEMA)
 
     def __repr__(self) -> str:
@@ -162,22 +183,37 @@ class SQLiteStore:
     def load(self, key: str) -> Record | None:
         """Read the record in one statement."""
         row = self._run(_LOAD, (key, time.time())).fetchone()
-        if row is None:
-            return None
-        try:
-            stored = json.loads(row[3])
-            fields = {name: _bytes(value) for name, value in stored.items()}
-        except (ValueError, AttributeError, IndexError, TypeError):
-            return None  # not written by this store: treat as missing
-        return Record(fields, row[0], row[1], row[2])
+        return None if row is None else _record(row)
+
+    def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
+        """Yield the live records (of ``owner``), read in pages of a few hundred."""
+        now = time.time()
+        where = "expires_at > ?" + ("" if owner is None else " AND owner = ?")
+        args: tuple[object, ...] = (now,) if owner is None else (now, owner)
+        last = -1
+        while True:
+            rows = self._run(
+                f"SELECT id, key, {_COLUMNS} FROM satchel_sessions"
+                f" WHERE id > ? AND {where} ORDER BY id LIMIT 500",
+                (last, *args),
+            ).fetchall()
+            for row in rows:
+                record = _record(row[2:])
+                if record is not None:
+                    yield row[1], record
+            if len(rows) < 500:
+                return
+            last = rows[-1][0]
 
     def save(self, key: str, change: Change, *, create: bool) -> bool:
         """Apply ``change`` in one statement: an insert, or an update that merges fields."""
         now = time.time()
         if create:
             data = _encode({name: _text(value) for name, value in change.set.items()})
+            meta = json.dumps(dict(change.meta), ensure_ascii=False)
             args: tuple[object, ...] = (
-                key, change.created_at, change.touched_at, change.expires_at, data, now,
+                key, change.created_at, change.touched_at, change.expires_at, data,
+                change.owner, meta, now,
             )  # fmt: skip
             cursor = self._run(_CREATE, args)
         else:
