@@ -215,13 +215,18 @@ class SessionManager:
                 created_at=now,
                 touched_at=now,
                 expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
+                owner=session._owner,
+                meta=session.client_meta,
+                ends_by=now + self.settings.absolute_timeout,
             )
             while True:
                 session_id = new_id()
                 if self.store.save(store_key(session_id), change, create=True):
                     break
             session.session_id = session_id
-            session.record = Record(fields, now, now, change.expires_at)
+            session.record = Record(
+                fields, now, now, change.expires_at, change.owner, dict(change.meta)
+            )
             session._raw = dict(fields)
             session._pending.clear()
             session._touched.clear()

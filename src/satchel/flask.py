@@ -26,6 +26,9 @@ key                           meaning (default)
                               session at a time (``False``; see :func:`locked`)
 ``SATCHEL_LOCK_TIMEOUT``      how long to wait for the lock before a 503 (5 s)
 ``SATCHEL_LOCK_LEASE``        how long a lock outlives a crashed holder (30 s)
+``SATCHEL_TRACK_CLIENT``      store the user agent and IP with each new
+                              session, for :meth:`Satchel.list_sessions`
+                              (``False``)
 ============================  ===============================================
 """
 
@@ -41,6 +44,7 @@ from flask import current_app, g, has_request_context, request
 from flask.sessions import SessionInterface, SessionMixin
 
 from ._manager import SessionManager, Settings, security_log
+from .admin import SessionInfo, list_sessions, revoke, revoke_all
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .session import Session
 from .signing import CookieSigner, weak_secret
@@ -100,6 +104,17 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[override]
         return request.endpoint in _locked_endpoints(current_app)
 
 
+def _manager(app: Flask | None) -> SessionManager:
+    target = app if app is not None else current_app
+    manager: SessionManager = target.extensions["satchel"]
+    return manager
+
+
+def _current() -> FlaskSession | None:
+    held = g.get("_satchel_session") if has_request_context() else None
+    return held if isinstance(held, FlaskSession) else None
+
+
 def _seconds(value: Any, name: str) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
@@ -136,9 +151,16 @@ def _locked_endpoints(app: Flask) -> frozenset[str]:
 class SatchelSessionInterface(SessionInterface):
     """Flask's hook into satchel: opens sessions lazily and saves their changes."""
 
-    def __init__(self, manager: SessionManager, cookie_name: CookieNamer | None = None) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        cookie_name: CookieNamer | None = None,
+        track_client: bool = False,
+    ) -> None:
         self.manager = manager
         self.cookie_namer = cookie_name
+        #: Whether new sessions record the client's user agent and IP.
+        self.track_client = track_client
 
     def cookie_name_for(self, app: Flask, request: Request) -> str:
         """The cookie name for this request: ``SESSION_COOKIE_NAME`` unless a namer is set."""
@@ -174,6 +196,11 @@ class SatchelSessionInterface(SessionInterface):
         session = self.manager.open(request.cookies.get(name))
         assert isinstance(session, FlaskSession)
         session.cookie_name = name
+        if self.track_client:
+            session.client_meta = {
+                "user_agent": request.headers.get("User-Agent", "")[:256],
+                "ip": request.remote_addr or "",
+            }
         g._satchel_session = session
         return session
 
@@ -255,6 +282,27 @@ class Satchel:
             self.init_app(app)
 
     @staticmethod
+    def list_sessions(owner: str | None = None, app: Flask | None = None) -> list[SessionInfo]:
+        """The live sessions of ``owner`` (every session when ``None``), most recent first.
+
+        Inside a request, the visitor's own session is marked ``current``.
+        """
+        return list_sessions(_manager(app), owner, _current())
+
+    @staticmethod
+    def revoke(reference: str, app: Flask | None = None) -> bool:
+        """End the session ``reference`` names; ``False`` if it did not exist."""
+        return revoke(_manager(app), reference)
+
+    @staticmethod
+    def revoke_all(owner: str, keep_current: bool = True, app: Flask | None = None) -> int:
+        """End ``owner``'s sessions ("log out my other devices"); return how many.
+
+        With ``keep_current`` (inside a request) the visitor's own session lives on.
+        """
+        return revoke_all(_manager(app), owner, _current() if keep_current else None)
+
+    @staticmethod
     def stats(app: Flask | None = None) -> dict[str, int]:
         """This process's counters for ``app`` (the current app by default).
 
@@ -262,9 +310,7 @@ class Satchel:
         errors and lock waits since the app started; see
         :class:`satchel.signals.Counters`.
         """
-        target = app if app is not None else current_app
-        manager: SessionManager = target.extensions["satchel"]
-        return manager.counters.snapshot()
+        return _manager(app).counters.snapshot()
 
     def init_app(
         self, app: Flask, *, store: Store | None = None, cookie_name: CookieNamer | None = None
@@ -284,6 +330,7 @@ class Satchel:
         app.config.setdefault("SATCHEL_LOCKING", False)
         app.config.setdefault("SATCHEL_LOCK_TIMEOUT", 5.0)
         app.config.setdefault("SATCHEL_LOCK_LEASE", 30.0)
+        app.config.setdefault("SATCHEL_TRACK_CLIENT", False)
         config = app.config
 
         secret = config.get("SECRET_KEY")
@@ -338,7 +385,12 @@ class Satchel:
             chosen, CookieSigner(secret, fallbacks), settings, FlaskSession, sender=app
         )
         app.extensions["satchel"] = manager
-        app.session_interface = SatchelSessionInterface(manager, cookie_name or self.cookie_name)
+        app.session_interface = SatchelSessionInterface(
+            manager, cookie_name or self.cookie_name, bool(config["SATCHEL_TRACK_CLIENT"])
+        )
+        from .cli import admin
+
+        app.cli.add_command(admin)
         app.register_error_handler(StoreUnavailable, _unavailable)
 
         @app.teardown_request

@@ -53,6 +53,9 @@ class Session(MutableMapping[str, Any]):
         self._drop_old = False
         self._regenerating = False
         self._stale_cookie = False
+        self._owner: str | None = None
+        #: Client details stored when the record is created (user agent, IP).
+        self.client_meta: dict[str, str] = {}
         self._lock_held: tuple[str, str] | None = None
 
     # -- loading -------------------------------------------------------------
@@ -67,6 +70,7 @@ class Session(MutableMapping[str, Any]):
             self._stale_cookie = True
             return
         self.record = record
+        self._owner = record.owner
         for name, raw in record.fields.items():
             try:
                 value = loads(raw)
@@ -219,15 +223,20 @@ class Session(MutableMapping[str, Any]):
         self._touched.clear()
         self._deleted.clear()
         self.record = None
+        self._owner = None
         self._drop_old = self.session_id is not None or self._drop_old
 
-    def regenerate(self) -> None:
+    def regenerate(self, owner: object = None) -> None:
         """Keep the data but move it to a new ID, deleting the old record.
 
         Call it whenever privilege changes (at login), so an ID an attacker
-        planted or saw before is worthless afterwards.
+        planted or saw before is worthless afterwards. ``owner`` (a user ID,
+        stored as text) ties the session to that user, for listing and
+        revoking a user's sessions; without it the session keeps the owner it had.
         """
         self._load()
+        if owner is not None:
+            self._owner = str(owner)
         self._drop_old = self.session_id is not None or self._drop_old
         self._regenerating = self._drop_old
         self.record = None
@@ -238,6 +247,12 @@ class Session(MutableMapping[str, Any]):
     def loaded(self) -> bool:
         """Whether the store has been read (or there was nothing to read)."""
         return self._loaded
+
+    @property
+    def owner(self) -> str | None:
+        """The user this session belongs to, as given to :meth:`regenerate`."""
+        self._load()
+        return self._owner
 
     @property
     def new(self) -> bool:

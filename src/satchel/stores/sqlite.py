@@ -262,15 +262,23 @@ class SQLiteStore:
 
     def purge_expired(self) -> int:
         """Remove every expired record, one short batch at a time; return how many."""
-        now = time.time()
         before = self._run("SELECT count(*) FROM satchel_sessions", ()).fetchone()[0]
+        for _done, _total in self.purge_in_batches():
+            pass
+        after = self._run("SELECT count(*) FROM satchel_sessions", ()).fetchone()[0]
+        return int(before - after)
+
+    def purge_in_batches(self) -> Iterator[tuple[int, int]]:
+        """Purge batch by batch, yielding (rows walked, rows to walk) after each, for progress."""
+        now = time.time()
+        total = self._run("SELECT max(id) FROM satchel_sessions", ()).fetchone()[0] or 0
         start = 0
         while True:
             start = self._purge_range(start, now)
             if start == 0:
-                break
-        after = self._run("SELECT count(*) FROM satchel_sessions", ()).fetchone()[0]
-        return int(before - after)
+                yield total, total
+                return
+            yield min(start, total), total
 
     def close(self) -> None:
         """Close every connection this store opened, in any thread."""

@@ -1,0 +1,104 @@
+"""Operating on stored sessions: list them, a user's or all, and revoke them.
+
+A session is named here by an opaque *reference*, the key its store files it
+under (a SHA-256 hash of its ID). A reference can revoke a session but cannot
+be turned back into a cookie, so it is safe to show, log and put in a URL.
+These functions need a store that can list (:class:`~satchel.stores.ListingStore`);
+all built-in stores can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+from .signing import store_key
+from .stores.base import ListingStore, Record
+
+if TYPE_CHECKING:
+    from ._manager import SessionManager
+    from .session import Session
+
+__all__ = ["SessionInfo", "list_sessions", "revoke", "revoke_all"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What an operator or a user may see of one live session: never its ID or data."""
+
+    #: The opaque reference to pass to :func:`revoke`.
+    reference: str
+    owner: str | None
+    created_at: float
+    last_seen: float
+    expires_at: float
+    #: The client's user agent and IP, when ``SATCHEL_TRACK_CLIENT`` was on.
+    user_agent: str | None
+    ip: str | None
+    #: Whether this is the session of the request asking.
+    current: bool
+    #: How many keys the session holds.
+    keys: int
+
+    @classmethod
+    def of(cls, reference: str, record: Record, current: str | None = None) -> SessionInfo:
+        """Describe ``record``, filed under ``reference``."""
+        return cls(
+            reference=reference,
+            owner=record.owner,
+            created_at=record.created_at,
+            last_seen=record.touched_at,
+            expires_at=record.expires_at,
+            user_agent=record.meta.get("user_agent"),
+            ip=record.meta.get("ip"),
+            current=reference == current,
+            keys=len(record.fields),
+        )
+
+
+def _listing(manager: SessionManager) -> ListingStore:
+    store = manager.store
+    if not isinstance(store, ListingStore):
+        raise ConfigError(f"{store!r} cannot list its sessions")
+    return store
+
+
+def current_reference(session: Session | None) -> str | None:
+    """The reference of ``session``, if it is stored."""
+    if session is None or session.session_id is None:
+        return None
+    return store_key(session.session_id)
+
+
+def records(manager: SessionManager, owner: str | None = None) -> Iterator[tuple[str, Record]]:
+    """Every live ``(reference, record)``, or only ``owner``'s."""
+    return _listing(manager).records(owner)
+
+
+def list_sessions(
+    manager: SessionManager, owner: str | None = None, current: Session | None = None
+) -> list[SessionInfo]:
+    """The live sessions of ``owner`` (all of them when ``None``), most recent first."""
+    mine = current_reference(current)
+    found = [SessionInfo.of(ref, record, mine) for ref, record in records(manager, owner)]
+    return sorted(found, key=lambda info: info.last_seen, reverse=True)
+
+
+def revoke(manager: SessionManager, reference: str) -> bool:
+    """End the session ``reference`` names at once; ``False`` if it was not there."""
+    existed = manager.store.load(reference) is not None
+    manager.store.delete(reference)
+    return existed
+
+
+def revoke_all(manager: SessionManager, owner: str, keep: Session | None = None) -> int:
+    """End every session of ``owner`` except ``keep``'s; return how many ended."""
+    spare = current_reference(keep)
+    ended = 0
+    for reference, _record in list(records(manager, owner)):
+        if reference != spare:
+            manager.store.delete(reference)
+            ended += 1
+    return ended

@@ -1,0 +1,150 @@
+"""A user's sessions: owner at login, listing, revoking one, "log out my other devices"."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from flask import Flask, session
+
+from satchel import Satchel
+from satchel.stores import RedisStore, Store
+
+from .conftest import SECRET, session_id_of
+
+
+@pytest.fixture
+def app(store: Store) -> Flask:
+    app = Flask("owners")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_TRACK_CLIENT=True, SATCHEL_IDLE_TIMEOUT=60)
+    Satchel(app, store=store)
+
+    @app.get("/login/<user>")
+    def login(user: str) -> str:
+        session.regenerate(owner=user)  # type: ignore[attr-defined]
+        session["user"] = user
+        return "ok"
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, Any]:
+        return {"user": session.get("user"), "owner": session.owner}  # type: ignore[attr-defined]
+
+    @app.get("/again")
+    def again() -> str:
+        session.regenerate()  # type: ignore[attr-defined]
+        return "ok"
+
+    @app.get("/mine")
+    def mine() -> list[dict[str, Any]]:
+        owner = session["user"]
+        return [
+            {"ref": i.reference, "current": i.current, "ua": i.user_agent, "ip": i.ip}
+            for i in Satchel.list_sessions(owner)
+        ]
+
+    @app.get("/logout-others")
+    def logout_others() -> str:
+        return str(Satchel.revoke_all(session["user"], keep_current=True))
+
+    return app
+
+
+def device(app: Flask, user: str, agent: str) -> Any:
+    client = app.test_client()
+    client.environ_base["HTTP_USER_AGENT"] = agent
+    assert client.get(f"/login/{user}").status_code == 200
+    return client
+
+
+def test_owner_is_recorded_and_kept(app: Flask) -> None:
+    """regenerate(owner=...) records the owner; a later regenerate() keeps it."""
+    phone = device(app, "alice", "Phone/1.0")
+    assert phone.get("/whoami").json == {"user": "alice", "owner": "alice"}
+    phone.get("/again")
+    assert phone.get("/whoami").json == {"user": "alice", "owner": "alice"}
+
+
+def test_list_a_users_sessions(app: Flask) -> None:
+    """list_sessions(owner) shows each device once, with client details, marking the current."""
+    phone = device(app, "alice", "Phone/1.0")
+    device(app, "alice", "Laptop/2.0")
+    device(app, "bob", "Tablet/3.0")
+    listed = phone.get("/mine").json
+    assert sorted(s["ua"] for s in listed) == ["Laptop/2.0", "Phone/1.0"]
+    assert [s["ua"] for s in listed if s["current"]] == ["Phone/1.0"]
+    assert all(s["ip"] == "127.0.0.1" for s in listed)
+    raw = session_id_of(phone.get_cookie("session").value)
+    assert all(raw not in s["ref"] for s in listed), "a reference is never the ID"
+
+
+def test_revoke_one_session(app: Flask) -> None:
+    """revoke(reference) ends that session: its cookie opens nothing."""
+    phone = device(app, "alice", "Phone/1.0")
+    laptop = device(app, "alice", "Laptop/2.0")
+    with app.app_context():
+        (laptop_info,) = [i for i in Satchel.list_sessions("alice") if i.user_agent == "Laptop/2.0"]
+        assert Satchel.revoke(laptop_info.reference) is True
+        assert Satchel.revoke(laptop_info.reference) is False
+    assert laptop.get("/whoami").json == {"user": None, "owner": None}
+    assert phone.get("/whoami").json["user"] == "alice"
+
+
+def test_log_out_other_devices(app: Flask) -> None:
+    """revoke_all(owner, keep_current=True) ends every other session of that owner only."""
+    phone = device(app, "alice", "Phone/1.0")
+    laptop = device(app, "alice", "Laptop/2.0")
+    tablet = device(app, "alice", "Tablet/3.0")
+    bob = device(app, "bob", "Bob/1.0")
+    assert phone.get("/logout-others").data == b"2"
+    assert phone.get("/whoami").json["user"] == "alice"
+    for other in (laptop, tablet):
+        assert other.get("/whoami").json["user"] is None
+    assert bob.get("/whoami").json["user"] == "bob"
+    with app.app_context():
+        assert Satchel.revoke_all("alice", keep_current=False) == 1
+    assert phone.get("/whoami").json["user"] is None
+
+
+def test_expired_sessions_leave_the_listing(store: Store) -> None:
+    """Sessions that expire on their own drop out of the listing and out of any index."""
+    app = Flask("expiry")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_IDLE_TIMEOUT=0.5, SATCHEL_ABSOLUTE_TIMEOUT=1)
+
+    @app.get("/login")
+    def login() -> str:
+        session.regenerate(owner="carol")  # type: ignore[attr-defined]
+        session["x"] = 1
+        return "ok"
+
+    Satchel(app, store=store)
+    for _ in range(3):
+        app.test_client().get("/login")
+    with app.app_context():
+        assert len(Satchel.list_sessions("carol")) == 3
+        time.sleep(1.2)
+        assert Satchel.list_sessions("carol") == []
+        assert Satchel.list_sessions() == []
+    if isinstance(store, RedisStore):
+        # The owner's set was pruned by the listing and had expired by itself anyway.
+        assert store.client.exists(store.prefix + "o:carol") == 0
+
+
+def test_redis_owner_set_expires_by_itself(redis_store: RedisStore) -> None:
+    """Without any listing, an owner's set expires when its longest-lived member can."""
+    app = Flask("owner-ttl")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_IDLE_TIMEOUT=0.5, SATCHEL_ABSOLUTE_TIMEOUT=1)
+
+    @app.get("/login")
+    def login() -> str:
+        session.regenerate(owner="dave")  # type: ignore[attr-defined]
+        session["x"] = 1
+        return "ok"
+
+    Satchel(app, store=redis_store)
+    app.test_client().get("/login")
+    owner_key = redis_store.prefix + "o:dave"
+    assert redis_store.client.exists(owner_key) == 1
+    assert 0 < redis_store.client.pttl(owner_key) <= 1000  # type: ignore[operator]
+    time.sleep(1.2)
+    assert redis_store.client.exists(owner_key) == 0
