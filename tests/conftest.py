@@ -88,7 +88,7 @@ def stored_keys(store: Store) -> list[str]:
         return [row[0] for row in rows]
     if isinstance(store, RedisStore):
         keys = store.client.keys(store.prefix + "s:*")
-        return [k.decode()[len(store.prefix) + 2 :] for k in keys]  # type: ignore[union-attr]
+        return [k.decode()[len(store.prefix) + 3 : -1] for k in keys]  # type: ignore[union-attr]
     raise TypeError(store)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +31,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A free port whose cluster bus port (10,000 higher) is free too: at most 55535."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 55535)
+        if port not in taken and _free(port) and _free(port + 10000):
+            taken.add(port)
+            return port
 
 
 class ValkeyServer:
@@ -94,3 +114,70 @@ class ValkeyServer:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+
+def cli_binary() -> str:
+    """valkey-cli or redis-cli beside the server binary, or on PATH."""
+    server = Path(server_binary())
+    for name in ("valkey-cli", "redis-cli"):
+        beside = server.with_name(name)
+        if beside.exists():
+            return str(beside)
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError("no valkey-cli or redis-cli to create a cluster with")
+
+
+class ValkeyCluster:
+    """A real local cluster: ``masters`` primaries, each with ``replicas`` replicas."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.replicas = replicas
+        self.nodes: list[ValkeyServer] = []
+        taken: set[int] = set()
+        for n in range(masters * (1 + replicas)):
+            node_dir = directory / f"node{n}"
+            node_dir.mkdir()
+            args = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", "1000",
+                "--cluster-replica-validity-factor", "0",
+            ]  # fmt: skip
+            self.nodes.append(ValkeyServer(node_dir, free_cluster_port(taken), *args))
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [cli_binary(), "--cluster", "create", *addresses,
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+        )  # fmt: skip
+        self.wait_ok()
+
+    def info(self, node: ValkeyServer) -> dict[str, str]:
+        out = subprocess.run(
+            [cli_binary(), "-p", str(node.port), "cluster", "info"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout  # fmt: skip
+        return dict(line.split(":", 1) for line in out.split() if ":" in line)
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [n for n in self.nodes if n.process is not None]
+            if all(self.info(n).get("cluster_state") == "ok" for n in live):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()

@@ -12,6 +12,7 @@ URL                                      store
 ``redis://[:password@]host:port/db``     :class:`RedisStore` (Redis or Valkey)
 ``rediss://…``, ``unix:///path.sock``    the same over TLS or a Unix socket
 ``valkey://…``, ``valkeys://…``          aliases of ``redis://`` and ``rediss://``
+``redis+cluster://host:port``            a Redis or Valkey Cluster, by any node
 =======================================  ====================================
 
 ``sqlite`` URLs take ``?timeout=SECONDS`` (how long to wait for a lock).
@@ -96,6 +97,8 @@ register_scheme("memory", _memory)
 register_scheme("sqlite", _sqlite)
 for _scheme in ("redis", "rediss", "unix", "valkey", "valkeys"):
     register_scheme(_scheme, _redis)
+for _scheme in ("redis", "rediss", "valkey", "valkeys"):
+    register_scheme(_scheme + "+cluster", _redis)
 
 
 def __getattr__(name: str) -> Any:

@@ -107,7 +107,9 @@ class RedisStore:
     worker (:meth:`from_url` does).
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "satchel:") -> None:
+    def __init__(
+        self, client: redis.Redis | redis.cluster.RedisCluster, *, prefix: str = "satchel:"
+    ) -> None:
         if client.get_connection_kwargs().get("decode_responses"):
             raise ConfigError("RedisStore needs a client made with decode_responses=False")
         self.client = client
@@ -129,10 +131,13 @@ class RedisStore:
     ) -> RedisStore:
         """Build a store on a new client for ``url`` with short timeouts.
 
-        Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs. A broken
-        connection is retried once, so a restarted server is picked up again
-        without an error; a timeout is not retried, so a frozen server fails
-        the call after ``socket_timeout`` seconds.
+        Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs, and
+        ``redis+cluster://host:port`` (or ``rediss+cluster://``) for a Redis or
+        Valkey Cluster, given any one of its nodes. A broken connection is
+        retried once, so a restarted server is picked up again without an
+        error; a timeout is not retried, so a frozen server fails the call
+        after ``socket_timeout`` seconds. A cluster client follows ``MOVED``
+        and fail-overs as redis-py's ``RedisCluster`` does.
         """
         try:
             import redis
@@ -143,6 +148,17 @@ class RedisStore:
             raise ConfigError(
                 "the Redis store needs redis-py: pip install 'satchel[redis]'"
             ) from exc
+        scheme, rest = url.split("://", 1)
+        if scheme.endswith("+cluster"):
+            from redis.cluster import RedisCluster
+
+            cluster = RedisCluster.from_url(
+                scheme.removesuffix("+cluster") + "://" + rest,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                decode_responses=False,
+            )
+            return cls(cluster, prefix=prefix)
         client = redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
@@ -153,6 +169,9 @@ class RedisStore:
         return cls(client, prefix=prefix)
 
     def __repr__(self) -> str:
+        if type(self.client).__name__ == "RedisCluster":
+            nodes = self.client.get_nodes()  # type: ignore[union-attr]
+            return f"RedisStore('cluster of {len(nodes)} nodes, {nodes[0].name}…')"
         kwargs = self.client.get_connection_kwargs()
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return f"RedisStore({where!r})"
@@ -174,11 +193,12 @@ class RedisStore:
 
     # Three namespaces under the prefix: s: session hashes, l: strict-mode
     # locks, o: each owner's set of session keys.
+    # The braces are a cluster hash tag: a session's hash and its lock share a slot.
     def _key(self, key: str) -> str:
-        return f"{self.prefix}s:{key}"
+        return f"{self.prefix}s:{{{key}}}"
 
     def _lock_key(self, key: str) -> str:
-        return f"{self.prefix}l:{key}"
+        return f"{self.prefix}l:{{{key}}}"
 
     def _owner_key(self, owner: str) -> str:
         return f"{self.prefix}o:{owner}"
@@ -204,10 +224,11 @@ class RedisStore:
                 with self._errors():
                     self.client.srem(owner_key, *gone)
             return
-        start = len(self._key(""))
+        start = len(self._key("")) - 1  # the name without its closing brace
         with self._errors():
             keys = [
-                name.decode()[start:] for name in self.client.scan_iter(self._key("*"), count=1000)
+                name.decode()[start:-1]
+                for name in self.client.scan_iter(self.prefix + "s:*", count=1000)
             ]
         for first in range(0, len(keys), 500):
             batch = keys[first : first + 500]

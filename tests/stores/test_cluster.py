@@ -1,0 +1,126 @@
+"""The Redis store on a real local Valkey Cluster: 3 masters, 3 replicas, one fail-over."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask, session
+from redis.cluster import RedisCluster
+
+from satchel import Satchel
+from satchel.stores import RedisStore, from_url
+from satchel.testing import FullStoreContract
+
+from ..conftest import SECRET
+from ..valkey import ValkeyCluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """A fresh cluster for this module (the fail-over test leaves it changed)."""
+    cluster = ValkeyCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_store(cluster: ValkeyCluster) -> Iterator[RedisStore]:
+    store = from_url(cluster.url)
+    assert isinstance(store, RedisStore)
+    store.client.flushall(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    yield store
+    store.close()
+
+
+class TestRedisClusterStore(FullStoreContract):
+    """The whole store contract, against the cluster."""
+
+    @pytest.fixture
+    def store(self, cluster_store: RedisStore) -> RedisStore:
+        return cluster_store
+
+
+def test_sessions_spread_across_slots_and_nodes(cluster_store: RedisStore) -> None:
+    """Sessions land on every master; each session's hash and lock share one slot."""
+    app = Flask("spread")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=cluster_store)
+
+    @app.get("/set")
+    def set_() -> str:
+        session["x"] = 1
+        return "ok"
+
+    for _ in range(60):
+        app.test_client().get("/set")
+    client: RedisCluster = cluster_store.client  # type: ignore[assignment]
+    keys = [k for k, _ in cluster_store.records()]
+    assert len(keys) == 60
+    nodes = {client.get_node_from_key(cluster_store._key(k)).name for k in keys}
+    assert len(nodes) == 3
+    for key in keys:
+        assert client.keyslot(cluster_store._key(key)) == client.keyslot(
+            cluster_store._lock_key(key)
+        )
+
+
+def test_failover_under_load(cluster: ValkeyCluster, capsys: Any) -> None:
+    """A master killed under load: requests get 200 or 503, never 500; the app recovers."""
+    store = from_url(cluster.url)
+    assert isinstance(store, RedisStore)
+    app = Flask("failover")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=store)
+
+    @app.get("/write/<n>")
+    def write(n: str) -> str:
+        session[n] = n
+        return "ok"
+
+    @app.get("/read")
+    def read() -> dict[str, Any]:
+        return dict(session)
+
+    clients = []
+    for i in range(30):
+        client = app.test_client()
+        assert client.get(f"/write/start{i}").status_code == 200
+        clients.append(client)
+    time.sleep(0.5)  # let replication catch up before the fault
+    client_: RedisCluster = store.client  # type: ignore[assignment]
+    victim = client_.get_node_from_key(store._key("anything"))
+    (server,) = [n for n in cluster.nodes if n.port == victim.port]
+    statuses: dict[int, int] = {}
+    stop = threading.Event()
+
+    def kill() -> None:
+        time.sleep(0.3)
+        server.kill()
+        stop.wait(8)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    deadline = time.monotonic() + 6
+    rounds = 0
+    while time.monotonic() < deadline:
+        for i, client in enumerate(clients):
+            status = client.get(f"/write/r{rounds}-{i}").status_code
+            statuses[status] = statuses.get(status, 0) + 1
+        rounds += 1
+    stop.set()
+    killer.join()
+    cluster.wait_ok()
+    with capsys.disabled():
+        print(f"\n[cluster] master {victim.port} killed under load: statuses {statuses}")
+    assert set(statuses) <= {200, 503}
+    # Recovered without a restart: every session can be read and written again.
+    for i, client in enumerate(clients):
+        assert client.get(f"/write/after{i}").status_code == 200
+        data = client.get("/read").json
+        assert data is not None and f"after{i}" in data
+    store.close()
