@@ -279,3 +279,24 @@ def test_satchel_demo_command_serves_the_questionnaire(
     output = process.communicate(timeout=10)[0]
     assert "No FLASK_SECRET_KEY set" in output
     assert "SQLiteStore" in output
+
+
+def test_store_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SATCHEL_STORE in the environment picks the demo's store (as under gunicorn)."""
+    monkeypatch.setenv("SATCHEL_STORE", "memory://")
+    app = create_app(instance_path=tmp_path)
+    assert repr(app.extensions["satchel"].store) == "MemoryStore()"
+
+
+def test_workers_racing_for_the_key_file_agree(tmp_path: Path) -> None:
+    """Several processes starting at once end up with one and the same key."""
+    import concurrent.futures
+    import multiprocessing
+
+    from satchel.demo import load_secret_key
+
+    with concurrent.futures.ProcessPoolExecutor(
+        4, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        keys = list(pool.map(load_secret_key, [tmp_path] * 8))
+    assert len({key for key, _ in keys}) == 1

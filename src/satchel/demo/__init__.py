@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,19 @@ def load_secret_key(instance_path: str | os.PathLike[str]) -> tuple[str, str | N
     if from_env:
         return from_env, None
     path = Path(instance_path) / "demo-secret-key"
-    if path.exists():
-        return path.read_text().strip(), str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Made earlier, or just now by another worker of the same server:
+        # wait for its whole key rather than read half of it.
+        for _ in range(100):
+            existing = path.read_text().strip()
+            if len(existing) == len(key):
+                return existing, str(path)
+            time.sleep(0.01)
+        return existing, str(path)
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     return key, str(path)
@@ -245,7 +254,9 @@ def create_app(
 ) -> Flask:
     """Build the demo app on ``store`` (a URL or object; SQLite in the instance folder).
 
-    ``instance_path`` defaults to ``./instance``; ``config`` overrides settings.
+    Without ``store``, the ``SATCHEL_STORE`` environment variable may name one
+    (handy under gunicorn). ``instance_path`` defaults to ``./instance``;
+    ``config`` overrides settings.
     """
     from flask_wtf.csrf import CSRFError, CSRFProtect
 
@@ -255,7 +266,7 @@ def create_app(
     app.config.update(
         SECRET_KEY=key,
         DEMO_SECRET_KEY_FILE=key_file,
-        SATCHEL_STORE=store,
+        SATCHEL_STORE=store or os.environ.get("SATCHEL_STORE") or None,
         SATCHEL_IDLE_TIMEOUT=timedelta(minutes=30),
         SATCHEL_ABSOLUTE_TIMEOUT=timedelta(hours=8),
     )
