@@ -170,8 +170,8 @@ class RedisStore:
 
     def __repr__(self) -> str:
         if type(self.client).__name__ == "RedisCluster":
-            nodes = self.client.get_nodes()  # type: ignore[union-attr]
-            return f"RedisStore('cluster of {len(nodes)} nodes, {nodes[0].name}…')"
+            first = self.client.get_nodes()[0].name  # type: ignore[union-attr]
+            return f"RedisStore('cluster at {first}')"
         kwargs = self.client.get_connection_kwargs()
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return f"RedisStore({where!r})"
