@@ -134,3 +134,22 @@ def test_counters(app: Flask) -> None:
         "lock_waits": 0,
     }
     assert Satchel.stats(app) == stats
+
+
+def test_regenerate_then_clear_is_a_destruction(
+    app: Flask, received: list[tuple[str, Any, str]]
+) -> None:
+    """regenerate() then clear() in one request destroys the session, not regenerates it."""
+
+    @app.get("/regenerate-then-clear")
+    def regenerate_then_clear() -> str:
+        session.regenerate()  # type: ignore[attr-defined]
+        session.clear()
+        return "ok"
+
+    client = app.test_client()
+    client.get("/set")
+    fp = fingerprint(client)
+    client.get("/regenerate-then-clear")
+    assert [name for name, _, _ in received] == ["created", "destroyed"]
+    assert received[1][2] == fp

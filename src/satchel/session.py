@@ -224,6 +224,7 @@ class Session(MutableMapping[str, Any]):
         self._deleted.clear()
         self.record = None
         self._owner = None
+        self._regenerating = False  # clearing ends the session, whatever came before
         self._drop_old = self.session_id is not None or self._drop_old
 
     def regenerate(self, owner: object = None) -> None:
