@@ -27,6 +27,7 @@ def test_public_names() -> None:
         "Session",
         "SessionTooLarge",
         "StoreUnavailable",
+        "current_session",
         "locked",
     ]
     for name in satchel.__all__:

@@ -675,3 +675,22 @@ def test_switching_permanent_off_resends_a_browser_session_cookie(make_app: AppF
     assert "Expires" in client.get("/permanent").headers["Set-Cookie"]
     header = client.get("/not-permanent").headers["Set-Cookie"]
     assert header.startswith("session=") and "Expires" not in header
+
+
+def test_current_session_is_typed_and_the_same_object(app: Flask) -> None:
+    """current_session() returns flask.session itself, typed for regenerate() and owner."""
+    from satchel import ConfigError, current_session
+
+    @app.get("/typed-login")
+    def typed_login() -> str:
+        typed = current_session()
+        assert typed is session._get_current_object()  # type: ignore[attr-defined]
+        typed.regenerate(owner="alice")
+        typed["user"] = "alice"
+        return str(typed.owner)
+
+    assert app.test_client().get("/typed-login").data == b"alice"
+    plain = Flask("plain")
+    plain.config["SECRET_KEY"] = SECRET
+    with plain.test_request_context(), pytest.raises(ConfigError, match="not a satchel"):
+        current_session()

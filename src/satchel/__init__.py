@@ -10,7 +10,7 @@ from .errors import (
     SessionTooLarge,
     StoreUnavailable,
 )
-from .flask import Satchel, locked
+from .flask import Satchel, current_session, locked
 from .session import Session
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "Session",
     "SessionTooLarge",
     "StoreUnavailable",
+    "current_session",
     "locked",
 ]

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from flask import Flask, Request
     from werkzeug.wrappers import Response as BaseResponse
 
-__all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface", "locked"]
+__all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface", "current_session", "locked"]
 
 _log = logging.getLogger("satchel")
 
@@ -102,6 +102,21 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[override]
         if not has_request_context() or request.endpoint is None:
             return False
         return request.endpoint in _locked_endpoints(current_app)
+
+
+def current_session() -> FlaskSession:
+    """``flask.session``, typed as satchel's session, for ``regenerate()`` and ``owner``.
+
+    ``flask.session`` is typed as Flask's ``SessionMixin``, which has neither;
+    this returns the same object with its real type. Raises ``ConfigError``
+    when the current app does not use satchel.
+    """
+    from flask import session
+
+    held = session._get_current_object()  # type: ignore[attr-defined]
+    if not isinstance(held, FlaskSession):
+        raise ConfigError("the current app's session is not a satchel session")
+    return held
 
 
 def _manager(app: Flask | None) -> SessionManager:
