@@ -93,6 +93,7 @@ class ValkeyServer:
                         return
             except OSError:
                 time.sleep(0.05)
+        self.kill()
         raise RuntimeError(f"{self.binary} did not answer on port {self.port}")
 
     def kill(self) -> None:
@@ -152,15 +153,19 @@ class ValkeyCluster:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
     def start(self) -> None:
-        for node in self.nodes:
-            node.start()
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run(
-            [cli_binary(), "--cluster", "create", *addresses,
-             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
-        )  # fmt: skip
-        self.wait_ok()
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(
+                [cli_binary(), "--cluster", "create", *addresses,
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60,
+            )  # fmt: skip
+            self.wait_ok()
+        except BaseException:
+            self.stop()  # no node outlives a cluster that failed to form
+            raise
 
     def info(self, node: ValkeyServer) -> dict[str, str]:
         out = subprocess.run(
