@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
+
+from .flask import _manager as flask_manager
 
 if TYPE_CHECKING:
     from ._manager import SessionManager
@@ -81,8 +82,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, 
 
 
 def _manager() -> SessionManager:
-    manager: SessionManager = current_app.extensions["satchel"]
-    return manager
+    return flask_manager(None)
 
 
 def _when(timestamp: float) -> str:
@@ -232,13 +232,14 @@ def purge_command() -> None:
         return
     from .errors import SatchelError
 
-    done = 0
+    done = removed = 0
     try:
         with click.progressbar(length=1, label="purging", show_pos=True) as bar:
-            for walked, total in batches():
+            for walked, total, batch_removed in batches():
                 bar.length = max(total, 1)
                 bar.update(walked - done)
                 done = walked
+                removed += batch_removed
     except SatchelError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo("expired records removed")
+    click.echo(f"removed {removed} expired record(s)")

@@ -225,7 +225,7 @@ class SQLiteStore:
             return False
         if now >= self._next_purge:
             self._next_purge = now + self.purge_interval
-            self._purge_from = self._purge_range(self._purge_from, now)
+            self._purge_from, _removed = self._purge_range(self._purge_from, now)
         return True
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
@@ -245,40 +245,38 @@ class SQLiteStore:
         """Free the lock if ``token`` holds it."""
         self._run("DELETE FROM satchel_lock WHERE key = ? AND token = ?", (key, token))
 
-    def _purge_range(self, start: int, now: float) -> int:
-        """Delete expired rows with rowids in one batch from ``start``; return the next start.
+    def _purge_range(self, start: int, now: float) -> tuple[int, int]:
+        """Delete expired rows with rowids in one batch from ``start``.
 
+        Returns where the next batch starts (0 once the table is walked) and
+        how many rows this one removed.
         Walking the table by rowid needs no index on the expiry time (which every
         save would have to update) and keeps each write short.
         """
         end = start + self.purge_batch
-        self._run(
+        removed = self._run(
             "DELETE FROM satchel_sessions WHERE id >= ? AND id < ? AND expires_at <= ?",
             (start, end, now),
-        )
+        ).rowcount
         self._run("DELETE FROM satchel_lock WHERE expires_at <= ?", (now,))
         last = self._run("SELECT max(id) FROM satchel_sessions", ()).fetchone()[0]
-        return 0 if last is None or end > last else end
+        return (0 if last is None or end > last else end), removed
 
     def purge_expired(self) -> int:
         """Remove every expired record, one short batch at a time; return how many."""
-        before = self._run("SELECT count(*) FROM satchel_sessions", ()).fetchone()[0]
-        for _done, _total in self.purge_in_batches():
-            pass
-        after = self._run("SELECT count(*) FROM satchel_sessions", ()).fetchone()[0]
-        return int(before - after)
+        return sum(removed for _walked, _total, removed in self.purge_in_batches())
 
-    def purge_in_batches(self) -> Iterator[tuple[int, int]]:
-        """Purge batch by batch, yielding (rows walked, rows to walk) after each, for progress."""
+    def purge_in_batches(self) -> Iterator[tuple[int, int, int]]:
+        """Purge batch by batch, yielding (rows walked, rows to walk, rows removed) after each."""
         now = time.time()
         total = self._run("SELECT max(id) FROM satchel_sessions", ()).fetchone()[0] or 0
         start = 0
         while True:
-            start = self._purge_range(start, now)
+            start, removed = self._purge_range(start, now)
             if start == 0:
-                yield total, total
+                yield total, total, removed
                 return
-            yield min(start, total), total
+            yield min(start, total), total, removed
 
     def close(self) -> None:
         """Close every connection this store opened, in any thread."""
