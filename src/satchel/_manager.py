@@ -79,8 +79,8 @@ class SessionManager:
         self.signer = signer
         self.settings = settings
         self.session_class = session_class
-        if settings.locking and not isinstance(store, LockingStore):
-            raise ConfigError(f"strict mode needs a store that can lock; {store!r} cannot")
+        if settings.locking:
+            self._locking_store()  # refuse at start-up, not at the first request
         self._refresh_after = min(REFRESH_AT_MOST_EVERY, settings.idle_timeout * REFRESH_FRACTION)
 
     def open(self, cookie: str | None) -> Session:
@@ -123,15 +123,21 @@ class SessionManager:
             session_expired.send(self.sender, session=session, fingerprint=key[:8])
         return record
 
-    def _lock(self, session: Session, key: str) -> None:
+    def _locking_store(self) -> LockingStore:
         store = self.store
         if not isinstance(store, LockingStore):
             raise ConfigError(f"strict mode needs a store that can lock; {store!r} cannot")
+        return store
+
+    def _lock(self, session: Session, key: str) -> None:
+        store = self._locking_store()
         token = secrets.token_hex(16)
         start = time.monotonic()
         pause = 0.002
+        waiting = False
         while not store.acquire(key, token, self.settings.lock_lease):
-            if pause == 0.002:
+            if not waiting:  # count requests that waited, not retries
+                waiting = True
                 self.counters.add("lock_waits")
             waited = time.monotonic() - start
             if waited >= self.settings.lock_timeout:
@@ -144,9 +150,7 @@ class SessionManager:
         """Drop the session's lock, if it holds one; safe to call more than once."""
         held, session._lock_held = session._lock_held, None
         if held is not None:
-            store = self.store
-            assert isinstance(store, LockingStore)
-            store.release(*held)
+            self._locking_store().release(*held)
 
     def sign(self, session_id: str) -> str:
         """Return the cookie value for ``session_id``."""
