@@ -209,13 +209,8 @@ class RedisStore:
             owner_key = self._owner_key(owner)
             with self._errors():
                 members = sorted(m.decode() for m in self.client.smembers(owner_key))  # type: ignore[union-attr]
-                pipe = self.client.pipeline(transaction=False)
-                for key in members:
-                    pipe.hgetall(self._key(key))
-                hashes = pipe.execute()
             gone = []
-            for key, raw in zip(members, hashes, strict=True):
-                record = _record(raw)
+            for key, record in self._fetch(members):
                 if record is None:
                     gone.append(key)
                 elif record.owner == owner:
@@ -230,6 +225,12 @@ class RedisStore:
                 name.decode()[start:-1]
                 for name in self.client.scan_iter(self.prefix + "s:*", count=1000)
             ]
+        for key, record in self._fetch(keys):
+            if record is not None:
+                yield key, record
+
+    def _fetch(self, keys: list[str]) -> Iterator[tuple[str, Record | None]]:
+        """Each key with its live record (or None), 500 HGETALLs to a pipeline."""
         for first in range(0, len(keys), 500):
             batch = keys[first : first + 500]
             with self._errors():
@@ -238,9 +239,7 @@ class RedisStore:
                     pipe.hgetall(self._key(key))
                 hashes = pipe.execute()
             for key, raw in zip(batch, hashes, strict=True):
-                record = _record(raw)
-                if record is not None:
-                    yield key, record
+                yield key, _record(raw)
 
     def save(self, key: str, change: Change, *, create: bool) -> bool:
         """Apply ``change`` with one script call."""
