@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
+from typing import Any
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadSignature, Signer, want_bytes
 
 __all__ = [
     "MAX_COOKIE_LENGTH",
@@ -76,6 +77,26 @@ def store_key(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("ascii")).hexdigest()
 
 
+class _Signer(Signer):
+    """itsdangerous's signer, deriving each key once instead of on every call.
+
+    The derivation (an HMAC of the salt) depends only on the key, so its
+    result is kept; signatures are byte for byte those of :class:`Signer`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[bytes, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        """Return the derived key for ``secret_key`` (the newest key by default)."""
+        raw = self.secret_keys[-1] if secret_key is None else want_bytes(secret_key)
+        derived = self._derived.get(raw)
+        if derived is None:
+            derived = self._derived[raw] = super().derive_key(raw)
+        return derived
+
+
 class CookieSigner:
     """Signs session IDs with the newest key, accepts any of the keys given.
 
@@ -89,7 +110,7 @@ class CookieSigner:
             k.encode("utf-8") if isinstance(k, str) else k
             for k in [*reversed(list(fallbacks)), secret_key]
         ]
-        self._signer = Signer(keys, salt=_SALT, digest_method=hashlib.sha256)
+        self._signer = _Signer(keys, salt=_SALT, digest_method=hashlib.sha256)
 
     def sign(self, session_id: str) -> str:
         """Return the cookie value for ``session_id``."""
