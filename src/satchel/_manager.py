@@ -60,6 +60,9 @@ class Outcome:
     delete_cookie: bool = False
 
 
+_ALIVE = Outcome(alive=True)
+
+
 class SessionManager:
     """Opens and saves sessions against one store with one signer."""
 
@@ -145,6 +148,7 @@ class SessionManager:
             time.sleep(min(pause, self.settings.lock_timeout - waited))
             pause = min(pause * 2, 0.05)
         session._lock_held = (key, token)
+        session._on_lock()
 
     def release(self, session: Session) -> None:
         """Drop the session's lock, if it holds one; safe to call more than once."""
@@ -174,6 +178,17 @@ class SessionManager:
     def _save(self, session: Session) -> Outcome:
         if not session._loaded:
             return Outcome(delete_cookie=session._stale_cookie)
+        record = session.record
+        if (
+            record is not None
+            and session.session_id is not None
+            and not session._touched
+            and not session._deleted
+            and not session._drop_old
+            and len(session._data) > ("_permanent" in session._data)  # not empty
+        ):
+            # Read, not written (most requests): at most refresh the idle expiry.
+            return self._refresh(session, record)
         data, loaded, pending = session._data, session._raw, session._pending
         changed: dict[str, bytes] = {}
         for key in session._touched:
@@ -242,23 +257,34 @@ class SessionManager:
             signal.send(self.sender, session=session, fingerprint=store_key(session_id)[:8])
             return Outcome(new_cookie=self.sign(session_id), alive=True)
 
-        key = store_key(session.session_id)
-        expires_at = min(
-            now + self.settings.idle_timeout,
-            record.created_at + self.settings.absolute_timeout,
+        if not (changed or deleted):
+            return self._refresh(session, record)
+        ok = self.store.save(
+            store_key(session.session_id),
+            Change(
+                set=changed, delete=deleted, touched_at=now, expires_at=self._expiry(record, now)
+            ),
+            create=False,
         )
-        if changed or deleted:
-            ok = self.store.save(
-                key,
-                Change(set=changed, delete=deleted, touched_at=now, expires_at=expires_at),
-                create=False,
-            )
-            self.counters.add("saves")
-        elif now - record.touched_at >= self._refresh_after:
-            ok = self.store.touch(key, now, expires_at)
-            self.counters.add("touches")
-        else:
-            ok = True
+        self.counters.add("saves")
+        return self._saved(session, ok)
+
+    def _expiry(self, record: Record, now: float) -> float:
+        return min(
+            now + self.settings.idle_timeout, record.created_at + self.settings.absolute_timeout
+        )
+
+    def _refresh(self, session: Session, record: Record) -> Outcome:
+        """Move an unchanged session's idle expiry, if the last move is old enough."""
+        now = time.time()
+        if now - record.touched_at < self._refresh_after:
+            return _ALIVE
+        assert session.session_id is not None
+        ok = self.store.touch(store_key(session.session_id), now, self._expiry(record, now))
+        self.counters.add("touches")
+        return self._saved(session, ok)
+
+    def _saved(self, session: Session, ok: bool) -> Outcome:
         if not ok:
             # Cleared, revoked or expired by another request meanwhile: the
             # session is over, and this request must not bring it back.
@@ -268,4 +294,4 @@ class SessionManager:
             session.session_id = None
             session.record = None
             return Outcome(delete_cookie=True)
-        return Outcome(alive=True)
+        return _ALIVE

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import current_app, g, has_request_context, request
+from flask import current_app, g, has_request_context
 from flask.sessions import SessionInterface, SessionMixin
 
 from ._manager import SessionManager, Settings, security_log
@@ -97,11 +97,18 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[override]
 
     #: The cookie this session was read from and is written to.
     cookie_name: str = "session"
+    _app: Flask | None = None
+    _request: Request | None = None
 
     def _lock_wanted(self) -> bool:
-        if not has_request_context() or request.endpoint is None:
+        if self._app is None or self._request is None:
             return False
-        return request.endpoint in _locked_endpoints(current_app)
+        endpoints = _locked_endpoints(self._app)
+        return bool(endpoints) and self._request.endpoint in endpoints
+
+    def _on_lock(self) -> None:
+        # The teardown handler releases the lock of a request that never saved.
+        g._satchel_session = self
 
 
 def current_session() -> FlaskSession:
@@ -126,7 +133,11 @@ def _manager(app: Flask | None) -> SessionManager:
 
 
 def _current() -> FlaskSession | None:
-    held = g.get("_satchel_session") if has_request_context() else None
+    if not has_request_context():
+        return None
+    from flask import session
+
+    held = session._get_current_object()  # type: ignore[attr-defined]
     return held if isinstance(held, FlaskSession) else None
 
 
@@ -211,12 +222,13 @@ class SatchelSessionInterface(SessionInterface):
         session = self.manager.open(request.cookies.get(name))
         assert isinstance(session, FlaskSession)
         session.cookie_name = name
+        session._app = app
+        session._request = request
         if self.track_client:
             session.client_meta = {
                 "user_agent": request.headers.get("User-Agent", "")[:256],
                 "ip": request.remote_addr or "",
             }
-        g._satchel_session = session
         return session
 
     def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
@@ -232,42 +244,33 @@ class SatchelSessionInterface(SessionInterface):
             response.set_data(message)
             response.headers.update(headers)
             return
-        name = session.cookie_name
-        domain = self.get_cookie_domain(app)
-        path = self.get_cookie_path(app)
-        secure = self.get_cookie_secure(app)
-        samesite = self.get_cookie_samesite(app)
-        httponly = self.get_cookie_httponly(app)
-        partitioned = self.get_cookie_partitioned(app)
         if outcome.delete_cookie:
             response.vary.add("Cookie")
-            response.delete_cookie(
-                name,
-                domain=domain,
-                path=path,
-                secure=secure,
-                httponly=httponly,
-                samesite=samesite,
-                partitioned=partitioned,
-            )
+            response.delete_cookie(session.cookie_name, **self._cookie_attributes(app))
             return
         if outcome.new_cookie is None and not (
             outcome.alive and self.should_set_cookie(app, session)
         ):
-            return
+            return  # the common case: the browser's cookie stays as it is
         assert session.session_id is not None
         response.vary.add("Cookie")
         response.set_cookie(
-            name,
+            session.cookie_name,
             outcome.new_cookie or self.manager.sign(session.session_id),
             expires=self.get_expiration_time(app, session),
-            domain=domain,
-            path=path,
-            secure=secure,
-            httponly=httponly,
-            samesite=samesite,
-            partitioned=partitioned,
+            **self._cookie_attributes(app),
         )
+
+    def _cookie_attributes(self, app: Flask) -> dict[str, Any]:
+        # Read from the config on each use, as Flask does, so tests may change them.
+        return {
+            "domain": self.get_cookie_domain(app),
+            "path": self.get_cookie_path(app),
+            "secure": self.get_cookie_secure(app),
+            "samesite": self.get_cookie_samesite(app),
+            "httponly": self.get_cookie_httponly(app),
+            "partitioned": self.get_cookie_partitioned(app),
+        }
 
 
 class Satchel:

@@ -84,6 +84,9 @@ class Session(MutableMapping[str, Any]):
         """Whether this request asks for strict mode; adapters override it."""
         return False
 
+    def _on_lock(self) -> None:
+        """Called once the session's lock is held; adapters note it for clean-up."""
+
     # -- reading -------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
