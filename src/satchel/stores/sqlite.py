@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, StoreUnavailable
+from . import _fork
 from .base import Change, Record
 
 __all__ = ["SQLiteStore"]
@@ -97,7 +98,7 @@ def _record(row: Sequence[Any]) -> Record | None:
     try:
         stored = json.loads(row[3])
         fields = {name: _bytes(value) for name, value in stored.items()}
-        meta = json.loads(row[5]) if row[5] else {}
+        meta = json.loads(row[5]) if row[5] and row[5] != "{}" else {}
     except (ValueError, AttributeError, IndexError, TypeError):
         return None  # not written by this store: treat as missing
     return Record(fields, row[0], row[1], row[2], row[4], meta)
@@ -152,9 +153,9 @@ class SQLiteStore:
         return f"SQLiteStore({str(self.path)!r})"
 
     def _conn(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == pid:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.generation == _fork.generation:
             return conn
         # A connection must not cross a fork: a worker forked from a parent
         # that already opened one makes its own.
@@ -163,8 +164,8 @@ class SQLiteStore:
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        self._local.conn = conn
-        self._local.pid = pid
+        local.conn = conn
+        local.generation = _fork.generation
         with self._lock:
             self._all.append(conn)
         return conn
@@ -177,8 +178,10 @@ class SQLiteStore:
             raise StoreUnavailable(repr(self), str(exc)) from exc
 
     def _run(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
-        with self._errors():
+        try:  # not self._errors(): this is every request's path, kept lean
             return self._conn().execute(sql, args)
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(repr(self), str(exc)) from exc
 
     def load(self, key: str) -> Record | None:
         """Read the record in one statement."""
