@@ -1,0 +1,123 @@
+"""The Redis/Valkey store's own connection handling, beyond the shared contract."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from satchel.errors import StoreUnavailable
+from satchel.stores import RedisStore
+from satchel.stores.base import Change
+
+from ..valkey import ValkeyServer
+
+KEY = "a" * 64
+
+
+def create(store: RedisStore, key: str = KEY, value: bytes = b'"v"') -> None:
+    now = time.time()
+    change = Change(set={"x": value}, created_at=now, touched_at=now, expires_at=now + 60)
+    assert store.save(key, change, create=True)
+
+
+def clients_connected(server: ValkeyServer) -> int:
+    with redis.Redis.from_url(server.url) as admin:
+        return int(admin.info("clients")["connected_clients"]) - 1  # not counting itself
+
+
+def test_scripts_lost_by_the_server_are_loaded_again(redis_store: RedisStore) -> None:
+    create(redis_store)
+    redis_store.client.script_flush()
+    now = time.time()
+    change = Change(set={"x": b'"w"'}, touched_at=now, expires_at=now + 60)
+    assert redis_store.save(KEY, change, create=False)
+    record = redis_store.load(KEY)
+    assert record is not None and record.fields["x"] == b'"w"'
+
+
+def test_each_thread_keeps_one_connection(own_valkey: ValkeyServer) -> None:
+    store = RedisStore.from_url(own_valkey.url)
+    create(store)
+    before = clients_connected(own_valkey)
+    for _ in range(20):
+        store.load(KEY)
+    assert clients_connected(own_valkey) == before == 1
+
+    ready = threading.Barrier(4)
+
+    def worker() -> None:
+        ready.wait()
+        for _ in range(20):
+            assert store.load(KEY) is not None
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    for thread in threads:
+        thread.join()
+    assert clients_connected(own_valkey) == 4
+    store.close()
+    assert clients_connected(own_valkey) == 0
+
+
+def test_a_restarted_server_is_picked_up_without_an_error(own_valkey: ValkeyServer) -> None:
+    store = RedisStore.from_url(own_valkey.url)
+    create(store)
+    own_valkey.restart()  # the thread's connection is now dead, and the data gone
+    assert store.load(KEY) is None
+    create(store)
+    assert store.load(KEY) is not None
+    store.close()
+
+
+def test_a_server_that_is_down_is_a_store_error(own_valkey: ValkeyServer) -> None:
+    store = RedisStore.from_url(own_valkey.url)
+    create(store)
+    own_valkey.kill()
+    with pytest.raises(StoreUnavailable, match="ConnectionError"):
+        store.load(KEY)
+    store.close()
+
+
+def test_a_forked_child_opens_its_own_connection(own_valkey: ValkeyServer) -> None:
+    store = RedisStore.from_url(own_valkey.url)
+    create(store)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        try:
+            ok = store.load(KEY) is not None and store._connection().pid == os.getpid()
+            os.write(write, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 2)
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert answer == b"ok"
+    assert store.load(KEY) is not None  # the parent's connection still works
+    store.close()
+
+
+def test_a_client_passed_in_is_used_as_it_is(valkey: ValkeyServer) -> None:
+    sent: list[Any] = []
+
+    class Counting(redis.Redis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            sent.append(args[0])
+            return super().execute_command(*args, **options)
+
+    client = Counting.from_url(valkey.url)
+    store = RedisStore(client, prefix="passed-in:")
+    create(store)
+    assert store.load(KEY) is not None
+    assert sent.count("HGETALL") == 1 and "EVALSHA" in sent
+    store.delete(KEY)
+    assert store.load(KEY) is None
+    store.close()
