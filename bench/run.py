@@ -106,31 +106,47 @@ def make_clients(factory: Callable[[], Flask], size: int) -> tuple[WSGIClient, W
     return holder, WSGIClient(app, keep_cookies=False)
 
 
-def in_process(backends: dict[str, Any], rounds: int, n: int) -> dict[str, dict[str, float]]:
-    """Median µs per request for each backend, workload and payload."""
+def in_process(
+    backends: dict[str, Any], rounds: int, sample_seconds: float
+) -> dict[str, dict[str, float]]:
+    """Median µs per request for each backend, workload and payload.
+
+    Each sample runs one cell for about ``sample_seconds`` (the request count
+    is set once per cell from a warm-up), so that cheap cells get many
+    requests and the slowest backend does not set the length of the run.
+    """
     clients = {
         (name, label): make_clients(factory, size)
         for name, factory in backends.items()
         for label, size in PAYLOADS.items()
     }
+    calls: dict[tuple[str, str, str], tuple[Callable[[], Any], int]] = {}
+    for label, size in PAYLOADS.items():
+        for workload in WORKLOADS:
+            for name in backends:
+                holder, fresh = clients[(name, label)]
+                if name == "bare Flask":
+                    call: Callable[[], Any] = lambda c=holder: c.get("/bare")  # noqa: E731
+                elif workload == "read-only":
+                    call = lambda c=holder: c.get("/read")  # noqa: E731
+                elif workload == "read-modify-write":
+                    call = lambda c=holder: c.get("/write")  # noqa: E731
+                else:
+                    call = lambda c=fresh, s=size: c.get(f"/create/{s}")  # noqa: E731
+                warm = per_request(20, call)
+                calls[(name, workload, label)] = call, max(10, int(sample_seconds / warm))
     samples: dict[tuple[str, str, str], list[float]] = {}
-    for _ in range(rounds):
-        for label, size in PAYLOADS.items():
-            for workload in WORKLOADS:
-                for name in backends:
-                    holder, fresh = clients[(name, label)]
-                    if name == "bare Flask":
-                        call: Callable[[], Any] = lambda c=holder: c.get("/bare")  # noqa: E731
-                    elif workload == "read-only":
-                        call = lambda c=holder: c.get("/read")  # noqa: E731
-                    elif workload == "read-modify-write":
-                        call = lambda c=holder: c.get("/write")  # noqa: E731
-                    else:
-                        call = lambda c=fresh, s=size: c.get(f"/create/{s}")  # noqa: E731
-                    samples.setdefault((name, workload, label), []).append(per_request(n, call))
+    for _ in range(rounds):  # interleaved: a noisy moment hurts every cell alike
+        for cell, (call, n) in calls.items():
+            samples.setdefault(cell, []).append(per_request(n, call))
+    # Bare Flask makes the same request in every column, so its baseline is the
+    # median of all its samples: nine times the data behind every ratio.
+    bare = statistics.median(v for (name, _, _), vs in samples.items() if name == "bare Flask"
+                             for v in vs)  # fmt: skip
     table: dict[str, dict[str, float]] = {}
     for (name, workload, label), values in samples.items():
-        table.setdefault(name, {})[f"{workload}, {label}"] = statistics.median(values) * 1e6
+        median = bare if name == "bare Flask" else statistics.median(values)
+        table.setdefault(name, {})[f"{workload}, {label}"] = median * 1e6
     return table
 
 
@@ -278,7 +294,7 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
         keys = [store_key(f"{i:043d}") for i in range(first, min(first + batch, sessions))]
         # The store's own statement and format, many rows to a transaction.
         conn.execute("BEGIN")
-        conn.executemany(_CREATE, [(k, now, now, now + 3600, data, now) for k in keys])
+        conn.executemany(_CREATE, [(k, now, now, now + 3600, data, None, "{}", now) for k in keys])
         conn.execute("COMMIT")
     fill_seconds = time.perf_counter() - started
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -324,7 +340,8 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
     for i in range(1000):
         rstore.save(store_key(f"r{i}"), two_kb, create=True)
     memory_usage = rstore.client.memory_usage
-    used = [int(memory_usage(rstore.prefix + store_key(f"r{i}")) or 0) for i in range(0, 1000, 10)]  # type: ignore[arg-type]
+    used = [int(memory_usage(rstore._key(store_key(f"r{i}"))) or 0) for i in range(0, 1000, 10)]  # type: ignore[arg-type]
+    assert all(used), "MEMORY USAGE found no session hash: the key layout changed?"
     rstore.close()
     return {
         "sessions": sessions,
@@ -401,11 +418,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no scale section")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--requests", type=int, default=100, help="requests per sample")
+    parser.add_argument(
+        "--sample-ms", type=float, default=40.0, help="length of one in-process sample"
+    )
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per backend")
     parser.add_argument("--sessions", type=int, default=1_000_000, help="SQLite scale test")
     args = parser.parse_args()
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or (5 if args.quick else 9)
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="satchel-bench-"))
     valkey = ValkeyServer(work)
@@ -418,9 +437,10 @@ def main() -> None:
     try:
         backends = all_backends(valkey.url, work)
         print(
-            f"in-process, direct WSGI calls: median of {rounds} rounds x {args.requests} requests"
+            f"in-process, direct WSGI calls: median of {rounds} interleaved rounds, "
+            f"about {args.sample_ms:.0f} ms of requests per cell and round"
         )
-        table = in_process(backends, rounds, args.requests)
+        table = in_process(backends, rounds, args.sample_ms / 1000)
         report["in_process_us"] = table
         columns = list(table["bare Flask"])
         for column_group in (columns[i : i + 3] for i in range(0, len(columns), 3)):

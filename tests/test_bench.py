@@ -1,0 +1,54 @@
+"""The benchmark's own code still runs against today's stores (a smoke test, no timings judged).
+
+The benchmark is not part of the suite, so a change to a store's statements or
+key layout could break it unnoticed; this runs its pieces at a tiny scale.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from .valkey import ValkeyServer
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench() -> object:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+
+        yield run
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_scale_section_runs_on_the_current_stores(
+    bench: object, tmp_path: Path, valkey: ValkeyServer
+) -> None:
+    result = bench.scale(tmp_path, valkey, 3_000)  # type: ignore[attr-defined]
+    assert result["sessions"] == 3_000
+    assert result["purged"] == 3_000
+    assert result["load_us"] > 0
+    # A 2 KB value and its field names, counted by the server itself.
+    assert 2_000 < result["redis_bytes_per_2kb_session"] < 20_000
+
+
+def test_in_process_section_measures_each_cell(bench: object, tmp_path: Path) -> None:
+    from backends import bare, flask_cookie, satchel
+
+    backends = {
+        "bare Flask": bare,
+        "Flask cookie session": flask_cookie,
+        "satchel SQLite": satchel(f"sqlite:///{tmp_path}/s.sqlite3"),
+    }
+    table = bench.in_process(backends, 1, 0.001)  # type: ignore[attr-defined]
+    columns = {f"{w}, {p}" for w in bench.WORKLOADS for p in bench.PAYLOADS}  # type: ignore[attr-defined]
+    assert set(table) == set(backends)
+    for row in table.values():
+        assert set(row) == columns
+        assert all(value > 0 for value in row.values())
