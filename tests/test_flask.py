@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from flask import Flask, session
+from flask import Flask, make_response, request, session
 from werkzeug.http import parse_cookie
 
 from satchel import Satchel
@@ -184,6 +184,23 @@ def test_vary_cookie_when_session_read(app: Flask) -> None:
     for path in ("/read", "/contains", "/len"):
         assert "Cookie" in client.get(path).headers.get("Vary", "")
     assert "Cookie" not in client.get("/noop").headers.get("Vary", "")
+
+
+def test_vary_cookie_joins_a_vary_the_view_set(make_app: AppFactory) -> None:
+    """A view's own Vary header keeps its values; Cookie is added once, not twice."""
+    app = make_app()
+
+    @app.get("/negotiated")
+    def negotiated() -> Any:
+        response = make_response(str(session.get("a")))
+        response.headers["Vary"] = (
+            "Accept-Encoding, Cookie" if "twice" in request.args else "Accept"
+        )
+        return response
+
+    client = app.test_client()
+    assert client.get("/negotiated").headers["Vary"] == "Accept, Cookie"
+    assert client.get("/negotiated?twice").headers["Vary"] == "Accept-Encoding, Cookie"
 
 
 def test_clear_deletes_record_and_expires_cookie(make_app: AppFactory, store: Store) -> None:

@@ -174,6 +174,14 @@ def _locked_endpoints(app: Flask) -> frozenset[str]:
     return state[1]
 
 
+def _vary_on_cookie(response: BaseResponse) -> None:
+    # What response.vary.add("Cookie") does, without parsing a header that is not there.
+    if "Vary" in response.headers:
+        response.vary.add("Cookie")
+    else:
+        response.headers["Vary"] = "Cookie"
+
+
 class SatchelSessionInterface(SessionInterface):
     """Flask's hook into satchel: opens sessions lazily and saves their changes."""
 
@@ -235,7 +243,7 @@ class SatchelSessionInterface(SessionInterface):
         """Save the changes, then set, refresh or expire the cookie as needed."""
         assert isinstance(session, FlaskSession)
         if session.accessed:
-            response.vary.add("Cookie")
+            _vary_on_cookie(response)
         try:
             outcome = self.manager.save(session)
         except StoreUnavailable as exc:
@@ -245,7 +253,7 @@ class SatchelSessionInterface(SessionInterface):
             response.headers.update(headers)
             return
         if outcome.delete_cookie:
-            response.vary.add("Cookie")
+            _vary_on_cookie(response)
             response.delete_cookie(session.cookie_name, **self._cookie_attributes(app))
             return
         if outcome.new_cookie is None and not (
@@ -253,7 +261,7 @@ class SatchelSessionInterface(SessionInterface):
         ):
             return  # the common case: the browser's cookie stays as it is
         assert session.session_id is not None
-        response.vary.add("Cookie")
+        _vary_on_cookie(response)
         response.set_cookie(
             session.cookie_name,
             outcome.new_cookie or self.manager.sign(session.session_id),
