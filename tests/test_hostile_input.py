@@ -7,6 +7,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from markupsafe import Markup
 from werkzeug.serving import make_server
 
-from satchel import Satchel
+from satchel import Satchel, _json
 from satchel.serialization import dumps, loads
 from satchel.signing import CookieSigner
 from satchel.stores import SQLiteStore
@@ -62,11 +63,25 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-@given(values)
+@contextmanager
+def json_library(fast: bool) -> Iterator[None]:
+    """orjson (the default where installed), or the standard library alone."""
+    saved = _json._fast_dumps, _json._fast_loads
+    if not fast:
+        _json._fast_dumps = _json._fast_loads = None
+    try:
+        yield
+    finally:
+        _json._fast_dumps, _json._fast_loads = saved
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "json"])
+@given(value=values)
 @settings(max_examples=400, deadline=None)
-def test_serializer_round_trips_any_supported_value(value: Any) -> None:
+def test_serializer_round_trips_any_supported_value(fast: bool, value: Any) -> None:
     """dumps/loads gives back an equal value with the same types, nested anywhere."""
-    assert same(loads(dumps(value)), value)
+    with json_library(fast):
+        assert same(loads(dumps(value)), value)
 
 
 @given(st.text(max_size=400))

@@ -12,7 +12,7 @@ import pytest
 from flask import Flask, flash, get_flashed_messages, session
 from markupsafe import Markup
 
-from satchel import Satchel, SerializationError
+from satchel import Satchel, SerializationError, _json, serialization
 from satchel.serialization import dumps, loads
 from satchel.stores import Store
 
@@ -41,15 +41,59 @@ SAMPLES: list[Any] = [
     {},
     [],
     (),
+    2**63 - 1,
+    -(2**63),
+    2**64 + 1,  # beyond 64 bits: JSON readers may make it a float, so it is tagged
+    [-(3**45), {" i": "a dict that looks like a big int"}],
+    1e16,
+    [float("inf"), -float("inf")],
+    "line\u2028separator \x00 and \x7f",
 ]
 
 
+@pytest.fixture(params=["orjson", "json"])
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each JSON library in turn: orjson where installed, and the standard library."""
+    if request.param == "json":
+        monkeypatch.setattr(_json, "_fast_dumps", None)
+        monkeypatch.setattr(_json, "_fast_loads", None)
+    else:
+        assert _json._fast_dumps is not None, "orjson is a dependency on CPython"
+    return str(request.param)
+
+
 @pytest.mark.parametrize("value", SAMPLES, ids=repr)
-def test_round_trip(value: Any) -> None:
+def test_round_trip(value: Any, encoder: str) -> None:
     """dumps then loads gives back an equal value of the same type."""
     back = loads(dumps(value))
     assert back == value
     assert type(back) is type(value)
+
+
+@pytest.mark.parametrize("value", SAMPLES, ids=repr)
+def test_either_library_reads_what_the_other_wrote(value: Any) -> None:
+    """Bytes written without orjson read back the same with it, and the other way round."""
+    tagged = serialization._tag(value, None)
+    for written in (_json.dumps_std(tagged), _json.dumps(tagged)):
+        for read in (_json.loads_std, _json.loads):
+            back = serialization._untag(read(written))
+            assert back == value and type(back) is type(value)
+
+
+def test_nan_round_trips(encoder: str) -> None:
+    """NaN stays NaN (the fast encoder alone would write null)."""
+    back = loads(dumps([float("nan"), 1.0]))
+    assert back[0] != back[0] and back[1] == 1.0
+
+
+def test_big_int_enum_keeps_every_digit(encoder: str) -> None:
+    """An IntEnum beyond 64 bits comes back as the exact int, not a rounded float."""
+
+    class Big(enum.IntEnum):
+        HUGE = 3**50
+
+    back = loads(dumps(Big.HUGE))
+    assert back == 3**50 and type(back) is int
 
 
 def test_tagged_bytes_are_json() -> None:
@@ -166,3 +210,25 @@ def test_unsupported_value_fails_at_the_assignment(app: Flask) -> None:
     assert client.get("/bad").data == b"refused"
     assert seen[0].key == "basket" and seen[0].value_type is set
     assert "Set-Cookie" not in client.get("/bad").headers
+
+
+def test_a_key_that_is_not_valid_text_fails_at_the_assignment(app: Flask) -> None:
+    """A key with a lone surrogate cannot be stored as UTF-8: refused at once, never a 500."""
+
+    @app.get("/bad-key")
+    def bad_key() -> str:
+        try:
+            session["\ud800"] = 1
+        except SerializationError:
+            return "refused"
+        return "stored"
+
+    @app.get("/good-key")
+    def good_key() -> str:
+        session["ünïcode ☃"] = 1
+        return str(session["ünïcode ☃"])
+
+    client = app.test_client()
+    response = client.get("/bad-key")
+    assert (response.status_code, response.data) == (200, b"refused")
+    assert client.get("/good-key").data == b"1"

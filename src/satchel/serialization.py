@@ -12,6 +12,7 @@ type                       stored as
 ``uuid.UUID``              ``{" u": "<hex>"}``
 ``datetime.datetime``      ``{" d": "<ISO 8601>"}`` (time zone kept)
 ``datetime.date``          ``{" D": "<ISO 8601>"}``
+an ``int`` beyond 64 bits  ``{" i": "<decimal digits>"}``
 a dict that looks tagged   ``{" di": {...}}``
 =========================  ===================================
 
@@ -26,7 +27,7 @@ changed.
 
 from __future__ import annotations
 
-import json
+import math
 from base64 import b64decode, b64encode
 from datetime import date, datetime
 from typing import Any
@@ -34,21 +35,32 @@ from uuid import UUID
 
 from markupsafe import Markup
 
+from . import _json
 from .errors import SerializationError
 
 __all__ = ["dumps", "loads"]
 
-_TAGS = frozenset({" t", " b", " m", " u", " d", " D", " di"})
+_TAGS = frozenset({" t", " b", " m", " u", " d", " D", " i", " di"})
+# JSON readers (orjson among them) may turn a longer integer into a float.
+_INT64 = 2**63
 _PLAIN = (str, int, float, bool, type(None))
-_encode = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=True, check_circular=True
-).encode
-_decode = json.JSONDecoder().decode
+
+
+class _NonFinite(float):
+    """NaN or an infinity: written as ``NaN``/``Infinity`` by the standard library.
+
+    A float subclass, so the fast encoder refuses it (rather than writing
+    ``null``) and the value goes through :mod:`json`, as it always has.
+    """
 
 
 def _tag(value: Any, key: str | None) -> Any:
     kind = type(value)
     if kind in _PLAIN:
+        if kind is float and not math.isfinite(value):
+            return _NonFinite(value)
+        if kind is int and not -_INT64 <= value < _INT64:
+            return {" i": str(value)}
         return value
     if kind is list:
         return [_tag(item, key) for item in value]
@@ -77,7 +89,7 @@ def _tag(value: Any, key: str | None) -> Any:
         return {" m": str(value.__html__())}
     for plain in _PLAIN[:3]:
         if isinstance(value, plain):  # an IntEnum or StrEnum member, say
-            return plain(value)
+            return _tag(plain(value), key)
     raise SerializationError(key, kind)
 
 
@@ -101,6 +113,8 @@ def _untag(value: Any) -> Any:
             return datetime.fromisoformat(inner)
         if name == " D":
             return date.fromisoformat(inner)
+        if name == " i":
+            return int(inner)
         if name == " di":
             return {k: _untag(v) for k, v in inner.items()}
     return {k: _untag(v) for k, v in value.items()}
@@ -112,8 +126,8 @@ def dumps(value: Any, key: str | None = None) -> bytes:
     ``key`` only names the value in a :class:`SerializationError`.
     """
     try:
-        return _encode(_tag(value, key)).encode("utf-8")
-    except ValueError as exc:  # a container that holds itself
+        return _json.dumps(_tag(value, key))
+    except ValueError as exc:  # a container that holds itself, a lone surrogate
         raise SerializationError(key, type(value), str(exc)) from exc
     except RecursionError as exc:
         raise SerializationError(key, type(value), "nested too deeply") from exc
@@ -121,4 +135,4 @@ def dumps(value: Any, key: str | None = None) -> bytes:
 
 def loads(data: bytes) -> Any:
     """Deserialise bytes written by :func:`dumps`."""
-    return _untag(_decode(data.decode("utf-8")))
+    return _untag(_json.loads(data))

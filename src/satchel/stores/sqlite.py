@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .. import _json
 from ..errors import ConfigError, StoreUnavailable
 from . import _fork
 from .base import Change, Record
@@ -78,7 +79,7 @@ WHERE satchel_lock.expires_at <= ? OR satchel_lock.token = excluded.token
 
 
 def _encode(fields: dict[str, str | None]) -> str:
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    return _json.dumps(fields).decode("utf-8")  # text: json_patch wants TEXT, not a BLOB
 
 
 def _text(value: bytes) -> str:
@@ -96,7 +97,7 @@ def _bytes(text: str) -> bytes:
 def _record(row: Sequence[Any]) -> Record | None:
     """A Record from (created, touched, expires, data, owner, meta); None if unreadable."""
     try:
-        stored = json.loads(row[3])
+        stored = _json.loads(row[3])
         fields = {name: _bytes(value) for name, value in stored.items()}
         meta = json.loads(row[5]) if row[5] and row[5] != "{}" else {}
     except (ValueError, AttributeError, IndexError, TypeError):
