@@ -161,6 +161,11 @@ class Session(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if type(key) is not str:
             raise SerializationError(repr(key), type(key), "session keys must be str")
+        if not key.isascii():  # stores file keys as UTF-8, which a lone surrogate is not
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise SerializationError(repr(key), str, "the key is not valid text") from exc
         raw = dumps(value, key)  # fail here, at the assignment, not when the view ends
         self._load()
         self._data.__setitem__(key, value)
