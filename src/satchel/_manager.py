@@ -240,7 +240,8 @@ class SessionManager:
             )
             while True:
                 session_id = new_id()
-                if self.store.save(store_key(session_id), change, create=True):
+                key = store_key(session_id)
+                if self.store.save(key, change, create=True):
                     break
             session.session_id = session_id
             session.record = Record(
@@ -254,7 +255,8 @@ class SessionManager:
             self.counters.add("saves")
             self.counters.add("creates")
             signal = session_regenerated if regenerating else session_created
-            signal.send(self.sender, session=session, fingerprint=store_key(session_id)[:8])
+            if signal.receivers:
+                signal.send(self.sender, session=session, fingerprint=key[:8])
             return Outcome(new_cookie=self.sign(session_id), alive=True)
 
         if not (changed or deleted):

@@ -242,7 +242,8 @@ class SatchelSessionInterface(SessionInterface):
     def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
         """Save the changes, then set, refresh or expire the cookie as needed."""
         assert isinstance(session, FlaskSession)
-        if session.accessed:
+        varied = session.accessed
+        if varied:
             _vary_on_cookie(response)
         try:
             outcome = self.manager.save(session)
@@ -253,7 +254,8 @@ class SatchelSessionInterface(SessionInterface):
             response.headers.update(headers)
             return
         if outcome.delete_cookie:
-            _vary_on_cookie(response)
+            if not varied:
+                _vary_on_cookie(response)
             response.delete_cookie(session.cookie_name, **self._cookie_attributes(app))
             return
         if outcome.new_cookie is None and not (
@@ -261,7 +263,8 @@ class SatchelSessionInterface(SessionInterface):
         ):
             return  # the common case: the browser's cookie stays as it is
         assert session.session_id is not None
-        _vary_on_cookie(response)
+        if not varied:
+            _vary_on_cookie(response)
         response.set_cookie(
             session.cookie_name,
             outcome.new_cookie or self.manager.sign(session.session_id),
