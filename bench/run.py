@@ -211,45 +211,69 @@ def round_trip(valkey: ValkeyServer, n: int = 2_000) -> dict[str, float]:
 
 
 def end_to_end(
-    backend_envs: dict[str, dict[str, str]], seconds: int
+    backend_envs: dict[str, dict[str, str]], seconds: int, rounds: int
 ) -> dict[str, dict[str, float]]:
-    """Requests per second and p99 latency under gunicorn (2 workers) and wrk."""
-    results: dict[str, dict[str, float]] = {}
-    for name, env in backend_envs.items():
-        port = free_port()
-        command = [
-            sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
-            "--log-level", "warning", "bench_e2e_app:create_app()",
-        ]  # fmt: skip
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT / "bench",
-            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            cookie = _wait_and_create(port)
-            path = "/bare" if name == "bare Flask" else "/read"
-            out = subprocess.run(
-                ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency",
-                 "-H", f"Cookie: session={cookie}", f"http://127.0.0.1:{port}{path}"],
-                capture_output=True, text=True, check=True, timeout=seconds + 30,
-            ).stdout  # fmt: skip
-            rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-            p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-            assert p99 is not None, out
-            scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-            errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-            results[name] = {
-                "rps": rps,
-                "p99_ms": float(p99.group(1)) * scale,
-                "non_2xx": float(errors.group(1)) if errors else 0.0,
-            }
-        finally:
+    """Requests per second and p99 latency under gunicorn (2 workers) and wrk.
+
+    Every backend's server is started first; then each round runs wrk against
+    each of them in turn (idle workers take no CPU), and the medians of the
+    rounds are reported, so a slow moment of the machine hurts every row.
+    """
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in backend_envs}
+    try:
+        for name, env in backend_envs.items():
+            port = free_port()
+            command = [
+                sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+                "--log-level", "warning", "bench_e2e_app:create_app()",
+            ]  # fmt: skip
+            servers[name] = (
+                subprocess.Popen(
+                    command,
+                    cwd=ROOT / "bench",
+                    env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+                port,
+            )
+        cookies = {name: _wait_and_create(port) for name, (_, port) in servers.items()}
+        for _ in range(rounds):
+            for name, (_, port) in servers.items():
+                path = "/bare" if name == "bare Flask" else "/read"
+                samples[name].append(_wrk(port, path, cookies[name], seconds))
+    finally:
+        for process, _ in servers.values():
             process.terminate()
+        for process, _ in servers.values():
             process.wait(30)
-    return results
+    return {
+        name: {
+            "rps": statistics.median(r["rps"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "non_2xx": sum(r["non_2xx"] for r in runs),
+        }
+        for name, runs in samples.items()
+    }
+
+
+def _wrk(port: int, path: str, cookie: str, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency",
+         "-H", f"Cookie: session={cookie}", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert p99 is not None, out
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p99_ms": float(p99.group(1)) * scale,
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def _wait_and_create(port: int) -> str:
@@ -357,6 +381,46 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
     }
 
 
+def instructions(
+    names: list[str], valkey: ValkeyServer, work: Path, requests: int
+) -> dict[str, dict[str, float]]:
+    """CPU instructions per request, 2 KB session, counted by callgrind (bench/instructions.py)."""
+    from instructions import CALLGRIND, WORKLOADS
+
+    out_dir = work / "callgrind"
+    out_dir.mkdir(exist_ok=True)
+    pending = list(enumerate(names))
+    running: list[tuple[int, str, subprocess.Popen[bytes]]] = []
+    counts: dict[str, dict[str, float]] = {}
+    while pending or running:
+        while pending and len(running) < (os.cpu_count() or 1):
+            i, name = pending.pop(0)
+            directory = work / f"instructions-{i}"
+            directory.mkdir(exist_ok=True)
+            command = [
+                *CALLGRIND, f"--callgrind-out-file={out_dir}/cg.{i}.%p",
+                sys.executable, str(ROOT / "bench" / "instructions.py"),
+                name, valkey.url, str(directory), str(requests),
+            ]  # fmt: skip
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            running.append((i, name, process))
+        i, name, process = running.pop(0)
+        _, err = process.communicate(timeout=1800)
+        if process.returncode != 0:
+            raise RuntimeError(f"instructions for {name} failed:\n{err.decode()[-2000:]}")
+        dumps = sorted(out_dir.glob(f"cg.{i}.{process.pid}.*"), key=lambda p: int(p.suffix[1:]))
+        totals = [
+            int(line.split()[1])
+            for path in dumps
+            for line in path.read_text().splitlines()
+            if line.startswith("summary:")
+        ]
+        measured = totals[1::2]  # each workload: a warm-up dump, then the measured one
+        assert len(measured) == len(WORKLOADS), (name, totals)
+        counts[name] = {w: c / requests for w, c in zip(WORKLOADS, measured, strict=True)}
+    return {name: counts[name] for name in names}
+
+
 def targets(table: dict[str, dict[str, float]], rt: dict[str, dict[str, float]],
             e2e: dict[str, dict[str, float]]) -> list[tuple[bool, str]]:  # fmt: skip
     """The issue's targets, each with its measured value."""
@@ -421,8 +485,13 @@ def main() -> None:
     parser.add_argument(
         "--sample-ms", type=float, default=40.0, help="length of one in-process sample"
     )
-    parser.add_argument("--seconds", type=int, default=5, help="wrk duration per backend")
+    parser.add_argument("--seconds", type=int, default=4, help="wrk duration per backend")
     parser.add_argument("--sessions", type=int, default=1_000_000, help="SQLite scale test")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count CPU instructions per request with valgrind (a few minutes more)",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.quick else 9)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -473,10 +542,12 @@ def main() -> None:
                 "satchel Valkey": {"E2E_BACKEND": "satchel Valkey", "E2E_VALKEY": valkey.url},
             }
             (work / "e2e").mkdir(exist_ok=True)
-            e2e = end_to_end(envs, args.seconds)
+            e2e_rounds = 1 if args.quick else 3
+            e2e = end_to_end(envs, args.seconds, e2e_rounds)
             report["end_to_end"] = e2e
             print(f"\nend to end: gunicorn 2 workers, wrk 2 threads x 16 connections, "
-                  f"{args.seconds}s each, read-only 2 KB")  # fmt: skip
+                  f"median of {e2e_rounds} interleaved rounds of {args.seconds}s each, "
+                  f"read-only 2 KB")  # fmt: skip
             for name, row in e2e.items():
                 share = row["rps"] / e2e["bare Flask"]["rps"]
                 rps, p99, bad = row["rps"], row["p99_ms"], row["non_2xx"]
@@ -484,6 +555,20 @@ def main() -> None:
                       f"non-2xx {bad:.0f}")  # fmt: skip
         else:
             print("\nend to end: skipped, wrk is not installed (apt-get install wrk)")
+        if args.instructions:
+            if shutil.which("valgrind") is None:
+                print(
+                    "\ninstructions: skipped, valgrind is not installed (apt-get install valgrind)"
+                )
+            else:
+                counts = instructions(list(backends), valkey, work, 100)
+                report["instructions_per_request"] = counts
+                print("\nCPU instructions per request (valgrind), 2 KB session, x bare Flask:")
+                base = counts["bare Flask"]["read-only"]
+                print(f"{'backend':<34}" + "".join(f"{w:>30}" for w in counts["bare Flask"]))
+                for name, row in counts.items():
+                    cells = [f"{c / 1000:8.0f} k {c / base:6.2f}x" for c in row.values()]
+                    print(f"{name:<34}" + "".join(f"{c:>30}" for c in cells))
         if not args.quick:
             sc = scale(work, valkey, args.sessions)
             report["scale"] = sc

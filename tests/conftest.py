@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,3 +96,19 @@ def stored_keys(store: Store) -> list[str]:
 def session_id_of(cookie_value: str) -> str:
     """The raw session ID inside a signed cookie value."""
     return cookie_value.rsplit(".", 1)[0]
+
+
+def true_in_a_forked_child(check: Callable[[], bool]) -> bool:
+    """Run ``check`` in a child made by ``os.fork()`` and return what it returned there."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        try:
+            os.write(write, b"y" if check() else b"n")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    os.close(read)
+    return answer == b"y"

@@ -14,6 +14,7 @@ from satchel.errors import StoreUnavailable
 from satchel.stores import RedisStore
 from satchel.stores.base import Change
 
+from ..conftest import true_in_a_forked_child
 from ..valkey import ValkeyServer
 
 KEY = "a" * 64
@@ -88,19 +89,9 @@ def test_a_server_that_is_down_is_a_store_error(own_valkey: ValkeyServer) -> Non
 def test_a_forked_child_opens_its_own_connection(own_valkey: ValkeyServer) -> None:
     store = RedisStore.from_url(own_valkey.url)
     create(store)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: answer through the pipe, never return into pytest
-        try:
-            ok = store.load(KEY) is not None and store._connection().pid == os.getpid()
-            os.write(write, b"ok" if ok else b"no")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answer = os.read(read, 2)
-    os.waitpid(pid, 0)
-    os.close(read)
-    assert answer == b"ok"
+    assert true_in_a_forked_child(
+        lambda: store.load(KEY) is not None and store._connection().pid == os.getpid()
+    )
     assert store.load(KEY) is not None  # the parent's connection still works
     store.close()
 

@@ -13,7 +13,7 @@ from satchel import Satchel
 from satchel.stores import SQLiteStore
 from satchel.stores.base import Change
 
-from ..conftest import SECRET
+from ..conftest import SECRET, true_in_a_forked_child
 
 WRITES_PER_PROCESS = 30
 
@@ -137,25 +137,13 @@ def test_non_utf8_bytes_and_json_look_alikes_survive(tmp_path: Path) -> None:
 
 def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     """A connection never crosses a fork: the child makes its own and still reads."""
-    import os
-
     store = SQLiteStore(tmp_path / "s.sqlite3")
     now = time.time()
     change = Change(set={"x": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
     assert store.save("k" * 64, change, create=True)
     parent_conn = store._conn()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: answer through the pipe, never return into pytest
-        try:
-            ok = store._conn() is not parent_conn and store.load("k" * 64) is not None
-            os.write(write, b"ok" if ok else b"no")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answer = os.read(read, 2)
-    os.waitpid(pid, 0)
-    os.close(read)
-    assert answer == b"ok"
+    assert true_in_a_forked_child(
+        lambda: store._conn() is not parent_conn and store.load("k" * 64) is not None
+    )
     assert store._conn() is parent_conn and store.load("k" * 64) is not None
     store.close()

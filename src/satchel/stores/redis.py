@@ -130,6 +130,14 @@ class RedisStore:
         self._local = threading.local()
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
+        import redis
+        from redis.exceptions import NoScriptError
+
+        # Bound once: an import statement in every call costs a few microseconds.
+        self._connection_error = redis.ConnectionError
+        self._response_error = redis.ResponseError
+        self._redis_error = redis.RedisError
+        self._no_script_error = NoScriptError
         self._save: Callable[..., Any] = client.register_script(_SAVE)
         self._touch: Callable[..., Any] = client.register_script(_TOUCH)
         self._acquire: Callable[..., Any] = client.register_script(_ACQUIRE)
@@ -227,8 +235,6 @@ class RedisStore:
         that client would; a timeout is not. Other clients (a cluster, or one
         you configured) are called as they are, with their own policies.
         """
-        import redis
-
         try:
             if self._pool is None:
                 return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
@@ -237,26 +243,24 @@ class RedisStore:
                 try:
                     conn.send_command(*args)
                     return conn.read_response()
-                except redis.ConnectionError:
+                except self._connection_error:
                     conn.disconnect()  # the server restarted, say: one more try
                     conn.send_command(*args)
                     return conn.read_response()
-            except redis.ResponseError:
+            except self._response_error:
                 raise  # an error reply (NOSCRIPT, say): the connection is fine
             except BaseException:
                 conn.disconnect()  # a reply may be half read: start afresh next time
                 raise
-        except redis.RedisError as exc:
+        except self._redis_error as exc:
             raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
 
     def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a registered Lua script by its SHA-1, loading it first if the server lost it."""
-        from redis.exceptions import NoScriptError
-
         try:
             return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
         except StoreUnavailable as exc:
-            if not isinstance(exc.__cause__, NoScriptError):
+            if not isinstance(exc.__cause__, self._no_script_error):
                 raise
         self._call("SCRIPT", "LOAD", script.script)  # a restarted or flushed server
         return self._call("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -1,0 +1,75 @@
+"""CPU instructions per request, counted by valgrind: a cost that noise cannot move.
+
+    python bench/instructions.py BACKEND VALKEY_URL DIRECTORY REQUESTS
+
+runs one backend's three workloads on a 2 KB session under ``valgrind
+--tool=callgrind`` (``bench/run.py --instructions`` starts it). Each workload
+runs twice, a warm-up then the measured pass, each inside its own call through
+:mod:`ctypes`, and callgrind counts only inside those calls and writes one
+dump per call, so start-up and set-up are never counted.
+
+What it counts is the user-space work of the Python process: not the kernel's
+share of system calls, not time spent waiting for a disk or a server, and not
+the work of the Valkey server itself. It is a repeatable measure of the CPU a
+session layer spends in the app, to set beside the wall-clock figures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from backends import all_backends  # noqa: E402
+
+WORKLOADS = ["read-only", "read-modify-write", "first request"]
+WARM_UP = 20
+# The valgrind options that make the counting work as described above.
+CALLGRIND = [
+    "valgrind",
+    "--tool=callgrind",
+    "--collect-atstart=no",
+    "--toggle-collect=ffi_call",
+    "--dump-after=ffi_call",
+]
+
+
+def counted(call: Callable[[], Any], n: int) -> None:
+    """Run ``call`` n times inside one C call (libffi's ffi_call), which callgrind watches."""
+
+    def loop() -> None:
+        for _ in range(n):
+            call()
+
+    ctypes.CFUNCTYPE(None)(loop)()
+
+
+def main() -> None:
+    from run import make_clients
+
+    name, valkey_url, directory, requests = sys.argv[1:5]
+    factory = all_backends(valkey_url, Path(directory))[name]
+    holder, fresh = make_clients(factory, 2_000)
+    for workload in WORKLOADS:
+        if name == "bare Flask":
+            call: Callable[[], Any] = lambda: holder.get("/bare")  # noqa: E731
+        elif workload == "read-only":
+            call = lambda: holder.get("/read")  # noqa: E731
+        elif workload == "read-modify-write":
+            call = lambda: holder.get("/write")  # noqa: E731
+        else:
+            call = lambda: fresh.get("/create/2000")  # noqa: E731
+        counted(call, WARM_UP)
+        gc.collect()  # start each pass with the same garbage behind it
+        counted(call, int(requests))
+
+
+if __name__ == "__main__":
+    main()
