@@ -11,6 +11,7 @@ Strict-mode locks are ``<prefix>l:<hashed ID>``.
 
 from __future__ import annotations
 
+import collections
 import json
 import threading
 import time
@@ -125,9 +126,12 @@ class RedisStore:
             raise ConfigError("RedisStore needs a client made with decode_responses=False")
         self.client = client
         self.prefix = prefix
-        #: Set by :meth:`from_url`: each thread then keeps a connection of its own.
+        #: Set by :meth:`from_url`: calls then take connections from ``_idle``.
         self._pool: redis.ConnectionPool | None = None
-        self._local = threading.local()
+        # Connections not in use, most recent last; deque appends and pops are
+        # atomic, so threads (or greenlets) share it without a lock.
+        self._idle: collections.deque[Any] = collections.deque()
+        self._idle_generation = _fork.generation
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
         import redis
@@ -211,34 +215,37 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
 
-    def _connection(self) -> Any:
-        """This thread's own connection, made from the client's settings."""
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.generation != _fork.generation:  # never across a fork
+    def _take(self) -> Any:
+        """An idle connection, or a new one made from the client's settings."""
+        if self._idle_generation != _fork.generation:
+            # Forked: the parent's connections are the parent's; start afresh.
+            self._idle = collections.deque()
+            self._idle_generation = _fork.generation
+        try:
+            return self._idle.pop()
+        except IndexError:
             assert self._pool is not None
             conn = self._pool.connection_class(**self._pool.connection_kwargs)
-            local.conn = conn
-            local.generation = _fork.generation
             with self._connections_lock:
                 self._connections.add(conn)
-        return conn
+            return conn
 
     def _call(self, *args: Any) -> Any:
         """Send one command and return its reply: the path of every request.
 
-        With a client :meth:`from_url` made, each thread drives a redis-py
-        connection of its own (as each thread has its own SQLite connection),
-        which skips the client's per-command pool and bookkeeping work, about
-        a third of the time of a call on a small machine, and keeps redis-py's
-        sockets, parser and errors. A broken connection is retried once, as
-        that client would; a timeout is not. Other clients (a cluster, or one
-        you configured) are called as they are, with their own policies.
+        With a client :meth:`from_url` made, the store drives redis-py's
+        connections itself, from a free list as long as the number of calls
+        ever running at once, which skips the client's per-command pool and
+        bookkeeping work (about a third of a call's time on a small machine)
+        and keeps redis-py's sockets, parser and errors. A broken connection
+        is retried once, as that client would; a timeout is not. Other
+        clients (a cluster, or one you configured) are called as they are,
+        with their own policies.
         """
         try:
             if self._pool is None:
                 return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
-            conn = self._connection()
+            conn = self._take()
             try:
                 try:
                     conn.send_command(*args)
@@ -250,8 +257,10 @@ class RedisStore:
             except self._response_error:
                 raise  # an error reply (NOSCRIPT, say): the connection is fine
             except BaseException:
-                conn.disconnect()  # a reply may be half read: start afresh next time
+                conn.disconnect()  # a reply may be half read: reconnect on next use
                 raise
+            finally:
+                self._idle.append(conn)
         except self._redis_error as exc:
             raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
 
@@ -365,6 +374,7 @@ class RedisStore:
         """Close the client's connections and those of every thread."""
         with self._connections_lock:
             connections, self._connections = list(self._connections), weakref.WeakSet()
+        self._idle.clear()
         for conn in connections:
             conn.disconnect()
         self.client.close()
