@@ -308,18 +308,19 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
 
     path = directory / "scale.sqlite3"
     store = SQLiteStore(path, purge_batch=2_000)
-    conn = store._conn()
     now = time.time()
     payload = dumps("x" * 200)
     data = _encode({"payload": _text(payload), "count": _text(b"0")})
     started = time.perf_counter()
     batch = 50_000
-    for first in range(0, sessions, batch):
-        keys = [store_key(f"{i:043d}") for i in range(first, min(first + batch, sessions))]
-        # The store's own statement and format, many rows to a transaction.
-        conn.execute("BEGIN")
-        conn.executemany(_CREATE, [(k, now, now, now + 3600, data, None, "{}", now) for k in keys])
-        conn.execute("COMMIT")
+    with store._connection() as conn:
+        for first in range(0, sessions, batch):
+            keys = [store_key(f"{i:043d}") for i in range(first, min(first + batch, sessions))]
+            # The store's own statement and format, many rows to a transaction.
+            conn.execute("BEGIN")
+            rows = [(k, now, now, now + 3600, data, None, "{}", now) for k in keys]
+            conn.executemany(_CREATE, rows)
+            conn.execute("COMMIT")
     fill_seconds = time.perf_counter() - started
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     keys = [store_key(f"{i:043d}") for i in range(0, sessions, max(sessions // 2_000, 1))]
@@ -331,7 +332,7 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
     load_us = statistics.median(times) * 1e6
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Expire everything, then purge while another thread keeps loading sessions.
-    conn.execute("UPDATE satchel_sessions SET expires_at = ?", (now - 1,))
+    store._run("UPDATE satchel_sessions SET expires_at = ?", (now - 1,))
     live_key = store_key("live")
     store.save(live_key, Change(set={"a": payload}, created_at=now, touched_at=now,
                                 expires_at=now + 3600), create=True)  # fmt: skip

@@ -85,7 +85,7 @@ def stored_keys(store: Store) -> list[str]:
     if isinstance(store, MemoryStore):
         return list(store._records)
     if isinstance(store, SQLiteStore):
-        rows = store._conn().execute("SELECT key FROM satchel_sessions").fetchall()
+        rows, _ = store._run("SELECT key FROM satchel_sessions", ())
         return [row[0] for row in rows]
     if isinstance(store, RedisStore):
         keys = store.client.keys(store.prefix + "s:*")

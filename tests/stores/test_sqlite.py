@@ -141,9 +141,27 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     now = time.time()
     change = Change(set={"x": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
     assert store.save("k" * 64, change, create=True)
-    parent_conn = store._conn()
+    with store._connection() as parent_conn:
+        pass
     assert true_in_a_forked_child(
-        lambda: store._conn() is not parent_conn and store.load("k" * 64) is not None
+        lambda: store.load("k" * 64) is not None and list(store._idle) not in ([], [parent_conn])
     )
-    assert store._conn() is parent_conn and store.load("k" * 64) is not None
+    assert list(store._idle) == [parent_conn] and store.load("k" * 64) is not None
+    store.close()
+
+
+def test_a_thread_per_request_reuses_connections(tmp_path: Path) -> None:
+    """Threads share idle connections: a server that starts a thread per request leaks none."""
+    import os
+    import threading
+
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    store.load("k" * 64)
+    open_files = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        thread = threading.Thread(target=store.load, args=("k" * 64,))
+        thread.start()
+        thread.join()
+    assert len(store._all) == 1
+    assert len(os.listdir("/proc/self/fd")) == open_files
     store.close()

@@ -9,12 +9,15 @@ save merges only the fields it changed into the row with ``json_patch`` (a
 different fields both keep their changes, and no transaction is ever held
 open across Python code. The file is in WAL mode, so readers never wait for a
 writer; a writer waits for another process's write for up to ``timeout``
-seconds, then the store raises ``StoreUnavailable``. Every thread of every
-process gets its own connection.
+seconds, then the store raises ``StoreUnavailable``. Threads share the
+process's connections, each statement taking an idle one (or opening one), so
+a process holds as many as statements ever ran at once in it; a forked child
+opens its own.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sqlite3
@@ -128,14 +131,20 @@ class SQLiteStore:
         self.timeout = timeout
         self.purge_interval = purge_interval
         self.purge_batch = purge_batch
-        self._local = threading.local()
+        # Connections not in use, most recent last: threads (and greenlets) take
+        # one for a statement and put it back, so there are only ever as many as
+        # statements that ran at once. deque appends and pops are atomic.
+        self._idle: collections.deque[sqlite3.Connection] = collections.deque()
+        self._idle_generation = _fork.generation
         self._all: list[sqlite3.Connection] = []
+        # A forked child's copies of its parent's connections: never used, and
+        # never closed either, since closing one can touch the parent's files.
+        self._inherited: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._next_purge = time.time() + purge_interval
         self._purge_from = 0  # the rowid where the next periodic batch starts
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._errors():
-            conn = self._conn()
+        with self._errors(), self._connection() as conn:
             try:
                 conn.execute("SELECT json_patch('{}', '{}')")
             except sqlite3.OperationalError as exc:
@@ -153,23 +162,42 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
-    def _conn(self) -> sqlite3.Connection:
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.generation == _fork.generation:
-            return conn
-        # A connection must not cross a fork: a worker forked from a parent
-        # that already opened one makes its own.
-        conn = sqlite3.connect(
-            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        local.conn = conn
-        local.generation = _fork.generation
+    def _take(self) -> sqlite3.Connection:
+        """An idle connection, or a new one."""
+        if self._idle_generation != _fork.generation:
+            # A connection must not cross a fork: a worker forked from a parent
+            # that already opened some makes its own.
+            with self._lock:
+                self._inherited += self._all
+                self._all = []
+            self._idle = collections.deque()
+            self._idle_generation = _fork.generation
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        with self._errors():
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.DatabaseError:
+                conn.close()
+                raise
         with self._lock:
             self._all.append(conn)
         return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for this caller alone until the block ends."""
+        conn = self._take()
+        try:
+            yield conn
+        finally:
+            self._idle.append(conn)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -178,16 +206,21 @@ class SQLiteStore:
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(repr(self), str(exc)) from exc
 
-    def _run(self, sql: str, args: tuple[object, ...]) -> sqlite3.Cursor:
-        try:  # not self._errors(): this is every request's path, kept lean
-            return self._conn().execute(sql, args)
+    def _run(self, sql: str, args: tuple[object, ...]) -> tuple[list[Any], int]:
+        """Run one statement; return its rows and how many rows it changed."""
+        conn = self._take()  # not self._connection(): every request's path, kept lean
+        try:
+            cursor = conn.execute(sql, args)
+            return cursor.fetchall(), cursor.rowcount
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(repr(self), str(exc)) from exc
+        finally:
+            self._idle.append(conn)
 
     def load(self, key: str) -> Record | None:
         """Read the record in one statement."""
-        row = self._run(_LOAD, (key, time.time())).fetchone()
-        return None if row is None else _record(row)
+        rows, _ = self._run(_LOAD, (key, time.time()))
+        return _record(rows[0]) if rows else None
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
         """Yield the live records (of ``owner``), read in pages of a few hundred."""
@@ -196,11 +229,11 @@ class SQLiteStore:
         args: tuple[object, ...] = (now,) if owner is None else (now, owner)
         last = -1
         while True:
-            rows = self._run(
+            rows, _ = self._run(
                 f"SELECT id, key, {_COLUMNS} FROM satchel_sessions"
                 f" WHERE id > ? AND {where} ORDER BY id LIMIT 500",
                 (last, *args),
-            ).fetchall()
+            )
             for row in rows:
                 record = _record(row[2:])
                 if record is not None:
@@ -219,13 +252,13 @@ class SQLiteStore:
                 key, change.created_at, change.touched_at, change.expires_at, data,
                 change.owner, meta, now,
             )  # fmt: skip
-            cursor = self._run(_CREATE, args)
+            _, changed = self._run(_CREATE, args)
         else:
             patch: dict[str, str | None] = dict.fromkeys(change.delete)
             patch.update((name, _text(value)) for name, value in change.set.items())
             args = (_encode(patch), change.touched_at, change.expires_at, key, now)
-            cursor = self._run(_UPDATE, args)
-        if cursor.rowcount != 1:
+            _, changed = self._run(_UPDATE, args)
+        if changed != 1:
             return False
         if now >= self._next_purge:
             self._next_purge = now + self.purge_interval
@@ -234,7 +267,7 @@ class SQLiteStore:
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times in one statement."""
-        return self._run(_TOUCH, (touched_at, expires_at, key, time.time())).rowcount == 1
+        return self._run(_TOUCH, (touched_at, expires_at, key, time.time()))[1] == 1
 
     def delete(self, key: str) -> None:
         """Remove the record."""
@@ -243,7 +276,7 @@ class SQLiteStore:
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Lease the lock on ``key`` to ``token`` in one statement."""
         now = time.time()
-        return self._run(_ACQUIRE, (key, token, now + lease, now)).rowcount == 1
+        return self._run(_ACQUIRE, (key, token, now + lease, now))[1] == 1
 
     def release(self, key: str, token: str) -> None:
         """Free the lock if ``token`` holds it."""
@@ -258,12 +291,12 @@ class SQLiteStore:
         save would have to update) and keeps each write short.
         """
         end = start + self.purge_batch
-        removed = self._run(
+        _, removed = self._run(
             "DELETE FROM satchel_sessions WHERE id >= ? AND id < ? AND expires_at <= ?",
             (start, end, now),
-        ).rowcount
+        )
         self._run("DELETE FROM satchel_lock WHERE expires_at <= ?", (now,))
-        last = self._run("SELECT max(id) FROM satchel_sessions", ()).fetchone()[0]
+        last = self._run("SELECT max(id) FROM satchel_sessions", ())[0][0][0]
         return (0 if last is None or end > last else end), removed
 
     def purge_expired(self) -> int:
@@ -273,7 +306,7 @@ class SQLiteStore:
     def purge_in_batches(self) -> Iterator[tuple[int, int, int]]:
         """Purge batch by batch, yielding (rows walked, rows to walk, rows removed) after each."""
         now = time.time()
-        total = self._run("SELECT max(id) FROM satchel_sessions", ()).fetchone()[0] or 0
+        total = self._run("SELECT max(id) FROM satchel_sessions", ())[0][0][0] or 0
         start = 0
         while True:
             start, removed = self._purge_range(start, now)
@@ -286,6 +319,6 @@ class SQLiteStore:
         """Close every connection this store opened, in any thread."""
         with self._lock:
             conns, self._all = self._all, []
+        self._idle.clear()
         for conn in conns:
             conn.close()
-        self._local = threading.local()
