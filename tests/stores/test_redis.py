@@ -104,7 +104,10 @@ def test_a_forked_child_opens_its_own_connection(own_valkey: ValkeyServer) -> No
     store = RedisStore.from_url(own_valkey.url)
     create(store)
     assert true_in_a_forked_child(
-        lambda: store.load(KEY) is not None and [c.pid for c in store._idle] == [os.getpid()]
+        lambda: (
+            store.load(KEY) is not None
+            and [c.pid for c in store._connections.idle] == [os.getpid()]
+        )
     )
     assert store.load(KEY) is not None  # the parent's connection still works
     store.close()

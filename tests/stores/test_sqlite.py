@@ -144,9 +144,12 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     with store._connection() as parent_conn:
         pass
     assert true_in_a_forked_child(
-        lambda: store.load("k" * 64) is not None and list(store._idle) not in ([], [parent_conn])
+        lambda: (
+            store.load("k" * 64) is not None
+            and list(store._connections.idle) not in ([], [parent_conn])
+        )
     )
-    assert list(store._idle) == [parent_conn] and store.load("k" * 64) is not None
+    assert list(store._connections.idle) == [parent_conn] and store.load("k" * 64) is not None
     store.close()
 
 
@@ -162,6 +165,6 @@ def test_a_thread_per_request_reuses_connections(tmp_path: Path) -> None:
         thread = threading.Thread(target=store.load, args=("k" * 64,))
         thread.start()
         thread.join()
-    assert len(store._all) == 1
+    assert len(store._connections.made) == 1
     assert len(os.listdir("/proc/self/fd")) == open_files
     store.close()

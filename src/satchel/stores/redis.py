@@ -11,17 +11,14 @@ Strict-mode locks are ``<prefix>l:<hashed ID>``.
 
 from __future__ import annotations
 
-import collections
 import json
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StoreUnavailable
-from . import _fork
+from ._connections import ConnectionList
 from .base import Change, Record
 
 if TYPE_CHECKING:
@@ -126,14 +123,9 @@ class RedisStore:
             raise ConfigError("RedisStore needs a client made with decode_responses=False")
         self.client = client
         self.prefix = prefix
-        #: Set by :meth:`from_url`: calls then take connections from ``_idle``.
+        #: Set by :meth:`from_url`: calls then borrow from ``_connections``.
         self._pool: redis.ConnectionPool | None = None
-        # Connections not in use, most recent last; deque appends and pops are
-        # atomic, so threads (or greenlets) share it without a lock.
-        self._idle: collections.deque[Any] = collections.deque()
-        self._idle_generation = _fork.generation
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._connections_lock = threading.Lock()
+        self._connections: ConnectionList[Any] = ConnectionList(self._connect)
         import redis
         from redis.exceptions import NoScriptError
 
@@ -215,20 +207,10 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
 
-    def _take(self) -> Any:
-        """An idle connection, or a new one made from the client's settings."""
-        if self._idle_generation != _fork.generation:
-            # Forked: the parent's connections are the parent's; start afresh.
-            self._idle = collections.deque()
-            self._idle_generation = _fork.generation
-        try:
-            return self._idle.pop()
-        except IndexError:
-            assert self._pool is not None
-            conn = self._pool.connection_class(**self._pool.connection_kwargs)
-            with self._connections_lock:
-                self._connections.add(conn)
-            return conn
+    def _connect(self) -> Any:
+        """A new connection with the client's settings."""
+        assert self._pool is not None
+        return self._pool.connection_class(**self._pool.connection_kwargs)
 
     def _call(self, *args: Any) -> Any:
         """Send one command and return its reply: the path of every request.
@@ -245,7 +227,7 @@ class RedisStore:
         try:
             if self._pool is None:
                 return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
-            conn = self._take()
+            conn = self._connections.take()
             try:
                 try:
                     conn.send_command(*args)
@@ -260,7 +242,7 @@ class RedisStore:
                 conn.disconnect()  # a reply may be half read: reconnect on next use
                 raise
             finally:
-                self._idle.append(conn)
+                self._connections.give(conn)
         except self._redis_error as exc:
             raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
 
@@ -372,9 +354,6 @@ class RedisStore:
 
     def close(self) -> None:
         """Close the client's connections and those of every thread."""
-        with self._connections_lock:
-            connections, self._connections = list(self._connections), weakref.WeakSet()
-        self._idle.clear()
-        for conn in connections:
+        for conn in self._connections.drain():
             conn.disconnect()
         self.client.close()

@@ -17,11 +17,9 @@ opens its own.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import sqlite3
-import threading
 import time
 from base64 import b64decode, b64encode
 from collections.abc import Iterator, Sequence
@@ -31,7 +29,7 @@ from typing import Any
 
 from .. import _json
 from ..errors import ConfigError, StoreUnavailable
-from . import _fork
+from ._connections import ConnectionList
 from .base import Change, Record
 
 __all__ = ["SQLiteStore"]
@@ -131,16 +129,7 @@ class SQLiteStore:
         self.timeout = timeout
         self.purge_interval = purge_interval
         self.purge_batch = purge_batch
-        # Connections not in use, most recent last: threads (and greenlets) take
-        # one for a statement and put it back, so there are only ever as many as
-        # statements that ran at once. deque appends and pops are atomic.
-        self._idle: collections.deque[sqlite3.Connection] = collections.deque()
-        self._idle_generation = _fork.generation
-        self._all: list[sqlite3.Connection] = []
-        # A forked child's copies of its parent's connections: never used, and
-        # never closed either, since closing one can touch the parent's files.
-        self._inherited: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ConnectionList(self._connect)
         self._next_purge = time.time() + purge_interval
         self._purge_from = 0  # the rowid where the next periodic batch starts
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,20 +151,7 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
 
-    def _take(self) -> sqlite3.Connection:
-        """An idle connection, or a new one."""
-        if self._idle_generation != _fork.generation:
-            # A connection must not cross a fork: a worker forked from a parent
-            # that already opened some makes its own.
-            with self._lock:
-                self._inherited += self._all
-                self._all = []
-            self._idle = collections.deque()
-            self._idle_generation = _fork.generation
-        try:
-            return self._idle.pop()
-        except IndexError:
-            pass
+    def _connect(self) -> sqlite3.Connection:
         with self._errors():
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
@@ -186,18 +162,16 @@ class SQLiteStore:
             except sqlite3.DatabaseError:
                 conn.close()
                 raise
-        with self._lock:
-            self._all.append(conn)
         return conn
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """A connection for this caller alone until the block ends."""
-        conn = self._take()
+        conn = self._connections.take()
         try:
             yield conn
         finally:
-            self._idle.append(conn)
+            self._connections.give(conn)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -208,14 +182,14 @@ class SQLiteStore:
 
     def _run(self, sql: str, args: tuple[object, ...]) -> tuple[list[Any], int]:
         """Run one statement; return its rows and how many rows it changed."""
-        conn = self._take()  # not self._connection(): every request's path, kept lean
+        conn = self._connections.take()  # not self._connection(): every request's path
         try:
             cursor = conn.execute(sql, args)
             return cursor.fetchall(), cursor.rowcount
         except sqlite3.DatabaseError as exc:
             raise StoreUnavailable(repr(self), str(exc)) from exc
         finally:
-            self._idle.append(conn)
+            self._connections.give(conn)
 
     def load(self, key: str) -> Record | None:
         """Read the record in one statement."""
@@ -317,8 +291,5 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Close every connection this store opened, in any thread."""
-        with self._lock:
-            conns, self._all = self._all, []
-        self._idle.clear()
-        for conn in conns:
+        for conn in self._connections.drain():
             conn.close()

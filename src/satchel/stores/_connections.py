@@ -1,0 +1,75 @@
+"""The connections one process lends to its threads, one call at a time.
+
+A store takes a connection for a statement or command and gives it back, so
+threads (and greenlets) share them and a process holds only as many as calls
+ever ran at once in it, even under a server that starts a thread per request.
+A connection never crosses a fork: a worker forked from a parent that already
+used the store makes its own, and keeps its copies of the parent's unused and
+unclosed (closing one can act on the parent's socket or database files).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+__all__ = ["ConnectionList"]
+
+Conn = TypeVar("Conn")
+
+# How many forks led to this process. Comparing it costs no system call,
+# where os.getpid() on every call would cost one per request.
+_generation = 0
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+class ConnectionList(Generic[Conn]):
+    """Idle connections, most recent last, and every connection made in this process."""
+
+    def __init__(self, connect: Callable[[], Conn]) -> None:
+        self._connect = connect
+        # deque appends and pops are atomic: taking and giving need no lock.
+        self.idle: collections.deque[Conn] = collections.deque()
+        #: Every connection made in this process, idle or lent out.
+        self.made: list[Conn] = []
+        self._inherited: list[Conn] = []
+        self._generation = _generation
+        self._lock = threading.Lock()
+
+    def take(self) -> Conn:
+        """An idle connection, or a new one from ``connect``."""
+        if self._generation != _generation:
+            with self._lock:
+                self._inherited += self.made
+                self.made = []
+            self.idle = collections.deque()
+            self._generation = _generation
+        try:
+            return self.idle.pop()
+        except IndexError:
+            pass
+        conn = self._connect()
+        with self._lock:
+            self.made.append(conn)
+        return conn
+
+    def give(self, conn: Conn) -> None:
+        """Return a connection taken with :meth:`take`."""
+        self.idle.append(conn)
+
+    def drain(self) -> list[Conn]:
+        """Forget every connection this process made and return them, for closing."""
+        with self._lock:
+            made, self.made = self.made, []
+        self.idle.clear()
+        return made
