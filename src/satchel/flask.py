@@ -133,12 +133,13 @@ def _manager(app: Flask | None) -> SessionManager:
 
 
 def _current() -> FlaskSession | None:
+    """The request's satchel session, or None outside a request or another app's session."""
     if not has_request_context():
         return None
-    from flask import session
-
-    held = session._get_current_object()  # type: ignore[attr-defined]
-    return held if isinstance(held, FlaskSession) else None
+    try:
+        return current_session()
+    except ConfigError:
+        return None
 
 
 def _seconds(value: Any, name: str) -> float:
