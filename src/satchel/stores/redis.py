@@ -78,7 +78,8 @@ return 0
 """
 
 
-def _unix_ms(seconds: float) -> int:
+def _ms(seconds: float) -> int:
+    """Whole milliseconds, at least 1: for unix times and for durations alike."""
     return max(int(seconds * 1000), 1)
 
 
@@ -198,14 +199,15 @@ class RedisStore:
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return f"RedisStore({where!r})"
 
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}")
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
-        import redis
-
         try:
             yield
-        except redis.RedisError as exc:
-            raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
+        except self._redis_error as exc:
+            raise self._unavailable(exc) from exc
 
     def _connect(self) -> Any:
         """A new connection with the client's settings."""
@@ -244,7 +246,7 @@ class RedisStore:
             finally:
                 self._connections.give(conn)
         except self._redis_error as exc:
-            raise StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a registered Lua script by its SHA-1, loading it first if the server lost it."""
@@ -312,7 +314,7 @@ class RedisStore:
 
     def save(self, key: str, change: Change, *, create: bool) -> bool:
         """Apply ``change`` with one script call."""
-        args: list[Any] = ["1" if create else "0", _unix_ms(change.expires_at)]
+        args: list[Any] = ["1" if create else "0", _ms(change.expires_at)]
         args.append(len(change.delete))
         args += ["d:" + name for name in change.delete]
         if create:
@@ -323,7 +325,7 @@ class RedisStore:
                 args += ("m:o", change.owner)
                 # Indexed first: a failure after this leaves a member that the
                 # next listing prunes, never a session that revoke_all misses.
-                until = _unix_ms(max(change.ends_by, change.expires_at))
+                until = _ms(max(change.ends_by, change.expires_at))
                 self._run(self._index, [self._owner_key(change.owner)], [key, until])
         args += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
         for name, value in change.set.items():
@@ -332,7 +334,7 @@ class RedisStore:
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times with one script call."""
-        args = [repr(touched_at), repr(expires_at), _unix_ms(expires_at)]
+        args = [repr(touched_at), repr(expires_at), _ms(expires_at)]
         return bool(self._run(self._touch, [self._key(key)], args))
 
     def delete(self, key: str) -> None:
@@ -341,7 +343,7 @@ class RedisStore:
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Set the lock key with a lease unless another token holds it: one script call."""
-        args = [token, max(int(lease * 1000), 1)]
+        args = [token, _ms(lease)]
         return bool(self._run(self._acquire, [self._lock_key(key)], args))
 
     def release(self, key: str, token: str) -> None:
