@@ -207,20 +207,12 @@ class SessionManager:
 
         regenerating = session._regenerating
         if session._drop_old and session.session_id is not None:
-            old = store_key(session.session_id)
-            self.store.delete(old)
-            self.counters.add("deletes")
-            if not regenerating:
-                session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
-            session.session_id = None
+            self._delete(session, announce=not regenerating)
 
         if not any(key != "_permanent" for key in data):
             # Nothing worth keeping: never store an empty session.
             if session.record is not None and session.session_id is not None:
-                old = store_key(session.session_id)
-                self.store.delete(old)
-                self.counters.add("deletes")
-                session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
+                self._delete(session, announce=True)
             session.session_id = None
             session.record = None
             return Outcome(delete_cookie=had_cookie)
@@ -255,8 +247,7 @@ class SessionManager:
             self.counters.add("saves")
             self.counters.add("creates")
             signal = session_regenerated if regenerating else session_created
-            if signal.receivers:
-                signal.send(self.sender, session=session, fingerprint=key[:8])
+            signal.send(self.sender, session=session, fingerprint=key[:8])
             return Outcome(new_cookie=self.sign(session_id), alive=True)
 
         if not (changed or deleted):
@@ -270,6 +261,16 @@ class SessionManager:
         )
         self.counters.add("saves")
         return self._saved(session, ok)
+
+    def _delete(self, session: Session, *, announce: bool) -> None:
+        """Delete the record under the session's current ID, and forget the ID."""
+        assert session.session_id is not None
+        old = store_key(session.session_id)
+        self.store.delete(old)
+        self.counters.add("deletes")
+        if announce:
+            session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
+        session.session_id = None
 
     def _expiry(self, record: Record, now: float) -> float:
         return min(
