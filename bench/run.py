@@ -318,7 +318,7 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
             keys = [store_key(f"{i:043d}") for i in range(first, min(first + batch, sessions))]
             # The store's own statement and format, many rows to a transaction.
             conn.execute("BEGIN")
-            rows = [(k, now, now, now + 3600, data, None, "{}", now) for k in keys]
+            rows = [(k, now, now, now + 3600, data, None, "{}", "", now) for k in keys]
             conn.executemany(_CREATE, rows)
             conn.execute("COMMIT")
     fill_seconds = time.perf_counter() - started

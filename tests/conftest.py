@@ -83,7 +83,7 @@ def make_app(store: Store) -> Callable[..., Flask]:
 def stored_keys(store: Store) -> list[str]:
     """Every record key a store holds right now (reaches into each store's internals)."""
     if isinstance(store, MemoryStore):
-        return list(store._records)
+        return [key for prefix, key in store._records if prefix == store.prefix]
     if isinstance(store, SQLiteStore):
         rows, _ = store._run("SELECT key FROM satchel_sessions", ())
         return [row[0] for row in rows]

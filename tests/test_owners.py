@@ -143,7 +143,7 @@ def test_redis_owner_set_expires_by_itself(redis_store: RedisStore) -> None:
 
     Satchel(app, store=redis_store)
     app.test_client().get("/login")
-    owner_key = redis_store.prefix + "o:dave"
+    owner_key = redis_store.prefix + "i:dave"
     assert redis_store.client.exists(owner_key) == 1
     assert 0 < redis_store.client.pttl(owner_key) <= 1000  # type: ignore[operator]
     time.sleep(1.2)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import ConfigError, LockTimeout, SessionTooLarge, StoreUnavailable
+from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
 from .serialization import dumps
 from .session import Session
 from .signals import (
@@ -23,7 +25,7 @@ from .signals import (
     session_regenerated,
 )
 from .signing import CookieSigner, new_id, store_key
-from .stores.base import Change, LockingStore, Record, Store
+from .stores.base import Change, LockingStore, Record, SaveResult, Store, size_of
 
 security_log = logging.getLogger("satchel.security")
 
@@ -31,6 +33,8 @@ security_log = logging.getLogger("satchel.security")
 REFRESH_AT_MOST_EVERY = 60.0
 #: ... nor more often than this fraction of the idle window.
 REFRESH_FRACTION = 0.1
+#: A session holding nothing but these keys is not worth keeping.
+_EMPTY_BUT = frozenset({"_permanent"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,25 +90,34 @@ class SessionManager:
             self._locking_store()  # refuse at start-up, not at the first request
         self._refresh_after = min(REFRESH_AT_MOST_EVERY, settings.idle_timeout * REFRESH_FRACTION)
 
-    def open(self, cookie: str | None) -> Session:
+    def open(self, cookie: str | Sequence[str] | None) -> Session:
         """Return the session a cookie names, without touching the store yet.
 
-        A cookie that fails verification gives an empty session and a line on
-        the ``satchel.security`` logger; it is expired if nothing is stored.
+        ``cookie`` may be every value the request sent under the cookie's name
+        (a browser sends several when a parent domain or path set one too): the
+        first genuine one is used, and a bad one never costs the visitor a
+        genuine one. A request whose cookies all fail verification gets an empty
+        session and a line on the ``satchel.security`` logger; the cookie is
+        expired if nothing is stored.
         """
         if not cookie:
             return self.session_class(self, None)
-        session_id = self.signer.unsign(cookie)
-        if session_id is None:
-            self.counters.add("rejected_cookies")
-            security_log.warning(
-                "rejected a session cookie that failed verification (%d chars)",
-                len(cookie),
-            )
-            session = self.session_class(self, None)
-            session._stale_cookie = True
-            return session
-        return self.session_class(self, session_id)
+        values = (cookie,) if isinstance(cookie, str) else cookie
+        signer = self.signer
+        for value in values:
+            session_id = signer.unsign(value)
+            if session_id is not None:
+                session = self.session_class(self, session_id)
+                session._resign = signer.signed_by_fallback(value)
+                return session
+        self.counters.add("rejected_cookies")
+        security_log.warning(
+            "rejected a session cookie that failed verification (%s chars)",
+            ", ".join(str(len(value)) for value in values),
+        )
+        session = self.session_class(self, None)
+        session._stale_cookie = True
+        return session
 
     def load(self, session: Session) -> Record | None:
         """Read the record behind ``session`` (called on its first use).
@@ -125,6 +138,25 @@ class SessionManager:
         if record is None:
             session_expired.send(self.sender, session=session, fingerprint=key[:8])
         return record
+
+    def unreadable(self, session: Session, error: Exception) -> None:
+        """A stored record that does not load back counts as absent, and is deleted.
+
+        Whatever wrote it (an older version, a hand edit), failing every request
+        of the session for good would be worse than ending it.
+        """
+        assert session.session_id is not None
+        key = store_key(session.session_id)
+        security_log.warning(
+            "session %s holds a value that cannot be read back (%s); it counts as ended",
+            key[:8],
+            type(error).__name__,
+        )
+        try:
+            self.store.delete(key)
+        except StoreUnavailable as exc:
+            self.counters.add("store_errors")
+            security_log.warning("could not delete the unreadable session %s: %s", key[:8], exc)
 
     def _locking_store(self) -> LockingStore:
         store = self.store
@@ -148,6 +180,7 @@ class SessionManager:
             time.sleep(min(pause, self.settings.lock_timeout - waited))
             pause = min(pause * 2, 0.05)
         session._lock_held = (key, token)
+        session._locked_at = time.monotonic()
         session._on_lock()
 
     def release(self, session: Session) -> None:
@@ -198,69 +231,142 @@ class SessionManager:
                     changed[key] = raw
         deleted = [key for key in session._deleted if key in loaded]
         had_cookie = session.session_id is not None or session._stale_cookie
-        # Checked before any write, so that a refused save changes nothing at all.
-        size = sum(len(v) for v in changed.values()) + sum(
-            len(v) for k, v in loaded.items() if k in data and k not in changed
-        )
-        if size > self.settings.max_size:
-            raise SessionTooLarge(size, self.settings.max_size)
+        empty = all(key in _EMPTY_BUT for key in data)
+        limit = self.settings.max_size
+        if not empty:
+            # Checked on this request's view before any write, so that a refused
+            # save changes nothing at all; the store checks the merged record again.
+            size = size_of(changed) + size_of({k: v for k, v in loaded.items() if k in data})
+            if size > limit and size > size_of(loaded):
+                raise SessionTooLarge(size, limit)
 
-        regenerating = session._regenerating
         if session._drop_old and session.session_id is not None:
-            self._delete(session, announce=not regenerating)
-
-        if not any(key != "_permanent" for key in data):
-            # Nothing worth keeping: never store an empty session.
-            if session.record is not None and session.session_id is not None:
-                self._delete(session, announce=True)
-            session.session_id = None
-            session.record = None
-            return Outcome(delete_cookie=had_cookie)
-
-        now = time.time()
-        record = session.record
-        if record is None or session.session_id is None:
+            self._delete(session, announce=True)  # clear(): ended, whatever it holds now
+        origin = session._origin
+        if session._regenerating and origin is not None and session.session_id is not None:
+            return self._move(session, origin, changed, deleted)
+        if session.record is None or session.session_id is None:
+            if empty:  # nothing worth keeping: never store an empty session
+                session.session_id = session.record = None
+                return Outcome(delete_cookie=had_cookie)
             fields = {key: changed.get(key) or loaded[key] for key in data}
-            change = Change(
-                set=fields,
-                created_at=now,
-                touched_at=now,
-                expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
-                owner=session._owner,
-                meta=session.client_meta,
-                ends_by=now + self.settings.absolute_timeout,
-            )
-            while True:
-                session_id = new_id()
-                key = store_key(session_id)
-                if self.store.save(key, change, create=True):
-                    break
-            session.session_id = session_id
-            session.record = Record(
-                fields, now, now, change.expires_at, change.owner, dict(change.meta)
-            )
-            session._raw = dict(fields)
-            session._pending.clear()
-            session._touched.clear()
-            session._deleted.clear()
-            session._drop_old = session._regenerating = False
-            self.counters.add("saves")
-            self.counters.add("creates")
-            signal = session_regenerated if regenerating else session_created
-            signal.send(self.sender, session=session, fingerprint=key[:8])
-            return Outcome(new_cookie=self.sign(session_id), alive=True)
-
+            return self._create(session, fields)
         if not (changed or deleted):
-            return self._refresh(session, record)
-        ok = self.store.save(
+            return self._refresh(session, session.record)
+        now = time.time()
+        result = self._store_save(
+            session,
             store_key(session.session_id),
             Change(
-                set=changed, delete=deleted, touched_at=now, expires_at=self._expiry(record, now)
+                set=changed,
+                delete=deleted,
+                touched_at=now,
+                expires_at=self._expiry(session.record, now),
+                delete_if_only=_EMPTY_BUT if deleted else None,
+                max_size=limit,
+                fence=self._fence(session),
             ),
             create=False,
         )
         self.counters.add("saves")
-        return self._saved(session, ok)
+        return self._saved(session, result)
+
+    def _store_save(self, session: Session, key: str, change: Change, *, create: bool) -> int:
+        result = self.store.save(key, change, create=create)
+        if result == SaveResult.FENCED:
+            held = time.monotonic() - session._locked_at
+            raise LockLost(repr(self.store), held)
+        return int(result)
+
+    def _fence(self, session: Session) -> str | None:
+        """The lock token a save must still hold, in strict mode."""
+        held = session._lock_held
+        if held is None or session.session_id is None or held[0] != store_key(session.session_id):
+            return None
+        return held[1]
+
+    def _create(self, session: Session, fields: dict[str, bytes]) -> Outcome:
+        """Store a new session under a new ID."""
+        now = time.time()
+        change = Change(
+            set=fields,
+            created_at=now,
+            touched_at=now,
+            expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
+            owner=session._owner,
+            meta=session.client_meta,
+            ends_by=now + self.settings.absolute_timeout,
+            max_size=self.settings.max_size,
+        )
+        while True:
+            session_id = new_id()
+            key = store_key(session_id)
+            if self.store.save(key, change, create=True):
+                break
+        self.counters.add("creates")
+        return self._born(session, session_id, key, Record(
+            fields, now, now, change.expires_at, change.owner, dict(change.meta)
+        ), session_created)  # fmt: skip
+
+    def _move(
+        self, session: Session, origin: Record, changed: dict[str, bytes], deleted: list[str]
+    ) -> Outcome:
+        """regenerate(): move the stored record, with this request's changes, to a new ID.
+
+        One atomic step in the store, conditional on the old record still being
+        there, so a session ended meanwhile stays ended. The creation time moves
+        along, so the absolute timeout still counts from the session's start.
+        """
+        assert session.session_id is not None
+        old = store_key(session.session_id)
+        now = time.time()
+        ends_by = origin.created_at + self.settings.absolute_timeout
+        change = Change(
+            set=changed,
+            delete=deleted,
+            created_at=origin.created_at,
+            touched_at=now,
+            expires_at=min(now + self.settings.idle_timeout, ends_by),
+            owner=session._owner,
+            meta=session.client_meta or origin.meta,
+            ends_by=ends_by,
+            replaces=old,
+            delete_if_only=_EMPTY_BUT,
+            max_size=self.settings.max_size,
+            fence=self._fence(session),
+        )
+        session_id = new_id()
+        key = store_key(session_id)
+        result = self._store_save(session, key, change, create=True)
+        self.counters.add("saves")
+        if result == SaveResult.REFUSED:
+            return self._saved(session, result)
+        self.counters.add("deletes")
+        if result == SaveResult.DELETED:
+            session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
+            session.session_id = session.record = session._origin = None
+            return Outcome(delete_cookie=True)
+        fields = {k: changed.get(k) or session._raw[k] for k in session._data}
+        record = Record(
+            fields, origin.created_at, now, change.expires_at, change.owner, dict(change.meta)
+        )
+        return self._born(session, session_id, key, record, session_regenerated)
+
+    def _born(
+        self, session: Session, session_id: str, key: str, record: Record, signal: Any
+    ) -> Outcome:
+        """Bookkeeping after a session was stored under a new ID."""
+        session.session_id = session_id
+        session.record = session._origin = record
+        session._raw = dict(record.fields)
+        session._pending.clear()
+        session._touched.clear()
+        session._deleted.clear()
+        session._drop_old = session._regenerating = False
+        session._wrote = True
+        self.counters.add("saves")
+        signal.send(self.sender, session=session, fingerprint=key[:8])
+        return Outcome(new_cookie=self.sign(session_id), alive=True)
 
     def _delete(self, session: Session, *, announce: bool) -> None:
         """Delete the record under the session's current ID, and forget the ID."""
@@ -281,20 +387,36 @@ class SessionManager:
         """Move an unchanged session's idle expiry, if the last move is old enough."""
         now = time.time()
         if now - record.touched_at < self._refresh_after:
-            return _ALIVE
+            return self._alive(session)
         assert session.session_id is not None
         ok = self.store.touch(store_key(session.session_id), now, self._expiry(record, now))
         self.counters.add("touches")
-        return self._saved(session, ok)
+        return self._saved(session, int(ok))
 
-    def _saved(self, session: Session, ok: bool) -> Outcome:
-        if not ok:
+    def _alive(self, session: Session) -> Outcome:
+        """The session lives on; a cookie signed with a fallback key is signed anew."""
+        if session._resign and session.session_id is not None:
+            session._resign = False
+            return Outcome(new_cookie=self.sign(session.session_id), alive=True)
+        return _ALIVE
+
+    def _saved(self, session: Session, result: int) -> Outcome:
+        if result == SaveResult.DELETED:
+            # Emptied at the store too (no other request stored anything meanwhile).
+            assert session.session_id is not None
+            self.counters.add("deletes")
+            fingerprint = store_key(session.session_id)[:8]
+            session_destroyed.send(self.sender, session=session, fingerprint=fingerprint)
+            session.session_id = session.record = session._origin = None
+            session._wrote = True
+            return Outcome(delete_cookie=True)
+        if not result:
             # Cleared, revoked or expired by another request meanwhile: the
             # session is over, and this request must not bring it back.
             security_log.info(
                 "session ended while a request was using it; its changes were dropped"
             )
-            session.session_id = None
-            session.record = None
+            session.session_id = session.record = session._origin = None
             return Outcome(delete_cookie=True)
-        return _ALIVE
+        session._wrote = session._wrote or bool(session._touched or session._deleted)
+        return self._alive(session)

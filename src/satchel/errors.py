@@ -8,12 +8,14 @@ Every error derives from one base class, so an app can catch them all::
     ├── SessionTooLarge      a session over ``SATCHEL_MAX_SIZE``
     └── StoreUnavailable     the store did not answer; the Flask adapter answers 503
         └── LockTimeout      strict mode waited too long for another request's lock
+            └── LockLost     strict mode's lease lapsed before the save; nothing saved
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "LockLost",
     "LockTimeout",
     "SatchelError",
     "SerializationError",
@@ -35,16 +37,20 @@ class SerializationError(SatchelError, TypeError):
 
     ``key`` is the session key it was stored under (``None`` when unknown) and
     ``value_type`` the offending type, which may sit deep inside a container.
+    ``reason`` replaces "values of type ... are not supported" when the type
+    is fine but the value is not (nested too deeply, say).
     """
 
-    def __init__(self, key: str | None, value_type: type, detail: str = "") -> None:
+    def __init__(
+        self, key: str | None, value_type: type, detail: str = "", *, reason: str | None = None
+    ) -> None:
         self.key = key
         self.value_type = value_type
         where = f"session[{key!r}]" if key is not None else "a session value"
         name = f"{value_type.__module__}.{value_type.__qualname__}"
         if value_type.__module__ == "builtins":
             name = value_type.__qualname__
-        message = f"cannot store {where}: values of type {name} are not supported"
+        message = f"cannot store {where}: {reason or f'values of type {name} are not supported'}"
         if detail:
             message = f"{message} ({detail})"
         super().__init__(message)
@@ -81,3 +87,21 @@ class LockTimeout(StoreUnavailable):
     def __init__(self, store: str, waited: float) -> None:
         self.waited = waited
         super().__init__(store, f"the session stayed locked by another request for {waited:.1f}s")
+
+
+class LockLost(LockTimeout):
+    """Strict mode's lock was no longer this request's when it saved; nothing was saved.
+
+    The view ran longer than ``SATCHEL_LOCK_LEASE``, so the lease lapsed and
+    another request may have taken the lock and saved: writing now could
+    overwrite that request's changes, so the save is refused (a 503).
+    """
+
+    def __init__(self, store: str, held: float) -> None:
+        self.waited = held
+        StoreUnavailable.__init__(
+            self,
+            store,
+            f"the session's lock lapsed after {held:.1f}s (SATCHEL_LOCK_LEASE), "
+            "before this request saved; its changes were not saved",
+        )

@@ -29,16 +29,28 @@ key                           meaning (default)
 ``SATCHEL_TRACK_CLIENT``      store the user agent and IP with each new
                               session, for :meth:`Satchel.list_sessions`
                               (``False``)
+``SATCHEL_KEY_PREFIX``        the store's namespace: apps with different
+                              prefixes on one store never see each other's
+                              sessions (the store's own default)
+``SATCHEL_STRICT_STORE``      refuse to start when the store's configuration
+                              can lose sessions (a Redis eviction policy)
+                              instead of logging a warning (``False``)
 ============================  ===============================================
+
+``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS`` are read again on every request
+(compared by identity, so it costs next to nothing), so app factories and tests
+that set them after ``init_app`` are honoured.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
 
 from flask import current_app, g, has_request_context
 from flask.sessions import SessionInterface, SessionMixin
@@ -48,7 +60,7 @@ from .admin import SessionInfo, list_sessions, revoke, revoke_all
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .session import Session
 from .signing import CookieSigner, weak_secret
-from .stores import Store, from_url
+from .stores import Store, from_url, url_prefix
 from .stores.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -149,8 +161,8 @@ def _seconds(value: Any, name: str) -> float:
         seconds = float(value)
     else:
         raise ConfigError(f"{name} must be a timedelta or a number of seconds, not {value!r}")
-    if seconds <= 0:
-        raise ConfigError(f"{name} must be positive, not {value!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):  # NaN fails both comparisons
+        raise ConfigError(f"{name} must be a positive, finite duration, not {value!r}")
     return seconds
 
 
@@ -183,6 +195,111 @@ def _vary_on_cookie(response: BaseResponse) -> None:
         response.headers["Vary"] = "Cookie"
 
 
+def _answer_error(app: Flask, error: StoreUnavailable, response: BaseResponse) -> None:
+    """Turn ``response`` into the app's answer to a store error raised by a save.
+
+    Flask has already built the response when the session is saved, so the
+    handler the app registered for ``StoreUnavailable`` (or a base class) is
+    called here and its response copied into this one; without one, the 503.
+    """
+    from flask import request
+
+    handler: Any = app._find_error_handler(error, request.blueprints)
+    if handler is None or handler is _unavailable:
+        message, status, headers = _unavailable(error)
+        response.status_code = status
+        response.set_data(message)
+        response.headers.update(headers)
+        return
+    answer = app.make_response(handler(error))
+    vary = response.headers.get("Vary")
+    response.status_code = answer.status_code
+    response.headers.clear()
+    response.headers.extend(answer.headers)
+    if vary is not None:
+        response.vary.update(v.strip() for v in vary.split(","))
+    response.set_data(answer.get_data())
+
+
+def _signer(secret: Any, fallbacks: Any, *, strict: bool) -> CookieSigner:
+    """A signer for the app's keys, after checking them (weak keys: a warning, or refused)."""
+    if not secret or not isinstance(secret, str | bytes):
+        raise ConfigError(
+            "SECRET_KEY is not set: satchel signs session cookies with it "
+            "(set app.config['SECRET_KEY'], e.g. from an environment variable)"
+        )
+    fallbacks = fallbacks or []
+    if isinstance(fallbacks, str | bytes) or not all(
+        isinstance(k, str | bytes) and k for k in fallbacks
+    ):
+        raise ConfigError("SECRET_KEY_FALLBACKS must be a list of keys")
+    for name, key in [("SECRET_KEY", secret)] + [
+        (f"SECRET_KEY_FALLBACKS[{i}]", k) for i, k in enumerate(fallbacks)
+    ]:
+        weakness = weak_secret(key)
+        if weakness is None:
+            continue
+        if strict:
+            raise ConfigError(f"{name} is {weakness} (SATCHEL_STRICT_SECRET is set)")
+        security_log.warning(
+            "%s is %s: anyone who guesses it can forge session cookies", name, weakness
+        )
+    return CookieSigner(secret, fallbacks)
+
+
+def _refuse_other_frameworks(app: Any) -> None:
+    """This adapter serves Flask; an async app (Quart) fails here, not at its first request."""
+    from flask import Flask
+
+    if isinstance(app, Flask):
+        return
+    kind = f"{type(app).__module__}.{type(app).__qualname__}"
+    if type(app).__module__.split(".")[0] == "quart":
+        raise ConfigError(
+            f"satchel.Satchel is the Flask adapter and cannot serve a Quart app ({kind}); "
+            "the Quart adapter (satchel.quart) is planned in the ASGI issue"
+        )
+    raise ConfigError(f"satchel.Satchel needs a Flask app, not {kind}")
+
+
+def _build_store(chosen: Any, prefix: Any, app: Flask) -> Store:
+    """The store ``SATCHEL_STORE`` (or the ``store`` argument) names, under ``prefix``."""
+    if prefix is not None and not isinstance(prefix, str):
+        raise ConfigError(f"SATCHEL_KEY_PREFIX must be a str, not {prefix!r}")
+    if chosen is None:
+        path = os.path.join(app.instance_path, DEFAULT_SQLITE_NAME)
+        return SQLiteStore(path) if prefix is None else SQLiteStore(path, prefix=prefix)
+    if isinstance(chosen, str):
+        if prefix is not None:
+            bare, named = url_prefix(chosen)
+            if named is not None and named != prefix:
+                raise ConfigError(
+                    f"SATCHEL_KEY_PREFIX is {prefix!r} but the store URL says prefix={named!r}"
+                )
+            joiner = "&" if "?" in bare else "?"
+            chosen = f"{bare}{joiner}{urlencode({'prefix': prefix})}"
+        chosen = from_url(chosen)
+    elif prefix is not None and getattr(chosen, "prefix", None) != prefix:
+        raise ConfigError(
+            f"SATCHEL_KEY_PREFIX is {prefix!r} but the store object was built with prefix "
+            f"{getattr(chosen, 'prefix', None)!r}: pass prefix= when you build it"
+        )
+    if not isinstance(chosen, Store):
+        raise ConfigError(f"SATCHEL_STORE must be a store URL or a Store, not {chosen!r}")
+    return chosen
+
+
+def _check_store(store: Store, *, strict: bool) -> None:
+    """Warn about (or refuse) a store configured so that it can lose sessions."""
+    check = getattr(store, "config_problems", None)
+    if check is None:
+        return
+    for problem in check():
+        if strict:
+            raise ConfigError(f"{store!r}: {problem} (SATCHEL_STRICT_STORE is set)")
+        _log.warning("%r: %s", store, problem)
+
+
 class SatchelSessionInterface(SessionInterface):
     """Flask's hook into satchel: opens sessions lazily and saves their changes."""
 
@@ -196,6 +313,22 @@ class SatchelSessionInterface(SessionInterface):
         self.cookie_namer = cookie_name
         #: Whether new sessions record the client's user agent and IP.
         self.track_client = track_client
+        self._secret: object = None
+        self._fallbacks: Any = None
+        self._fallback_keys: tuple[Any, ...] = ()
+
+    def _read_keys(self, config: Any) -> None:
+        """Sign with the keys the config holds now (they changed since the last request)."""
+        self.manager.signer = _signer(
+            config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"), strict=False
+        )
+        self._remember_keys(config)
+
+    def _remember_keys(self, config: Any) -> None:
+        """Note the keys the manager's signer was built from, to notice a change cheaply."""
+        self._secret = config.get("SECRET_KEY")
+        self._fallbacks = config.get("SECRET_KEY_FALLBACKS")
+        self._fallback_keys = tuple(config.get("SECRET_KEY_FALLBACKS") or ())
 
     def cookie_name_for(self, app: Flask, request: Request) -> str:
         """The cookie name for this request: ``SESSION_COOKIE_NAME`` unless a namer is set."""
@@ -228,7 +361,15 @@ class SatchelSessionInterface(SessionInterface):
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
         """Verify the cookie; the store is read only when a view uses the session."""
         name = self.cookie_name_for(app, request)
-        session = self.manager.open(request.cookies.get(name))
+        config = app.config
+        fallbacks: Any = config.get("SECRET_KEY_FALLBACKS")
+        if (
+            config["SECRET_KEY"] is not self._secret
+            or fallbacks is not self._fallbacks
+            or (fallbacks and tuple(fallbacks) != self._fallback_keys)  # changed in place
+        ):
+            self._read_keys(config)
+        session = self.manager.open(request.cookies.getlist(name))
         assert isinstance(session, FlaskSession)
         session.cookie_name = name
         session._app = app
@@ -249,10 +390,7 @@ class SatchelSessionInterface(SessionInterface):
         try:
             outcome = self.manager.save(session)
         except StoreUnavailable as exc:
-            message, status, headers = _unavailable(exc)
-            response.status_code = status
-            response.set_data(message)
-            response.headers.update(headers)
+            _answer_error(app, exc, response)
             return
         if outcome.delete_cookie:
             if not varied:
@@ -361,32 +499,19 @@ class Satchel:
         app.config.setdefault("SATCHEL_LOCK_TIMEOUT", 5.0)
         app.config.setdefault("SATCHEL_LOCK_LEASE", 30.0)
         app.config.setdefault("SATCHEL_TRACK_CLIENT", False)
+        app.config.setdefault("SATCHEL_KEY_PREFIX", None)
+        app.config.setdefault("SATCHEL_STRICT_STORE", False)
         config = app.config
 
-        secret = config.get("SECRET_KEY")
-        if not secret or not isinstance(secret, str | bytes):
-            raise ConfigError(
-                "SECRET_KEY is not set: satchel signs session cookies with it "
-                "(set app.config['SECRET_KEY'], e.g. from an environment variable)"
-            )
-        fallbacks = config.get("SECRET_KEY_FALLBACKS") or []
-        if isinstance(fallbacks, str | bytes) or not all(
-            isinstance(k, str | bytes) and k for k in fallbacks
-        ):
-            raise ConfigError("SECRET_KEY_FALLBACKS must be a list of keys")
-        for name, key in [("SECRET_KEY", secret)] + [
-            (f"SECRET_KEY_FALLBACKS[{i}]", k) for i, k in enumerate(fallbacks)
-        ]:
-            weakness = weak_secret(key)
-            if weakness is None:
-                continue
-            if config["SATCHEL_STRICT_SECRET"]:
-                raise ConfigError(f"{name} is {weakness} (SATCHEL_STRICT_SECRET is set)")
-            security_log.warning(
-                "%s is %s: anyone who guesses it can forge session cookies", name, weakness
-            )
+        _refuse_other_frameworks(app)
+        signer = _signer(
+            config.get("SECRET_KEY"),
+            config.get("SECRET_KEY_FALLBACKS"),
+            strict=bool(config["SATCHEL_STRICT_SECRET"]),
+        )
 
         idle = config["SATCHEL_IDLE_TIMEOUT"]
+        _seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
         if idle is None:
             idle = config["PERMANENT_SESSION_LIFETIME"]
         max_size = config["SATCHEL_MAX_SIZE"]
@@ -403,21 +528,18 @@ class Satchel:
             lock_lease=_seconds(config["SATCHEL_LOCK_LEASE"], "SATCHEL_LOCK_LEASE"),
         )
 
-        chosen = store or self.store or config["SATCHEL_STORE"]
-        if chosen is None:
-            chosen = SQLiteStore(os.path.join(app.instance_path, DEFAULT_SQLITE_NAME))
-        elif isinstance(chosen, str):
-            chosen = from_url(chosen)
-        if not isinstance(chosen, Store):
-            raise ConfigError(f"SATCHEL_STORE must be a store URL or a Store, not {chosen!r}")
-
-        manager = SessionManager(
-            chosen, CookieSigner(secret, fallbacks), settings, FlaskSession, sender=app
+        chosen = _build_store(
+            store or self.store or config["SATCHEL_STORE"], config["SATCHEL_KEY_PREFIX"], app
         )
+        _check_store(chosen, strict=bool(config["SATCHEL_STRICT_STORE"]))
+
+        manager = SessionManager(chosen, signer, settings, FlaskSession, sender=app)
         app.extensions["satchel"] = manager
-        app.session_interface = SatchelSessionInterface(
+        interface = SatchelSessionInterface(
             manager, cookie_name or self.cookie_name, bool(config["SATCHEL_TRACK_CLIENT"])
         )
+        interface._remember_keys(config)
+        app.session_interface = interface
         from .cli import admin
 
         app.cli.add_command(admin)

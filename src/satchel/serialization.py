@@ -16,6 +16,11 @@ an ``int`` beyond 64 bits  ``{" i": "<decimal digits>"}``
 a dict that looks tagged   ``{" di": {...}}``
 =========================  ===================================
 
+Values nested deeper than :data:`MAX_DEPTH` levels of JSON are refused with a
+:class:`~satchel.errors.SerializationError` at the assignment: every JSON
+reader on the way back has a depth limit, and a value that is stored must
+always load.
+
 Everything else JSON holds natively (``str``, ``int``, ``float``, ``bool``,
 ``None``, lists and dicts with string keys) is stored as is; a subclass of
 ``str``, ``int`` or ``float`` (an ``enum.StrEnum`` member, say) comes back as
@@ -38,7 +43,11 @@ from markupsafe import Markup
 from . import _json
 from .errors import SerializationError
 
-__all__ = ["dumps", "loads"]
+__all__ = ["MAX_DEPTH", "dumps", "loads"]
+
+#: The deepest nesting of lists, dicts and tagged values a session value may have,
+#: counted in levels of the JSON stored (a tuple counts two: its tag and its list).
+MAX_DEPTH = 128
 
 _TAGS = frozenset({" t", " b", " m", " u", " d", " D", " i", " di"})
 # JSON readers (orjson among them) may turn a longer integer into a float.
@@ -54,8 +63,16 @@ class _NonFinite(float):
     """
 
 
-def _tag(value: Any, key: str | None) -> Any:
+def _too_deep(key: str | None, kind: type) -> SerializationError:
+    reason = f"it is nested deeper than {MAX_DEPTH} levels, which could not be read back"
+    return SerializationError(key, kind, reason=reason)
+
+
+def _tag(value: Any, key: str | None, depth: int = 0) -> Any:
     kind = type(value)
+    if kind not in _PLAIN and depth >= MAX_DEPTH:
+        raise _too_deep(key, kind)
+    depth += 1
     if kind in _PLAIN:
         if kind is float and not math.isfinite(value):
             return _NonFinite(value)
@@ -63,18 +80,22 @@ def _tag(value: Any, key: str | None) -> Any:
             return {" i": str(value)}
         return value
     if kind is list:
-        return [_tag(item, key) for item in value]
+        return [_tag(item, key, depth) for item in value]
     if kind is dict:
         out = {}
         for name, item in value.items():
             if type(name) is not str:
                 raise SerializationError(key, type(name), "dict keys must be strings, as in JSON")
-            out[name] = _tag(item, key)
+            out[name] = _tag(item, key, depth)
         if len(out) == 1 and next(iter(out)) in _TAGS:
+            if depth >= MAX_DEPTH:
+                raise _too_deep(key, kind)
             return {" di": out}
         return out
     if kind is tuple:
-        return {" t": [_tag(item, key) for item in value]}
+        if depth >= MAX_DEPTH:
+            raise _too_deep(key, kind)
+        return {" t": [_tag(item, key, depth + 1) for item in value]}
     if kind is bytes:
         return {" b": b64encode(value).decode("ascii")}
     if isinstance(value, Markup):
@@ -89,7 +110,7 @@ def _tag(value: Any, key: str | None) -> Any:
         return {" m": str(value.__html__())}
     for plain in _PLAIN[:3]:
         if isinstance(value, plain):  # an IntEnum or StrEnum member, say
-            return _tag(plain(value), key)
+            return _tag(plain(value), key, depth - 1)
     raise SerializationError(key, kind)
 
 

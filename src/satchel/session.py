@@ -9,7 +9,6 @@ request ends, so ``session["cart"].append(item)`` is saved without
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
@@ -23,11 +22,27 @@ from .stores.base import Record
 if TYPE_CHECKING:
     from ._manager import SessionManager
 
-__all__ = ["Session"]
+__all__ = ["Session", "owner_text"]
 
-_log = logging.getLogger("satchel")
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, Markup, UUID})
 _MISSING: Any = object()
+
+
+def owner_text(owner: object) -> str:
+    """An owner as every store files it: a ``str`` as is, an ``int`` as its decimal text.
+
+    One rule at every entry point (``regenerate(owner=...)``, listing,
+    revoking), so ``revoke_all(1)`` finds what ``regenerate(owner=1)`` stored.
+    Anything else (``None`` included) raises :class:`TypeError`.
+    """
+    kind = type(owner)
+    if kind is str:
+        return owner  # type: ignore[return-value]
+    if isinstance(owner, int) and not isinstance(owner, bool):
+        return str(int(owner))
+    if isinstance(owner, str):  # a StrEnum member, say
+        return str.__str__(owner)
+    raise TypeError(f"an owner is a str or an int, not {kind.__name__}: {owner!r}")
 
 
 class Session(MutableMapping[str, Any]):
@@ -43,6 +58,8 @@ class Session(MutableMapping[str, Any]):
         #: The verified ID from the cookie, or the new one once saved.
         self.session_id = session_id
         self.record: Record | None = None
+        # The record as loaded; None once clear() ended it.
+        self._origin: Record | None = None
         self.accessed = False
         self._loaded = session_id is None
         self._raw: dict[str, bytes] = {}
@@ -50,13 +67,20 @@ class Session(MutableMapping[str, Any]):
         # Serialised form of values set in this request that cannot change in place.
         self._pending: dict[str, bytes] = {}
         self._deleted: set[str] = set()
+        # clear() was called: the stored record is deleted whatever it holds.
         self._drop_old = False
+        # regenerate() was called on a stored session: it moves to a new ID.
         self._regenerating = False
+        # A save wrote this request's changes (``modified`` stays true after it).
+        self._wrote = False
         self._stale_cookie = False
         self._owner: str | None = None
         #: Client details stored when the record is created (user agent, IP).
         self.client_meta: dict[str, str] = {}
         self._lock_held: tuple[str, str] | None = None
+        self._locked_at = 0.0
+        # The cookie was signed with a fallback key: send it signed with the current one.
+        self._resign = False
 
     # -- loading -------------------------------------------------------------
 
@@ -69,16 +93,16 @@ class Session(MutableMapping[str, Any]):
         if record is None:
             self._stale_cookie = True
             return
-        self.record = record
+        try:
+            values = {name: loads(raw) for name, raw in record.fields.items()}
+        except Exception as exc:  # whatever it is, it must not fail every request for good
+            self._manager.unreadable(self, exc)
+            self._stale_cookie = True
+            return
+        self.record = self._origin = record
         self._owner = record.owner
-        for name, raw in record.fields.items():
-            try:
-                value = loads(raw)
-            except (ValueError, TypeError, AttributeError):
-                _log.error("dropped unreadable session field %r", name)
-                continue
-            self._raw[name] = raw
-            self._data.__setitem__(name, value)
+        self._raw = dict(record.fields)
+        self._data.update(values)
 
     def _lock_wanted(self) -> bool:
         """Whether this request asks for strict mode; adapters override it."""
@@ -230,24 +254,30 @@ class Session(MutableMapping[str, Any]):
         self._pending.clear()
         self._touched.clear()
         self._deleted.clear()
-        self.record = None
+        self.record = self._origin = None
         self._owner = None
         self._regenerating = False  # clearing ends the session, whatever came before
         self._drop_old = self.session_id is not None or self._drop_old
 
-    def regenerate(self, owner: object = None) -> None:
+    def regenerate(self, owner: str | int | None = None) -> None:
         """Keep the data but move it to a new ID, deleting the old record.
 
         Call it whenever privilege changes (at login), so an ID an attacker
-        planted or saw before is worthless afterwards. ``owner`` (a user ID,
-        stored as text) ties the session to that user, for listing and
-        revoking a user's sessions; without it the session keeps the owner it had.
+        planted or saw before is worthless afterwards. ``owner`` (a user ID: a
+        ``str``, or an ``int`` stored as its decimal text; anything else raises
+        :class:`TypeError` here) ties the session to that user, for listing and
+        revoking a user's sessions; without it the session keeps the owner it
+        had. The move is one atomic step in the store: if the session was
+        cleared, revoked or expired meanwhile, nothing is brought back under the
+        new ID. The creation time moves with the data, so the absolute timeout
+        still counts from the session's start.
         """
+        if owner is not None:
+            owner = owner_text(owner)
         self._load()
         if owner is not None:
-            self._owner = str(owner)
-        self._drop_old = self.session_id is not None or self._drop_old
-        self._regenerating = self._drop_old
+            self._owner = owner
+        self._regenerating = self._origin is not None
         self.record = None
 
     # -- state ----------------------------------------------------------------
@@ -273,10 +303,13 @@ class Session(MutableMapping[str, Any]):
     def modified(self) -> bool:
         """True when the request set, deleted or may have changed something.
 
-        Setting it to True makes the save compare every value, as a view that
-        changed something the tracking cannot see would want.
+        It stays true after the save, as Flask's own session does. Setting it to
+        True makes the save compare every value, as a view that changed
+        something the tracking cannot see would want.
         """
-        return bool(self._touched or self._deleted or self._drop_old)
+        return bool(
+            self._touched or self._deleted or self._drop_old or self._regenerating or self._wrote
+        )
 
     @modified.setter
     def modified(self, value: bool) -> None:

@@ -2,7 +2,10 @@
 
 An ID is 256 random bits. The cookie carries the ID signed with the app's
 secret key (itsdangerous, HMAC-SHA256, compared in constant time); older keys
-are still accepted so that keys rotate without logging anyone out. The store
+are still accepted so that keys rotate without logging anyone out. Only the
+canonical text of a signed ID is accepted: exactly the 43 URL-safe base64
+characters of the ID, a dot, and the 43 of the signature, as :meth:`CookieSigner.sign`
+writes them, so one ID never verifies under several cookie strings. The store
 only ever sees :func:`store_key`, a SHA-256 hash of the ID, so a copy of the
 store cannot be turned back into working cookies.
 """
@@ -10,6 +13,8 @@ store cannot be turned back into working cookies.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
 import secrets
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +34,12 @@ __all__ = [
 MAX_COOKIE_LENGTH = 256
 
 _SALT = "satchel.session"
+
+# 32 bytes in URL-safe base64 without padding: 43 characters, the last of which
+# carries 4 bits and two zero bits, so only 16 letters can end it. Anything else
+# (padding, '+' or '/', other final letters, extra characters) is not canonical.
+_B64_32 = r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]"
+_CANONICAL = re.compile(rf"{_B64_32}\.{_B64_32}")
 
 #: A secret key shorter than this many bytes draws a warning.
 MIN_SECRET_LENGTH = 32
@@ -111,6 +122,7 @@ class CookieSigner:
             for k in [*reversed(list(fallbacks)), secret_key]
         ]
         self._signer = _Signer(keys, salt=_SALT, digest_method=hashlib.sha256)
+        self._fallbacks = len(keys) > 1
 
     def sign(self, session_id: str) -> str:
         """Return the cookie value for ``session_id``."""
@@ -118,14 +130,22 @@ class CookieSigner:
 
     def unsign(self, cookie: str) -> str | None:
         """Return the session ID in ``cookie``, or ``None`` when it is not genuine."""
-        if not cookie or len(cookie) > MAX_COOKIE_LENGTH:
+        if not cookie or len(cookie) > MAX_COOKIE_LENGTH or not _CANONICAL.fullmatch(cookie):
             return None
         try:
             raw = self._signer.unsign(cookie.encode("ascii"))
-        except (BadSignature, UnicodeEncodeError):
+        except BadSignature:
             return None
-        try:
-            session_id = raw.decode("ascii")
-        except UnicodeDecodeError:  # pragma: no cover - signed by us, so ASCII
-            return None
-        return session_id if len(session_id) == 43 else None
+        return raw.decode("ascii")
+
+    def signed_by_fallback(self, cookie: str) -> bool:
+        """Whether a cookie that :meth:`unsign` accepted was signed by a fallback key.
+
+        Such a cookie is signed anew with the current key when it is used, so
+        the fallback can be dropped once the old cookies have been seen again.
+        """
+        if not self._fallbacks:
+            return False
+        value, _, signature = cookie.encode("ascii").rpartition(b".")
+        expected = self._signer.get_signature(value)
+        return not hmac.compare_digest(expected, signature)

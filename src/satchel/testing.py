@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from .stores.base import Change, ListingStore, LockingStore, Store
+from .stores.base import Change, ListingStore, LockingStore, SaveResult, Store
 
 __all__ = ["FullStoreContract", "ListingStoreContract", "LockingStoreContract", "StoreContract"]
 
@@ -54,7 +54,7 @@ class StoreContract:
     def test_create_then_load(self, store: Store) -> None:
         """A created record loads with its fields and times."""
         change = _change({"a": b"1", "b": b"\x00\xff binary"})
-        assert store.save("k1", change, create=True) is True
+        assert store.save("k1", change, create=True) == SaveResult.SAVED
         record = store.load("k1")
         assert record is not None
         assert dict(record.fields) == {"a": b"1", "b": b"\x00\xff binary"}
@@ -65,13 +65,13 @@ class StoreContract:
     def test_create_refuses_an_existing_record(self, store: Store) -> None:
         """create=True on a live record writes nothing and returns False."""
         store.save("k1", _change({"a": b"1"}), create=True)
-        assert store.save("k1", _change({"a": b"2"}), create=True) is False
+        assert store.save("k1", _change({"a": b"2"}), create=True) == SaveResult.REFUSED
         record = store.load("k1")
         assert record is not None and dict(record.fields) == {"a": b"1"}
 
     def test_update_refuses_a_missing_record(self, store: Store) -> None:
         """create=False on a missing record writes nothing and returns False."""
-        assert store.save("k1", _change({"a": b"1"}), create=False) is False
+        assert store.save("k1", _change({"a": b"1"}), create=False) == SaveResult.REFUSED
         assert store.load("k1") is None
 
     def test_update_sets_and_deletes_only_named_fields(self, store: Store) -> None:
@@ -85,7 +85,7 @@ class StoreContract:
             touched_at=created.touched_at + 5,
             expires_at=created.expires_at + 5,
         )
-        assert store.save("k1", change, create=False) is True
+        assert store.save("k1", change, create=False) == SaveResult.SAVED
         record = store.load("k1")
         assert record is not None
         assert dict(record.fields) == {"a": b"1", "b": b"20", "d": b"4"}
@@ -103,11 +103,11 @@ class StoreContract:
     def test_many_fields_in_one_save(self, store: Store) -> None:
         """A save of thousands of fields (and deletes) is applied whole."""
         many = {f"f{i}": str(i).encode() for i in range(5000)}
-        assert store.save("k1", _change(many), create=True) is True
+        assert store.save("k1", _change(many), create=True) == SaveResult.SAVED
         change = _change(
             {f"g{i}": b"x" for i in range(3000)}, delete=[f"f{i}" for i in range(4000)]
         )
-        assert store.save("k1", change, create=False) is True
+        assert store.save("k1", change, create=False) == SaveResult.SAVED
         record = store.load("k1")
         assert record is not None
         assert len(record.fields) == 1000 + 3000
@@ -128,14 +128,14 @@ class StoreContract:
         assert store.load("k1") is not None
         time.sleep(0.4)
         assert store.load("k1") is None
-        assert store.save("k1", _change({"b": b"2"}), create=False) is False
+        assert store.save("k1", _change({"b": b"2"}), create=False) == SaveResult.REFUSED
         assert store.touch("k1", time.time(), time.time() + 60) is False
 
     def test_expired_key_can_be_created_again(self, store: Store) -> None:
         """After expiry a create under the same key starts from nothing."""
         store.save("k1", _change({"a": b"1"}, ttl=0.2), create=True)
         time.sleep(0.3)
-        assert store.save("k1", _change({"b": b"2"}), create=True) is True
+        assert store.save("k1", _change({"b": b"2"}), create=True) == SaveResult.SAVED
         record = store.load("k1")
         assert record is not None and dict(record.fields) == {"b": b"2"}
 

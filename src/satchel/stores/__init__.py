@@ -15,15 +15,18 @@ URL                                      store
 ``redis+cluster://host:port``            a Redis or Valkey Cluster, by any node
 =======================================  ====================================
 
-``sqlite`` URLs take ``?timeout=SECONDS`` (how long to wait for a lock).
-Third-party stores add schemes with :func:`register_scheme`.
+Every URL takes ``?prefix=NAME``: the store's namespace (``SATCHEL_KEY_PREFIX``),
+under which every key, index and lock of the store lives. ``sqlite`` URLs also
+take ``?timeout=SECONDS`` (how long to wait for a lock). Third-party stores add
+schemes with :func:`register_scheme`; their factories receive the whole URL,
+``prefix`` included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigError
 from .base import Change, Record, Store
@@ -42,6 +45,7 @@ __all__ = [
     "Store",
     "from_url",
     "register_scheme",
+    "url_prefix",
 ]
 
 _SCHEMES: dict[str, Callable[[str], Store]] = {}
@@ -64,22 +68,39 @@ def from_url(url: str) -> Store:
     return factory(url)
 
 
+def url_prefix(url: str) -> tuple[str, str | None]:
+    """Split ``?prefix=`` off a store URL: the URL without it, and the prefix (or ``None``)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in pairs if name == "prefix"]
+    if len(prefixes) > 1:
+        raise ConfigError(f"the store URL {url!r} names more than one prefix")
+    if not prefixes:
+        return url, None
+    rest = urlencode([(name, value) for name, value in pairs if name != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefixes[0]
+
+
 def _memory(url: str) -> Store:
-    return MemoryStore()
+    url, prefix = url_prefix(url)
+    if urlsplit(url).query:
+        raise ConfigError(f"unknown memory URL option in {url!r}")
+    return MemoryStore(prefix=prefix or "")
 
 
 def _sqlite(url: str) -> Store:
+    url, prefix = url_prefix(url)
     parts = urlsplit(url)
     path = unquote(parts.path)
     if parts.netloc or not path.startswith("/") or path == "/":
         raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
     path = path[1:]  # three slashes: relative; four: absolute
-    options: dict[str, Any] = {}
-    for name, values in parse_qs(parts.query).items():
+    options: dict[str, Any] = {"prefix": prefix or ""}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name != "timeout":
             raise ConfigError(f"unknown SQLite URL option {name!r} in {url!r}")
         try:
-            options["timeout"] = float(values[-1])
+            options["timeout"] = float(value)
         except ValueError:
             raise ConfigError(f"timeout must be a number of seconds in {url!r}") from None
     return SQLiteStore(path, **options)
@@ -88,9 +109,12 @@ def _sqlite(url: str) -> Store:
 def _redis(url: str) -> Store:
     from .redis import RedisStore
 
+    url, prefix = url_prefix(url)
     if url[:6].lower() == "valkey":  # redis-py speaks the same protocol
         url = "redis" + url[6:]
-    return RedisStore.from_url(url)
+    if prefix is None:
+        return RedisStore.from_url(url)
+    return RedisStore.from_url(url, prefix=prefix)
 
 
 register_scheme("memory", _memory)

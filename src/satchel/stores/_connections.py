@@ -3,6 +3,8 @@
 A store takes a connection for a statement or command and gives it back, so
 threads (and greenlets) share them and a process holds only as many as calls
 ever ran at once in it, even under a server that starts a thread per request.
+Idle connections above ``max_idle`` are closed when given back, so a burst of
+threads does not pin its connections (and their file descriptors) for good.
 A connection never crosses a fork: a worker forked from a parent that already
 used the store makes its own, and keeps its copies of the parent's unused and
 unclosed (closing one can act on the parent's socket or database files).
@@ -36,8 +38,17 @@ os.register_at_fork(after_in_child=_forked)
 class ConnectionList(Generic[Conn]):
     """Idle connections, most recent last, and every connection made in this process."""
 
-    def __init__(self, connect: Callable[[], Conn]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Conn],
+        *,
+        close: Callable[[Conn], None] | None = None,
+        max_idle: int = 8,
+    ) -> None:
         self._connect = connect
+        self._close = close
+        #: How many idle connections are kept; more are closed when given back.
+        self.max_idle = max_idle
         # deque appends and pops are atomic: taking and giving need no lock.
         self.idle: collections.deque[Conn] = collections.deque()
         #: Every connection made in this process, idle or lent out.
@@ -64,8 +75,16 @@ class ConnectionList(Generic[Conn]):
         return conn
 
     def give(self, conn: Conn) -> None:
-        """Return a connection taken with :meth:`take`."""
-        self.idle.append(conn)
+        """Return a connection taken with :meth:`take`; close it if enough are idle."""
+        if self._close is None or len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+            return
+        with self._lock:
+            try:
+                self.made.remove(conn)
+            except ValueError:  # made before a fork: not ours to close
+                return
+        self._close(conn)
 
     def drain(self) -> list[Conn]:
         """Forget every connection this process made and return them, for closing."""

@@ -3,16 +3,31 @@
 A store knows nothing of cookies, requests or Python values: it files named
 byte strings under a key (the hash of a session ID) with three timestamps, and
 applies each save as one atomic change set, so two overlapping requests that
-change different fields of one session both keep their changes.
+change different fields of one session both keep their changes. Every check a
+save makes (the record still there, the lock still held, the size limit, an
+emptied record) is made in that same atomic step, against the record as
+stored, never against a request's possibly stale copy.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Change", "ListingStore", "LockingStore", "Record", "Store"]
+from ..errors import SessionTooLarge
+
+__all__ = [
+    "Change",
+    "ListingStore",
+    "LockingStore",
+    "Record",
+    "SaveResult",
+    "Store",
+    "apply_change",
+    "size_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +47,26 @@ class Record:
     meta: Mapping[str, str] = field(default_factory=dict)
 
 
+def size_of(fields: Mapping[str, bytes]) -> int:
+    """A record's size as ``max_size`` counts it: every name's UTF-8 bytes plus its value's."""
+    return sum(len(name.encode("utf-8")) + len(value) for name, value in fields.items())
+
+
+class SaveResult(enum.IntEnum):
+    """What :meth:`Store.save` did. Only ``REFUSED`` and ``FENCED`` are false."""
+
+    #: The record was (create: already) there or (update, move: no longer) there;
+    #: nothing was written.
+    REFUSED = 0
+    #: The change was applied.
+    SAVED = 1
+    #: The change was applied and left nothing but ``delete_if_only`` fields,
+    #: so the record was removed.
+    DELETED = 2
+    #: ``fence`` no longer held the lock; nothing was written.
+    FENCED = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """What one save does to a record: fields to set, fields to delete, new times.
@@ -39,6 +74,23 @@ class Change:
     ``created_at``, ``owner``, ``meta`` and ``ends_by`` are only used when the
     save creates the record; ``ends_by`` is the latest the record can live (its
     absolute timeout), which lets a store expire what indexes it.
+
+    The other fields are conditions the store checks in the same atomic step:
+
+    * ``replaces`` (creates only): the key of a live record this create moves to
+      the new key (``regenerate()``): the new record holds that record's fields
+      as stored, with this change applied (its times, owner and client details
+      are the change's, as for any create), and the old one is deleted. When the
+      old record is gone the save is ``REFUSED``, so a session ended meanwhile is
+      never brought back under a new key.
+    * ``delete_if_only``: when the record, after the change, holds no field but
+      these (an empty collection: no field at all), it is removed (``DELETED``).
+    * ``max_size``: when the record after the change is larger than this (see
+      :func:`size_of`) and larger than before it, the store raises
+      :class:`~satchel.errors.SessionTooLarge` and writes nothing; a record
+      already over a lowered limit can still shrink.
+    * ``fence``: a strict-mode lock token that must still hold the lock of the
+      record changed (for a move, the old record's); else ``FENCED``.
     """
 
     set: Mapping[str, bytes] = field(default_factory=dict)
@@ -49,6 +101,44 @@ class Change:
     owner: str | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
     ends_by: float = 0.0
+    replaces: str | None = None
+    delete_if_only: Collection[str] | None = None
+    max_size: int | None = None
+    fence: str | None = None
+
+
+def apply_change(base: Record | None, change: Change) -> Record | None:
+    """The record that ``change`` makes of ``base``; ``None`` when it is to be removed.
+
+    ``base`` is the record updated, or the one a move takes its fields from
+    (``None`` for a plain create). Raises :class:`SessionTooLarge` as
+    ``change.max_size`` says. Stores that merge in Python share this, so the
+    rules are written once.
+    """
+    fields = {} if base is None else dict(base.fields)
+    before = size_of(fields) if change.max_size is not None and fields else 0
+    for name in change.delete:
+        fields.pop(name, None)
+    fields.update(change.set)
+    if change.max_size is not None:
+        after = size_of(fields)
+        if after > change.max_size and after > before:
+            raise SessionTooLarge(after, change.max_size)
+    only = change.delete_if_only
+    if only is not None and all(name in only for name in fields):
+        return None
+    if base is None or change.replaces is not None:  # a create, or a move: all from the change
+        return Record(
+            fields,
+            change.created_at,
+            change.touched_at,
+            change.expires_at,
+            change.owner,
+            dict(change.meta),
+        )
+    return Record(
+        fields, base.created_at, change.touched_at, change.expires_at, base.owner, base.meta
+    )
 
 
 @runtime_checkable
@@ -59,12 +149,14 @@ class Store(Protocol):
         """Return the record filed under ``key``, or ``None`` if missing or expired."""
         ...
 
-    def save(self, key: str, change: Change, *, create: bool) -> bool:
+    def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
         """Apply ``change`` to the record under ``key`` atomically.
 
-        With ``create=True`` the record must not exist yet and is made; with
-        ``create=False`` it must exist and not be expired. Returns ``False``
-        (writing nothing) when that does not hold.
+        With ``create=True`` the record must not exist yet and is made (from the
+        record ``change.replaces`` names, if any); with ``create=False`` it must
+        exist and not be expired. Returns ``REFUSED`` (writing nothing) when
+        that does not hold, and checks the other conditions of :class:`Change`
+        in the same step.
         """
         ...
 

@@ -1,48 +1,146 @@
 """A store on Redis or Valkey through redis-py: one hash per session.
 
-A session is one hash, ``<prefix>s:<hashed ID>``: ``d:<name>`` fields hold the
-values; ``m:c``, ``m:t`` and ``m:e`` the created, last-seen and expiry times;
-``m:o`` and ``m:x`` the owner and client details. The key expires with the
-session. Every save is one Lua script call, so it is atomic and costs one round
-trip (a create with an owner first adds the key to ``<prefix>o:<owner>``, a set
-that expires when its longest-lived member can); a load is one ``HGETALL``.
-Strict-mode locks are ``<prefix>l:<hashed ID>``.
+A session is one hash, ``<prefix>s:{<hashed ID>}``: ``d:<name>`` fields hold
+the values; ``m:c``, ``m:t`` and ``m:e`` the created, last-seen and expiry
+times; ``m:o`` and ``m:x`` the owner and client details; ``m:s`` the size the
+limit counts. The key expires with the session. Every save is one Lua script
+call, so it is atomic and costs one round trip: it checks that the record is
+(or is not) there, that a strict-mode lock is still held and that the size
+limit holds, all against the hash as stored, then applies the change. Each
+owner has a sorted set ``<prefix>i:<owner>`` of their sessions' keys, scored by
+when each was added, that expires when its longest-lived member can.
+
+On one server, a create adds its key to the owner's set in the same script,
+and ``regenerate()`` moves a record to its new key in one script too. On a
+Cluster those keys live in different slots, so the set is written first, and a
+move takes the old record (checking and deleting it in one script on its
+slot) before it creates the new one; a listing prunes a member without a
+record only once it is older than a minute, so it never removes the entry of
+a create still on its way. Strict-mode locks are ``<prefix>l:{<hashed ID>}``,
+in the same slot as their session.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, StoreUnavailable
+from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
-from .base import Change, Record
+from .base import Change, Record, SaveResult, apply_change
 
 if TYPE_CHECKING:
     import redis
 
 __all__ = ["RedisStore"]
 
-# ARGV: create flag, expiry (unix ms), number of names to delete, those names,
-# then the name/value pairs to set (the times among them). Few redis.call()s,
-# because each costs a few microseconds of server time.
+_log = logging.getLogger("satchel")
+
+# KEYS: the record written; the record read (the same, but for a move: the old
+# one); the lock the fence names (the read record's); an owner's set, if any.
+# ARGV: mode (u update, c create, m move), fence token or '', expiry (unix ms),
+# size limit or '', the set's member and deadline (unix ms), then counted lists:
+# the delete-if-only names (-1: none), the names to delete, then the name/value
+# pairs to set. Replies {code} or {4, size}: codes as SaveResult, 4 too large.
 _SAVE = """
-local key = KEYS[1]
-if (redis.call('EXISTS', key) == 1) == (ARGV[1] == '1') then return 0 end
+local target, source, lock, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local mode, fence = ARGV[1], ARGV[2]
+if fence ~= '' and redis.call('GET', lock) ~= fence then return {3} end
+if redis.call('EXISTS', target) == (mode == 'u' and 0 or 1) then return {0} end
+if mode == 'm' and redis.call('EXISTS', source) == 0 then return {0} end
+local i = 7
+local only
+local n = tonumber(ARGV[i])
+i = i + 1
+if n >= 0 then
+  only = {}
+  for j = i, i + n - 1 do only[ARGV[j]] = true end
+  i = i + n
+end
+n = tonumber(ARGV[i])
+local first_delete, last_delete = i + 1, i + n
+local first_set = i + n + 1
+local limit = tonumber(ARGV[4])
+local size = 0
+if limit then
+  local before = 0
+  if mode ~= 'c' then
+    local stored = redis.call('HGET', source, 'm:s')
+    if stored then
+      before = tonumber(stored)
+    else
+      local all = redis.call('HGETALL', source)
+      for j = 1, #all, 2 do
+        if string.sub(all[j], 1, 2) == 'd:' then before = before + #all[j] - 2 + #all[j + 1] end
+      end
+    end
+    local seen = {}
+    for j = first_delete, last_delete do seen[ARGV[j]] = true end
+    for j = first_set, #ARGV, 2 do seen[ARGV[j]] = true end
+    size = before
+    for name in pairs(seen) do
+      if string.sub(name, 1, 2) == 'd:' and redis.call('HEXISTS', source, name) == 1 then
+        size = size - (#name - 2) - redis.call('HSTRLEN', source, name)
+      end
+    end
+  end
+  for j = first_set, #ARGV, 2 do
+    if string.sub(ARGV[j], 1, 2) == 'd:' then size = size + #ARGV[j] - 2 + #ARGV[j + 1] end
+  end
+  if size > limit and size > before then return {4, size} end
+end
 -- unpack() takes a few thousand values at most: go in even-sized chunks.
-local function each(command, first, last)
-  for i = first, last, 1000 do
-    redis.call(command, key, unpack(ARGV, i, math.min(i + 999, last)))
+local function each(command, values, first, last)
+  for j = first, last, 1000 do
+    redis.call(command, target, unpack(values, j, math.min(j + 999, last)))
   end
 end
-local deletes = tonumber(ARGV[3])
-each('HDEL', 4, 3 + deletes)
-each('HSET', 4 + deletes, #ARGV)
-redis.call('PEXPIREAT', key, ARGV[2])
-return 1
+if mode == 'm' then
+  local all = redis.call('HGETALL', source)
+  each('HSET', all, 1, #all)
+  redis.call('DEL', source)
+  redis.call('HDEL', target, 'm:o', 'm:x')  -- a move takes these from its change
+end
+each('HDEL', ARGV, first_delete, last_delete)
+each('HSET', ARGV, first_set, #ARGV)
+if limit then redis.call('HSET', target, 'm:s', size) else redis.call('HDEL', target, 'm:s') end
+if only then
+  local empty = true
+  for _, name in ipairs(redis.call('HKEYS', target)) do
+    if string.sub(name, 1, 2) == 'd:' and not only[name] then
+      empty = false
+      break
+    end
+  end
+  if empty then
+    redis.call('DEL', target)
+    return {2}
+  end
+end
+redis.call('PEXPIREAT', target, ARGV[3])
+if index then
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('ZADD', index, now_ms, ARGV[5])
+  local deadline = tonumber(ARGV[6])
+  local ttl = redis.call('PTTL', index)
+  if ttl < 0 or now_ms + ttl < deadline then redis.call('PEXPIREAT', index, deadline) end
+end
+return {1}
+"""
+
+# A Cluster's half of a move, on the old record's slot: check the fence, then
+# return the whole hash and delete it. Replies {0} gone, {3} fenced, {1, hash}.
+_TAKE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {3} end
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then return {0} end
+redis.call('DEL', KEYS[1])
+return {1, all}
 """
 
 _TOUCH = """
@@ -52,15 +150,13 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 return 1
 """
 
-
-# Adds a session key to its owner's set and keeps the set alive as long as the
-# longest-lived member can be (ARGV[2], unix ms), so an abandoned set expires.
+# Adds a session key to its owner's set (a Cluster's create, before the record).
 _INDEX = """
-redis.call('SADD', KEYS[1], ARGV[1])
-local deadline = tonumber(ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
+local deadline = tonumber(ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 or now_ms + ttl < deadline then redis.call('PEXPIREAT', KEYS[1], deadline) end
 return 1
 """
@@ -76,6 +172,15 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+#: On a Cluster, an owner's set member with no record is pruned only this long
+#: (ms) after it was added: its create may still be on its way.
+CLUSTER_PRUNE_AFTER_MS = 60_000
+
+
+def _glob(text: str) -> str:
+    """``text`` with the characters SCAN's MATCH pattern treats specially escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _ms(seconds: float) -> int:
@@ -124,9 +229,13 @@ class RedisStore:
             raise ConfigError("RedisStore needs a client made with decode_responses=False")
         self.client = client
         self.prefix = prefix
+        self._cluster = type(client).__name__ == "RedisCluster"
+        self._prune_after_ms = CLUSTER_PRUNE_AFTER_MS if self._cluster else 0
         #: Set by :meth:`from_url`: calls then borrow from ``_connections``.
         self._pool: redis.ConnectionPool | None = None
-        self._connections: ConnectionList[Any] = ConnectionList(self._connect)
+        self._connections: ConnectionList[Any] = ConnectionList(
+            self._connect, close=lambda conn: conn.disconnect()
+        )
         import redis
         from redis.exceptions import NoScriptError
 
@@ -140,6 +249,13 @@ class RedisStore:
         self._acquire: Callable[..., Any] = client.register_script(_ACQUIRE)
         self._index: Callable[..., Any] = client.register_script(_INDEX)
         self._release: Callable[..., Any] = client.register_script(_RELEASE)
+        self._take: Callable[..., Any] = client.register_script(_TAKE)
+
+    def with_prefix(self, prefix: str) -> RedisStore:
+        """A store on the same client and connections under another prefix."""
+        other = RedisStore(self.client, prefix=prefix)
+        other._pool, other._connections = self._pool, self._connections
+        return other
 
     @classmethod
     def from_url(
@@ -192,12 +308,15 @@ class RedisStore:
         return store
 
     def __repr__(self) -> str:
-        if type(self.client).__name__ == "RedisCluster":
+        return self._where() + (f", prefix={self.prefix!r})" if self.prefix != "satchel:" else ")")
+
+    def _where(self) -> str:
+        if self._cluster:
             first = self.client.get_nodes()[0].name  # type: ignore[union-attr]
-            return f"RedisStore('cluster at {first}')"
+            return f"RedisStore('cluster at {first}'"
         kwargs = self.client.get_connection_kwargs()
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-        return f"RedisStore({where!r})"
+        return f"RedisStore({where!r}"
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}")
@@ -263,7 +382,7 @@ class RedisStore:
         return _record(self._call("HGETALL", self._key(key)))
 
     # Three namespaces under the prefix: s: session hashes, l: strict-mode
-    # locks, o: each owner's set of session keys.
+    # locks, i: each owner's sorted set of session keys.
     # The braces are a cluster hash tag: a session's hash and its lock share a slot.
     def _key(self, key: str) -> str:
         return f"{self.prefix}s:{{{key}}}"
@@ -272,33 +391,59 @@ class RedisStore:
         return f"{self.prefix}l:{{{key}}}"
 
     def _owner_key(self, owner: str) -> str:
-        return f"{self.prefix}o:{owner}"
+        return f"{self.prefix}i:{owner}"
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
-        """Yield live records: an owner's from their set (pruning what expired), or all by SCAN."""
+        """Yield live records: an owner's from their set (pruning dead members), or all by SCAN."""
         if owner is not None:
             owner_key = self._owner_key(owner)
             with self._errors():
-                members = sorted(m.decode() for m in self.client.smembers(owner_key))  # type: ignore[union-attr]
+                members: Any = self.client.zrange(owner_key, 0, -1, withscores=True)
+            added = {m.decode(): float(score) for m, score in members}
+            old = time.time() * 1000 - self._prune_after_ms
             gone = []
-            for key, record in self._fetch(members):
+            for key, record in self._fetch(sorted(added)):
                 if record is None:
-                    gone.append(key)
+                    if added[key] <= old:
+                        gone.append(key)
                 elif record.owner == owner:
                     yield key, record
             if gone:
                 with self._errors():
-                    self.client.srem(owner_key, *gone)
+                    self.client.zrem(owner_key, *gone)
             return
-        start = len(self._key("")) - 1  # the name without its closing brace
-        with self._errors():
-            keys = [
-                name.decode()[start:-1]
-                for name in self.client.scan_iter(self.prefix + "s:*", count=1000)
-            ]
-        for key, record in self._fetch(keys):
+        for key, record in self._fetch(list(self.references())):
             if record is not None:
                 yield key, record
+
+    def references(self, start: str = "") -> Iterator[str]:
+        """The keys of live records that begin with ``start``, by SCAN (no record is read)."""
+        begin = len(self._key("")) - 1  # the name without its closing brace
+        pattern = _glob(self.prefix + "s:{" + start) + "*"
+        with self._errors():
+            names = [name.decode() for name in self.client.scan_iter(pattern, count=1000)]
+        return iter([name[begin:-1] for name in names if name.endswith("}")])
+
+    def count(self) -> tuple[int, int]:
+        """How many live records there are, and how many distinct owners they have.
+
+        Reads two fields per record, 500 records a round trip, never whole records.
+        """
+        keys = list(self.references())
+        live, owners = 0, set()
+        now = time.time()
+        for first in range(0, len(keys), 500):
+            with self._errors():
+                pipe = self.client.pipeline(transaction=False)
+                for key in keys[first : first + 500]:
+                    pipe.hmget(self._key(key), "m:e", "m:o")
+                rows = pipe.execute()
+            for expires, owner in rows:
+                if expires is not None and float(expires) > now:
+                    live += 1
+                    if owner is not None:
+                        owners.add(owner)
+        return live, len(owners)
 
     def _fetch(self, keys: list[str]) -> Iterator[tuple[str, Record | None]]:
         """Each key with its live record (or None), 500 HGETALLs to a pipeline."""
@@ -312,25 +457,85 @@ class RedisStore:
             for key, raw in zip(batch, hashes, strict=True):
                 yield key, _record(raw)
 
-    def save(self, key: str, change: Change, *, create: bool) -> bool:
-        """Apply ``change`` with one script call."""
-        args: list[Any] = ["1" if create else "0", _ms(change.expires_at)]
+    def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """Apply ``change`` with one script call (a Cluster's move and owned create: two)."""
+        index: list[str] = []
+        member: list[Any] = ["", 0]
+        pairs: list[Any] = []
+        if create:
+            pairs += ("m:c", repr(change.created_at))
+            if change.meta:
+                pairs += ("m:x", json.dumps(dict(change.meta), ensure_ascii=False))
+            if change.owner is not None:
+                pairs += ("m:o", change.owner)
+                until = _ms(max(change.ends_by, change.expires_at))
+                member = [key, until]
+                if self._cluster:  # another slot: indexed first, never pruned too early
+                    self._run(self._index, [self._owner_key(change.owner)], member)
+                else:
+                    index = [self._owner_key(change.owner)]
+        if create and change.replaces is not None and self._cluster:
+            return self._move_across_slots(key, change, pairs)
+        pairs += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
+        for name, value in change.set.items():
+            pairs += ("d:" + name, value)
+        source = change.replaces if create and change.replaces is not None else key
+        mode = "u" if not create else "c" if change.replaces is None else "m"
+        keys = [self._key(key), self._key(source), self._lock_key(source), *index]
+        args: list[Any] = [
+            mode,
+            change.fence or "",
+            _ms(change.expires_at),
+            "" if change.max_size is None else change.max_size,
+            *member,
+        ]
+        if change.delete_if_only is None:
+            args.append(-1)
+        else:
+            args += (len(change.delete_if_only), *("d:" + n for n in change.delete_if_only))
         args.append(len(change.delete))
         args += ["d:" + name for name in change.delete]
-        if create:
-            args += ("m:c", repr(change.created_at))
-            if change.meta:
-                args += ("m:x", json.dumps(dict(change.meta), ensure_ascii=False))
-            if change.owner is not None:
-                args += ("m:o", change.owner)
-                # Indexed first: a failure after this leaves a member that the
-                # next listing prunes, never a session that revoke_all misses.
-                until = _ms(max(change.ends_by, change.expires_at))
-                self._run(self._index, [self._owner_key(change.owner)], [key, until])
-        args += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
-        for name, value in change.set.items():
-            args += ("d:" + name, value)
-        return bool(self._run(self._save, [self._key(key)], args))
+        reply = self._run(self._save, keys, args + pairs)
+        if reply[0] == 4:
+            raise SessionTooLarge(int(reply[1]), change.max_size or 0)
+        return SaveResult(reply[0])
+
+    def _move_across_slots(self, key: str, change: Change, pairs: list[Any]) -> SaveResult:
+        """A Cluster's move: take the old record (one script on its slot), then create anew.
+
+        The take checks the fence and deletes the old record atomically, so a
+        session ended meanwhile is never recreated; what a request saved between
+        the take and the create is refused, as after any regenerate().
+        """
+        assert change.replaces is not None
+        old = self._key(change.replaces)
+        reply = self._run(self._take, [old, self._lock_key(change.replaces)], [change.fence or ""])
+        if reply[0] != 1:
+            return SaveResult(reply[0])
+        base = _record(reply[1])
+        if base is None:
+            return SaveResult.REFUSED
+        try:
+            result = apply_change(base, change)
+        except SessionTooLarge:
+            self._restore(old, reply[1], base.expires_at)
+            raise
+        if result is None:
+            return SaveResult.DELETED
+        pairs += ("m:t", repr(result.touched_at), "m:e", repr(result.expires_at))
+        for name, value in result.fields.items():
+            pairs += ("d:" + name, value)
+        keys = [self._key(key), self._key(key), self._lock_key(key)]
+        args: list[Any] = ["c", "", _ms(result.expires_at), "", "", 0, -1, 0]
+        return SaveResult(self._run(self._save, keys, args + pairs)[0])
+
+    def _restore(self, name: str, raw: list[bytes], expires_at: float) -> None:
+        """Put back a record taken by a move that could not complete."""
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(name, mapping=dict(zip(raw[::2], raw[1::2], strict=True)))
+            pipe.pexpireat(name, _ms(expires_at))
+            pipe.execute()
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times with one script call."""
@@ -353,6 +558,40 @@ class RedisStore:
     def purge_expired(self) -> int:
         """Nothing to do: Redis expires keys itself. Returns 0."""
         return 0
+
+    def config_problems(self) -> list[str]:
+        """What in the server's configuration can lose sessions (read at start-up).
+
+        Any ``maxmemory-policy`` but ``noeviction`` lets a full server delete
+        session keys (they all carry an expiry, so the ``volatile-*`` policies
+        take them too), silently, after their writes were acknowledged. A server
+        that hides ``CONFIG`` (some managed services) or cannot be reached yet
+        reports nothing here.
+        """
+        client: Any = self.client
+        nodes: list[Any] = client.get_primaries() if self._cluster else [None]
+        problems = []
+        for node in nodes:
+            try:
+                if node is None:
+                    reply = client.config_get("maxmemory-policy")
+                else:
+                    reply = client.config_get("maxmemory-policy", target_nodes=node)
+            except self._redis_error as exc:
+                _log.info("could not read maxmemory-policy from %r: %s", self, exc)
+                continue
+            found = dict(reply)
+            policy = found.get(b"maxmemory-policy", found.get("maxmemory-policy"))
+            if isinstance(policy, bytes):
+                policy = policy.decode()
+            if policy is not None and policy != "noeviction":
+                where = f" on {node.name}" if node is not None else ""
+                problems.append(
+                    f"maxmemory-policy is {policy}{where}: when the server fills up it deletes "
+                    "session keys, losing sessions whose writes were acknowledged; "
+                    "set it to noeviction"
+                )
+        return problems
 
     def close(self) -> None:
         """Close the client's connections and those of every thread."""

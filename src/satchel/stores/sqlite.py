@@ -1,23 +1,28 @@
 """The embedded default store: one SQLite file, shared by threads and processes.
 
-Each session is one row: its key (the hash of its ID), three times, and its
-fields as one JSON object whose members hold each field's serialised value as
-a string (``"="`` and the UTF-8 text, or ``"~"`` and base64 for other
-bytes). Every operation is a single SQL statement, hence atomic on its own: a
-save merges only the fields it changed into the row with ``json_patch`` (a
-``null`` member deletes a field), so two overlapping requests that change
-different fields both keep their changes, and no transaction is ever held
-open across Python code. The file is in WAL mode, so readers never wait for a
-writer; a writer waits for another process's write for up to ``timeout``
-seconds, then the store raises ``StoreUnavailable``. Threads share the
-process's connections, each statement taking an idle one (or opening one), so
-a process holds as many as statements ever ran at once in it; a forked child
-opens its own.
+Each session is one row: its key (the store's prefix and the hash of its ID),
+its namespace (the prefix), three times, and its fields as one JSON object
+whose members hold each field's serialised value as a string (``"="`` and the
+UTF-8 text, or ``"~"`` and base64 for other bytes). A load is one statement.
+A save is one short write transaction (``BEGIN IMMEDIATE``, read the row,
+write it) that runs no code but the store's own merge: the fields the request
+changed are applied to the row as stored, so two overlapping requests that
+change different fields both keep their changes, and every condition of the
+save (the record still there, the strict-mode lock still held, the size limit,
+an emptied record) is checked against what is stored. The file is in WAL
+mode, so readers never wait for a writer; a writer waits for another write for
+up to ``timeout`` seconds, then the store raises ``StoreUnavailable``. Threads
+share the process's connections, each statement taking an idle one (or opening
+one); idle connections above a small bound are closed. A forked child opens
+its own. A file deleted or replaced while the app runs is noticed within a
+second and answered with ``StoreUnavailable`` from then on: the writes would
+otherwise go to a file nobody else reads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -28,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
-from ..errors import ConfigError, StoreUnavailable
+from ..errors import StoreUnavailable
 from ._connections import ConnectionList
-from .base import Change, Record
+from .base import Change, Record, SaveResult, apply_change
 
 __all__ = ["SQLiteStore"]
+
+_log = logging.getLogger("satchel")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS satchel_sessions (
@@ -43,7 +50,8 @@ CREATE TABLE IF NOT EXISTS satchel_sessions (
     expires_at REAL NOT NULL,
     data TEXT NOT NULL,
     owner TEXT,
-    meta TEXT NOT NULL DEFAULT '{}'
+    meta TEXT NOT NULL DEFAULT '{}',
+    ns TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS satchel_sessions_owner ON satchel_sessions (owner)
     WHERE owner IS NOT NULL;
@@ -58,25 +66,25 @@ _COLUMNS = "created_at, touched_at, expires_at, data, owner, meta"
 _LOAD = f"SELECT {_COLUMNS} FROM satchel_sessions WHERE key = ? AND expires_at > ?"
 # Takes the key when it is free or its record has expired (then replaced whole).
 _CREATE = """
-INSERT INTO satchel_sessions (key, created_at, touched_at, expires_at, data, owner, meta)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO satchel_sessions (key, created_at, touched_at, expires_at, data, owner, meta, ns)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at,
     touched_at = excluded.touched_at, expires_at = excluded.expires_at, data = excluded.data,
-    owner = excluded.owner, meta = excluded.meta
+    owner = excluded.owner, meta = excluded.meta, ns = excluded.ns
 WHERE satchel_sessions.expires_at <= ?
 """
-_UPDATE = """
-UPDATE satchel_sessions SET data = json_patch(data, ?), touched_at = ?, expires_at = ?
-WHERE key = ? AND expires_at > ?
-"""
+_UPDATE = "UPDATE satchel_sessions SET data = ?, touched_at = ?, expires_at = ? WHERE key = ?"
 _TOUCH = """
 UPDATE satchel_sessions SET touched_at = ?, expires_at = ? WHERE key = ? AND expires_at > ?
 """
+_HELD = "SELECT 1 FROM satchel_lock WHERE key = ? AND token = ? AND expires_at > ?"
 _ACQUIRE = """
 INSERT INTO satchel_lock VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE
 SET token = excluded.token, expires_at = excluded.expires_at
 WHERE satchel_lock.expires_at <= ? OR satchel_lock.token = excluded.token
 """
+#: How often (seconds) a process checks that its file is still the one it opened.
+FILE_CHECK_INTERVAL = 1.0
 
 
 def _encode(fields: dict[str, str | None]) -> str:
@@ -110,11 +118,12 @@ class SQLiteStore:
     """Sessions in the SQLite database at ``path`` (created when missing).
 
     ``timeout`` is how long, in seconds, a write waits for another process's
-    write before the store gives up. Expired records are removed
-    ``purge_batch`` rows at a time: every ``purge_interval`` seconds one batch
-    by whichever request saves next, and all of them by :meth:`purge_expired`.
-    Needs SQLite's JSON functions (built in since SQLite 3.38, and in most
-    older builds).
+    write before the store gives up. ``prefix`` is a namespace: stores with
+    different prefixes on one file never see each other's sessions or locks.
+    Expired records are removed ``purge_batch`` rows at a time: every
+    ``purge_interval`` seconds one batch by whichever request saves next, and
+    all of them by :meth:`purge_expired`. At most ``max_idle`` idle connections
+    are kept per process.
     """
 
     def __init__(
@@ -122,34 +131,48 @@ class SQLiteStore:
         path: str | os.PathLike[str],
         *,
         timeout: float = 5.0,
+        prefix: str = "",
         purge_interval: float = 300.0,
         purge_batch: int = 2000,
+        max_idle: int = 8,
     ) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        self.prefix = prefix
         self.purge_interval = purge_interval
         self.purge_batch = purge_batch
-        self._connections = ConnectionList(self._connect)
+        self._connections = ConnectionList(self._connect, close=self._close, max_idle=max_idle)
         self._next_purge = time.time() + purge_interval
         self._purge_from = 0  # the rowid where the next periodic batch starts
+        self._identity: tuple[int, int] | None = None
+        self._next_check = 0.0
+        self._lost: str | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._errors(), self._connection() as conn:
-            try:
-                conn.execute("SELECT json_patch('{}', '{}')")
-            except sqlite3.OperationalError as exc:
-                raise ConfigError(
-                    f"SQLite {sqlite3.sqlite_version} lacks the JSON functions satchel needs"
-                ) from exc
             columns = {row[1] for row in conn.execute("PRAGMA table_info(satchel_sessions)")}
             if columns and "owner" not in columns:  # a file from before owners existed
                 conn.execute("ALTER TABLE satchel_sessions ADD COLUMN owner TEXT")
                 conn.execute(
                     "ALTER TABLE satchel_sessions ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'"
                 )
+            if columns and "ns" not in columns:  # a file from before namespaces existed
+                conn.execute("ALTER TABLE satchel_sessions ADD COLUMN ns TEXT NOT NULL DEFAULT ''")
             conn.executescript(_SCHEMA)
 
     def __repr__(self) -> str:
+        if self.prefix:
+            return f"SQLiteStore({str(self.path)!r}, prefix={self.prefix!r})"
         return f"SQLiteStore({str(self.path)!r})"
+
+    def with_prefix(self, prefix: str) -> SQLiteStore:
+        """A store on the same file under another namespace."""
+        return SQLiteStore(
+            self.path,
+            timeout=self.timeout,
+            prefix=prefix,
+            purge_interval=self.purge_interval,
+            purge_batch=self.purge_batch,
+        )
 
     def _connect(self) -> sqlite3.Connection:
         with self._errors():
@@ -162,13 +185,47 @@ class SQLiteStore:
             except sqlite3.DatabaseError:
                 conn.close()
                 raise
+        self._next_check = 0.0  # a new connection may have made a new file: look now
         return conn
+
+    @staticmethod
+    def _close(conn: sqlite3.Connection) -> None:
+        conn.close()
+
+    def _check_file(self) -> None:
+        """Fail from now on if the file was deleted or replaced since it was opened.
+
+        Connections already open keep writing to the old file, new ones to a new
+        one: answering requests then would lose every write. One ``stat`` a second.
+        """
+        if self._lost is None:
+            self._next_check = time.monotonic() + FILE_CHECK_INTERVAL
+            try:
+                stat = os.stat(self.path)
+                identity = (stat.st_dev, stat.st_ino)
+            except OSError as exc:
+                identity = None
+                reason = f"cannot stat the file ({exc.strerror})"
+            else:
+                if self._identity is None:
+                    self._identity = identity
+                reason = "it was replaced by another file"
+            if identity is not None and identity == self._identity:
+                return
+            self._lost = (
+                f"the SQLite file {str(self.path)!r} changed under the running app: {reason}; "
+                "writes would be lost, so every request answers 503 until the app restarts"
+            )
+            _log.error("%s", self._lost)
+        raise StoreUnavailable(repr(self), self._lost)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """A connection for this caller alone until the block ends."""
         conn = self._connections.take()
         try:
+            if self._lost is not None or time.monotonic() >= self._next_check:
+                self._check_file()
             yield conn
         finally:
             self._connections.give(conn)
@@ -184,6 +241,8 @@ class SQLiteStore:
         """Run one statement; return its rows and how many rows it changed."""
         conn = self._connections.take()  # not self._connection(): every request's path
         try:
+            if self._lost is not None or time.monotonic() >= self._next_check:
+                self._check_file()  # after take(): a first connection makes the file
             cursor = conn.execute(sql, args)
             return cursor.fetchall(), cursor.rowcount
         except sqlite3.DatabaseError as exc:
@@ -191,16 +250,31 @@ class SQLiteStore:
         finally:
             self._connections.give(conn)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed when the block ends and rolled back on error."""
+        with self._errors(), self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     def load(self, key: str) -> Record | None:
         """Read the record in one statement."""
-        rows, _ = self._run(_LOAD, (key, time.time()))
+        rows, _ = self._run(_LOAD, (self.prefix + key, time.time()))
         return _record(rows[0]) if rows else None
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
         """Yield the live records (of ``owner``), read in pages of a few hundred."""
         now = time.time()
-        where = "expires_at > ?" + ("" if owner is None else " AND owner = ?")
-        args: tuple[object, ...] = (now,) if owner is None else (now, owner)
+        where = "ns = ? AND expires_at > ?" + ("" if owner is None else " AND owner = ?")
+        args: tuple[object, ...] = (
+            (self.prefix, now) if owner is None else (self.prefix, now, owner)
+        )
+        cut = len(self.prefix)
         last = -1
         while True:
             rows, _ = self._run(
@@ -211,50 +285,90 @@ class SQLiteStore:
             for row in rows:
                 record = _record(row[2:])
                 if record is not None:
-                    yield row[1], record
+                    yield row[1][cut:], record
             if len(rows) < 500:
                 return
             last = rows[-1][0]
 
-    def save(self, key: str, change: Change, *, create: bool) -> bool:
-        """Apply ``change`` in one statement: an insert, or an update that merges fields."""
+    def references(self, start: str = "") -> Iterator[str]:
+        """The keys of live records that begin with ``start``, from the key index alone."""
+        low = self.prefix + start
+        rows, _ = self._run(
+            "SELECT key FROM satchel_sessions WHERE key >= ? AND key < ? AND ns = ?"
+            " AND expires_at > ? ORDER BY key",
+            (low, low + "\U0010ffff", self.prefix, time.time()),
+        )
+        cut = len(self.prefix)
+        return iter([row[0][cut:] for row in rows])
+
+    def count(self) -> tuple[int, int]:
+        """How many live records there are, and how many distinct owners they have."""
+        rows, _ = self._run(
+            "SELECT count(*), count(DISTINCT owner) FROM satchel_sessions"
+            " WHERE ns = ? AND expires_at > ?",
+            (self.prefix, time.time()),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """Apply ``change`` in one short write transaction, checking every condition in it."""
         now = time.time()
-        if create:
-            data = _encode({name: _text(value) for name, value in change.set.items()})
-            meta = json.dumps(dict(change.meta), ensure_ascii=False)
-            args: tuple[object, ...] = (
-                key, change.created_at, change.touched_at, change.expires_at, data,
-                change.owner, meta, now,
-            )  # fmt: skip
-            _, changed = self._run(_CREATE, args)
-        else:
-            patch: dict[str, str | None] = dict.fromkeys(change.delete)
-            patch.update((name, _text(value)) for name, value in change.set.items())
-            args = (_encode(patch), change.touched_at, change.expires_at, key, now)
-            _, changed = self._run(_UPDATE, args)
-        if changed != 1:
-            return False
+        name = self.prefix + key
+        moved = self.prefix + change.replaces if create and change.replaces is not None else None
+        with self._transaction() as conn:
+            if change.fence is not None:
+                held = conn.execute(_HELD, (moved or name, change.fence, now)).fetchone()
+                if held is None:
+                    return SaveResult.FENCED
+            row = conn.execute(_LOAD, (name, now)).fetchone()
+            if (row is None) is not create:
+                return SaveResult.REFUSED
+            base = None if row is None else _record(row)
+            if moved is not None:
+                old = conn.execute(_LOAD, (moved, now)).fetchone()
+                base = None if old is None else _record(old)
+            if base is None and (moved is not None or not create):
+                return SaveResult.REFUSED  # gone, or unreadable: never written over
+            result = apply_change(base, change)
+            if moved is not None or result is None:
+                conn.execute("DELETE FROM satchel_sessions WHERE key = ?", (moved or name,))
+            if result is None:
+                return SaveResult.DELETED
+            data = _encode({field: _text(value) for field, value in result.fields.items()})
+            if create:
+                meta = json.dumps(dict(result.meta), ensure_ascii=False)
+                args: tuple[object, ...] = (
+                    name, result.created_at, result.touched_at, result.expires_at, data,
+                    result.owner, meta, self.prefix, now,
+                )  # fmt: skip
+                if conn.execute(_CREATE, args).rowcount != 1:  # pragma: no cover - checked above
+                    raise StoreUnavailable(repr(self), "a new record's key was taken")
+            else:
+                conn.execute(_UPDATE, (data, result.touched_at, result.expires_at, name))
         if now >= self._next_purge:
             self._next_purge = now + self.purge_interval
             self._purge_from, _removed = self._purge_range(self._purge_from, now)
-        return True
+        return SaveResult.SAVED
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times in one statement."""
-        return self._run(_TOUCH, (touched_at, expires_at, key, time.time()))[1] == 1
+        args = (touched_at, expires_at, self.prefix + key, time.time())
+        return self._run(_TOUCH, args)[1] == 1
 
     def delete(self, key: str) -> None:
         """Remove the record."""
-        self._run("DELETE FROM satchel_sessions WHERE key = ?", (key,))
+        self._run("DELETE FROM satchel_sessions WHERE key = ?", (self.prefix + key,))
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Lease the lock on ``key`` to ``token`` in one statement."""
         now = time.time()
-        return self._run(_ACQUIRE, (key, token, now + lease, now))[1] == 1
+        return self._run(_ACQUIRE, (self.prefix + key, token, now + lease, now))[1] == 1
 
     def release(self, key: str, token: str) -> None:
         """Free the lock if ``token`` holds it."""
-        self._run("DELETE FROM satchel_lock WHERE key = ? AND token = ?", (key, token))
+        self._run(
+            "DELETE FROM satchel_lock WHERE key = ? AND token = ?", (self.prefix + key, token)
+        )
 
     def _purge_range(self, start: int, now: float) -> tuple[int, int]:
         """Delete expired rows with rowids in one batch from ``start``.
