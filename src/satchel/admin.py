@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+from .session import owner_text
 from .signing import store_key
 from .stores.base import ListingStore, Record
 
@@ -72,13 +73,15 @@ def current_reference(session: Session | None) -> str | None:
     return store_key(session.session_id)
 
 
-def records(manager: SessionManager, owner: str | None = None) -> Iterator[tuple[str, Record]]:
-    """Every live ``(reference, record)``, or only ``owner``'s."""
-    return _listing(manager).records(owner)
+def records(
+    manager: SessionManager, owner: str | int | None = None
+) -> Iterator[tuple[str, Record]]:
+    """Every live ``(reference, record)``, or only ``owner``'s (a ``str`` or an ``int``)."""
+    return _listing(manager).records(None if owner is None else owner_text(owner))
 
 
 def list_sessions(
-    manager: SessionManager, owner: str | None = None, current: Session | None = None
+    manager: SessionManager, owner: str | int | None = None, current: Session | None = None
 ) -> list[SessionInfo]:
     """The live sessions of ``owner`` (all of them when ``None``), most recent first."""
     mine = current_reference(current)
@@ -93,8 +96,13 @@ def revoke(manager: SessionManager, reference: str) -> bool:
     return existed
 
 
-def revoke_all(manager: SessionManager, owner: str, keep: Session | None = None) -> int:
-    """End every session of ``owner`` except ``keep``'s; return how many ended."""
+def revoke_all(manager: SessionManager, owner: str | int, keep: Session | None = None) -> int:
+    """End every session of ``owner`` except ``keep``'s; return how many ended.
+
+    ``owner`` is a ``str`` or an ``int``, as given to ``regenerate(owner=...)``;
+    anything else raises :class:`TypeError` (``None`` too: it would mean everyone).
+    """
+    owner = owner_text(owner)
     spare = current_reference(keep)
     ended = 0
     for reference, _record in list(records(manager, owner)):

@@ -366,7 +366,8 @@ class SatchelSessionInterface(SessionInterface):
         if (
             config["SECRET_KEY"] is not self._secret
             or fallbacks is not self._fallbacks
-            or (fallbacks and tuple(fallbacks) != self._fallback_keys)  # changed in place
+            # changed in place (the common case, no fallbacks, costs one test)
+            or (tuple(fallbacks) != self._fallback_keys if fallbacks else self._fallback_keys)
         ):
             self._read_keys(config)
         session = self.manager.open(request.cookies.getlist(name))
@@ -450,10 +451,15 @@ class Satchel:
             self.init_app(app)
 
     @staticmethod
-    def list_sessions(owner: str | None = None, app: Flask | None = None) -> list[SessionInfo]:
+    def list_sessions(
+        owner: str | int | None = None, app: Flask | None = None
+    ) -> list[SessionInfo]:
         """The live sessions of ``owner`` (every session when ``None``), most recent first.
 
-        Inside a request, the visitor's own session is marked ``current``.
+        ``owner`` is a ``str`` or an ``int``, as given to ``regenerate(owner=...)``
+        (an ``int`` is matched as its decimal text); anything else raises
+        :class:`TypeError`. Inside a request, the visitor's own session is marked
+        ``current``.
         """
         return list_sessions(_manager(app), owner, _current())
 
@@ -463,8 +469,10 @@ class Satchel:
         return revoke(_manager(app), reference)
 
     @staticmethod
-    def revoke_all(owner: str, keep_current: bool = True, app: Flask | None = None) -> int:
+    def revoke_all(owner: str | int, keep_current: bool = True, app: Flask | None = None) -> int:
         """End ``owner``'s sessions ("log out my other devices"); return how many.
+
+        ``owner`` is a ``str`` or an ``int``; anything else raises :class:`TypeError`.
 
         With ``keep_current`` (inside a request) the visitor's own session lives on.
         """

@@ -21,9 +21,18 @@ import threading
 import time
 from typing import Any
 
-from .stores.base import Change, ListingStore, LockingStore, SaveResult, Store
+import pytest
 
-__all__ = ["FullStoreContract", "ListingStoreContract", "LockingStoreContract", "StoreContract"]
+from .errors import SessionTooLarge
+from .stores.base import Change, ListingStore, LockingStore, SaveResult, Store, size_of
+
+__all__ = [
+    "FullStoreContract",
+    "ListingStoreContract",
+    "LockingStoreContract",
+    "NamespaceContract",
+    "StoreContract",
+]
 
 
 def _change(fields: dict[str, bytes] | None = None, ttl: float = 60.0, **kw: Any) -> Change:
@@ -188,6 +197,88 @@ class StoreContract:
         assert record is not None
         assert len(record.fields) == 1 + threads * rounds
 
+    def test_move_takes_the_stored_fields_and_ends_the_old_record(self, store: Store) -> None:
+        """A create that replaces a record carries its fields as stored, plus the change."""
+        store.save("old", _change({"a": b"1", "b": b"2"}), create=True)
+        # Another request added "late" after the mover loaded: it must survive the move.
+        store.save("old", _change({"late": b"3"}), create=False)
+        move = _change({"c": b"4"}, created_at=12345.0, delete=["b"], replaces="old")
+        assert store.save("new", move, create=True) == SaveResult.SAVED
+        assert store.load("old") is None
+        record = store.load("new")
+        assert record is not None
+        assert dict(record.fields) == {"a": b"1", "late": b"3", "c": b"4"}
+        assert record.created_at == 12345.0
+
+    def test_move_of_an_ended_record_is_refused(self, store: Store) -> None:
+        """A record cleared or revoked meanwhile is never brought back under a new key."""
+        store.save("old", _change({"a": b"1"}), create=True)
+        store.delete("old")
+        move = _change({"c": b"4"}, replaces="old")
+        assert store.save("new", move, create=True) == SaveResult.REFUSED
+        assert store.load("new") is None and store.load("old") is None
+
+    def test_emptying_save_keeps_keys_another_request_wrote(self, store: Store) -> None:
+        """delete_if_only removes the record only when nothing else is stored in it."""
+        store.save("k1", _change({"_flashes": b"[]", "_permanent": b"true"}), create=True)
+        store.save("k1", _change({"cart": b"[1]"}), create=False)  # an overlapping request
+        emptying = _change(delete=["_flashes"], delete_if_only={"_permanent"})
+        assert store.save("k1", emptying, create=False) == SaveResult.SAVED
+        record = store.load("k1")
+        assert record is not None
+        assert dict(record.fields) == {"_permanent": b"true", "cart": b"[1]"}
+        emptying = _change(delete=["cart"], delete_if_only={"_permanent"})
+        assert store.save("k1", emptying, create=False) == SaveResult.DELETED
+        assert store.load("k1") is None
+
+    def test_size_limit_counts_the_merged_record(self, store: Store) -> None:
+        """max_size holds for the record after the merge, names included; nothing is written."""
+        store.save("k1", _change({"a": b"x" * 600}), create=True)
+        store.save("k1", _change({"b": b"x" * 300}), create=False)
+        assert size_of(store.load("k1").fields) == 902  # type: ignore[union-attr]
+        # On its own this change is small, but the record it makes is not.
+        with pytest.raises(SessionTooLarge) as raised:
+            store.save("k1", _change({"c": b"x" * 200}, max_size=1000), create=False)
+        assert raised.value.size == 1103 and raised.value.limit == 1000
+        record = store.load("k1")
+        assert record is not None and sorted(record.fields) == ["a", "b"]
+        with pytest.raises(SessionTooLarge):
+            store.save("k2", _change({"long-name": b"x" * 995}, max_size=1000), create=True)
+        assert store.load("k2") is None
+
+    def test_record_over_a_lowered_limit_can_still_shrink(self, store: Store) -> None:
+        """A record already over max_size accepts saves that do not grow it."""
+        store.save("k1", _change({"a": b"x" * 800, "b": b"x" * 800}), create=True)
+        shrink = _change({"a": b"x" * 10}, max_size=1000)
+        assert store.save("k1", shrink, create=False) == SaveResult.SAVED
+        with pytest.raises(SessionTooLarge):
+            store.save("k1", _change({"c": b"x" * 100}, max_size=500), create=False)
+        record = store.load("k1")
+        assert record is not None and sorted(record.fields) == ["a", "b"]
+
+    def test_size_limit_holds_under_overlapping_saves(self, store: Store) -> None:
+        """Threads each adding a field under one limit: the record never ends over it."""
+        store.save("k1", _change({"start": b"0"}), create=True)
+        barrier = threading.Barrier(8)
+        outcomes: list[str] = []
+
+        def grow(n: int) -> None:
+            barrier.wait()
+            try:
+                store.save("k1", _change({f"f{n}": b"x" * 9000}, max_size=10_000), create=False)
+                outcomes.append("saved")
+            except SessionTooLarge:
+                outcomes.append("too large")
+
+        pool = [threading.Thread(target=grow, args=(n,)) for n in range(8)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        assert sorted(outcomes) == ["saved"] + ["too large"] * 7
+        record = store.load("k1")
+        assert record is not None and size_of(record.fields) <= 10_000
+
 
 class LockingStoreContract(StoreContract):
     """The contract plus strict mode's lease locks, for stores that offer them."""
@@ -247,6 +338,21 @@ class LockingStoreContract(StoreContract):
             t.join()
         assert overlaps == []
 
+    def test_save_fenced_by_a_lapsed_lock_is_refused(self, store: LockingStore) -> None:
+        """A save whose lease lapsed and was taken over writes nothing (FENCED)."""
+        store.save("k1", _change({"a": b"1"}), create=True)
+        assert store.acquire("k1", "slow", 0.2)
+        time.sleep(0.3)
+        assert store.acquire("k1", "fast", 30)
+        assert store.save("k1", _change({"a": b"fast"}, fence="fast"), create=False)
+        late = _change({"a": b"slow"}, fence="slow")
+        assert store.save("k1", late, create=False) == SaveResult.FENCED
+        move = _change({"a": b"slow"}, fence="slow", replaces="k1")
+        assert store.save("k2", move, create=True) == SaveResult.FENCED
+        record = store.load("k1")
+        assert record is not None and record.fields["a"] == b"fast"
+        assert store.load("k2") is None
+
 
 class ListingStoreContract(StoreContract):
     """The contract plus owners, client details and listing, for stores that list."""
@@ -294,6 +400,68 @@ class ListingStoreContract(StoreContract):
         assert len(list(store.records())) == 1203
         assert len(list(store.records("many"))) == 1203
 
+    def test_references_and_count(self, store: ListingStore) -> None:
+        """references() finds keys by their start; count() counts sessions and owners."""
+        store.save("abc1", _change({"x": b"1"}, owner="alice"), create=True)
+        store.save("abc2", _change({"x": b"1"}, owner="alice"), create=True)
+        store.save("abd3", _change({"x": b"1"}, owner="bob"), create=True)
+        store.save("zzz4", _change({"x": b"1"}), create=True)
+        store.save("abc5", _change({"x": b"1"}, ttl=0.2), create=True)
+        time.sleep(0.3)
+        assert sorted(store.references("abc")) == ["abc1", "abc2"]  # type: ignore[attr-defined]
+        assert sorted(store.references("ab")) == ["abc1", "abc2", "abd3"]  # type: ignore[attr-defined]
+        assert list(store.references("q")) == []  # type: ignore[attr-defined]
+        assert store.count() == (4, 2)  # type: ignore[attr-defined]
 
-class FullStoreContract(LockingStoreContract, ListingStoreContract):
-    """Everything the built-in stores offer: the contract, locks and listing."""
+    def test_owner_listing_never_loses_a_concurrent_create(self, store: ListingStore) -> None:
+        """Creates and moves with an owner racing listings: every one stays listed."""
+        stop = threading.Event()
+
+        def list_forever() -> None:
+            while not stop.is_set():
+                list(store.records("racer"))
+
+        listers = [threading.Thread(target=list_forever) for _ in range(2)]
+        for t in listers:
+            t.start()
+        try:
+            for i in range(150):
+                store.save(f"plain{i}", _change({"x": b"1"}), create=True)
+                move = _change({"y": b"2"}, owner="racer", replaces=f"plain{i}")
+                assert store.save(f"moved{i}", move, create=True) == SaveResult.SAVED
+                store.save(f"made{i}", _change({"x": b"1"}, owner="racer"), create=True)
+        finally:
+            stop.set()
+            for t in listers:
+                t.join()
+        listed = sorted(key for key, _ in store.records("racer"))
+        assert len(listed) == 300
+        expected = [f"moved{i}" for i in range(150)] + [f"made{i}" for i in range(150)]
+        assert listed == sorted(expected)
+
+
+class NamespaceContract(StoreContract):
+    """Prefixes: for stores with ``with_prefix(prefix)``, another namespace on the same data."""
+
+    def test_namespaces_never_meet(self, store: Any) -> None:
+        """Records, locks, listings and owners of one prefix are invisible to another."""
+        other = store.with_prefix("other-app:")
+        try:
+            store.save("k1", _change({"a": b"mine"}, owner="1"), create=True)
+            assert other.load("k1") is None
+            assert other.save("k1", _change({"a": b"theirs"}), create=False) == SaveResult.REFUSED
+            assert other.save("k1", _change({"a": b"theirs"}, owner="1"), create=True)
+            record = store.load("k1")
+            assert record is not None and record.fields["a"] == b"mine"
+            assert [k for k, _ in other.records("1")] == ["k1"]
+            assert [k for k, _ in store.records()] == ["k1"]
+            assert other.acquire("k1", "them", 30) and store.acquire("k1", "me", 30)
+            other.delete("k1")
+            assert store.load("k1") is not None
+            assert other.count() == (0, 0) and store.count() == (1, 1)
+        finally:
+            other.close()
+
+
+class FullStoreContract(LockingStoreContract, ListingStoreContract, NamespaceContract):
+    """Everything the built-in stores offer: the contract, locks, listing and namespaces."""

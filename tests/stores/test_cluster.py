@@ -124,3 +124,26 @@ def test_failover_under_load(cluster: ValkeyCluster, capsys: Any) -> None:
         data = client.get("/read").json
         assert data is not None and f"after{i}" in data
     store.close()
+
+
+def test_revoke_all_ends_every_login_made_during_listings_on_a_cluster(
+    cluster_store: RedisStore,
+) -> None:
+    """Hardening item 1 on a Cluster: 300 logins racing listings, all ended by revoke_all."""
+    from ..test_hardening import client_with, logins_race_listings, owner_app
+
+    app = owner_app(cluster_store, "mallory")
+    cookies = logins_race_listings(app, "mallory")
+    with app.app_context():
+        assert len(Satchel.list_sessions("mallory")) == 300
+        assert Satchel.revoke_all("mallory", keep_current=False) == 300
+    assert [c for c in cookies if client_with(app, c).get("/read").json != {}] == []
+
+
+def test_regenerate_in_flight_does_not_revive_a_cleared_session_on_a_cluster(
+    cluster_store: RedisStore,
+) -> None:
+    """Hardening item 5 on a Cluster, where the move takes the old record across slots."""
+    from ..test_hardening import test_regenerate_in_flight_does_not_revive_a_cleared_session
+
+    test_regenerate_in_flight_does_not_revive_a_cleared_session(cluster_store)

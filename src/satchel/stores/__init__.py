@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError
 from .base import Change, Record, Store
@@ -70,15 +70,15 @@ def from_url(url: str) -> Store:
 
 def url_prefix(url: str) -> tuple[str, str | None]:
     """Split ``?prefix=`` off a store URL: the URL without it, and the prefix (or ``None``)."""
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    base, _, query = url.partition("?")  # not urlunsplit: it drops sqlite:////'s slashes
+    pairs = parse_qsl(query, keep_blank_values=True)
     prefixes = [value for name, value in pairs if name == "prefix"]
     if len(prefixes) > 1:
         raise ConfigError(f"the store URL {url!r} names more than one prefix")
     if not prefixes:
         return url, None
     rest = urlencode([(name, value) for name, value in pairs if name != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefixes[0]
+    return (f"{base}?{rest}" if rest else base), prefixes[0]
 
 
 def _memory(url: str) -> Store:
