@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,45 @@ def test_sessions_survive_an_app_restart(app_server: Gunicorn) -> None:
     app_server.stop()
     app_server.start()
     assert read_session(app_server.port, cookie) == {"owner": "durable", "count": 0, "kept": True}
+
+
+def test_emptying_requests_never_delete_overlapping_writes(
+    app_server: Gunicorn, capsys: Any
+) -> None:
+    """300 rounds: one request pops the only flash while another stores a cart.
+
+    Every acknowledged cart is in the session the browser holds afterwards: the
+    old one, or (when the emptying save came first) the new one its response
+    set. The only carts not kept would be those whose request loaded the
+    session before the emptying save removed it and saved after: that request
+    is told (its response expires the cookie), as for any session that ended
+    while a request used it.
+    """
+    rounds = 300
+
+    def one_round(n: int) -> tuple[int, str | None, bool]:
+        status, cookie, _ = request(app_server.port, f"/flash/hello{n}")
+        assert status == 200 and cookie
+        popper = threading.Thread(
+            target=request, args=(app_server.port, "/show-flashes-slowly", cookie)
+        )
+        popper.start()
+        time.sleep(0.015)  # the popper has loaded and emptied its view by now
+        written, set_cookie, _ = request(app_server.port, f"/write/cart{n}", cookie)
+        popper.join()
+        held = set_cookie or cookie  # what a browser holds after this response
+        return written, set_cookie, f"cart{n}" in read_session(app_server.port, held)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(one_round, range(rounds)))
+    assert all(status == 200 for status, _, _ in outcomes)
+    kept_cookie = [kept for _, set_cookie, kept in outcomes if set_cookie != ""]
+    told = [kept for _, set_cookie, kept in outcomes if set_cookie == ""]
+    lost = kept_cookie.count(False)
+    summary = f"cookie kept {len(kept_cookie)}, of which lost {lost}; expired {len(told)}"
+    report(capsys, f"{app_server.env}: {rounds} emptying rounds; {summary}")
+    assert lost == 0
+    assert not any(told), "a write told its session ended was not stored either"
 
 
 @pytest.fixture

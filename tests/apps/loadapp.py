@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
-from flask import Flask, session
+from flask import Flask, flash, get_flashed_messages, session
 
 SECRET = "load-test-secret-key-0123456789abcdef-xyz"
 
@@ -59,5 +60,18 @@ def create_app() -> Flask:
     @app.get("/read")
     def read() -> dict[str, Any]:
         return dict(session)
+
+    @app.get("/flash/<message>")
+    def flash_message(message: str) -> str:
+        flash(message)
+        return "ok"
+
+    @app.get("/show-flashes-slowly")
+    def show_flashes_slowly() -> str:
+        # Popping the only flash empties this request's view of the session; the
+        # pause lets an overlapping request store something before this one saves.
+        messages = get_flashed_messages()
+        time.sleep(0.05)
+        return ",".join(messages)
 
     return app

@@ -147,3 +147,15 @@ def test_regenerate_in_flight_does_not_revive_a_cleared_session_on_a_cluster(
     from ..test_hardening import test_regenerate_in_flight_does_not_revive_a_cleared_session
 
     test_regenerate_in_flight_does_not_revive_a_cleared_session(cluster_store)
+
+
+def test_cluster_eviction_policy_is_read_on_every_primary(cluster_store: RedisStore) -> None:
+    """The start-up check asks each primary; a default cluster reports nothing."""
+    assert cluster_store.config_problems() == []
+    node = cluster_store.client.get_primaries()[1]  # type: ignore[union-attr]
+    cluster_store.client.config_set("maxmemory-policy", "allkeys-lru", target_nodes=node)  # type: ignore[call-arg]
+    try:
+        (problem,) = cluster_store.config_problems()
+        assert "allkeys-lru" in problem and node.name in problem
+    finally:
+        cluster_store.client.config_set("maxmemory-policy", "noeviction", target_nodes=node)  # type: ignore[call-arg]

@@ -129,3 +129,46 @@ def test_a_client_passed_in_is_used_as_it_is(valkey: ValkeyServer) -> None:
     store.delete(KEY)
     assert store.load(KEY) is None
     store.close()
+
+
+def test_an_evicting_server_is_warned_about_or_refused(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hardening item 13: a maxmemory-policy that can evict sessions: warning, or ConfigError."""
+    import logging
+
+    from flask import Flask
+
+    from satchel import ConfigError, Satchel
+
+    from ..conftest import SECRET
+
+    server = ValkeyServer(
+        tmp_path, None, "--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"
+    )
+    server.start()
+    try:
+        app = Flask("evicting")
+        app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE=server.url)
+        with caplog.at_level(logging.WARNING, logger="satchel"):
+            Satchel(app)
+        assert "maxmemory-policy is volatile-lru" in caplog.text
+        strict = Flask("strict")
+        strict.config.update(SECRET_KEY=SECRET, SATCHEL_STORE=server.url, SATCHEL_STRICT_STORE=True)
+        with pytest.raises(ConfigError, match="noeviction"):
+            Satchel(strict)
+    finally:
+        server.kill()
+
+
+def test_a_safe_or_unreachable_server_gives_no_eviction_warning(
+    redis_store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """noeviction, or a server not up yet at start-up, raises nothing and warns of nothing."""
+    import logging
+
+    assert redis_store.config_problems() == []
+    down = RedisStore.from_url("redis://127.0.0.1:1/0")
+    with caplog.at_level(logging.WARNING, logger="satchel"):
+        assert down.config_problems() == []
+    assert caplog.text == ""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from flask import Flask, session
 
 from satchel import Satchel
@@ -168,3 +170,57 @@ def test_a_thread_per_request_reuses_connections(tmp_path: Path) -> None:
     assert len(store._connections.made) == 1
     assert len(os.listdir("/proc/self/fd")) == open_files
     store.close()
+
+
+def test_a_burst_of_threads_leaves_few_connections_open(tmp_path: Path) -> None:
+    """Hardening item 13: 300 threads at once, then quiet: idle connections shrink to a bound."""
+    import os
+    import threading
+
+    store = SQLiteStore(tmp_path / "s.sqlite3", max_idle=4)
+    store.load("k" * 64)
+    before = len(os.listdir("/proc/self/fd"))
+    holding = threading.Semaphore(0)
+    hold = threading.Event()
+
+    def burst() -> None:
+        with store._connection():  # each thread holds one connection at the same time
+            holding.release()
+            hold.wait(10)
+
+    threads = [threading.Thread(target=burst) for _ in range(300)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert holding.acquire(timeout=10)
+    during = len(os.listdir("/proc/self/fd"))
+    hold.set()
+    for t in threads:
+        t.join()
+    after = len(os.listdir("/proc/self/fd"))
+    assert during >= before + 299  # the burst really opened them
+    assert len(store._connections.made) <= 4
+    assert after <= before  # the first connection's files were let go of too
+    assert store.load("k" * 64) is None  # and the store still works
+    assert len(store._connections.made) == 1
+    store.close()
+
+
+def test_a_file_deleted_under_the_app_answers_503(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hardening item 13: deleting the SQLite file while running gives 503s, not lost writes."""
+    path = tmp_path / "s.sqlite3"
+    app = Flask("deleted")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=SQLiteStore(path))
+    app.add_url_rule("/w", "w", lambda: session.update(x=1) or "ok")
+    client = app.test_client()
+    assert client.get("/w").status_code == 200
+    for name in ("s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    time.sleep(1.1)  # the file is looked at once a second
+    with caplog.at_level(logging.ERROR, logger="satchel"):
+        statuses = {app.test_client().get("/w").status_code for _ in range(5)}
+    assert statuses == {503}
+    assert "changed under the running app" in caplog.text

@@ -5,6 +5,11 @@ threads (and greenlets) share them and a process holds only as many as calls
 ever ran at once in it, even under a server that starts a thread per request.
 Idle connections above ``max_idle`` are closed when given back, so a burst of
 threads does not pin its connections (and their file descriptors) for good.
+After such a burst, the first moment every connection is idle again they are
+all closed and made anew on demand: SQLite keeps a closed connection's file
+descriptor open while any other connection of the process holds a lock on the
+file (in WAL mode every open connection does), and lets go of them only when
+the last one closes.
 A connection never crosses a fork: a worker forked from a parent that already
 used the store makes its own, and keeps its copies of the parent's unused and
 unclosed (closing one can act on the parent's socket or database files).
@@ -49,6 +54,7 @@ class ConnectionList(Generic[Conn]):
         self._close = close
         #: How many idle connections are kept; more are closed when given back.
         self.max_idle = max_idle
+        self._shrunk = False
         # deque appends and pops are atomic: taking and giving need no lock.
         self.idle: collections.deque[Conn] = collections.deque()
         #: Every connection made in this process, idle or lent out.
@@ -78,13 +84,35 @@ class ConnectionList(Generic[Conn]):
         """Return a connection taken with :meth:`take`; close it if enough are idle."""
         if self._close is None or len(self.idle) < self.max_idle:
             self.idle.append(conn)
+            if self._shrunk:
+                self._settle()
             return
         with self._lock:
             try:
                 self.made.remove(conn)
             except ValueError:  # made before a fork: not ours to close
                 return
+            self._shrunk = True
         self._close(conn)
+        self._settle()
+
+    def _settle(self) -> None:
+        """After a burst, once every connection is idle, close them all (see above)."""
+        assert self._close is not None
+        with self._lock:
+            if len(self.idle) < len(self.made):
+                return  # some are still lent out: try again when they come back
+            closing = []
+            while True:
+                try:
+                    closing.append(self.idle.popleft())  # atomic: never one a take() got
+                except IndexError:
+                    break
+            for conn in closing:
+                self.made.remove(conn)
+            self._shrunk = bool(self.made)
+        for conn in closing:
+            self._close(conn)
 
     def drain(self) -> list[Conn]:
         """Forget every connection this process made and return them, for closing."""
