@@ -20,6 +20,7 @@ def test_public_names() -> None:
     """The package exports exactly the intended names."""
     assert sorted(satchel.__all__) == [
         "ConfigError",
+        "LockLost",
         "LockTimeout",
         "Satchel",
         "SatchelError",
@@ -39,6 +40,7 @@ def test_error_tree() -> None:
     for name in ("ConfigError", "SerializationError", "SessionTooLarge", "StoreUnavailable"):
         assert issubclass(getattr(satchel, name), SatchelError)
     assert issubclass(satchel.LockTimeout, satchel.StoreUnavailable)
+    assert issubclass(satchel.LockLost, satchel.LockTimeout)
 
 
 def test_missing_secret_key_fails_at_init() -> None:
@@ -180,3 +182,15 @@ def test_redis_urls_build_redis_stores(valkey: object) -> None:
     socket_store = from_url("unix:///tmp/satchel-test.sock")
     assert repr(socket_store) == "RedisStore('/tmp/satchel-test.sock')"
     socket_store.close()
+
+
+def test_a_quart_app_is_refused_at_init_app() -> None:
+    """Satchel(app) on a Quart app raises ConfigError naming the Quart adapter, at once."""
+    import quart
+
+    from satchel import ConfigError
+
+    app = quart.Quart("async")
+    app.config["SECRET_KEY"] = SECRET
+    with pytest.raises(ConfigError, match="Quart adapter"):
+        Satchel(app)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .errors import (
     ConfigError,
+    LockLost,
     LockTimeout,
     SatchelError,
     SerializationError,
@@ -15,6 +16,7 @@ from .session import Session
 
 __all__ = [
     "ConfigError",
+    "LockLost",
     "LockTimeout",
     "Satchel",
     "SatchelError",

@@ -97,8 +97,10 @@ class SessionManager:
         (a browser sends several when a parent domain or path set one too): the
         first genuine one is used, and a bad one never costs the visitor a
         genuine one. A request whose cookies all fail verification gets an empty
-        session and a line on the ``satchel.security`` logger; the cookie is
-        expired if nothing is stored.
+        session and a line on the ``satchel.security`` logger. Such a cookie
+        is ignored, not expired (a first write replaces it): a worker still on
+        an old key during a rotation would otherwise log out every visitor whose
+        cookie a newer worker signed, and Flask's own session does the same.
         """
         if not cookie:
             return self.session_class(self, None)
@@ -115,9 +117,7 @@ class SessionManager:
             "rejected a session cookie that failed verification (%s chars)",
             ", ".join(str(len(value)) for value in values),
         )
-        session = self.session_class(self, None)
-        session._stale_cookie = True
-        return session
+        return self.session_class(self, None)
 
     def load(self, session: Session) -> Record | None:
         """Read the record behind ``session`` (called on its first use).

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError
-from .base import Change, Record, Store
+from .base import Change, Record, SaveResult, Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
@@ -42,6 +42,7 @@ __all__ = [
     "Record",
     "RedisStore",
     "SQLiteStore",
+    "SaveResult",
     "Store",
     "from_url",
     "register_scheme",

