@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from flask import Flask, session
+from flask import Flask, request, session
 
 from satchel import Satchel
 from satchel.stores import Store
@@ -69,7 +69,9 @@ def test_show_and_revoke_by_short_reference(app: Flask) -> None:
     short = info["reference"][:10]
     shown = json.loads(run(app, "show", short, "--json").output)
     assert shown["owner"] == "alice" and shown["key_names"] == ["user"]
-    assert "owner      alice" in run(app, "show", short).output
+    assert ["owner", "alice"] in [
+        line.split() for line in run(app, "show", short).output.splitlines()
+    ]
     revoked = run(app, "revoke", short)
     assert revoked.exit_code == 0 and "revoked" in revoked.output
     assert client.get("/whoami").json == {"user": None}
@@ -115,3 +117,94 @@ def test_purge(app: Flask) -> None:
     assert result.exit_code == 0, result.output
     assert "removed" in result.output
     assert json.loads(run(short, "stats", "--json").output)["live_sessions"] == 0
+
+
+@pytest.fixture
+def hostile(store: Store) -> Flask:
+    """An app whose owners and user agents are chosen by whoever logs in."""
+    app = Flask("hostile")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_TRACK_CLIENT=True)
+    Satchel(app, store=store)
+
+    @app.post("/login")
+    def login() -> str:
+        session["x"] = 1
+        session.regenerate(owner=request.form["owner"])  # type: ignore[attr-defined]
+        return "ok"
+
+    return app
+
+
+def test_control_characters_never_reach_the_terminal(hostile: Flask) -> None:
+    """Hardening item 12: OSC and other escapes in owners and user agents print escaped."""
+    osc = "\x1b]0;pwned\x07\x1b[2J"
+    hostile.test_client().post(
+        "/login", data={"owner": f"eve{osc}"}, headers={"User-Agent": f"agent{osc}\u202e"}
+    )
+    for args in (["list"], ["stats"], ["list", "--owner", f"eve{osc}"]):
+        output = run(hostile, *args).output
+        assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output
+    listing = run(hostile, "list").output
+    assert "eve\\x1b]0;pwned\\x07" in listing and "agent\\x1b" in listing
+    ref = json.loads(run(hostile, "list", "--json").output)[0]["reference"]
+    shown = run(hostile, "show", ref[:8]).output
+    assert "\x1b" not in shown and "eve\\x1b" in shown
+    revoked = run(hostile, "revoke-owner", f"eve{osc}")
+    assert "\x1b" not in revoked.output and "revoked 1 session(s)" in revoked.output
+
+
+def test_undecodable_arguments_are_a_clean_error(app: Flask) -> None:
+    """Hardening item 12: a lone surrogate (bytes the terminal could not decode) is refused."""
+    for args in (["list", "--owner", "\udcff"], ["revoke-owner", "a\udcffb"], ["show", "\udcff"]):
+        result = run(app, *args)
+        assert result.exit_code == 2, result.output
+        assert "not valid UTF-8 text" in result.output and "Traceback" not in result.output
+
+
+def test_every_command_speaks_json(app: Flask) -> None:
+    """Hardening item 12: --json on every command, parseable, with what happened."""
+    client = app.test_client()
+    client.get("/login/alice")
+    app.test_client().get("/login/alice")
+    ref = json.loads(run(app, "list", "--json").output)[0]["reference"]
+    assert json.loads(run(app, "stats", "--json").output)["live_sessions"] == 2
+    assert json.loads(run(app, "show", ref, "--json").output)["reference"] == ref
+    assert json.loads(run(app, "revoke", ref[:9], "--json").output) == {"revoked": [ref]}
+    ended = json.loads(run(app, "revoke-owner", "alice", "--json").output)
+    assert ended == {"owner": "alice", "revoked": 1}
+    assert json.loads(run(app, "purge", "--json").output)["removed"] >= 0
+
+
+def test_stats_counts_at_the_store_without_reading_records(app: Flask) -> None:
+    """Hardening item 12: stats and show REF-prefix never load every record."""
+    store = app.extensions["satchel"].store
+    for user in ("a", "b", "b"):
+        app.test_client().get(f"/login/{user}")
+    loaded: list[str] = []
+    real_records, real_load = store.records, store.load
+    store.records = lambda owner=None: loaded.append("records") or real_records(owner)
+    store.load = lambda key: loaded.append("load") or real_load(key)
+    try:
+        stats = run(app, "stats").output
+        assert ["live", "sessions", "3"] in [line.split() for line in stats.splitlines()]
+        assert loaded == []
+        ref = next(iter(store.references()))
+        assert run(app, "show", ref[:6]).exit_code == 0
+        assert loaded == ["load"]  # the one shown, found by the key index
+    finally:
+        del store.records, store.load
+
+
+def test_columns_fit_wide_characters(hostile: Flask) -> None:
+    """Hardening item 12: columns line up with wide (East Asian) characters in a cell."""
+    for owner in ("短い名前の利用者", "bob"):
+        hostile.test_client().post("/login", data={"owner": owner})
+    lines = run(hostile, "list").output.splitlines()[:3]
+    import unicodedata
+
+    def width(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    starts = {width(line[: line.index("20")]) for line in lines[1:]}  # the CREATED column
+    assert len(starts) == 1
+    assert width(lines[0][: lines[0].index("CREATED")]) in starts

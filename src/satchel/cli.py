@@ -4,8 +4,8 @@
 each prints a readable table, or JSON with ``--json``:
 
 ==========================  ==============================================
-``stats``                   counts of live sessions and owners, and the
-                            counters of this process
+``stats``                   counts of live sessions and owners (counted
+                            by the store, no record is read)
 ``list [--owner X]``        live sessions, most recent first
 ``show REF``                one session: times, owner, client, its keys
 ``revoke REF``              end one session now
@@ -13,12 +13,16 @@ each prints a readable table, or JSON with ``--json``:
 ``purge``                   remove expired records, batch by batch
 ==========================  ==============================================
 
-A REF is a session's reference (shown by ``list``), or any unique start of it.
+A REF is a session's reference (shown by ``list``), or any unique start of it,
+found through the store's key index. Owners and user agents are printed with
+control characters escaped, so a hostile value cannot drive the terminal.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import unicodedata
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -89,10 +93,49 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _printable(text: object) -> str:
+    """``text`` safe for a terminal: control, format and surrogate characters escaped.
+
+    Owners and user agents come from users and browsers; printed raw, an
+    escape sequence in one could rewrite the operator's screen.
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide East Asian characters take two."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
 def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    cells = [[_printable(c) for c in row] for row in [header, *rows]]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        line = "  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths, strict=True))
+        click.echo(line.rstrip())
+
+
+def _text(value: str, what: str) -> str:
+    """An argument as text a store can file; bytes the terminal could not decode are refused."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter(
+            f"{_printable(value)!r} is not valid UTF-8 text", param_hint=what
+        ) from None
+    return value
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _run(action: Any) -> Any:
@@ -104,16 +147,25 @@ def _run(action: Any) -> Any:
         raise click.ClickException(str(exc)) from exc
 
 
-def _resolve(ref: str) -> str:
-    from .admin import records
+def _store() -> Any:
+    """The app's store, which must list (every built-in store does)."""
+    from .admin import _listing
 
-    if len(ref) == 64:
-        return ref
-    matches = [key for key, _ in _run(lambda: list(records(_manager())))]
-    matches = [key for key in matches if key.startswith(ref)]
+    return _run(lambda: _listing(_manager()))
+
+
+def _resolve(ref: str) -> str:
+    """The one live reference that starts with ``ref``, found by the store's key index."""
+    ref = _text(ref, "REF")
+    store = _store()
+    finder = getattr(store, "references", None)
+    if finder is not None:
+        matches = _run(lambda: list(itertools.islice(finder(ref), 2)))
+    else:
+        matches = [k for k, _ in _run(lambda: list(store.records())) if k.startswith(ref)][:2]
     if len(matches) != 1:
         raise click.ClickException(
-            f"{ref!r} names {'no' if not matches else 'more than one'} live session"
+            f"{_printable(ref)!r} names {'no' if not matches else 'more than one'} live session"
         )
     return str(matches[0])
 
@@ -121,26 +173,26 @@ def _resolve(ref: str) -> str:
 @admin.command("stats")
 @json_option
 def stats_command(as_json: bool) -> None:
-    """Live sessions and owners in the store, and this process's counters."""
-    from .admin import records
+    """Live sessions and owners in the store.
 
-    live = _run(lambda: list(records(_manager())))
-    owners = {record.owner for _, record in live if record.owner is not None}
-    counters = _manager().counters.snapshot()
-    result: dict[str, Any] = {
-        "store": repr(_manager().store),
-        "live_sessions": len(live),
-        "owners": len(owners),
-        "counters": counters,
-    }
+    The request counters (loads, saves, errors...) belong to each app
+    process: read them there, with ``Satchel.stats(app)``.
+    """
+    store = _store()
+    counter = getattr(store, "count", None)
+    if counter is not None:
+        live, owners = _run(counter)
+    else:
+        found = _run(lambda: [r.owner for _, r in store.records()])
+        live, owners = len(found), len({o for o in found if o is not None})
+    result: dict[str, Any] = {"store": repr(store), "live_sessions": live, "owners": owners}
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        _echo_json(result)
         return
-    click.echo(f"store          {result['store']}")
-    click.echo(f"live sessions  {result['live_sessions']}")
-    click.echo(f"owners         {result['owners']}")
-    for name, value in counters.items():
-        click.echo(f"{name:<15}{value}")
+    _table(
+        [["store", result["store"]], ["live sessions", str(live)], ["owners", str(owners)]],
+        ["", ""],
+    )
 
 
 @admin.command("list")
@@ -150,9 +202,11 @@ def list_command(owner: str | None, as_json: bool) -> None:
     """Live sessions, most recent first."""
     from .admin import list_sessions
 
+    if owner is not None:
+        owner = _text(owner, "--owner")
     found = _run(lambda: list_sessions(_manager(), owner))
     if as_json:
-        click.echo(json.dumps([_info(i) for i in found], indent=2))
+        _echo_json([_info(i) for i in found])
         return
     rows = [
         [i.reference[:12], i.owner or "-", _when(i.created_at), _when(i.last_seen),
@@ -187,59 +241,75 @@ def show_command(ref: str, as_json: bool) -> None:
     reference = _resolve(ref)
     record = _run(lambda: _manager().store.load(reference))
     if record is None:
-        raise click.ClickException(f"no live session {ref!r}")
+        raise click.ClickException(f"no live session {_printable(ref)!r}")
     info = _info(SessionInfo.of(reference, record))
     info["key_names"] = sorted(record.fields)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        _echo_json(info)
         return
+    rows = []
     for name, value in info.items():
         if name in ("created_at", "last_seen", "expires_at"):
             value = _when(value) + " UTC"
-        click.echo(f"{name:<11}{value}")
+        elif name == "key_names":
+            value = ", ".join(_printable(k) for k in value)
+        rows.append([name, "-" if value is None else str(value)])
+    _table(rows, ["", ""])
 
 
 @admin.command("revoke")
 @click.argument("ref")
-def revoke_command(ref: str) -> None:
+@json_option
+def revoke_command(ref: str, as_json: bool) -> None:
     """End one session now: its cookie opens nothing afterwards."""
     from .admin import revoke
 
     reference = _resolve(ref)
     if not _run(lambda: revoke(_manager(), reference)):
-        raise click.ClickException(f"no live session {ref!r}")
+        raise click.ClickException(f"no live session {_printable(ref)!r}")
+    if as_json:
+        _echo_json({"revoked": [reference]})
+        return
     click.echo(f"revoked {reference[:12]}")
 
 
 @admin.command("revoke-owner")
 @click.argument("owner")
-def revoke_owner_command(owner: str) -> None:
+@json_option
+def revoke_owner_command(owner: str, as_json: bool) -> None:
     """End every session of OWNER."""
     from .admin import revoke_all
 
+    owner = _text(owner, "OWNER")
     ended = _run(lambda: revoke_all(_manager(), owner))
-    click.echo(f"revoked {ended} session(s) of {owner}")
+    if as_json:
+        _echo_json({"owner": owner, "revoked": ended})
+        return
+    click.echo(f"revoked {ended} session(s) of {_printable(owner)}")
 
 
 @admin.command("purge")
-def purge_command() -> None:
+@json_option
+def purge_command(as_json: bool) -> None:
     """Remove expired records now (a store that expires keys itself has none)."""
     store = _manager().store
     batches = getattr(store, "purge_in_batches", None)
-    if batches is None:
+    if batches is None or as_json:
         removed = _run(store.purge_expired)
-        click.echo(f"removed {removed} expired record(s)")
-        return
-    from .errors import SatchelError
+    else:
+        from .errors import SatchelError
 
-    done = removed = 0
-    try:
-        with click.progressbar(length=1, label="purging", show_pos=True) as bar:
-            for walked, total, batch_removed in batches():
-                bar.length = max(total, 1)
-                bar.update(walked - done)
-                done = walked
-                removed += batch_removed
-    except SatchelError as exc:
-        raise click.ClickException(str(exc)) from exc
+        done = removed = 0
+        try:
+            with click.progressbar(length=1, label="purging", show_pos=True) as bar:
+                for walked, total, batch_removed in batches():
+                    bar.length = max(total, 1)
+                    bar.update(walked - done)
+                    done = walked
+                    removed += batch_removed
+        except SatchelError as exc:
+            raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _echo_json({"removed": removed})
+        return
     click.echo(f"removed {removed} expired record(s)")
