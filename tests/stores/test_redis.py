@@ -172,3 +172,32 @@ def test_a_safe_or_unreachable_server_gives_no_eviction_warning(
     with caplog.at_level(logging.WARNING, logger="satchel"):
         assert down.config_problems() == []
     assert caplog.text == ""
+
+
+def test_a_burst_of_threads_leaves_few_connections_open(own_valkey: ValkeyServer) -> None:
+    """Hardening item 13: 100 calls at once, then quiet: the server keeps few of them."""
+    store = RedisStore.from_url(own_valkey.url)
+    create(store)
+    holding = threading.Semaphore(0)
+    hold = threading.Event()
+
+    def burst() -> None:
+        conn = store._connections.take()  # held as a slow command would hold it
+        conn.send_command("PING")
+        conn.read_response()
+        holding.release()
+        hold.wait(10)
+        store._connections.give(conn)
+
+    threads = [threading.Thread(target=burst) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert holding.acquire(timeout=10)
+    assert clients_connected(own_valkey) >= 100
+    hold.set()
+    for t in threads:
+        t.join()
+    assert clients_connected(own_valkey) <= store._connections.max_idle
+    assert store.load(KEY) is not None
+    store.close()
