@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -50,6 +51,19 @@ def client_with(app: Flask, cookie: str) -> Any:
     client = app.test_client()
     client.set_cookie("session", cookie)
     return client
+
+
+def logged_in(app: Flask) -> tuple[Any, str]:
+    """A client that has visited /login, and its session cookie."""
+    client = app.test_client()
+    client.get("/login")
+    return client, cookie_of(client)
+
+
+def change_settings(app: Flask, **changes: Any) -> None:
+    """Change the manager's settings after init_app, as a lowered limit would."""
+    manager = app.extensions["satchel"]
+    manager.settings = replace(manager.settings, **changes)
 
 
 # -- 1. the owner index and concurrent listings -------------------------------------------
@@ -299,9 +313,7 @@ def test_regenerate_in_flight_does_not_revive_a_cleared_session(store: Store) ->
         session.clear()
         return "ok"
 
-    client = app.test_client()
-    client.get("/login")
-    cookie = cookie_of(client)
+    _client, cookie = logged_in(app)
 
     def log_out() -> Any:
         assert loaded.wait(10)
@@ -388,10 +400,7 @@ def test_an_unreadable_record_counts_as_absent(
 def test_size_limit_holds_for_overlapping_requests(store: Store) -> None:
     """Item 7: 8 overlapping 9 KB writes under a 10,000-byte limit: one kept, the rest refused."""
     app = owner_app(store, "x")
-    app.config["SATCHEL_MAX_SIZE"] = 10_000
-    app.extensions["satchel"].settings = type(app.extensions["satchel"].settings)(
-        **{**_settings(app), "max_size": 10_000}
-    )
+    change_settings(app, max_size=10_000)
     barrier = threading.Barrier(8, timeout=10)
 
     @app.errorhandler(Exception)
@@ -405,9 +414,7 @@ def test_size_limit_holds_for_overlapping_requests(store: Store) -> None:
         session[f"blob{n}"] = "x" * 9000
         return "ok"
 
-    client = app.test_client()
-    client.get("/login")
-    cookie = cookie_of(client)
+    _client, cookie = logged_in(app)
     jobs = [lambda n=n: client_with(app, cookie).get(f"/big/{n}") for n in range(8)]
     responses = run_together(*jobs)
     statuses = sorted(r.status_code for r in responses)
@@ -417,12 +424,6 @@ def test_size_limit_holds_for_overlapping_requests(store: Store) -> None:
     assert record is not None
     assert sum(len(k) + len(v) for k, v in record.fields.items()) <= 10_000
     assert client_with(app, cookie).get("/login").status_code == 200  # later writes work
-
-
-def _settings(app: Flask) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(app.extensions["satchel"].settings)
 
 
 def test_a_session_over_a_lowered_limit_stays_readable_and_shrinkable(store: Store) -> None:
@@ -442,9 +443,7 @@ def test_a_session_over_a_lowered_limit_stays_readable_and_shrinkable(store: Sto
 
     client = app.test_client()
     client.get("/grow")
-    app.extensions["satchel"].settings = type(app.extensions["satchel"].settings)(
-        **{**_settings(app), "max_size": 2000}
-    )
+    change_settings(app, max_size=2000)
     assert set(client.get("/read").json) == {"a", "b"}
     assert client.get("/shrink").status_code == 200
     assert set(client.get("/read").json) == {"b"}
@@ -457,9 +456,7 @@ def test_a_session_over_a_lowered_limit_stays_readable_and_shrinkable(store: Sto
 def test_a_view_outliving_its_lease_cannot_overwrite(store: Store) -> None:
     """Item 8: the slow request's lease lapses and another takes the lock: 503, no loss."""
     app = owner_app(store, "x")
-    app.extensions["satchel"].settings = type(app.extensions["satchel"].settings)(
-        **{**_settings(app), "lock_lease": 0.3}
-    )
+    change_settings(app, lock_lease=0.3)
     started = threading.Event()
 
     @app.get("/slow")
@@ -476,9 +473,7 @@ def test_a_view_outliving_its_lease_cannot_overwrite(store: Store) -> None:
         session["count"] = session.get("count", 0) + 1
         return "ok"
 
-    client = app.test_client()
-    client.get("/login")
-    cookie = cookie_of(client)
+    _client, cookie = logged_in(app)
 
     def second() -> Any:
         assert started.wait(10)
@@ -535,9 +530,7 @@ def malleated(cookie: str) -> list[str]:
 def test_only_the_canonical_cookie_text_is_accepted(store: Store) -> None:
     """Item 10: other spellings of a genuine cookie are rejected."""
     app = owner_app(store, "x")
-    client = app.test_client()
-    client.get("/login")
-    cookie = cookie_of(client)
+    _client, cookie = logged_in(app)
     assert client_with(app, cookie).get("/read").json == {"seen": True}
     signer = CookieSigner(SECRET)
     assert signer.unsign(cookie) is not None
@@ -548,9 +541,7 @@ def test_only_the_canonical_cookie_text_is_accepted(store: Store) -> None:
 def test_a_bad_cookie_of_the_same_name_does_not_hide_the_genuine_one(store: Store) -> None:
     """Item 11: `session=garbage; session=<genuine>` keeps the visitor logged in."""
     app = owner_app(store, "x")
-    client = app.test_client()
-    client.get("/login")
-    cookie = cookie_of(client)
+    _client, cookie = logged_in(app)
     plain = app.test_client(use_cookies=False)
     for header in (f"session=garbage; session={cookie}", f"session={cookie}; session=garbage"):
         response = plain.get("/read", headers={"Cookie": header})
