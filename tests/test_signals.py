@@ -153,3 +153,22 @@ def test_regenerate_then_clear_is_a_destruction(
     client.get("/regenerate-then-clear")
     assert [name for name, _, _ in received] == ["created", "destroyed"]
     assert received[1][2] == fp
+
+
+def test_a_regenerate_counts_one_save_and_one_delete(app: Flask) -> None:
+    """Moving a session to a new ID is one save and the old record's delete, not a create."""
+
+    @app.get("/log-in")
+    def log_in() -> str:
+        session.regenerate(owner="ada")  # type: ignore[attr-defined]
+        return "ok"
+
+    client = app.test_client()
+    client.get("/set")
+    with app.app_context():
+        before = Satchel.stats()
+    client.get("/log-in")
+    with app.app_context():
+        after = Satchel.stats()
+    changed = {name: after[name] - before[name] for name in after if after[name] != before[name]}
+    assert changed == {"loads": 1, "saves": 1, "deletes": 1}

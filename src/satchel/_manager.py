@@ -338,14 +338,10 @@ class SessionManager:
         session_id = new_id()
         key = store_key(session_id)
         result = self._store_save(session, key, change, create=True)
-        self.counters.add("saves")
-        if result == SaveResult.REFUSED:
+        if result != SaveResult.SAVED:  # ended meanwhile, or emptied: no new session
+            self.counters.add("saves")
             return self._saved(session, result)
-        self.counters.add("deletes")
-        if result == SaveResult.DELETED:
-            session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
-            session.session_id = session.record = session._origin = None
-            return Outcome(delete_cookie=True)
+        self.counters.add("deletes")  # the old record, gone with the move
         fields = {k: changed.get(k) or session._raw[k] for k in session._data}
         record = Record(
             fields, origin.created_at, now, change.expires_at, change.owner, dict(change.meta)
