@@ -159,3 +159,22 @@ def test_cluster_eviction_policy_is_read_on_every_primary(cluster_store: RedisSt
         assert "allkeys-lru" in problem and node.name in problem
     finally:
         cluster_store.client.config_set("maxmemory-policy", "noeviction", target_nodes=node)  # type: ignore[call-arg]
+
+
+def test_admin_commands_on_a_cluster(cluster_store: RedisStore) -> None:
+    """stats counts across every primary; show finds a reference prefix; revoke-owner ends all."""
+    import json
+
+    from ..test_hardening import owner_app
+
+    app = owner_app(cluster_store, "ada")
+    for _ in range(12):
+        app.test_client().get("/login")
+    runner = app.test_cli_runner()
+    stats = json.loads(runner.invoke(args=["satchel", "stats", "--json"]).output)
+    assert (stats["live_sessions"], stats["owners"]) == (12, 1)
+    ref = next(iter(cluster_store.references()))
+    shown = runner.invoke(args=["satchel", "show", ref[:10], "--json"])
+    assert json.loads(shown.output)["reference"] == ref
+    ended = runner.invoke(args=["satchel", "revoke-owner", "ada", "--json"])
+    assert json.loads(ended.output) == {"owner": "ada", "revoked": 12}
