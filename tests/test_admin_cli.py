@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -205,6 +206,12 @@ def test_columns_fit_wide_characters(hostile: Flask) -> None:
     def width(text: str) -> int:
         return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
-    starts = {width(line[: line.index("20")]) for line in lines[1:]}  # the CREATED column
+    created = [re.search(r"\d{4}-\d\d-\d\d \d\d:", line) for line in lines[1:]]
+    starts = {
+        width(line[: found.start()])
+        for line, found in zip(lines[1:], created, strict=True)
+        if found
+    }
+    assert len(created) == 2 and all(created)  # the CREATED column of both rows
     assert len(starts) == 1
     assert width(lines[0][: lines[0].index("CREATED")]) in starts
