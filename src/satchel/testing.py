@@ -256,6 +256,23 @@ class StoreContract:
         record = store.load("k1")
         assert record is not None and sorted(record.fields) == ["a", "b"]
 
+    def test_expect_is_a_compare_and_set_per_field(self, store: Store) -> None:
+        """A save whose expected bytes no longer hold writes nothing (CONFLICT)."""
+        store.save("k1", _change({"cart": b"[1]", "x": b"0"}), create=True)
+        stale = _change({"cart": b"[1,2]", "y": b"1"}, expect={"cart": b"[]", "y": None})
+        assert store.save("k1", stale, create=False) == SaveResult.CONFLICT
+        record = store.load("k1")
+        assert record is not None and dict(record.fields) == {"cart": b"[1]", "x": b"0"}
+        absent = _change({"y": b"1"}, expect={"x": None})
+        assert store.save("k1", absent, create=False) == SaveResult.CONFLICT
+        fresh = _change({"cart": b"[1,2]", "y": b"1"}, expect={"cart": b"[1]", "y": None})
+        assert store.save("k1", fresh, create=False) == SaveResult.SAVED
+        record = store.load("k1")
+        assert record is not None and record.fields["cart"] == b"[1,2]"
+        move = _change({"z": b"2"}, replaces="k1", expect={"cart": b"[1]"})
+        assert store.save("k2", move, create=True) == SaveResult.CONFLICT
+        assert store.load("k2") is None and store.load("k1") is not None
+
     def test_size_limit_holds_under_overlapping_saves(self, store: Store) -> None:
         """Threads each adding a field under one limit: the record never ends over it."""
         store.save("k1", _change({"start": b"0"}), create=True)

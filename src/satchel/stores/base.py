@@ -20,6 +20,7 @@ from ..errors import SessionTooLarge
 
 __all__ = [
     "Change",
+    "Conflict",
     "ListingStore",
     "LockingStore",
     "Record",
@@ -65,6 +66,12 @@ class SaveResult(enum.IntEnum):
     DELETED = 2
     #: ``fence`` no longer held the lock; nothing was written.
     FENCED = 3
+    #: A field no longer held the bytes ``expect`` named; nothing was written.
+    CONFLICT = 4
+
+
+class Conflict(Exception):
+    """Raised by :func:`apply_change` when ``expect`` does not hold; stores answer CONFLICT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,10 @@ class Change:
       already over a lowered limit can still shrink.
     * ``fence``: a strict-mode lock token that must still hold the lock of the
       record changed (for a move, the old record's); else ``FENCED``.
+    * ``expect``: for each field named, the bytes it must still hold (``None``:
+      it must be absent) in the record changed (for a move, the old one); else
+      ``CONFLICT``, and the caller merges its change into what is stored now and
+      tries again. A compare-and-set per field, in the same step as the write.
     """
 
     set: Mapping[str, bytes] = field(default_factory=dict)
@@ -105,6 +116,7 @@ class Change:
     delete_if_only: Collection[str] | None = None
     max_size: int | None = None
     fence: str | None = None
+    expect: Mapping[str, bytes | None] | None = None
 
 
 def apply_change(base: Record | None, change: Change) -> Record | None:
@@ -112,9 +124,15 @@ def apply_change(base: Record | None, change: Change) -> Record | None:
 
     ``base`` is the record updated, or the one a move takes its fields from
     (``None`` for a plain create). Raises :class:`SessionTooLarge` as
-    ``change.max_size`` says. Stores that merge in Python share this, so the
-    rules are written once.
+    ``change.max_size`` says and :class:`Conflict` when ``change.expect`` does
+    not hold. Stores that merge in Python share this, so the rules are written
+    once.
     """
+    if change.expect:
+        stored = {} if base is None else base.fields
+        for name, expected in change.expect.items():
+            if stored.get(name) != expected:
+                raise Conflict(name)
     fields = {} if base is None else dict(base.fields)
     before = size_of(fields) if change.max_size is not None and fields else 0
     for name in change.delete:

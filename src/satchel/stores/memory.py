@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
-from .base import Change, Record, SaveResult, apply_change
+from .base import Change, Conflict, Record, SaveResult, apply_change
 
 __all__ = ["MemoryStore"]
 
@@ -68,7 +68,10 @@ class MemoryStore:
                 base = self._live(change.replaces, now)
                 if base is None:
                     return SaveResult.REFUSED
-            result = apply_change(base, change)
+            try:
+                result = apply_change(base, change)
+            except Conflict:
+                return SaveResult.CONFLICT
             if source != key or result is None:
                 self._records.pop((self.prefix, source), None)
             if result is None:

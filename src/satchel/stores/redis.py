@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
-from .base import Change, Record, SaveResult, apply_change
+from .base import Change, Conflict, Record, SaveResult, apply_change
 
 if TYPE_CHECKING:
     import redis
@@ -44,8 +44,10 @@ _log = logging.getLogger("satchel")
 # one); the lock the fence names (the read record's); an owner's set, if any.
 # ARGV: mode (u update, c create, m move), fence token or '', expiry (unix ms),
 # size limit or '', the set's member and deadline (unix ms), then counted lists:
-# the delete-if-only names (-1: none), the names to delete, then the name/value
-# pairs to set. Replies {code} or {4, size}: codes as SaveResult, 4 too large.
+# the delete-if-only names (-1: none), the names to delete, the expectations
+# (name, '1' and the bytes it must hold, or '0' and '' for absent), then the
+# name/value pairs to set. Replies {code} or {9, size}: codes as SaveResult,
+# 9 too large.
 _SAVE = """
 local target, source, lock, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, fence = ARGV[1], ARGV[2]
@@ -63,7 +65,17 @@ if n >= 0 then
 end
 n = tonumber(ARGV[i])
 local first_delete, last_delete = i + 1, i + n
-local first_set = i + n + 1
+i = i + n + 1
+n = tonumber(ARGV[i])
+for j = i + 1, i + 3 * n, 3 do
+  local stored = redis.call('HGET', source, ARGV[j])
+  if ARGV[j + 1] == '1' then
+    if stored ~= ARGV[j + 2] then return {4} end
+  elseif stored then
+    return {4}
+  end
+end
+local first_set = i + 3 * n + 1
 local limit = tonumber(ARGV[4])
 local size = 0
 if limit then
@@ -91,7 +103,7 @@ if limit then
   for j = first_set, #ARGV, 2 do
     if string.sub(ARGV[j], 1, 2) == 'd:' then size = size + #ARGV[j] - 2 + #ARGV[j + 1] end
   end
-  if size > limit and size > before then return {4, size} end
+  if size > limit and size > before then return {9, size} end
 end
 -- unpack() takes a few thousand values at most: go in even-sized chunks.
 local function each(command, values, first, last)
@@ -495,8 +507,12 @@ class RedisStore:
             args += (len(change.delete_if_only), *("d:" + n for n in change.delete_if_only))
         args.append(len(change.delete))
         args += ["d:" + name for name in change.delete]
+        expect = change.expect or {}
+        args.append(len(expect))
+        for name, expected in expect.items():
+            args += ("d:" + name, "0", "") if expected is None else ("d:" + name, "1", expected)
         reply = self._run(self._save, keys, args + pairs)
-        if reply[0] == 4:
+        if reply[0] == 9:
             raise SessionTooLarge(int(reply[1]), change.max_size or 0)
         return SaveResult(reply[0])
 
@@ -517,6 +533,9 @@ class RedisStore:
             return SaveResult.REFUSED
         try:
             result = apply_change(base, change)
+        except Conflict:
+            self._restore(old, reply[1], base.expires_at)
+            return SaveResult.CONFLICT
         except SessionTooLarge:
             self._restore(old, reply[1], base.expires_at)
             raise
@@ -526,7 +545,7 @@ class RedisStore:
         for name, value in result.fields.items():
             pairs += ("d:" + name, value)
         keys = [self._key(key), self._key(key), self._lock_key(key)]
-        args: list[Any] = ["c", "", _ms(result.expires_at), "", "", 0, -1, 0]
+        args: list[Any] = ["c", "", _ms(result.expires_at), "", "", 0, -1, 0, 0]
         return SaveResult(self._run(self._save, keys, args + pairs)[0])
 
     def _restore(self, name: str, raw: list[bytes], expires_at: float) -> None:

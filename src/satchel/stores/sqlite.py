@@ -35,7 +35,7 @@ from typing import Any
 from .. import _json
 from ..errors import StoreUnavailable
 from ._connections import ConnectionList
-from .base import Change, Record, SaveResult, apply_change
+from .base import Change, Conflict, Record, SaveResult, apply_change
 
 __all__ = ["SQLiteStore"]
 
@@ -329,7 +329,10 @@ class SQLiteStore:
                 base = None if old is None else _record(old)
             if base is None and (moved is not None or not create):
                 return SaveResult.REFUSED  # gone, or unreadable: never written over
-            result = apply_change(base, change)
+            try:
+                result = apply_change(base, change)
+            except Conflict:
+                return SaveResult.CONFLICT
             if moved is not None or result is None:
                 conn.execute("DELETE FROM satchel_sessions WHERE key = ?", (moved or name,))
             if result is None:
