@@ -132,6 +132,7 @@ def test_counters(app: Flask) -> None:
         "rejected_cookies": 1,
         "store_errors": 0,
         "lock_waits": 0,
+        "merges": 0,
     }
     assert Satchel.stats(app) == stats
 

@@ -59,6 +59,29 @@ def test_overlapping_writes_lose_nothing(app_server: Gunicorn, capsys: Any) -> N
     assert lost == 0
 
 
+def test_overlapping_appends_to_one_list_lose_nothing(app_server: Gunicorn, capsys: Any) -> None:
+    """60 overlapping `session["cart"].append(item)` requests, no strict mode: all 60 kept."""
+    cookie = start_session(app_server.port, "cart")
+    items = [f"item{i}" for i in range(60)]
+    result = load(app_server.port, [(f"/cart/{item}", cookie) for item in items])
+    assert result.statuses == {200: len(items)}
+    cart = read_session(app_server.port, cookie)["cart"]
+    lost = len(set(items) - set(cart))
+    report(capsys, f"{app_server.env}: {len(items)} overlapping appends to one list, lost {lost}")
+    assert lost == 0 and sorted(cart) == sorted(items)
+
+
+def test_overlapping_nested_key_updates_lose_nothing(app_server: Gunicorn, capsys: Any) -> None:
+    """60 overlapping `session["prefs"]["ui"][k] = v` requests, different k: all 60 kept."""
+    cookie = start_session(app_server.port, "prefs")
+    result = load(app_server.port, [(f"/pref/k{i}/v{i}", cookie) for i in range(60)])
+    assert result.statuses == {200: 60}
+    ui = read_session(app_server.port, cookie)["prefs"]["ui"]
+    lost = sum(1 for i in range(60) if ui.get(f"k{i}") != f"v{i}")
+    report(capsys, f"{app_server.env}: 60 overlapping nested-key updates, lost {lost}")
+    assert lost == 0
+
+
 def test_strict_mode_counter(app_server: Gunicorn, capsys: Any) -> None:
     """200 overlapping read-modify-writes of one counter in a @locked view: exactly 200."""
     cookie = start_session(app_server.port, "counter")

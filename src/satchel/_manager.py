@@ -8,14 +8,16 @@ ready, then set or delete the cookie as the returned :class:`Outcome` says.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ._merge import ABSENT, Patch, diff, patch
 from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
-from .serialization import dumps
+from .serialization import dumps, loads
 from .session import Session
 from .signals import (
     Counters,
@@ -35,6 +37,10 @@ REFRESH_AT_MOST_EVERY = 60.0
 REFRESH_FRACTION = 0.1
 #: A session holding nothing but these keys is not worth keeping.
 _EMPTY_BUT = frozenset({"_permanent"})
+#: A save replays its changes onto what overlapping requests stored meanwhile
+#: at most this many times (and for at most ``lock_timeout`` seconds); past
+#: that it answers 503 (LockTimeout) rather than overwrite anyone.
+MERGE_ATTEMPTS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,22 +260,78 @@ class SessionManager:
         if not (changed or deleted):
             return self._refresh(session, session.record)
         now = time.time()
-        result = self._store_save(
-            session,
-            store_key(session.session_id),
-            Change(
-                set=changed,
-                delete=deleted,
-                touched_at=now,
-                expires_at=self._expiry(session.record, now),
-                delete_if_only=_EMPTY_BUT if deleted else None,
-                max_size=limit,
-                fence=self._fence(session),
-            ),
-            create=False,
+        key = store_key(session.session_id)
+        change = Change(
+            set=changed,
+            delete=deleted,
+            touched_at=now,
+            expires_at=self._expiry(session.record, now),
+            delete_if_only=_EMPTY_BUT if deleted else None,
+            max_size=limit,
+            fence=self._fence(session),
+            expect={name: loaded.get(name) for name in changed},
         )
+        result = self._merging_save(session, key, change, create=False, source=key)
         self.counters.add("saves")
         return self._saved(session, result)
+
+    def _merging_save(
+        self, session: Session, key: str, change: Change, *, create: bool, source: str
+    ) -> int:
+        """Save ``change``, each changed field compared with what the request loaded.
+
+        When an overlapping request changed one of those fields meanwhile, the
+        store refuses (CONFLICT); this request's own change to it (what it
+        appended, removed, set or deleted, at any depth: see ``satchel._merge``)
+        is replayed onto the value stored now, and the save tried again.
+        """
+        patches: dict[str, Patch] = {}
+        started = time.monotonic()
+        for attempt in range(MERGE_ATTEMPTS):
+            result = self._store_save(session, key, change, create=create)
+            if result != SaveResult.CONFLICT:
+                return result
+            if attempt == 0:
+                self.counters.add("merges")
+            waited = time.monotonic() - started
+            if waited >= self.settings.lock_timeout:
+                break
+            if attempt >= 2:  # many requests at once: spread the retries out a little
+                time.sleep(random.uniform(0, min(0.001 * attempt, 0.02)))
+            current = self.store.load(source)
+            if current is None:
+                return SaveResult.REFUSED  # ended meanwhile
+            change = self._rebase(session, change, current, patches)
+        raise LockTimeout(repr(self.store), time.monotonic() - started)
+
+    def _rebase(
+        self, session: Session, change: Change, current: Record, patches: dict[str, Patch]
+    ) -> Change:
+        """``change`` with each field another request changed replaced by the merge of both."""
+        assert change.expect is not None
+        values, expect = dict(change.set), dict(change.expect)
+        for name in change.set:
+            stored = current.fields.get(name)
+            if stored == expect[name]:
+                continue
+            if name not in patches:
+                loaded = session._raw.get(name)
+                mine = loads(values[name]) if name not in session._data else session._data[name]
+                if loaded is not None:
+                    before = loads(loaded)
+                elif session._fresh.get(name):  # setdefault(name, []) and friends
+                    before = type(mine)()
+                else:
+                    before = ABSENT
+                # A new key given a non-empty value, or a key given a new object, is a
+                # leaf: the last save wins, as in save order.
+                leaf = before is ABSENT or name in session._replaced
+                patches[name] = ("set", mine) if leaf else diff(before, mine)
+            merged = patch(ABSENT if stored is None else loads(stored), patches[name])
+            values[name] = dumps(merged, name)
+            expect[name] = stored
+            session._data.__setitem__(name, merged)  # what the view's session holds now
+        return replace(change, set=values, expect=expect)
 
     def _store_save(self, session: Session, key: str, change: Change, *, create: bool) -> int:
         result = self.store.save(key, change, create=create)
@@ -334,10 +396,11 @@ class SessionManager:
             delete_if_only=_EMPTY_BUT,
             max_size=self.settings.max_size,
             fence=self._fence(session),
+            expect={name: session._raw.get(name) for name in changed},
         )
         session_id = new_id()
         key = store_key(session_id)
-        result = self._store_save(session, key, change, create=True)
+        result = self._merging_save(session, key, change, create=True, source=old)
         if result != SaveResult.SAVED:  # ended meanwhile, or emptied: no new session
             self.counters.add("saves")
             return self._saved(session, result)

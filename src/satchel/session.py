@@ -67,6 +67,10 @@ class Session(MutableMapping[str, Any]):
         # Serialised form of values set in this request that cannot change in place.
         self._pending: dict[str, bytes] = {}
         self._deleted: set[str] = set()
+        # Keys absent at load, and whether their first value here was an empty list or dict.
+        self._fresh: dict[str, bool] = {}
+        # Loaded keys given a new object (session[k] = [...]) rather than changed in place.
+        self._replaced: set[str] = set()
         # clear() was called: the stored record is deleted whatever it holds.
         self._drop_old = False
         # regenerate() was called on a stored session: it moves to a new ID.
@@ -192,6 +196,13 @@ class Session(MutableMapping[str, Any]):
                 raise SerializationError(repr(key), str, "the key is not valid text") from exc
         raw = dumps(value, key)  # fail here, at the assignment, not when the view ends
         self._load()
+        held = self._data.get(key, _MISSING)
+        if held is _MISSING and key not in self._raw and key not in self._fresh:
+            # A new key's first value: an empty container (setdefault(key, [])) merges
+            # with an overlapping request's, anything else replaces it (see _merge).
+            self._fresh[key] = type(value) in (list, dict) and not value
+        elif held is not value and key in self._raw:
+            self._replaced.add(key)  # a new object, not the loaded one changed in place
         self._data.__setitem__(key, value)
         if type(value) in _IMMUTABLE:
             self._pending[key] = raw

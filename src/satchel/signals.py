@@ -65,6 +65,8 @@ class Counters:
     store_errors: int = 0
     #: Strict-mode requests that had to wait for another request's lock.
     lock_waits: int = 0
+    #: Saves that found a key changed by an overlapping request and merged into it.
+    merges: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -61,6 +61,16 @@ def create_app() -> Flask:
     def read() -> dict[str, Any]:
         return dict(session)
 
+    @app.get("/cart/<item>")
+    def add_to_cart(item: str) -> str:
+        session.setdefault("cart", []).append(item)  # the README's example, no lock
+        return "ok"
+
+    @app.get("/pref/<name>/<value>")
+    def set_preference(name: str, value: str) -> str:
+        session.setdefault("prefs", {}).setdefault("ui", {})[name] = value
+        return "ok"
+
     @app.get("/flash/<message>")
     def flash_message(message: str) -> str:
         flash(message)

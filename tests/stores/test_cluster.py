@@ -178,3 +178,10 @@ def test_admin_commands_on_a_cluster(cluster_store: RedisStore) -> None:
     assert json.loads(shown.output)["reference"] == ref
     ended = runner.invoke(args=["satchel", "revoke-owner", "ada", "--json"])
     assert json.loads(ended.output) == {"owner": "ada", "revoked": 12}
+
+
+def test_overlapping_appends_merge_on_a_cluster(cluster_store: RedisStore) -> None:
+    """Same-key merges on a Cluster: 40 requests all load, then all append: 40 kept."""
+    from ..test_merge import forty_overlapping_appends
+
+    forty_overlapping_appends(cluster_store)

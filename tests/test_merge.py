@@ -1,0 +1,297 @@
+"""Same-key merges: the diff/patch rules, and overlapping requests against a serial oracle."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, session
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from satchel import Satchel
+from satchel._manager import SessionManager, Settings
+from satchel._merge import ABSENT, diff, patch
+from satchel.signing import CookieSigner
+from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
+
+from .conftest import SECRET
+
+
+@pytest.mark.parametrize(
+    "old,mine,theirs,merged",
+    [
+        ([1], [1, 2], [1, 3], [1, 3, 2]),  # both appended
+        ([1, 2, 3], [1, 3], [1, 2, 3, 4], [1, 3, 4]),  # removed one, appended one
+        ([1, 2], [1, 2, 5, 6], [2], [2, 5, 6]),  # extend onto a removal
+        ([], ["a"], ["b"], ["b", "a"]),  # setdefault(k, []).append(x) on both sides
+        (ABSENT, ["a"], ["b"], ["a"]),  # session[k] = ["a"]: a new key is a leaf
+        ({}, {"l": [1]}, {"l": [2]}, {"l": [1]}),  # a new list inside a dict is a leaf
+        ({}, {"d": {"x": 1}}, {"d": {"y": 2}}, {"d": {"y": 2, "x": 1}}),  # a new dict merges
+        ({"a": 1}, {"a": 1, "b": 2}, {"a": 1, "c": 3}, {"a": 1, "b": 2, "c": 3}),
+        (
+            {"p": {"t": "x"}},
+            {"p": {"t": "y"}},
+            {"p": {"t": "x", "u": 1}},
+            {"p": {"t": "y", "u": 1}},
+        ),
+        ({"a": 1, "b": 2}, {"a": 1}, {"a": 5, "b": 2}, {"a": 5}),  # a delete survives
+        ({"l": [1]}, {"l": [1, 2]}, {"l": [1, 3]}, {"l": [1, 2]}),  # a list in a dict: a leaf
+        ([1, 2], [], [1, 2, 3], [3]),  # cleared: its items removed, a later append kept
+        ([1, 2], [5], [1, 2, 3], [3, 5]),  # edited in place: removals and an append
+        (1, 2, 3, 2),  # a leaf: this (later) save wins
+        ([1, 2, 3], [3, 2, 1], [1, 2, 3, 4], [3, 2, 1]),  # a reorder is a leaf
+        ({"a": 1}, {"a": 1, "b": 2}, [9], {"a": 1, "b": 2}),  # the type changed: mine wins
+        (True, 1, True, 1),  # 1 and True stay distinct
+    ],
+)
+def test_replaying_a_change(old: Any, mine: Any, theirs: Any, merged: Any) -> None:
+    """patch(theirs, diff(old, mine)) keeps both requests' changes, or the later leaf."""
+    result = patch(copy.deepcopy(theirs), diff(old, mine))
+    assert result == merged and type(result) is type(merged)
+
+
+# -- overlapping requests against a serial oracle, on every store ------------------------
+
+OPS = st.one_of(
+    st.tuples(st.just("append"), st.sampled_from(["cart", "tags"]), st.integers(0, 9)),
+    st.tuples(
+        st.just("extend"), st.sampled_from(["cart"]), st.lists(st.integers(0, 9), max_size=3)
+    ),
+    st.tuples(st.just("remove"), st.sampled_from(["cart", "tags"]), st.integers(0, 9)),
+    st.tuples(st.just("add"), st.just("tags"), st.integers(0, 9)),
+    st.tuples(st.just("pref"), st.sampled_from(["a", "b", "c"]), st.integers(0, 99)),
+    st.tuples(st.just("unpref"), st.sampled_from(["a", "b", "c"]), st.just(0)),
+    st.tuples(st.just("deep"), st.sampled_from(["x", "y"]), st.integers(0, 99)),
+    st.tuples(st.just("note"), st.sampled_from(["n1", "n2", "n3"]), st.integers(0, 99)),
+)
+
+
+def run_ops(session: Any, ops: list[tuple[str, str, Any]]) -> None:
+    """A request's view code: every supported kind of change, as an app writes it."""
+    for kind, name, value in ops:
+        if kind == "append":
+            session.setdefault(name, []).append(value)
+        elif kind == "extend":
+            session.setdefault(name, []).extend(value)
+        elif kind == "remove":
+            if value in session.get(name, []):
+                session[name].remove(value)
+        elif kind == "add":  # a set kept as a list
+            if value not in session.setdefault(name, []):
+                session[name].append(value)
+        elif kind == "pref":
+            session.setdefault("prefs", {})[name] = value
+        elif kind == "unpref":
+            session.setdefault("prefs", {}).pop(name, None)
+        elif kind == "deep":
+            session.setdefault("deep", {}).setdefault("inner", {})[name] = [value]
+        else:  # a different top-level key each
+            session[name] = value
+
+
+class Plain(dict[str, Any]):
+    """The serial oracle: a dict with the session's setdefault/get/pop."""
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def fresh_store(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
+    """A factory of empty stores of one kind (Hypothesis calls the test many times)."""
+    made: list[Store] = []
+
+    def make() -> Store:
+        if request.param == "memory":
+            store: Store = MemoryStore()
+        elif request.param == "sqlite":
+            store = SQLiteStore(Path(tmp_path_factory.mktemp("merge")) / "s.sqlite3")
+        else:
+            valkey = request.getfixturevalue("valkey")
+            store = RedisStore.from_url(valkey.url, prefix=f"merge{len(made)}:")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def supported(start: list[Any], requests: list[list[Any]]) -> list[list[Any]]:
+    """The requests, kept to what merging supports (docs/reliability.md, "Same-key merges").
+
+    Each request adds its own elements to the set-like list (two requests adding
+    the same element both add it), and removes only items (and deletes only
+    keys) that were there when it loaded: a removal that was a no-op in its view
+    cannot be replayed. It does not remove and append equal items of one list:
+    those land in the list, but maybe in another order than any serial run. And
+    a write that leaves a value as the request loaded it saves nothing for it.
+    """
+    loaded = Plain(seen=True)
+    run_ops(loaded, start)
+    kept = []
+    for i, ops in enumerate(requests):
+        mine: list[Any] = []
+        appended: set[tuple[str, Any]] = set()
+        for kind, name, value in ops:  # items this request appends anywhere in it
+            values = value if kind == "extend" else [value]
+            if kind in ("append", "extend"):
+                appended.update((name, v) for v in values)
+        for kind, name, value in ops:
+            if kind == "add":
+                value = (i + 1) * 100 + value
+            if kind == "remove" and (
+                value not in loaded.get(name, []) or (name, value) in appended
+            ):
+                continue
+            if kind == "unpref" and (
+                name not in loaded.get("prefs", {}) or ("prefs", name) in appended
+            ):
+                continue
+            if kind == "pref":
+                appended.add(("prefs", name))
+            if kind in ("append", "add"):
+                appended.add((name, value))
+            if kind == "extend":
+                appended.update((name, v) for v in value)
+            mine.append((kind, name, value))
+        view = copy.deepcopy(loaded)
+        run_ops(view, mine)
+        kept.append([op for op in mine if changes_something(op, loaded, view)])
+    return kept
+
+
+def changes_something(op: tuple[str, str, Any], loaded: Plain, view: Plain) -> bool:
+    """False for a write whose value ends as the request loaded it: nothing is saved for it."""
+    kind, name = op[0], op[1]
+    if kind in ("pref", "unpref"):
+        place = ("prefs", name)
+    elif kind == "deep":
+        place = ("deep", "inner", name)
+    elif kind == "note":
+        place = (name,)
+    else:
+        return True
+
+    def at(data: Any) -> Any:
+        for step in place:
+            data = data.get(step, ABSENT) if isinstance(data, dict) else ABSENT
+        return data
+
+    return bool(at(view) != at(loaded))
+
+
+def serial_results(start: list[Any], requests: list[list[Any]]) -> list[dict[str, Any]]:
+    """The session after running the requests one after another, in every order."""
+    results = []
+    for order in itertools.permutations(requests):
+        oracle = Plain(seen=True)
+        run_ops(oracle, start)
+        for ops in order:
+            run_ops(oracle, ops)
+        results.append(dict(oracle))
+    return results
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    start=st.lists(OPS, max_size=4),
+    requests=st.lists(st.lists(OPS, min_size=1, max_size=4), min_size=2, max_size=4),
+    order=st.randoms(use_true_random=False),
+)
+def test_overlapping_requests_equal_some_serial_order(
+    fresh_store: Any, start: list[Any], requests: list[list[Any]], order: Any
+) -> None:
+    """Requests that all load before any saves end as if run one after another."""
+    requests = supported(start, requests)
+    manager = SessionManager(
+        fresh_store(), CookieSigner(SECRET), Settings(idle_timeout=600, absolute_timeout=600,
+                                                      max_size=1 << 20),
+    )  # fmt: skip
+    first = manager.open(None)
+    first["seen"] = True
+    run_ops(first, start)
+    cookie = manager.save(first).new_cookie
+    assert cookie is not None
+
+    sessions = [manager.open(cookie) for _ in requests]
+    for opened, ops in zip(sessions, requests, strict=True):
+        run_ops(opened, ops)  # every request loads and changes before any saves
+    saving = list(range(len(requests)))
+    order.shuffle(saving)
+    for i in saving:
+        assert manager.save(sessions[i]).delete_cookie is False
+    assert dict(manager.open(cookie)) in serial_results(start, requests)
+
+
+def test_appends_in_save_order_are_kept_in_that_order(fresh_store: Any) -> None:
+    """Overlapping appends to one list all land, in the order their requests saved."""
+    manager = SessionManager(
+        fresh_store(), CookieSigner(SECRET), Settings(idle_timeout=600, absolute_timeout=600,
+                                                      max_size=1 << 20),
+    )  # fmt: skip
+    first = manager.open(None)
+    first["cart"] = ["first"]
+    cookie = manager.save(first).new_cookie
+    sessions = [manager.open(cookie) for _ in range(20)]
+    for n, opened in enumerate(sessions):
+        opened["cart"].append(n)
+    for opened in reversed(sessions):
+        manager.save(opened)
+    assert manager.open(cookie)["cart"] == ["first", *reversed(range(20))]
+    assert manager.counters.merges >= 19
+
+
+def forty_overlapping_appends(store: Store) -> None:
+    """40 requests of one session all load, then all append to one list: 40 kept."""
+    app = Flask("cart")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=store)
+    barrier = threading.Barrier(40, timeout=20)
+
+    @app.get("/start")
+    def start() -> str:
+        session["cart"] = ["first"]
+        return "ok"
+
+    @app.get("/add/<int:n>")
+    def add(n: int) -> str:
+        cart = session["cart"]
+        barrier.wait()  # every request has loaded before any of them saves
+        cart.append(n)
+        return "ok"
+
+    @app.get("/cart")
+    def cart() -> Any:
+        return session["cart"]
+
+    starter = app.test_client()
+    starter.get("/start")
+    cookie = starter.get_cookie("session")
+    assert cookie is not None
+    statuses: list[int] = []
+
+    def add_one(n: int) -> None:
+        client = app.test_client()
+        client.set_cookie("session", cookie.value)
+        statuses.append(client.get(f"/add/{n}").status_code)
+
+    threads = [threading.Thread(target=add_one, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 40
+    stored = starter.get("/cart").json
+    assert stored[0] == "first" and sorted(stored[1:]) == list(range(40))
+
+
+def test_forty_overlapping_appends_are_all_kept(store: Store) -> None:
+    """The README's cart, 40 requests at once, no strict mode, on every store."""
+    forty_overlapping_appends(store)
