@@ -28,14 +28,12 @@ one cart both survive), and is a leaf otherwise (``session["cart"] = [item]``).
 
 The result equals running the requests one after another in the order they
 saved, for every change described above. Pure functions; values are compared
-by their serialised form, so ``1``, ``1.0`` and ``True`` stay distinct.
+with their types all the way down, so ``1``, ``1.0`` and ``True`` stay distinct.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from .serialization import dumps
 
 __all__ = ["ABSENT", "Patch", "diff", "patch"]
 
@@ -53,7 +51,17 @@ Patch = tuple[Any, ...]
 
 
 def _same(a: Any, b: Any) -> bool:
-    return a is b or (type(a) is type(b) and dumps(a) == dumps(b))
+    """Equal and of the same types all the way down (``1``, ``1.0`` and ``True`` differ)."""
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is list or kind is tuple:
+        return len(a) == len(b) and all(map(_same, a, b))
+    if kind is dict:
+        return a.keys() == b.keys() and all(_same(value, b[name]) for name, value in a.items())
+    return bool(a == b)
 
 
 def _list_change(old: list[Any], new: list[Any]) -> tuple[list[Any], list[Any]] | None:
