@@ -14,10 +14,11 @@ from flask import Flask
 from satchel import Satchel
 from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
 
+from .postgres import PostgresServer
 from .valkey import ValkeyServer
 
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
-STORE_KINDS = ["memory", "sqlite", "redis"]
+STORE_KINDS = ["memory", "sqlite", "redis", "postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +45,25 @@ def redis_store(valkey: ValkeyServer) -> Iterator[RedisStore]:
     client.flushdb()
     client.close()
     store = RedisStore.from_url(valkey.url)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the run; fault tests start their own."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def postgres_store(postgres: PostgresServer) -> Iterator[Store]:
+    from satchel.stores.postgres import PostgresStore
+
+    store = PostgresStore.from_url(postgres.url)
+    store._run("TRUNCATE satchel_sessions, satchel_locks")
     yield store
     store.close()
 
@@ -90,6 +110,11 @@ def stored_keys(store: Store) -> list[str]:
     if isinstance(store, RedisStore):
         keys = store.client.keys(store.prefix + "s:*")
         return [k.decode()[len(store.prefix) + 3 : -1] for k in keys]  # type: ignore[union-attr]
+    from satchel.stores.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        rows, _ = store._run("SELECT key FROM satchel_sessions WHERE ns = %s", (store.prefix,))
+        return [row[0][len(store.prefix) :] for row in rows]
     raise TypeError(store)
 
 

@@ -17,7 +17,7 @@ from satchel import Satchel
 from satchel._manager import SessionManager, Settings
 from satchel._merge import ABSENT, diff, patch
 from satchel.signing import CookieSigner
-from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
+from satchel.stores import MemoryStore, PostgresStore, RedisStore, SQLiteStore, Store
 
 from .conftest import SECRET
 
@@ -98,7 +98,7 @@ class Plain(dict[str, Any]):
     """The serial oracle: a dict with the session's setdefault/get/pop."""
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def fresh_store(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
     """A factory of empty stores of one kind (Hypothesis calls the test many times)."""
     made: list[Store] = []
@@ -108,9 +108,12 @@ def fresh_store(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
             store: Store = MemoryStore()
         elif request.param == "sqlite":
             store = SQLiteStore(Path(tmp_path_factory.mktemp("merge")) / "s.sqlite3")
-        else:
+        elif request.param == "redis":
             valkey = request.getfixturevalue("valkey")
             store = RedisStore.from_url(valkey.url, prefix=f"merge{len(made)}:")
+        else:
+            server = request.getfixturevalue("postgres")
+            store = PostgresStore.from_url(server.url, prefix=f"merge{len(made)}:")
         made.append(store)
         return store
 

@@ -28,11 +28,14 @@ def report(capsys: Any, line: str) -> None:
         print(f"\n[load] {line}")
 
 
-@pytest.fixture(params=["sqlite", "valkey"])
+@pytest.fixture(params=["sqlite", "valkey", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A persistent store: a SQLite file, or a private Valkey server."""
+    """A persistent store: a SQLite file, a private Valkey, or PostgreSQL under a fresh prefix."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/sessions.sqlite3"
+        return
+    if request.param == "postgres":
+        yield f"{request.getfixturevalue('postgres').url}?prefix={tmp_path.name}:"
         return
     server = ValkeyServer(tmp_path)
     server.start()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from satchel.stores import MemoryStore, RedisStore, SQLiteStore
+from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
 from satchel.testing import FullStoreContract
 
 
@@ -31,3 +31,9 @@ class TestRedisStore(FullStoreContract):
     @pytest.fixture
     def store(self, redis_store: RedisStore) -> RedisStore:
         return redis_store
+
+
+class TestPostgresStore(FullStoreContract):
+    @pytest.fixture
+    def store(self, postgres_store: Store) -> Store:
+        return postgres_store

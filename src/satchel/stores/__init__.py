@@ -13,11 +13,15 @@ URL                                      store
 ``rediss://…``, ``unix:///path.sock``    the same over TLS or a Unix socket
 ``valkey://…``, ``valkeys://…``          aliases of ``redis://`` and ``rediss://``
 ``redis+cluster://host:port``            a Redis or Valkey Cluster, by any node
+``postgresql://user:pass@host:port/db``  :class:`PostgresStore` (also
+                                         ``postgres://``)
 =======================================  ====================================
 
 Every URL takes ``?prefix=NAME``: the store's namespace (``SATCHEL_KEY_PREFIX``),
 under which every key, index and lock of the store lives. ``sqlite`` URLs also
-take ``?timeout=SECONDS`` (how long to wait for a lock). Third-party stores add
+take ``?timeout=SECONDS`` (how long to wait for a lock); ``postgresql`` URLs take
+``?timeout=SECONDS`` (the bound on each statement) and ``?create_schema=false``,
+and pass every other query parameter (``sslmode=...``) to libpq. Third-party stores add
 schemes with :func:`register_scheme`; their factories receive the whole URL,
 ``prefix`` included.
 """
@@ -34,11 +38,13 @@ from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
+    from .postgres import PostgresStore
     from .redis import RedisStore
 
 __all__ = [
     "Change",
     "MemoryStore",
+    "PostgresStore",
     "Record",
     "RedisStore",
     "SQLiteStore",
@@ -118,12 +124,38 @@ def _redis(url: str) -> Store:
     return RedisStore.from_url(url, prefix=prefix)
 
 
+def _postgres(url: str) -> Store:
+    from .postgres import PostgresStore
+
+    url, prefix = url_prefix(url)
+    base, _, query = url.partition("?")
+    options: dict[str, Any] = {}
+    passed = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "timeout":
+            try:
+                options["timeout"] = float(value)
+            except ValueError:
+                raise ConfigError(f"timeout must be a number of seconds in {url!r}") from None
+        elif name == "create_schema":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ConfigError(f"create_schema must be true or false in {url!r}")
+            options["create_schema"] = value.lower() in ("true", "1", "yes")
+        else:
+            passed.append((name, value))
+    if passed:
+        base = f"{base}?{urlencode(passed)}"
+    return PostgresStore.from_url(base, prefix=prefix or "", **options)
+
+
 register_scheme("memory", _memory)
 register_scheme("sqlite", _sqlite)
 for _scheme in ("redis", "rediss", "unix", "valkey", "valkeys"):
     register_scheme(_scheme, _redis)
 for _scheme in ("redis", "rediss", "valkey", "valkeys"):
     register_scheme(_scheme + "+cluster", _redis)
+register_scheme("postgresql", _postgres)
+register_scheme("postgres", _postgres)
 
 
 def __getattr__(name: str) -> Any:
@@ -132,4 +164,8 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisStore
 
         return RedisStore
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
     raise AttributeError(name)

@@ -1,0 +1,508 @@
+"""A store on PostgreSQL through psycopg 3: one row per session, where the app's data lives.
+
+A session is one row of ``satchel_sessions``: its key (the store's prefix and
+the hash of its ID), its namespace, three times, its owner and client details,
+and its fields as one JSONB object whose members hold each field's serialised
+value as text (``"="`` and the UTF-8 text, or ``"~"`` and base64 for other
+bytes). A load is one statement by primary key. A save is one statement too,
+``SELECT satchel_save(...)``: a PL/pgSQL function that locks the row, checks
+every condition of the save (the record still there, the strict-mode lock
+still held, each expected field, the size limit, an emptied record) against
+the row as stored and applies the change, so overlapping saves of different
+fields both keep their changes and no lock outlives the statement. Strict-mode
+locks are lease rows in ``satchel_locks`` (a key, an owner token and an expiry):
+advisory locks belong to a connection, which a pool hands from request to
+request, and die with it, so a lease row is what can outlive a crashed worker
+by exactly its lease and no more.
+
+The schema is created on first use, under an advisory lock so that workers
+starting together do it once; ``create_schema=False`` leaves that to your
+migrations (:data:`SCHEMA` is the SQL to run). Stores built from a URL drive
+their own connections, one per call at a time, from a free list like the other
+stores (a forked worker makes its own); every wait on the server is bounded
+(``timeout`` seconds per statement, 2 s per connection attempt, libpq's
+minimum), and after a connection failure the store answers
+``StoreUnavailable`` at once for a second instead of making every request
+wait. Pass a ``psycopg_pool.ConnectionPool`` instead to use your own pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from base64 import b64decode, b64encode
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
+from ._connections import ConnectionList
+from .base import Change, Record, SaveResult
+
+if TYPE_CHECKING:
+    import psycopg_pool
+
+__all__ = ["SCHEMA", "PostgresStore"]
+
+#: The tables, indexes and function the store uses; run it yourself with ``create_schema=False``.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS satchel_sessions (
+    key text PRIMARY KEY,
+    ns text NOT NULL DEFAULT '',
+    created_at double precision NOT NULL,
+    touched_at double precision NOT NULL,
+    expires_at double precision NOT NULL,
+    data jsonb NOT NULL,
+    owner text,
+    meta jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS satchel_sessions_owner ON satchel_sessions (ns, owner)
+    WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS satchel_sessions_expires ON satchel_sessions (expires_at);
+CREATE TABLE IF NOT EXISTS satchel_locks (
+    key text PRIMARY KEY,
+    token text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE OR REPLACE FUNCTION satchel_size(fields jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT COALESCE(sum(octet_length(key) + CASE WHEN left(value, 1) = '='
+        THEN octet_length(value) - 1 ELSE length(decode(substr(value, 2), 'base64')) END), 0)
+    FROM jsonb_each_text(fields)
+$$;
+CREATE OR REPLACE FUNCTION satchel_save(
+    p_key text, p_ns text, p_mode text, p_source text, p_fence text,
+    p_set jsonb, p_delete text[], p_only text[], p_expect jsonb, p_max bigint,
+    p_created double precision, p_touched double precision, p_expires double precision,
+    p_owner text, p_meta jsonb, p_now double precision
+) RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    src satchel_sessions%ROWTYPE;
+    base jsonb := '{}';
+    merged jsonb;
+    name text;
+    before bigint := 0;
+    after bigint;
+BEGIN
+    IF p_fence IS NOT NULL AND NOT EXISTS (SELECT 1 FROM satchel_locks
+            WHERE key = p_source AND token = p_fence AND expires_at > p_now) THEN
+        RETURN ARRAY[3];
+    END IF;
+    IF p_mode = 'u' THEN
+        SELECT * INTO src FROM satchel_sessions
+            WHERE key = p_key AND expires_at > p_now FOR UPDATE;
+        IF NOT FOUND THEN RETURN ARRAY[0]; END IF;
+        base := src.data;
+    ELSE
+        PERFORM 1 FROM satchel_sessions WHERE key = p_key AND expires_at > p_now;
+        IF FOUND THEN RETURN ARRAY[0]; END IF;
+        IF p_mode = 'm' THEN
+            SELECT * INTO src FROM satchel_sessions
+                WHERE key = p_source AND expires_at > p_now FOR UPDATE;
+            IF NOT FOUND THEN RETURN ARRAY[0]; END IF;
+            base := src.data;
+        END IF;
+    END IF;
+    IF p_expect IS NOT NULL THEN
+        FOR name IN SELECT jsonb_object_keys(p_expect) LOOP
+            IF p_expect -> name = 'null'::jsonb THEN
+                IF base ? name THEN RETURN ARRAY[4]; END IF;
+            ELSIF (base -> name) IS DISTINCT FROM (p_expect -> name) THEN
+                RETURN ARRAY[4];
+            END IF;
+        END LOOP;
+    END IF;
+    merged := (base - p_delete) || p_set;
+    IF p_max IS NOT NULL THEN
+        after := satchel_size(merged);
+        IF p_mode <> 'c' THEN before := satchel_size(base); END IF;
+        IF after > p_max AND after > before THEN RETURN ARRAY[9, after]; END IF;
+    END IF;
+    IF p_only IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM jsonb_object_keys(merged) AS k WHERE k <> ALL (p_only)) THEN
+        DELETE FROM satchel_sessions
+            WHERE key = CASE WHEN p_mode = 'm' THEN p_source ELSE p_key END;
+        RETURN ARRAY[2];
+    END IF;
+    IF p_mode = 'u' THEN
+        UPDATE satchel_sessions SET data = merged, touched_at = p_touched, expires_at = p_expires
+            WHERE key = p_key;
+    ELSE
+        IF p_mode = 'm' THEN DELETE FROM satchel_sessions WHERE key = p_source; END IF;
+        INSERT INTO satchel_sessions
+            (key, ns, created_at, touched_at, expires_at, data, owner, meta)
+            VALUES (p_key, p_ns, p_created, p_touched, p_expires, merged, p_owner, p_meta)
+        ON CONFLICT (key) DO UPDATE SET ns = excluded.ns, created_at = excluded.created_at,
+            touched_at = excluded.touched_at, expires_at = excluded.expires_at,
+            data = excluded.data, owner = excluded.owner, meta = excluded.meta
+            WHERE satchel_sessions.expires_at <= p_now;
+    END IF;
+    RETURN ARRAY[1];
+END
+$$;
+"""
+
+_COLUMNS = "created_at, touched_at, expires_at, data, owner, meta"
+_LOAD = f"SELECT {_COLUMNS} FROM satchel_sessions WHERE key = %s AND expires_at > %s"
+_SAVE = (
+    "SELECT satchel_save(%s, %s, %s, %s, %s, %s::jsonb, %s::text[], %s::text[], %s::jsonb,"
+    " %s, %s, %s, %s, %s, %s::jsonb, %s)"
+)
+_TOUCH = (
+    "UPDATE satchel_sessions SET touched_at = %s, expires_at = %s"
+    " WHERE key = %s AND expires_at > %s"
+)
+_ACQUIRE = """
+INSERT INTO satchel_locks VALUES (%s, %s, %s) ON CONFLICT (key) DO UPDATE
+SET token = excluded.token, expires_at = excluded.expires_at
+WHERE satchel_locks.expires_at <= %s OR satchel_locks.token = excluded.token
+"""
+#: How long (seconds) the store answers StoreUnavailable at once after a connection failed.
+BREAKER_SECONDS = 1.0
+#: How many rows one purge statement deletes at most.
+PURGE_BATCH = 2000
+
+
+def _text(value: bytes) -> str:
+    """A field value as JSON text can hold it: ``=`` and the UTF-8, or ``~`` and base64."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        if "\x00" not in text:  # PostgreSQL text cannot hold NUL
+            return "=" + text
+    return "~" + b64encode(value).decode("ascii")
+
+
+def _bytes(text: str) -> bytes:
+    return text[1:].encode("utf-8") if text[0] == "=" else b64decode(text[1:])
+
+
+def _record(row: Sequence[Any]) -> Record | None:
+    """A Record from (created, touched, expires, data, owner, meta); None if unreadable."""
+    try:
+        fields = {name: _bytes(value) for name, value in row[3].items()}
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return Record(fields, row[0], row[1], row[2], row[4], dict(row[5] or {}))
+
+
+class PostgresStore:
+    """Sessions in PostgreSQL, from a ``conninfo`` string or URL, or a connection ``pool``.
+
+    ``prefix`` is a namespace (``SATCHEL_KEY_PREFIX``). ``timeout`` bounds each
+    statement, on the server (``statement_timeout``) and in the client (a
+    server that stops answering altogether). ``create_schema=False`` expects
+    :data:`SCHEMA` to exist already.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        pool: psycopg_pool.ConnectionPool[Any] | None = None,
+        prefix: str = "",
+        timeout: float = 1.0,
+        create_schema: bool = True,
+        purge_interval: float = 300.0,
+        max_idle: int = 8,
+    ) -> None:
+        if (conninfo is None) == (pool is None):
+            raise ConfigError("PostgresStore needs a conninfo string or URL, or a pool")
+        try:
+            import psycopg
+            from psycopg.types.json import Jsonb
+        except ImportError as exc:
+            raise ConfigError(
+                "the PostgreSQL store needs psycopg: pip install 'satchel[postgres]'"
+            ) from exc
+        self.conninfo = conninfo
+        self.pool = pool
+        self.prefix = prefix
+        self.timeout = timeout
+        self.create_schema = create_schema
+        self.purge_interval = purge_interval
+        self._psycopg = psycopg
+        self._jsonb = Jsonb
+        self._connection_class = _timed_connection_class(psycopg)
+        self._connections: ConnectionList[Any] = ConnectionList(
+            self._connect, close=lambda conn: conn.close(), max_idle=max_idle
+        )
+        self._schema_ready = not create_schema
+        self._schema_lock = threading.Lock()
+        self._down_until = 0.0
+        self._next_purge = time.time() + purge_interval
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "", **options: Any) -> PostgresStore:
+        """A store for a ``postgresql://`` (or ``postgres://``) URL; libpq options pass through."""
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        return cls(url, prefix=prefix, **options)
+
+    def __repr__(self) -> str:
+        if self.pool is not None:
+            where = f"pool {self.pool.name!r}"
+        else:
+            info = self._psycopg.conninfo.conninfo_to_dict(self.conninfo or "")
+            host, port = info.get("host", "localhost"), info.get("port", 5432)
+            where = f"{host}:{port}/{info.get('dbname', '')}"
+        suffix = f", prefix={self.prefix!r}" if self.prefix else ""
+        return f"PostgresStore({where!r}{suffix})"
+
+    def with_prefix(self, prefix: str) -> PostgresStore:
+        """A store on the same database and connections (or pool) under another namespace."""
+        other = PostgresStore(
+            self.conninfo, pool=self.pool, prefix=prefix, timeout=self.timeout,
+            create_schema=self.create_schema,
+        )  # fmt: skip
+        other._connections = self._connections
+        return other
+
+    # -- connections ---------------------------------------------------------
+
+    def _connect(self) -> Any:
+        conn = self._connection_class.connect(
+            self.conninfo or "", autocommit=True, prepare_threshold=0,
+            connect_timeout=max(2, int(self.timeout)),
+        )  # fmt: skip
+        conn.wait_timeout = self.timeout + 0.5  # the server's own limit answers first
+        conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
+        return conn
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}".strip())
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A connection for one call; failures become StoreUnavailable, broken ones are dropped."""
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(repr(self), "it failed a moment ago; trying again shortly")
+        if not self._schema_ready:
+            self._ensure_schema()
+        psycopg = self._psycopg
+        if self.pool is not None:
+            try:
+                with self.pool.connection(timeout=self.timeout) as conn:
+                    yield conn
+            except (psycopg.Error, self._pool_errors()) as exc:
+                raise self._unavailable(exc) from exc
+            return
+        try:
+            conn = self._connections.take()
+        except psycopg.Error as exc:
+            self._down_until = time.monotonic() + BREAKER_SECONDS
+            raise self._unavailable(exc) from exc
+        try:
+            yield conn
+        except psycopg.OperationalError as exc:
+            broken = conn.closed or conn.pgconn.transaction_status != 0  # not IDLE
+            if broken:
+                self._drop(conn, all_idle=True)
+                self._down_until = time.monotonic() + BREAKER_SECONDS
+            else:
+                self._connections.give(conn)
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            self._connections.give(conn)
+            raise self._unavailable(exc) from exc
+        except BaseException:
+            self._drop(conn, all_idle=False)
+            raise
+        else:
+            self._connections.give(conn)
+
+    def _pool_errors(self) -> type[Exception]:
+        from psycopg_pool import PoolTimeout
+
+        return PoolTimeout
+
+    def _drop(self, conn: Any, *, all_idle: bool) -> None:
+        """Close a broken connection (and, after a server restart, the idle ones too)."""
+        doomed = [conn]
+        if all_idle:
+            while True:
+                try:
+                    doomed.append(self._connections.idle.pop())
+                except IndexError:
+                    break
+        for each in doomed:
+            with suppress(ValueError):
+                self._connections.made.remove(each)
+            each.close()
+
+    def _run(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[Any], int]:
+        """Run one statement; return its rows and how many rows it changed."""
+        with self._connection() as conn:
+            cursor = conn.execute(sql, args)
+            rows = cursor.fetchall() if cursor.description is not None else []
+            return rows, cursor.rowcount
+
+    def _ensure_schema(self) -> None:
+        """Create the schema once per process, under an advisory lock shared by every worker."""
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            self._schema_ready = True  # _connection() below must not recurse
+            try:
+                with self._connection() as conn, conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext('satchel schema'))")
+                    conn.execute(SCHEMA, prepare=False)  # several statements: not preparable
+            except BaseException:
+                self._schema_ready = False
+                raise
+
+    # -- the Store protocol --------------------------------------------------
+
+    def load(self, key: str) -> Record | None:
+        """Read the row in one statement, by primary key."""
+        rows, _ = self._run(_LOAD, (self.prefix + key, time.time()))
+        return _record(rows[0]) if rows else None
+
+    def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """Apply ``change`` with one statement: the satchel_save function."""
+        now = time.time()
+        moved = create and change.replaces is not None
+        source = self.prefix + (change.replaces if moved and change.replaces else key)
+        expect = None
+        if change.expect is not None:
+            expect = {n: None if v is None else _text(v) for n, v in change.expect.items()}
+        args = (
+            self.prefix + key, self.prefix, "u" if not create else "m" if moved else "c",
+            source, change.fence,
+            self._jsonb({name: _text(value) for name, value in change.set.items()}),
+            list(change.delete),
+            None if change.delete_if_only is None else list(change.delete_if_only),
+            None if expect is None else self._jsonb(expect),
+            change.max_size, change.created_at, change.touched_at, change.expires_at,
+            change.owner, self._jsonb(dict(change.meta)), now,
+        )  # fmt: skip
+        rows, _ = self._run(_SAVE, args)
+        reply = rows[0][0]
+        if reply[0] == 9:
+            raise SessionTooLarge(int(reply[1]), change.max_size or 0)
+        if reply[0] == SaveResult.SAVED and now >= self._next_purge:
+            self._next_purge = now + self.purge_interval
+            self._purge_batch(now)
+        return SaveResult(reply[0])
+
+    def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        """Move the row's times in one statement."""
+        args = (touched_at, expires_at, self.prefix + key, time.time())
+        return self._run(_TOUCH, args)[1] == 1
+
+    def delete(self, key: str) -> None:
+        """Delete the row."""
+        self._run("DELETE FROM satchel_sessions WHERE key = %s", (self.prefix + key,))
+
+    def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Lease the lock row on ``key`` to ``token`` in one statement."""
+        now = time.time()
+        return self._run(_ACQUIRE, (self.prefix + key, token, now + lease, now))[1] == 1
+
+    def release(self, key: str, token: str) -> None:
+        """Delete the lock row if ``token`` holds it."""
+        self._run(
+            "DELETE FROM satchel_locks WHERE key = %s AND token = %s", (self.prefix + key, token)
+        )
+
+    def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
+        """Yield the live rows (of ``owner``), read in pages of 500 by key."""
+        cut = len(self.prefix)
+        last = self.prefix
+        while True:
+            where = "key > %s AND ns = %s AND expires_at > %s"
+            args: tuple[Any, ...] = (last, self.prefix, time.time())
+            if owner is not None:
+                where += " AND owner = %s"
+                args += (owner,)
+            query = f"SELECT key, {_COLUMNS} FROM satchel_sessions WHERE {where}"
+            rows, _ = self._run(query + " ORDER BY key LIMIT 500", args)
+            for row in rows:
+                record = _record(row[1:])
+                if record is not None:
+                    yield row[0][cut:], record
+            if len(rows) < 500:
+                return
+            last = rows[-1][0]
+
+    def references(self, start: str = "") -> Iterator[str]:
+        """The keys of live rows that begin with ``start``, from the primary key's index."""
+        low = self.prefix + start
+        rows, _ = self._run(
+            "SELECT key FROM satchel_sessions WHERE key >= %s AND left(key, %s) = %s"
+            " AND ns = %s AND expires_at > %s ORDER BY key",
+            (low, len(low), low, self.prefix, time.time()),
+        )
+        cut = len(self.prefix)
+        return iter([row[0][cut:] for row in rows])
+
+    def count(self) -> tuple[int, int]:
+        """How many live rows there are, and how many distinct owners they have."""
+        rows, _ = self._run(
+            "SELECT count(*), count(DISTINCT owner) FROM satchel_sessions"
+            " WHERE ns = %s AND expires_at > %s",
+            (self.prefix, time.time()),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def _purge_batch(self, now: float) -> int:
+        """Delete up to PURGE_BATCH expired rows (of every namespace), by the expiry index."""
+        _, removed = self._run(
+            "DELETE FROM satchel_sessions WHERE key IN (SELECT key FROM satchel_sessions"
+            " WHERE expires_at <= %s LIMIT %s)",
+            (now, PURGE_BATCH),
+        )
+        self._run("DELETE FROM satchel_locks WHERE expires_at <= %s", (now,))
+        return int(removed)
+
+    def purge_in_batches(self) -> Iterator[tuple[int, int, int]]:
+        """Purge batch by batch, yielding (rows done, rows to do, rows removed) after each."""
+        now = time.time()
+        total = int(self._run(
+            "SELECT count(*) FROM satchel_sessions WHERE expires_at <= %s", (now,)
+        )[0][0][0])  # fmt: skip
+        done = 0
+        while True:
+            removed = self._purge_batch(now)
+            done += removed
+            yield min(done, total), total, removed
+            if removed < PURGE_BATCH:
+                return
+
+    def purge_expired(self) -> int:
+        """Remove every expired row, in short batches; return how many."""
+        return sum(removed for _done, _total, removed in self.purge_in_batches())
+
+    def close(self) -> None:
+        """Close the connections this store opened (a pool you passed stays yours)."""
+        for conn in self._connections.drain():
+            conn.close()
+
+
+def _timed_connection_class(psycopg: Any) -> Any:
+    """psycopg's Connection with every wait on the server bounded, made once."""
+    global _TIMED
+    if _TIMED is None:
+
+        class TimedConnection(psycopg.Connection):  # type: ignore[misc]
+            """Waits on the server at most ``wait_timeout`` seconds, then raises.
+
+            A server that is frozen cannot enforce its own statement_timeout,
+            and the kernel still acknowledges what is sent to it, so only the
+            client can notice.
+            """
+
+            wait_timeout: float | None = None
+
+            def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+                if timeout is None:
+                    timeout = self.wait_timeout
+                return super().wait(gen, interval=interval, timeout=timeout)
+
+        _TIMED = TimedConnection
+    return _TIMED
+
+
+_TIMED: Any = None
