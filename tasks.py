@@ -46,7 +46,7 @@ def ensure_venv(extra: str) -> None:
 
 
 def demo(args: list[str]) -> None:
-    ensure_venv("demo,redis")
+    ensure_venv("demo,redis,postgres")
     os.execv(BIN / "satchel", [str(BIN / "satchel"), "demo", *args])
 
 
