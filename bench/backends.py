@@ -72,7 +72,9 @@ def flask_session_redis(url: str) -> Callable[[], Flask]:
     return build
 
 
-def flask_session_sqlalchemy(directory: Path) -> Callable[[], Flask]:
+def flask_session_sqlalchemy(database: str) -> Callable[[], Flask]:
+    """Flask-Session's SQLAlchemy store on ``database`` (an SQLAlchemy URL)."""
+
     def build() -> Flask:
         from flask_session import Session
         from flask_sqlalchemy import SQLAlchemy
@@ -80,7 +82,7 @@ def flask_session_sqlalchemy(directory: Path) -> Callable[[], Flask]:
         app = Flask("fs-sqlalchemy")
         app.config.update(
             SECRET_KEY=SECRET,
-            SQLALCHEMY_DATABASE_URI=f"sqlite:///{directory}/fs.sqlite3",
+            SQLALCHEMY_DATABASE_URI=database,
             SESSION_TYPE="sqlalchemy",
         )
         app.config["SESSION_SQLALCHEMY"] = SQLAlchemy(app)
@@ -107,16 +109,33 @@ def flask_session_cachelib(directory: Path) -> Callable[[], Flask]:
     return build
 
 
-def all_backends(valkey_url: str, directory: Path | None = None) -> dict[str, Any]:
-    """Name → app factory, in table order (bare Flask first: the ratios' baseline)."""
+def all_backends(
+    valkey_url: str, directory: Path | None = None, postgres_url: str | None = None
+) -> dict[str, Any]:
+    """Name → app factory, in table order (bare Flask first: the ratios' baseline).
+
+    With ``postgres_url`` (a ``postgresql://`` URL), Flask-Session's SQLAlchemy
+    store and satchel both on that PostgreSQL are added.
+    """
     directory = directory or Path(tempfile.mkdtemp(prefix="satchel-bench-"))
-    return {
+    backends: dict[str, Any] = {
         "bare Flask": bare,
         "Flask cookie session": flask_cookie,
         "Flask-Session Redis": flask_session_redis(valkey_url),
-        "Flask-Session SQLAlchemy/SQLite": flask_session_sqlalchemy(directory),
+        "Flask-Session SQLAlchemy/SQLite": flask_session_sqlalchemy(
+            f"sqlite:///{directory}/fs.sqlite3"
+        ),
         "Flask-Session cachelib files": flask_session_cachelib(directory),
+    }
+    if postgres_url:
+        backends["Flask-Session SQLAlchemy/PostgreSQL"] = flask_session_sqlalchemy(
+            postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        )
+    backends.update({
         "satchel memory": satchel("memory://"),
         "satchel SQLite": satchel(f"sqlite:///{directory}/satchel.sqlite3"),
         "satchel Valkey": satchel(valkey_url.replace("/0", "/1")),
-    }
+    })  # fmt: skip
+    if postgres_url:
+        backends["satchel PostgreSQL"] = satchel(postgres_url)
+    return backends

@@ -13,6 +13,7 @@ def create_app() -> Flask:
     backends = all_backends(
         os.environ.get("E2E_VALKEY", "redis://127.0.0.1:1/0"),
         Path(os.environ.get("E2E_DIR", "/tmp")),
+        os.environ.get("E2E_POSTGRES"),
     )
     factory = backends[os.environ["E2E_BACKEND"]]
     app: Flask = factory()

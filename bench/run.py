@@ -183,6 +183,73 @@ def commands_per_request(
     return counts
 
 
+def statements_per_request(backends: dict[str, Any]) -> dict[str, float]:
+    """satchel PostgreSQL's statements per request; each is one round trip (prepared once)."""
+    from satchel.stores.postgres import PostgresStore
+
+    ran = [0]
+    original = PostgresStore._run
+
+    def counting(self: PostgresStore, sql: str, args: Any = ()) -> Any:
+        ran[0] += 1
+        return original(self, sql, args)
+
+    counts: dict[str, float] = {}
+    PostgresStore._run = counting  # type: ignore[method-assign]
+    try:
+        holder, fresh = make_clients(backends["satchel PostgreSQL"], 2_000)
+        for workload, call in (
+            ("read-only", lambda: holder.get("/read")),
+            ("read-modify-write", lambda: holder.get("/write")),
+            ("first request", lambda: fresh.get("/create/2000")),
+        ):
+            call()  # warm: schema made, statements prepared
+            ran[0] = 0
+            for _ in range(100):
+                call()
+            counts[workload] = ran[0] / 100
+    finally:
+        PostgresStore._run = original  # type: ignore[method-assign]
+    return counts
+
+
+def scale_postgres(url: str, sessions: int) -> dict[str, float]:
+    """Load one session from an empty table, then from one holding ``sessions`` rows."""
+    from satchel.stores.base import Change
+    from satchel.stores.postgres import PostgresStore
+
+    store = PostgresStore.from_url(url, prefix="scale:")
+    now = time.time()
+    change = Change(set={"payload": b'"' + b"x" * 200 + b'"', "count": b"0"},
+                    created_at=now, touched_at=now, expires_at=now + 3600)  # fmt: skip
+    store.save("probe", change, create=True)
+
+    def median_load() -> float:
+        samples = []
+        for _ in range(2_000):
+            started = time.perf_counter()
+            store.load("probe")
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples) * 1e6
+
+    empty = median_load()
+    started = time.perf_counter()
+    store._run(
+        "INSERT INTO satchel_sessions (key, ns, created_at, touched_at, expires_at, data)"
+        " SELECT 'scale:' || md5(g::text), 'scale:', %s, %s, %s,"
+        " jsonb_build_object('payload', '=\"' || repeat('x', 200) || '\"', 'count', '=0')"
+        " FROM generate_series(1, %s) AS g",
+        (now, now, now + 3600, sessions),
+    )
+    fill = time.perf_counter() - started
+    store._run("ANALYZE satchel_sessions")
+    full = median_load()
+    store._run("DELETE FROM satchel_sessions WHERE ns = 'scale:'")
+    store.close()
+    return {"sessions": sessions, "fill_seconds": fill, "empty_load_us": empty,
+            "full_load_us": full}  # fmt: skip
+
+
 def round_trip(valkey: ValkeyServer, n: int = 2_000) -> dict[str, float]:
     """Median µs of one PING: on a bare socket, and through a redis-py client.
 
@@ -423,9 +490,28 @@ def instructions(
 
 
 def targets(table: dict[str, dict[str, float]], rt: dict[str, dict[str, float]],
-            e2e: dict[str, dict[str, float]]) -> list[tuple[bool, str]]:  # fmt: skip
-    """The issue's targets, each with its measured value."""
+            e2e: dict[str, dict[str, float]], pg: dict[str, Any] | None = None,
+            ) -> list[tuple[bool, str]]:  # fmt: skip
+    """The issues' targets, each with its measured value."""
     out: list[tuple[bool, str]] = []
+    if pg is not None and "satchel PostgreSQL" in table:
+        for column in table["bare Flask"]:
+            base = table["bare Flask"][column]
+            ours = table["satchel PostgreSQL"][column] - base
+            theirs = table["Flask-Session SQLAlchemy/PostgreSQL"][column] - base
+            out.append((ours <= 0.5 * theirs, f"satchel PostgreSQL's cost vs Flask-Session "
+                        f"SQLAlchemy's on PostgreSQL, {column}: {ours / theirs:.2f}x "
+                        f"(target <= 0.5x)"))  # fmt: skip
+        limits = {"read-only": (1, 1), "read-modify-write": (1, 2), "first request": (0, 1)}
+        for workload, count in pg["statements"].items():
+            low, high = limits[workload]
+            out.append((low <= count <= high, f"satchel PostgreSQL statements (round trips), "
+                        f"{workload}: {count:.2f} (target {low} to {high})"))  # fmt: skip
+        if "scale" in pg:
+            sc = pg["scale"]
+            ratio = sc["full_load_us"] / sc["empty_load_us"]
+            out.append((ratio < 2, f"satchel PostgreSQL load with {sc['sessions']:,} rows: "
+                        f"{ratio:.2f}x the empty table's (target < 2x)"))  # fmt: skip
     bare = table["bare Flask"]
     ratio = table["satchel SQLite"]["read-only, 2 KB"] / bare["read-only, 2 KB"]
     out.append((ratio <= 1.5, f"satchel SQLite read-only 2 KB: {ratio:.2f}x bare (target <= 1.5x)"))
@@ -499,13 +585,23 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="satchel-bench-"))
     valkey = ValkeyServer(work)
     valkey.start()
+    postgres = None
+    try:
+        from tests.postgres import PostgresServer
+
+        postgres = PostgresServer(work / "postgres")
+        postgres.start()
+    except Exception as exc:  # no server binaries, say: the other rows still run
+        print(f"PostgreSQL rows skipped: {exc}")
+        postgres = None
     report: dict[str, Any] = {
         "versions": {p: version(p) for p in ("flask", "flask-session", "redis", "satchel")},
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
     try:
-        backends = all_backends(valkey.url, work)
+        pg_url = postgres.url if postgres is not None else None
+        backends = all_backends(valkey.url, work, pg_url)
         print(
             f"in-process, direct WSGI calls: median of {rounds} interleaved rounds, "
             f"about {args.sample_ms:.0f} ms of requests per cell and round"
@@ -526,6 +622,11 @@ def main() -> None:
         print("\nRedis/Valkey commands (round trips) per request, 2 KB session:")
         for name, row in rt.items():
             print(f"  {name:<24} " + ", ".join(f"{w}: {c:.2f}" for w, c in row.items()))
+        pg: dict[str, Any] | None = None
+        if pg_url is not None:
+            pg = {"statements": statements_per_request(backends)}
+            print("PostgreSQL statements (round trips) per request, satchel, 2 KB session: "
+                  + ", ".join(f"{w}: {c:.2f}" for w, c in pg["statements"].items()))  # fmt: skip
         ping = round_trip(valkey)
         report["ping_us"] = ping
         print(f"  one PING round trip: {ping['socket']:.0f} us on a bare socket, "
@@ -542,6 +643,9 @@ def main() -> None:
                 "satchel SQLite": {"E2E_BACKEND": "satchel SQLite", "E2E_DIR": str(work / "e2e")},
                 "satchel Valkey": {"E2E_BACKEND": "satchel Valkey", "E2E_VALKEY": valkey.url},
             }
+            if pg_url is not None:
+                for name in ("Flask-Session SQLAlchemy/PostgreSQL", "satchel PostgreSQL"):
+                    envs[name] = {"E2E_BACKEND": name, "E2E_POSTGRES": pg_url}
             (work / "e2e").mkdir(exist_ok=True)
             e2e_rounds = 1 if args.quick else 3
             e2e = end_to_end(envs, args.seconds, e2e_rounds)
@@ -581,8 +685,16 @@ def main() -> None:
                   f"a concurrent reader's worst wait {sc['max_read_stall_ms']:.1f} ms over "
                   f"{sc['reads_during_purge']} reads")  # fmt: skip
             print(f"  Redis/Valkey: {sc['redis_bytes_per_2kb_session']:.0f} bytes per 2 KB session")
+            if pg is not None and pg_url is not None:
+                pg["scale"] = scale_postgres(pg_url, args.sessions)
+                ps = pg["scale"]
+                print(f"  PostgreSQL: {ps['sessions']:,} rows filled in {ps['fill_seconds']:.0f}s; "
+                      f"load one session {ps['empty_load_us']:.0f} us (empty table), "
+                      f"{ps['full_load_us']:.0f} us (full)")  # fmt: skip
+        if pg is not None:
+            report["postgres"] = pg
         print("\ntargets:")
-        checks = targets(table, rt, e2e)
+        checks = targets(table, rt, e2e, pg)
         report["targets"] = [{"pass": ok, "what": what} for ok, what in checks]
         for ok, what in checks:
             print(f"  {'PASS' if ok else 'FAIL'}  {what}")
@@ -591,6 +703,8 @@ def main() -> None:
         print(f"\nwrote {RESULTS / 'results.json'} and {RESULTS / 'performance.png'}")
     finally:
         valkey.kill()
+        if postgres is not None:
+            postgres.kill()
 
 
 if __name__ == "__main__":

@@ -53,9 +53,11 @@ CREATE TABLE IF NOT EXISTS satchel_sessions (
     touched_at double precision NOT NULL,
     expires_at double precision NOT NULL,
     data jsonb NOT NULL,
+    size bigint,
     owner text,
     meta jsonb NOT NULL DEFAULT '{}'
-);
+) WITH (toast_tuple_target = 8160);
+ALTER TABLE satchel_sessions ADD COLUMN IF NOT EXISTS size bigint;
 CREATE INDEX IF NOT EXISTS satchel_sessions_owner ON satchel_sessions (ns, owner)
     WHERE owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS satchel_sessions_expires ON satchel_sessions (expires_at);
@@ -64,10 +66,14 @@ CREATE TABLE IF NOT EXISTS satchel_locks (
     token text NOT NULL,
     expires_at double precision NOT NULL
 );
+CREATE OR REPLACE FUNCTION satchel_value_size(value text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN left(value, 1) = '=' THEN octet_length(value) - 1
+        ELSE length(decode(substr(value, 2), 'base64')) END
+$$;
 CREATE OR REPLACE FUNCTION satchel_size(fields jsonb) RETURNS bigint
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT COALESCE(sum(octet_length(key) + CASE WHEN left(value, 1) = '='
-        THEN octet_length(value) - 1 ELSE length(decode(substr(value, 2), 'base64')) END), 0)
+    SELECT COALESCE(sum(octet_length(key) + satchel_value_size(value)), 0)
     FROM jsonb_each_text(fields)
 $$;
 CREATE OR REPLACE FUNCTION satchel_save(
@@ -113,10 +119,18 @@ BEGIN
         END LOOP;
     END IF;
     merged := (base - p_delete) || p_set;
-    IF p_max IS NOT NULL THEN
-        after := satchel_size(merged);
-        IF p_mode <> 'c' THEN before := satchel_size(base); END IF;
-        IF after > p_max AND after > before THEN RETURN ARRAY[9, after]; END IF;
+    IF p_mode <> 'c' THEN
+        before := COALESCE(src.size, satchel_size(base));
+    END IF;
+    -- Only the fields this save names change the size: no need to walk the rest.
+    after := before + satchel_size(p_set);
+    FOR name IN SELECT jsonb_object_keys(p_set) UNION SELECT unnest(p_delete) LOOP
+        IF base ? name THEN
+            after := after - octet_length(name) - satchel_value_size(base ->> name);
+        END IF;
+    END LOOP;
+    IF p_max IS NOT NULL AND after > p_max AND after > before THEN
+        RETURN ARRAY[9, after];
     END IF;
     IF p_only IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM jsonb_object_keys(merged) AS k WHERE k <> ALL (p_only)) THEN
@@ -125,16 +139,17 @@ BEGIN
         RETURN ARRAY[2];
     END IF;
     IF p_mode = 'u' THEN
-        UPDATE satchel_sessions SET data = merged, touched_at = p_touched, expires_at = p_expires
-            WHERE key = p_key;
+        UPDATE satchel_sessions SET data = merged, size = after, touched_at = p_touched,
+            expires_at = p_expires WHERE key = p_key;
     ELSE
         IF p_mode = 'm' THEN DELETE FROM satchel_sessions WHERE key = p_source; END IF;
         INSERT INTO satchel_sessions
-            (key, ns, created_at, touched_at, expires_at, data, owner, meta)
-            VALUES (p_key, p_ns, p_created, p_touched, p_expires, merged, p_owner, p_meta)
+            (key, ns, created_at, touched_at, expires_at, data, size, owner, meta)
+            VALUES (p_key, p_ns, p_created, p_touched, p_expires, merged, after, p_owner, p_meta)
         ON CONFLICT (key) DO UPDATE SET ns = excluded.ns, created_at = excluded.created_at,
             touched_at = excluded.touched_at, expires_at = excluded.expires_at,
-            data = excluded.data, owner = excluded.owner, meta = excluded.meta
+            data = excluded.data, size = excluded.size, owner = excluded.owner,
+            meta = excluded.meta
             WHERE satchel_sessions.expires_at <= p_now;
     END IF;
     RETURN ARRAY[1];
