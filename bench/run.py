@@ -196,8 +196,9 @@ def statements_per_request(backends: dict[str, Any]) -> dict[str, float]:
 
     counts: dict[str, float] = {}
     PostgresStore._run = counting  # type: ignore[method-assign]
+    app = backends["satchel PostgreSQL"]()
     try:
-        holder, fresh = make_clients(backends["satchel PostgreSQL"], 2_000)
+        holder, fresh = make_clients(lambda: app, 2_000)
         for workload, call in (
             ("read-only", lambda: holder.get("/read")),
             ("read-modify-write", lambda: holder.get("/write")),
@@ -210,6 +211,7 @@ def statements_per_request(backends: dict[str, Any]) -> dict[str, float]:
             counts[workload] = ran[0] / 100
     finally:
         PostgresStore._run = original  # type: ignore[method-assign]
+        app.extensions["satchel"].store.close()
     return counts
 
 

@@ -52,3 +52,15 @@ def test_in_process_section_measures_each_cell(bench: object, tmp_path: Path) ->
     for row in table.values():
         assert set(row) == columns
         assert all(value > 0 for value in row.values())
+
+
+def test_postgres_sections_run_on_a_real_server(bench: object, postgres: object) -> None:
+    """The PostgreSQL rows: satchel's statements per request, and the scale probe, at 3,000 rows."""
+    from backends import satchel
+
+    url = postgres.url  # type: ignore[attr-defined]
+    counts = bench.statements_per_request({"satchel PostgreSQL": satchel(url)})  # type: ignore[attr-defined]
+    assert counts == {"read-only": 1.0, "read-modify-write": 2.0, "first request": 1.0}
+    result = bench.scale_postgres(url, 3_000)  # type: ignore[attr-defined]
+    assert result["sessions"] == 3_000
+    assert result["empty_load_us"] > 0 and result["full_load_us"] > 0
