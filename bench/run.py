@@ -235,18 +235,22 @@ def scale_postgres(url: str, sessions: int) -> dict[str, float]:
         return statistics.median(samples) * 1e6
 
     empty = median_load()
-    started = time.perf_counter()
-    store._run(
-        "INSERT INTO satchel_sessions (key, ns, created_at, touched_at, expires_at, data)"
-        " SELECT 'scale:' || md5(g::text), 'scale:', %s, %s, %s,"
-        " jsonb_build_object('payload', '=\"' || repeat('x', 200) || '\"', 'count', '=0')"
-        " FROM generate_series(1, %s) AS g",
-        (now, now, now + 3600, sessions),
-    )
-    fill = time.perf_counter() - started
-    store._run("ANALYZE satchel_sessions")
-    full = median_load()
-    store._run("DELETE FROM satchel_sessions WHERE ns = 'scale:'")
+    import psycopg
+
+    # Filled on a connection of its own: the store's 1 s statement bound is for requests.
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        conn.execute(
+            "INSERT INTO satchel_sessions (key, ns, created_at, touched_at, expires_at, data)"
+            " SELECT 'scale:' || md5(g::text), 'scale:', %s, %s, %s,"
+            " jsonb_build_object('payload', '=\"' || repeat('x', 200) || '\"', 'count', '=0')"
+            " FROM generate_series(1, %s) AS g",
+            (now, now, now + 3600, sessions),
+        )
+        fill = time.perf_counter() - started
+        conn.execute("ANALYZE satchel_sessions")
+        full = median_load()
+        conn.execute("DELETE FROM satchel_sessions WHERE ns = 'scale:'")
     store.close()
     return {"sessions": sessions, "fill_seconds": fill, "empty_load_us": empty,
             "full_load_us": full}  # fmt: skip

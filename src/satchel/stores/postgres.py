@@ -282,7 +282,7 @@ class PostgresStore:
             self.conninfo or "", autocommit=True, prepare_threshold=0,
             connect_timeout=max(2, int(self.timeout)),
         )  # fmt: skip
-        conn.wait_timeout = self.timeout + 0.5  # the server's own limit answers first
+        conn.wait_timeout = self.timeout + 0.1  # the server's own limit answers first
         conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
         return conn
 
