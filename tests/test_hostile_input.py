@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 from satchel import Satchel, _json
 from satchel.serialization import dumps, loads
 from satchel.signing import CookieSigner
-from satchel.stores import SQLiteStore
+from satchel.stores import SQLiteStore, Store
 
 from .conftest import SECRET
 from .valkey import free_port
@@ -135,9 +135,12 @@ def cookie_flood(valid: str, count: int, seed: int = 20261125) -> Iterator[tuple
         yield kind, "session=" + value.replace("\r", "").replace("\n", "")
 
 
-@pytest.fixture
-def target(tmp_path: Path) -> Iterator[tuple[Flask, str]]:
-    store = SQLiteStore(tmp_path / "s.sqlite3")
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Flask, str]]:
+    if request.param == "sqlite":
+        store: Store = SQLiteStore(tmp_path / "s.sqlite3")
+    else:
+        store = request.getfixturevalue("postgres_store")
     app = Flask("flood")
     app.config.update(SECRET_KEY=SECRET)
     Satchel(app, store=store)
@@ -172,11 +175,11 @@ def test_ten_thousand_generated_cookies(target: tuple[Flask, str], capsys: Any) 
         kinds[kind] += 1
         data = response.json
         if data == {"mine": "secret data"}:
-            accepted += 1  # a flip that left the signed text valid (base64 padding bits)
+            accepted += 1
         else:
             assert data == {}, (kind, header)
     assert statuses == Counter({200: GENERATED_COOKIES})
-    assert accepted <= GENERATED_COOKIES // 100
+    assert accepted == 0  # only the canonical text of a genuine cookie is accepted
     with capsys.disabled():
         fresh = GENERATED_COOKIES - accepted
         print(f"\n[hostile cookies] sent {GENERATED_COOKIES} ({dict(kinds)}); statuses")
