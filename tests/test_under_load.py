@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from .load import Gunicorn, load, read_session, request, start_session
+from .postgres import PostgresServer
 from .valkey import ValkeyServer
 
 WRITES = 300
@@ -153,7 +154,7 @@ def durable_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
 
 
 def faulty_run(
-    server: ValkeyServer, fault: str, capsys: Any
+    server: ValkeyServer | PostgresServer, fault: str, capsys: Any
 ) -> tuple[Gunicorn, list[str], list[tuple[str, str | None]], Any]:
     app = Gunicorn({"LOADAPP_STORE": server.url})
     app.start()
@@ -180,22 +181,52 @@ def faulty_run(
     injector.join()
     report(
         capsys,
-        f"valkey {fault}: {len(jobs)} requests from 20 sessions, statuses {result.statuses}, "
+        f"{type(server).__name__} {fault}: {len(jobs)} requests from 20 sessions, "
+        f"statuses {result.statuses}, "
         f"no answer {result.no_answer}, slowest 503 {result.slowest_503:.2f}s",
     )
     return app, markers, jobs, (result, cookies)
 
 
+def recovered(port: int, cookie: str, within: float = 3.0) -> None:
+    """Wait until every worker answers 200 again (a store's breaker lets a retry in soon)."""
+    deadline = time.monotonic() + within
+    answered = 0
+    while answered < 8:  # in a row, so that each of the 4 workers has had its turn
+        status, _, _ = request(port, "/read", cookie)
+        answered = answered + 1 if status == 200 else 0
+        assert time.monotonic() < deadline, "the app did not recover by itself"
+        if status != 200:
+            time.sleep(0.05)
+
+
+@pytest.fixture(params=["valkey", "postgres"])
+def durable_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[ValkeyServer | PostgresServer]:
+    """A server that keeps every acknowledged write across a kill: Valkey or PostgreSQL."""
+    if request.param == "valkey":
+        yield request.getfixturevalue("durable_valkey")
+        return
+    server = PostgresServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
 @pytest.mark.parametrize("fault", ["kill", "freeze"])
-def test_valkey_fault_under_load(durable_valkey: ValkeyServer, fault: str, capsys: Any) -> None:
-    """Killed-and-restarted or frozen Valkey: only 200s and 503s, nothing acknowledged lost."""
-    app, markers, jobs, (result, cookies) = faulty_run(durable_valkey, fault, capsys)
+def test_store_fault_under_load(
+    durable_server: ValkeyServer | PostgresServer, fault: str, capsys: Any
+) -> None:
+    """Killed-and-restarted or frozen server: only 200s and 503s, nothing acknowledged lost."""
+    app, markers, jobs, (result, cookies) = faulty_run(durable_server, fault, capsys)
     try:
         assert result.no_answer == 0, "no request hung past the client's timeout"
         assert set(result.statuses) <= {200, 503}
         assert result.count(503) > 0, "the fault was felt"
         assert result.count(200) > 0
         # Recovered without a restart of the app, sessions intact and unmixed:
+        recovered(app.port, cookies[markers[0]])
         for marker in markers:
             data = read_session(app.port, cookies[marker])
             assert data["owner"] == marker

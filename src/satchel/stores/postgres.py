@@ -19,15 +19,17 @@ The schema is created on first use, under an advisory lock so that workers
 starting together do it once; ``create_schema=False`` leaves that to your
 migrations (:data:`SCHEMA` is the SQL to run). Stores built from a URL drive
 their own connections, one per call at a time, from a free list like the other
-stores (a forked worker makes its own); every wait on the server is bounded
-(``timeout`` seconds per statement, 2 s per connection attempt, libpq's
-minimum), and after a connection failure the store answers
-``StoreUnavailable`` at once for a second instead of making every request
+stores (a forked worker makes its own), and an idle connection the server
+closed (a restart) is noticed without a round trip and replaced; every wait on
+the server is bounded (``timeout`` seconds per statement, 2 s per connection
+attempt, libpq's minimum), and after a connection failure the store answers
+``StoreUnavailable`` at once for half a second instead of making every request
 wait. Pass a ``psycopg_pool.ConnectionPool`` instead to use your own pool.
 """
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from base64 import b64decode, b64encode
@@ -173,7 +175,7 @@ SET token = excluded.token, expires_at = excluded.expires_at
 WHERE satchel_locks.expires_at <= %s OR satchel_locks.token = excluded.token
 """
 #: How long (seconds) the store answers StoreUnavailable at once after a connection failed.
-BREAKER_SECONDS = 1.0
+BREAKER_SECONDS = 0.5
 #: How many rows one purge statement deletes at most.
 PURGE_BATCH = 2000
 
@@ -306,6 +308,9 @@ class PostgresStore:
             return
         try:
             conn = self._connections.take()
+            while _closed_by_server(conn):  # a restart ended it while it sat idle
+                self._drop(conn, all_idle=False)
+                conn = self._connections.take()
         except psycopg.Error as exc:
             self._down_until = time.monotonic() + BREAKER_SECONDS
             raise self._unavailable(exc) from exc
@@ -494,6 +499,20 @@ class PostgresStore:
         """Close the connections this store opened (a pool you passed stays yours)."""
         for conn in self._connections.drain():
             conn.close()
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """Whether an idle connection's socket has something to read: the server's goodbye.
+
+    An idle connection is owed nothing, so a readable socket means the server
+    ended it (a restart, an administrator) or died; using it would fail the
+    request for nothing. One poll() system call, no round trip.
+    """
+    if conn.closed:
+        return True
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _timed_connection_class(psycopg: Any) -> Any:
