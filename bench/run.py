@@ -376,14 +376,15 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
     from satchel.serialization import dumps
     from satchel.signing import store_key
     from satchel.stores import RedisStore, SQLiteStore
+    from satchel.stores._fieldtext import to_text
     from satchel.stores.base import Change
-    from satchel.stores.sqlite import _CREATE, _encode, _text
+    from satchel.stores.sqlite import _CREATE, _encode
 
     path = directory / "scale.sqlite3"
     store = SQLiteStore(path, purge_batch=2_000)
     now = time.time()
     payload = dumps("x" * 200)
-    data = _encode({"payload": _text(payload), "count": _text(b"0")})
+    data = _encode({"payload": to_text(payload), "count": to_text(b"0")})
     started = time.perf_counter()
     batch = 50_000
     with store._connection() as conn:

@@ -32,13 +32,13 @@ from __future__ import annotations
 import select
 import threading
 import time
-from base64 import b64decode, b64encode
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
+from ._fieldtext import from_text, to_text
 from .base import Change, Record, SaveResult
 
 if TYPE_CHECKING:
@@ -180,26 +180,10 @@ BREAKER_SECONDS = 0.5
 PURGE_BATCH = 2000
 
 
-def _text(value: bytes) -> str:
-    """A field value as JSON text can hold it: ``=`` and the UTF-8, or ``~`` and base64."""
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    else:
-        if "\x00" not in text:  # PostgreSQL text cannot hold NUL
-            return "=" + text
-    return "~" + b64encode(value).decode("ascii")
-
-
-def _bytes(text: str) -> bytes:
-    return text[1:].encode("utf-8") if text[0] == "=" else b64decode(text[1:])
-
-
 def _record(row: Sequence[Any]) -> Record | None:
     """A Record from (created, touched, expires, data, owner, meta); None if unreadable."""
     try:
-        fields = {name: _bytes(value) for name, value in row[3].items()}
+        fields = {name: from_text(value) for name, value in row[3].items()}
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
     return Record(fields, row[0], row[1], row[2], row[4], dict(row[5] or {}))
@@ -387,11 +371,11 @@ class PostgresStore:
         source = self.prefix + (change.replaces if moved and change.replaces else key)
         expect = None
         if change.expect is not None:
-            expect = {n: None if v is None else _text(v) for n, v in change.expect.items()}
+            expect = {n: None if v is None else to_text(v) for n, v in change.expect.items()}
         args = (
             self.prefix + key, self.prefix, "u" if not create else "m" if moved else "c",
             source, change.fence,
-            self._jsonb({name: _text(value) for name, value in change.set.items()}),
+            self._jsonb({name: to_text(value) for name, value in change.set.items()}),
             list(change.delete),
             None if change.delete_if_only is None else list(change.delete_if_only),
             None if expect is None else self._jsonb(expect),

@@ -26,7 +26,6 @@ import logging
 import os
 import sqlite3
 import time
-from base64 import b64decode, b64encode
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 from .. import _json
 from ..errors import StoreUnavailable
 from ._connections import ConnectionList
+from ._fieldtext import from_text, to_text
 from .base import Change, Conflict, Record, SaveResult, apply_change
 
 __all__ = ["SQLiteStore"]
@@ -91,23 +91,11 @@ def _encode(fields: dict[str, str | None]) -> str:
     return _json.dumps(fields).decode("utf-8")  # text: json_patch wants TEXT, not a BLOB
 
 
-def _text(value: bytes) -> str:
-    # Field values are bytes; JSON holds text: UTF-8 as is behind "=", else base64 behind "~".
-    try:
-        return "=" + value.decode("utf-8")
-    except UnicodeDecodeError:
-        return "~" + b64encode(value).decode("ascii")
-
-
-def _bytes(text: str) -> bytes:
-    return text[1:].encode("utf-8") if text[0] == "=" else b64decode(text[1:])
-
-
 def _record(row: Sequence[Any]) -> Record | None:
     """A Record from (created, touched, expires, data, owner, meta); None if unreadable."""
     try:
         stored = _json.loads(row[3])
-        fields = {name: _bytes(value) for name, value in stored.items()}
+        fields = {name: from_text(value) for name, value in stored.items()}
         meta = json.loads(row[5]) if row[5] and row[5] != "{}" else {}
     except (ValueError, AttributeError, IndexError, TypeError):
         return None  # not written by this store: treat as missing
@@ -337,7 +325,7 @@ class SQLiteStore:
                 conn.execute("DELETE FROM satchel_sessions WHERE key = ?", (moved or name,))
             if result is None:
                 return SaveResult.DELETED
-            data = _encode({field: _text(value) for field, value in result.fields.items()})
+            data = _encode({field: to_text(value) for field, value in result.fields.items()})
             if create:
                 meta = json.dumps(dict(result.meta), ensure_ascii=False)
                 args: tuple[object, ...] = (
