@@ -195,3 +195,17 @@ def test_a_quart_app_is_refused_at_init_app() -> None:
     app.config["SECRET_KEY"] = SECRET
     with pytest.raises(ConfigError, match="Quart adapter"):
         Satchel(app)  # type: ignore[arg-type]
+
+
+def test_version_is_one_value_everywhere() -> None:
+    """satchel.__version__, the installed metadata and `satchel --version` agree."""
+    import importlib.metadata
+
+    from click.testing import CliRunner
+
+    from satchel.cli import main
+
+    assert satchel.__version__ == importlib.metadata.version("satchel")
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"satchel, version {satchel.__version__}"

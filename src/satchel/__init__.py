@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: The release, as SemVer (see CHANGELOG.md for what the public API is).
+__version__ = "0.1.0"
+
 from .errors import (
     ConfigError,
     LockLost,

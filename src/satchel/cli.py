@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from flask.cli import AppGroup
 
+from . import __version__
 from .flask import _manager as flask_manager
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ __all__ = ["admin", "main"]
 
 
 @click.group()
+@click.version_option(__version__, "--version", prog_name="satchel")
 def main() -> None:
     """satchel: server-side sessions for Flask."""
 
