@@ -42,3 +42,19 @@ def test_block_runs_as_written(
     script = tmp_path / "example.py"
     script.write_text(code, encoding="utf-8")
     runpy.run_path(str(script), run_name="example")
+
+
+def test_api_reference_builds_without_a_warning(tmp_path: Path) -> None:
+    """docs/api (Sphinx autodoc of every public module) builds with warnings as errors."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-W", "--keep-going", "-b", "html",
+         str(ROOT / "docs" / "api"), str(tmp_path / "html")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (tmp_path / "html" / "index.html").read_text(encoding="utf-8")
+    for name in ("Satchel", "PostgresStore", "StoreContract", "SaveResult", "LockLost"):
+        assert name in page, name

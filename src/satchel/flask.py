@@ -3,39 +3,36 @@
 Configuration, read once by :meth:`Satchel.init_app` (Flask's own keys keep
 their meaning; cookie keys are read on every request, as Flask does):
 
-============================  ===============================================
-key                           meaning (default)
-============================  ===============================================
-``SECRET_KEY``                signs the cookie; required
-``SECRET_KEY_FALLBACKS``      older keys still accepted (``[]``)
-``SESSION_COOKIE_*``          name, domain, path, Secure, HttpOnly,
-                              Partitioned as in Flask; ``SAMESITE`` ``None``
-                              means ``"Lax"`` here
-``PERMANENT_SESSION_LIFETIME``  cookie lifetime of permanent sessions
-``SESSION_REFRESH_EACH_REQUEST``  resend a permanent cookie on each request
-``SATCHEL_STORE``             a store URL or object (SQLite file in the
-                              instance folder)
-``SATCHEL_IDLE_TIMEOUT``      end a session unused this long (seconds or
-                              ``timedelta``; ``PERMANENT_SESSION_LIFETIME``)
-``SATCHEL_ABSOLUTE_TIMEOUT``  end a session this long after it began,
-                              however active (90 days)
-``SATCHEL_MAX_SIZE``          largest serialised session in bytes (1 MiB)
-``SATCHEL_STRICT_SECRET``     refuse to start with a weak secret key instead
-                              of logging a warning (``False``)
-``SATCHEL_LOCKING``           strict mode for every request: one request of a
-                              session at a time (``False``; see :func:`locked`)
-``SATCHEL_LOCK_TIMEOUT``      how long to wait for the lock before a 503 (5 s)
-``SATCHEL_LOCK_LEASE``        how long a lock outlives a crashed holder (30 s)
-``SATCHEL_TRACK_CLIENT``      store the user agent and IP with each new
-                              session, for :meth:`Satchel.list_sessions`
-                              (``False``)
-``SATCHEL_KEY_PREFIX``        the store's namespace: apps with different
-                              prefixes on one store never see each other's
-                              sessions (the store's own default)
-``SATCHEL_STRICT_STORE``      refuse to start when the store's configuration
-                              can lose sessions (a Redis eviction policy)
-                              instead of logging a warning (``False``)
-============================  ===============================================
+==================================  ============================================================
+key                                 meaning (default)
+==================================  ============================================================
+``SECRET_KEY``                      signs the cookie; required
+``SECRET_KEY_FALLBACKS``            older keys still accepted (``[]``)
+``SESSION_COOKIE_*``                name, domain, path, Secure, HttpOnly, Partitioned as in
+                                    Flask; ``SAMESITE`` ``None`` means ``"Lax"`` here
+``PERMANENT_SESSION_LIFETIME``      cookie lifetime of permanent sessions
+``SESSION_REFRESH_EACH_REQUEST``    resend a permanent cookie on each request
+``SATCHEL_STORE``                   a store URL or object (SQLite file in the instance folder)
+``SATCHEL_IDLE_TIMEOUT``            end a session unused this long (seconds or ``timedelta``;
+                                    ``PERMANENT_SESSION_LIFETIME``)
+``SATCHEL_ABSOLUTE_TIMEOUT``        end a session this long after it began, however active (90
+                                    days)
+``SATCHEL_MAX_SIZE``                largest serialised session in bytes (1 MiB)
+``SATCHEL_STRICT_SECRET``           refuse to start with a weak secret key instead of logging a
+                                    warning (``False``)
+``SATCHEL_LOCKING``                 strict mode for every request: one request of a session at a
+                                    time (``False``; see :func:`locked`)
+``SATCHEL_LOCK_TIMEOUT``            how long to wait for the lock before a 503 (5 s)
+``SATCHEL_LOCK_LEASE``              how long a lock outlives a crashed holder (30 s)
+``SATCHEL_TRACK_CLIENT``            store the user agent and IP with each new session, for
+                                    :meth:`Satchel.list_sessions` (``False``)
+``SATCHEL_KEY_PREFIX``              the store's namespace: apps with different prefixes on one
+                                    store never see each other's sessions (the store's own
+                                    default)
+``SATCHEL_STRICT_STORE``            refuse to start when the store's configuration can lose
+                                    sessions (a Redis eviction policy) instead of logging a
+                                    warning (``False``)
+==================================  ============================================================
 
 ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS`` are read again on every request
 (compared by identity, so it costs next to nothing), so app factories and tests
