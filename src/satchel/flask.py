@@ -81,6 +81,10 @@ BUSY_MESSAGE = (
 
 ViewT = TypeVar("ViewT", bound=Callable[..., Any])
 
+# Flask 3.0 has no SESSION_COOKIE_PARTITIONED (and no SECRET_KEY_FALLBACKS, which
+# is read with .get); everything else satchel uses is there.
+_PARTITIONED = hasattr(SessionInterface, "get_cookie_partitioned")
+
 
 def locked(view: ViewT) -> ViewT:
     """Run this view in strict mode: one request of a session at a time.
@@ -411,14 +415,16 @@ class SatchelSessionInterface(SessionInterface):
 
     def _cookie_attributes(self, app: Flask) -> dict[str, Any]:
         # Read from the config on each use, as Flask does, so tests may change them.
-        return {
+        attributes = {
             "domain": self.get_cookie_domain(app),
             "path": self.get_cookie_path(app),
             "secure": self.get_cookie_secure(app),
             "samesite": self.get_cookie_samesite(app),
             "httponly": self.get_cookie_httponly(app),
-            "partitioned": self.get_cookie_partitioned(app),
         }
+        if _PARTITIONED:  # SESSION_COOKIE_PARTITIONED arrived in Flask 3.1
+            attributes["partitioned"] = self.get_cookie_partitioned(app)
+        return attributes
 
 
 class Satchel:
