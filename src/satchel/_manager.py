@@ -271,13 +271,13 @@ class SessionManager:
             fence=self._fence(session),
             expect={name: loaded.get(name) for name in changed},
         )
-        result = self._merging_save(session, key, change, create=False, source=key)
+        result, _ = self._merging_save(session, key, change, create=False, source=key)
         self.counters.add("saves")
         return self._saved(session, result)
 
     def _merging_save(
         self, session: Session, key: str, change: Change, *, create: bool, source: str
-    ) -> int:
+    ) -> tuple[int, Change]:
         """Save ``change``, each changed field compared with what the request loaded.
 
         When an overlapping request changed one of those fields meanwhile, the
@@ -290,7 +290,7 @@ class SessionManager:
         for attempt in range(MERGE_ATTEMPTS):
             result = self._store_save(session, key, change, create=create)
             if result != SaveResult.CONFLICT:
-                return result
+                return result, change
             if attempt == 0:
                 self.counters.add("merges")
             waited = time.monotonic() - started
@@ -300,7 +300,7 @@ class SessionManager:
                 time.sleep(random.uniform(0, min(0.001 * attempt, 0.02)))
             current = self.store.load(source)
             if current is None:
-                return SaveResult.REFUSED  # ended meanwhile
+                return SaveResult.REFUSED, change  # ended meanwhile
             change = self._rebase(session, change, current, patches)
         raise LockTimeout(repr(self.store), time.monotonic() - started)
 
@@ -400,12 +400,13 @@ class SessionManager:
         )
         session_id = new_id()
         key = store_key(session_id)
-        result = self._merging_save(session, key, change, create=True, source=old)
+        result, change = self._merging_save(session, key, change, create=True, source=old)
         if result != SaveResult.SAVED:  # ended meanwhile, or emptied: no new session
             self.counters.add("saves")
             return self._saved(session, result)
         self.counters.add("deletes")  # the old record, gone with the move
-        fields = {k: changed.get(k) or session._raw[k] for k in session._data}
+        # The bytes saved: what a merge with an overlapping request made, if it made any.
+        fields = {k: change.set.get(k) or session._raw[k] for k in session._data}
         record = Record(
             fields, origin.created_at, now, change.expires_at, change.owner, dict(change.meta)
         )
