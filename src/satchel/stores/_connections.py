@@ -18,6 +18,7 @@ unclosed (closing one can act on the parent's socket or database files).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -113,6 +114,25 @@ class ConnectionList(Generic[Conn]):
             self._shrunk = bool(self.made)
         for conn in closing:
             self._close(conn)
+
+    def discard(self, conn: Conn, *, idle_too: bool = False) -> list[Conn]:
+        """Forget a broken connection taken with :meth:`take` (and every idle one).
+
+        Returns them for closing; ``idle_too`` is for a server that restarted,
+        which broke the idle connections as well.
+        """
+        doomed = [conn]
+        with self._lock:
+            if idle_too:
+                while True:
+                    try:
+                        doomed.append(self.idle.popleft())  # atomic: never one a take() got
+                    except IndexError:
+                        break
+            for each in doomed:
+                with contextlib.suppress(ValueError):  # made before a fork
+                    self.made.remove(each)
+        return doomed
 
     def drain(self) -> list[Conn]:
         """Forget every connection this process made and return them, for closing."""

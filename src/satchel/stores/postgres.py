@@ -33,7 +33,7 @@ import select
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
@@ -324,16 +324,7 @@ class PostgresStore:
 
     def _drop(self, conn: Any, *, all_idle: bool) -> None:
         """Close a broken connection (and, after a server restart, the idle ones too)."""
-        doomed = [conn]
-        if all_idle:
-            while True:
-                try:
-                    doomed.append(self._connections.idle.pop())
-                except IndexError:
-                    break
-        for each in doomed:
-            with suppress(ValueError):
-                self._connections.made.remove(each)
+        for each in self._connections.discard(conn, idle_too=all_idle):
             each.close()
 
     def _run(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[Any], int]:
