@@ -197,6 +197,28 @@ class StoreContract:
         assert record is not None
         assert len(record.fields) == 1 + threads * rounds
 
+    def test_overlapping_creates_of_one_key_save_once(self, store: Store) -> None:
+        """Threads creating one key at once: exactly one is SAVED, and its fields are kept."""
+        for round_ in range(10):
+            key = f"race{round_}"
+            threads = 6
+            barrier = threading.Barrier(threads)
+            results: dict[int, SaveResult] = {}
+
+            def work(n: int, key: str = key) -> None:
+                barrier.wait()
+                results[n] = store.save(key, _change({"who": str(n).encode()}), create=True)
+
+            pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            winners = [n for n, result in results.items() if result == SaveResult.SAVED]
+            assert len(results) == threads and len(winners) == 1, results
+            record = store.load(key)
+            assert record is not None and record.fields == {"who": str(winners[0]).encode()}
+
     def test_move_takes_the_stored_fields_and_ends_the_old_record(self, store: Store) -> None:
         """A create that replaces a record carries its fields as stored, plus the change."""
         store.save("old", _change({"a": b"1", "b": b"2"}), create=True)

@@ -91,6 +91,7 @@ DECLARE
     name text;
     before bigint := 0;
     after bigint;
+    inserted bigint;
 BEGIN
     IF p_fence IS NOT NULL AND NOT EXISTS (SELECT 1 FROM satchel_locks
             WHERE key = p_source AND token = p_fence AND expires_at > p_now) THEN
@@ -144,7 +145,6 @@ BEGIN
         UPDATE satchel_sessions SET data = merged, size = after, touched_at = p_touched,
             expires_at = p_expires WHERE key = p_key;
     ELSE
-        IF p_mode = 'm' THEN DELETE FROM satchel_sessions WHERE key = p_source; END IF;
         INSERT INTO satchel_sessions
             (key, ns, created_at, touched_at, expires_at, data, size, owner, meta)
             VALUES (p_key, p_ns, p_created, p_touched, p_expires, merged, after, p_owner, p_meta)
@@ -153,6 +153,10 @@ BEGIN
             data = excluded.data, size = excluded.size, owner = excluded.owner,
             meta = excluded.meta
             WHERE satchel_sessions.expires_at <= p_now;
+        -- A create racing another of the same key waits for it, then finds it live.
+        GET DIAGNOSTICS inserted = ROW_COUNT;
+        IF inserted = 0 THEN RETURN ARRAY[0]; END IF;
+        IF p_mode = 'm' THEN DELETE FROM satchel_sessions WHERE key = p_source; END IF;
     END IF;
     RETURN ARRAY[1];
 END
