@@ -46,6 +46,23 @@ def _change(fields: dict[str, bytes] | None = None, ttl: float = 60.0, **kw: Any
     )
 
 
+def _race_creates(store: Store, key: str, threads: int) -> dict[int, SaveResult]:
+    """Create ``key`` from ``threads`` threads released at once; each one's result."""
+    barrier = threading.Barrier(threads)
+    results: dict[int, SaveResult] = {}
+
+    def work(n: int) -> None:
+        barrier.wait()
+        results[n] = store.save(key, _change({"who": str(n).encode()}), create=True)
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return results
+
+
 class StoreContract:
     """Behaviour every :class:`~satchel.stores.Store` must show.
 
@@ -201,21 +218,9 @@ class StoreContract:
         """Threads creating one key at once: exactly one is SAVED, and its fields are kept."""
         for round_ in range(10):
             key = f"race{round_}"
-            threads = 6
-            barrier = threading.Barrier(threads)
-            results: dict[int, SaveResult] = {}
-
-            def work(n: int, key: str = key) -> None:
-                barrier.wait()
-                results[n] = store.save(key, _change({"who": str(n).encode()}), create=True)
-
-            pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
-            for t in pool:
-                t.start()
-            for t in pool:
-                t.join()
+            results = _race_creates(store, key, threads=6)
             winners = [n for n, result in results.items() if result == SaveResult.SAVED]
-            assert len(results) == threads and len(winners) == 1, results
+            assert len(results) == 6 and len(winners) == 1, results
             record = store.load(key)
             assert record is not None and record.fields == {"who": str(winners[0]).encode()}
 
