@@ -105,8 +105,8 @@ def stored_keys(store: Store) -> list[str]:
     if isinstance(store, MemoryStore):
         return [key for prefix, key in store._records if prefix == store.prefix]
     if isinstance(store, SQLiteStore):
-        rows, _ = store._run("SELECT key FROM satchel_sessions", ())
-        return [row[0] for row in rows]
+        rows, _ = store._run("SELECT key FROM satchel_sessions WHERE ns = ?", (store.prefix,))
+        return [row[0][len(store.prefix) :] for row in rows]
     if isinstance(store, RedisStore):
         keys = store.client.keys(store.prefix + "s:*")
         return [k.decode()[len(store.prefix) + 3 : -1] for k in keys]  # type: ignore[union-attr]

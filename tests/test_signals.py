@@ -133,6 +133,9 @@ def test_counters(app: Flask) -> None:
         "store_errors": 0,
         "lock_waits": 0,
         "merges": 0,
+        "migrated": 0,
+        "migration_failures": 0,
+        "migration_replays": 0,
     }
     assert Satchel.stats(app) == stats
 

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._merge import ABSENT, Patch, diff, patch
 from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
@@ -28,6 +28,9 @@ from .signals import (
 )
 from .signing import CookieSigner, new_id, store_key
 from .stores.base import Change, LockingStore, Record, SaveResult, Store, size_of
+
+if TYPE_CHECKING:
+    from .migration import Migration
 
 security_log = logging.getLogger("satchel.security")
 
@@ -92,6 +95,8 @@ class SessionManager:
         self.signer = signer
         self.settings = settings
         self.session_class = session_class
+        #: Imports sessions from the app's previous session layer (``SATCHEL_MIGRATE_FROM``).
+        self.migration: Migration | None = None
         if settings.locking:
             self._locking_store()  # refuse at start-up, not at the first request
         self._refresh_after = min(REFRESH_AT_MOST_EVERY, settings.idle_timeout * REFRESH_FRACTION)
@@ -118,6 +123,14 @@ class SessionManager:
                 session = self.session_class(self, session_id)
                 session._resign = signer.signed_by_fallback(value)
                 return session
+        migration = self.migration
+        if migration is not None:
+            pending = migration.recognise(values)
+            if pending is not None:  # a genuine old cookie: imported when first used
+                session = self.session_class(self, None)
+                session._loaded = False
+                session._migrating = pending
+                return session
         self.counters.add("rejected_cookies")
         security_log.warning(
             "rejected a session cookie that failed verification (%s chars)",
@@ -129,8 +142,16 @@ class SessionManager:
         """Read the record behind ``session`` (called on its first use).
 
         In strict mode the session's lock is taken first, so that requests of
-        one session run their view one at a time.
+        one session run their view one at a time. A session opened from an old
+        cookie (``SATCHEL_MIGRATE_FROM``) is imported here.
         """
+        if session._migrating is not None:
+            assert self.migration is not None
+            try:
+                return self.migration.load(self, session)
+            except StoreUnavailable:
+                self.counters.add("store_errors")
+                raise
         assert session.session_id is not None
         key = store_key(session.session_id)
         try:
@@ -213,6 +234,10 @@ class SessionManager:
             raise
         finally:
             self.release(session)
+            claim = session._claim
+            if claim is not None and self.migration is not None:
+                session._claim = None
+                self.migration.settle(claim)
 
     def _save(self, session: Session) -> Outcome:
         if not session._loaded:
@@ -347,8 +372,8 @@ class SessionManager:
             return None
         return held[1]
 
-    def _create(self, session: Session, fields: dict[str, bytes]) -> Outcome:
-        """Store a new session under a new ID."""
+    def create_record(self, session: Session, fields: dict[str, bytes]) -> tuple[str, str, Record]:
+        """Store ``fields`` as a new session under a new ID: the ID, its key, the record."""
         now = time.time()
         change = Change(
             set=fields,
@@ -365,10 +390,20 @@ class SessionManager:
             key = store_key(session_id)
             if self.store.save(key, change, create=True):
                 break
+        record = Record(fields, now, now, change.expires_at, change.owner, dict(change.meta))
+        return session_id, key, record
+
+    def locked_load(self, session: Session, key: str, record: Record) -> Record:
+        """``record``, just created for ``session``, with its lock taken in strict mode."""
+        if self.settings.locking or session._lock_wanted():
+            self._lock(session, key)
+        return record
+
+    def _create(self, session: Session, fields: dict[str, bytes]) -> Outcome:
+        """Store a new session under a new ID."""
+        session_id, key, record = self.create_record(session, fields)
         self.counters.add("creates")
-        return self._born(session, session_id, key, Record(
-            fields, now, now, change.expires_at, change.owner, dict(change.meta)
-        ), session_created)  # fmt: skip
+        return self._born(session, session_id, key, record, session_created)
 
     def _move(
         self, session: Session, origin: Record, changed: dict[str, bytes], deleted: list[str]

@@ -5,7 +5,8 @@ each prints a readable table, or JSON with ``--json``:
 
 ==========================  ==============================================
 ``stats``                   counts of live sessions and owners (counted
-                            by the store, no record is read)
+                            by the store, no record is read), and of old
+                            sessions imported (``SATCHEL_MIGRATE_FROM``)
 ``list [--owner X]``        live sessions, most recent first
 ``show REF``                one session: times, owner, client, its keys
 ``revoke REF``              end one session now
@@ -175,10 +176,12 @@ def _resolve(ref: str) -> str:
 @admin.command("stats")
 @json_option
 def stats_command(as_json: bool) -> None:
-    """Live sessions and owners in the store.
+    """Live sessions and owners in the store, and old sessions imported.
 
-    The request counters (loads, saves, errors...) belong to each app
-    process: read them there, with ``Satchel.stats(app)``.
+    Imported counts are the claims of old cookies still held: each lasts until
+    its old cookie would have expired anyway. The request counters (loads,
+    saves, errors...) belong to each app process: read them there, with
+    ``Satchel.stats(app)``.
     """
     store = _store()
     counter = getattr(store, "count", None)
@@ -188,13 +191,16 @@ def stats_command(as_json: bool) -> None:
         found = _run(lambda: [r.owner for _, r in store.records()])
         live, owners = len(found), len({o for o in found if o is not None})
     result: dict[str, Any] = {"store": repr(store), "live_sessions": live, "owners": owners}
+    rows = [["store", result["store"]], ["live sessions", str(live)], ["owners", str(owners)]]
+    migration = _manager().migration
+    if migration is not None:
+        migrated = _run(migration.counts)
+        result["migrated"] = migrated
+        rows += [[f"migrated ({name})", str(count)] for name, count in migrated.items()]
     if as_json:
         _echo_json(result)
         return
-    _table(
-        [["store", result["store"]], ["live sessions", str(live)], ["owners", str(owners)]],
-        ["", ""],
-    )
+    _table(rows, ["", ""])
 
 
 @admin.command("list")

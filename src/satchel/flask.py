@@ -32,6 +32,16 @@ key                                 meaning (default)
 ``SATCHEL_STRICT_STORE``            refuse to start when the store's configuration can lose
                                     sessions (a Redis eviction policy) instead of logging a
                                     warning (``False``)
+``SATCHEL_MIGRATE_FROM``            import sessions of the app's previous session layer:
+                                    ``"flask-cookie"``, ``"flask-session"`` or a list of both
+                                    (``None``; see :mod:`satchel.migration`)
+``SATCHEL_MIGRATE_UNTIL``           stop importing at this ``datetime`` or ISO-8601 string
+                                    (naive: UTC); ``None`` never stops
+``SATCHEL_MIGRATE_OVERLAP``         seconds after an import answered during which a request with
+                                    the same old cookie joins the imported session (5); ``0``:
+                                    only while the importing request runs
+``SATCHEL_MIGRATE_FLASK_SESSION_``  ``STORE``: the Redis/Valkey URL Flask-Session used;
+                                    ``PREFIX``: its ``SESSION_KEY_PREFIX`` (``"session:"``)
 ==================================  ============================================================
 
 ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS`` are read again on every request
@@ -55,6 +65,16 @@ from flask.sessions import SessionInterface, SessionMixin
 from ._manager import SessionManager, Settings, security_log
 from .admin import SessionInfo, list_sessions, revoke, revoke_all
 from .errors import ConfigError, LockTimeout, StoreUnavailable
+from .migration import (
+    CLAIM_PREFIX,
+    DEFAULT_OVERLAP,
+    SOURCES,
+    FlaskCookieSource,
+    FlaskSessionSource,
+    Migration,
+    Source,
+    parse_until,
+)
 from .session import Session
 from .signing import CookieSigner, weak_secret
 from .stores import Store, from_url, url_prefix
@@ -290,6 +310,68 @@ def _build_store(chosen: Any, prefix: Any, app: Flask) -> Store:
     return chosen
 
 
+def _migration(config: Any, store: Store, manager: SessionManager) -> Migration | None:
+    """The import of old sessions ``SATCHEL_MIGRATE_FROM`` asks for, or ``None``."""
+    chosen = config["SATCHEL_MIGRATE_FROM"]
+    if chosen is None:
+        if config["SATCHEL_MIGRATE_UNTIL"] is not None:
+            raise ConfigError("SATCHEL_MIGRATE_UNTIL is set but SATCHEL_MIGRATE_FROM is not")
+        return None
+    names = [chosen] if isinstance(chosen, str) else chosen
+    if not isinstance(names, list | tuple) or not names:
+        raise ConfigError(
+            f"SATCHEL_MIGRATE_FROM must be a source or a list of them, not {chosen!r}"
+        )
+    for name in names:
+        if name not in SOURCES:
+            known = ", ".join(repr(s) for s in SOURCES)
+            raise ConfigError(f"SATCHEL_MIGRATE_FROM names {name!r}; the sources are {known}")
+    secret = config["SECRET_KEY"]
+    fallbacks = list(config.get("SECRET_KEY_FALLBACKS") or ())
+    lifetime = _seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
+    sources: list[Source] = []
+    if "flask-cookie" in names:
+        sources.append(FlaskCookieSource(secret, fallbacks, int(lifetime)))
+    if "flask-session" in names:
+        url = config["SATCHEL_MIGRATE_FLASK_SESSION_STORE"]
+        if url is None:
+            raise ConfigError(
+                "SATCHEL_MIGRATE_FROM names 'flask-session': set "
+                "SATCHEL_MIGRATE_FLASK_SESSION_STORE to the Redis/Valkey URL it used"
+            )
+        prefix = config["SATCHEL_MIGRATE_FLASK_SESSION_PREFIX"]
+        if not isinstance(prefix, str):
+            raise ConfigError(f"SATCHEL_MIGRATE_FLASK_SESSION_PREFIX must be a str, not {prefix!r}")
+        signed = config.get("SESSION_USE_SIGNER")  # Flask-Session's own setting, if still set
+        sources.append(
+            FlaskSessionSource.from_url(
+                url,
+                prefix,
+                secret,
+                fallbacks,
+                use_signer=None if signed is None else bool(signed),
+                lifetime=lifetime,
+            )
+        )
+    with_prefix = getattr(store, "with_prefix", None)
+    if with_prefix is None:
+        raise ConfigError(
+            f"SATCHEL_MIGRATE_FROM keeps its claims in the store under another prefix, "
+            f"through with_prefix(), which {store!r} does not have"
+        )
+    claims = with_prefix(getattr(store, "prefix", "") + CLAIM_PREFIX)
+    overlap = config["SATCHEL_MIGRATE_OVERLAP"]
+    if overlap != 0:  # 0: only while the importing request runs
+        overlap = _seconds(overlap, "SATCHEL_MIGRATE_OVERLAP")
+    return Migration(
+        sources,
+        claims,
+        parse_until(config["SATCHEL_MIGRATE_UNTIL"]),
+        lambda: manager.signer.derived_key(),
+        float(overlap),
+    )
+
+
 def _check_store(store: Store, *, strict: bool) -> None:
     """Warn about (or refuse) a store configured so that it can lose sessions."""
     check = getattr(store, "config_problems", None)
@@ -323,6 +405,10 @@ class SatchelSessionInterface(SessionInterface):
         self.manager.signer = _signer(
             config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"), strict=False
         )
+        if self.manager.migration is not None:
+            self.manager.migration.rekey(
+                config["SECRET_KEY"], list(config.get("SECRET_KEY_FALLBACKS") or ())
+            )
         self._remember_keys(config)
 
     def _remember_keys(self, config: Any) -> None:
@@ -512,6 +598,11 @@ class Satchel:
         app.config.setdefault("SATCHEL_TRACK_CLIENT", False)
         app.config.setdefault("SATCHEL_KEY_PREFIX", None)
         app.config.setdefault("SATCHEL_STRICT_STORE", False)
+        app.config.setdefault("SATCHEL_MIGRATE_FROM", None)
+        app.config.setdefault("SATCHEL_MIGRATE_UNTIL", None)
+        app.config.setdefault("SATCHEL_MIGRATE_OVERLAP", DEFAULT_OVERLAP)
+        app.config.setdefault("SATCHEL_MIGRATE_FLASK_SESSION_STORE", None)
+        app.config.setdefault("SATCHEL_MIGRATE_FLASK_SESSION_PREFIX", "session:")
         config = app.config
 
         _refuse_other_frameworks(app)
@@ -545,6 +636,7 @@ class Satchel:
         _check_store(chosen, strict=bool(config["SATCHEL_STRICT_STORE"]))
 
         manager = SessionManager(chosen, signer, settings, FlaskSession, sender=app)
+        manager.migration = _migration(config, chosen, manager)
         app.extensions["satchel"] = manager
         interface = SatchelSessionInterface(
             manager, cookie_name or self.cookie_name, bool(config["SATCHEL_TRACK_CLIENT"])

@@ -52,6 +52,11 @@ class Session(MutableMapping[str, Any]):
     lazy load and the change tracking. ``dict(session)`` gives a plain copy.
     """
 
+    # An old cookie to import on first use, and the claim of one imported
+    # (see satchel.migration); class defaults, so most requests never set them.
+    _migrating: Any = None
+    _claim: tuple[str, float] | None = None
+
     def __init__(self, manager: SessionManager, session_id: str | None) -> None:
         self._data: dict[str, Any] = {}
         self._manager = manager
@@ -95,7 +100,10 @@ class Session(MutableMapping[str, Any]):
         record = self._manager.load(self)
         self._loaded = True
         if record is None:
-            self._stale_cookie = True
+            # A genuine ID whose record is gone: expire the cookie. An old cookie
+            # that imported nothing is left alone, as any invalid cookie is: the
+            # browser may hold a new one by now, from an overlapping request.
+            self._stale_cookie = self.session_id is not None
             return
         try:
             values = {name: loads(raw) for name, raw in record.fields.items()}
@@ -259,6 +267,10 @@ class Session(MutableMapping[str, Any]):
         goes into a new session with a new ID.
         """
         self.accessed = True
+        if self._migrating is not None:
+            # Never imported, and must not be later: the old cookie is expired instead.
+            self._migrating = None
+            self._stale_cookie = True
         self._loaded = True
         self._data.clear()
         self._raw.clear()

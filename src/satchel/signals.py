@@ -19,6 +19,9 @@ signal                   sent when
 ``session_destroyed``    ``clear()`` or emptying it deleted a record
 ``session_expired``      a genuine cookie named a record that had
                          expired or was gone when the session loaded
+``session_migrated``     an old session (``SATCHEL_MIGRATE_FROM``) was
+                         imported into a new one; also carries ``source``
+                         (``"flask-cookie"`` or ``"flask-session"``)
 =======================  ===============================================
 """
 
@@ -34,6 +37,7 @@ __all__ = [
     "session_created",
     "session_destroyed",
     "session_expired",
+    "session_migrated",
     "session_regenerated",
 ]
 
@@ -43,6 +47,7 @@ session_created = _signals.signal("satchel.session-created")
 session_regenerated = _signals.signal("satchel.session-regenerated")
 session_destroyed = _signals.signal("satchel.session-destroyed")
 session_expired = _signals.signal("satchel.session-expired")
+session_migrated = _signals.signal("satchel.session-migrated")
 
 
 @dataclass
@@ -67,6 +72,12 @@ class Counters:
     lock_waits: int = 0
     #: Saves that found a key changed by an overlapping request and merged into it.
     merges: int = 0
+    #: Old sessions imported into new ones (``SATCHEL_MIGRATE_FROM``).
+    migrated: int = 0
+    #: Old sessions that exist but could not be imported (a pickle record, say).
+    migration_failures: int = 0
+    #: Old cookies that came back after their import and imported nothing.
+    migration_replays: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()

@@ -128,6 +128,10 @@ class CookieSigner:
         """Return the cookie value for ``session_id``."""
         return self._signer.sign(session_id).decode("ascii")
 
+    def derived_key(self) -> bytes:
+        """The key derived from the current secret key, for other MACs than the cookie's."""
+        return self._signer.derive_key()
+
     def unsign(self, cookie: str) -> str | None:
         """Return the session ID in ``cookie``, or ``None`` when it is not genuine."""
         if not cookie or len(cookie) > MAX_COOKIE_LENGTH or not _CANONICAL.fullmatch(cookie):

@@ -3,6 +3,9 @@
 ``LOADAPP_BACKEND`` picks the session layer: ``satchel`` (store from
 ``LOADAPP_STORE``), ``flask-cookie`` (Flask's built-in session) or
 ``flask-session-redis`` (Flask-Session on ``LOADAPP_STORE``, for comparisons).
+``LOADAPP_MIGRATE_FROM`` (``flask-cookie`` or ``flask-session``) makes the satchel
+app import the sessions of the app it replaces; ``LOADAPP_OLD_STORE`` is the
+Valkey URL Flask-Session used.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def create_app() -> Flask:
 
         app.config["SATCHEL_STORE"] = store
         app.config["SATCHEL_LOCK_TIMEOUT"] = 20
+        if os.environ.get("LOADAPP_MIGRATE_FROM"):
+            app.config["SATCHEL_MIGRATE_FROM"] = os.environ["LOADAPP_MIGRATE_FROM"]
+            app.config["SATCHEL_MIGRATE_FLASK_SESSION_STORE"] = os.environ.get("LOADAPP_OLD_STORE")
         Satchel(app)
     elif backend == "flask-session-redis":
         import redis
@@ -60,6 +66,13 @@ def create_app() -> Flask:
     @app.get("/read")
     def read() -> dict[str, Any]:
         return dict(session)
+
+    @app.get("/read-slowly")
+    def read_slowly() -> dict[str, Any]:
+        # Holds the request open after the session loaded, so that others overlap it.
+        data = dict(session)
+        time.sleep(0.5)
+        return data
 
     @app.get("/cart/<item>")
     def add_to_cart(item: str) -> str:
