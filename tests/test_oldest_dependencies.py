@@ -1,0 +1,70 @@
+"""The oldest dependencies satchel supports run its tests too.
+
+The rest of the suite runs on the newest versions the install resolves (the
+upper bounds in pyproject.toml are what it has been tested with). This builds a
+second environment, once, in ``build/oldest``, with each lower bound exactly:
+Flask 3.0.0 (and the blinker 1.6.2 it needs), itsdangerous 2.2.0 and redis-py
+5.0.0, whose connection classes and ``send_command`` the Redis store drives. It
+runs the Flask, hardening, config, signals, merge, Flask-Login and migration
+tests there, and the Redis store's tests against a real Valkey, so a change that
+needs a newer version fails here, not for a user.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OLDEST = "3.0.0"
+#: Every lower bound of pyproject.toml that the code could outgrow unnoticed.
+PINS = [
+    f"flask=={OLDEST}",
+    "werkzeug==3.0.0",
+    "blinker==1.6.2",
+    "itsdangerous==2.2.0",
+    "redis[hiredis]==5.0.0",
+]
+
+
+def oldest_python() -> Path:
+    """A virtual environment with the PINS and satchel's test dependencies."""
+    home = ROOT / "build" / "oldest"
+    python = home / "bin" / "python"
+    stamp = home / ".pins"
+    wanted = (ROOT / "pyproject.toml").read_text() + "\n".join(PINS)
+    if not (stamp.exists() and stamp.read_text() == wanted):
+        venv.create(home, with_pip=True, clear=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]", *PINS],
+            check=True, timeout=900,
+        )  # fmt: skip
+        stamp.write_text(wanted)
+    return python
+
+
+def test_the_tests_pass_on_the_oldest_dependencies() -> None:
+    """Every selected test passes on each lower bound (Flask 3.0.0: no SECRET_KEY_FALLBACKS)."""
+    python = oldest_python()
+    versions = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; "
+         "print(*(m.version(n) for n in ('flask', 'blinker', 'itsdangerous', 'redis')))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert versions == [OLDEST, "1.6.2", "2.2.0", "5.0.0"]
+    result = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_flask.py", "tests/test_hardening.py", "tests/test_config.py",
+         "tests/test_signals.py", "tests/test_merge.py", "tests/test_flask_login.py",
+         "tests/test_migration.py", "tests/stores/test_redis.py", "tests/stores/test_contract.py",
+         "-k", "not postgres and not cluster and not switches"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+    )  # fmt: skip
+    tail = result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.returncode == 0, tail
+    assert " passed" in result.stdout.splitlines()[-1], tail
+    assert sys.executable != str(python)
