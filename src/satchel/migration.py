@@ -522,7 +522,10 @@ class Migration:
         settled = held.fields.get("settled")
         now = time.time()
         if settled is not None:
-            joinable = now - float(settled) <= self.overlap
+            try:
+                joinable = now - float(settled) <= self.overlap
+            except ValueError:  # only satchel writes claims; anything else joins nothing
+                joinable = False
         else:  # the importing request is still running (or died: JOIN_WINDOW bounds it)
             joinable = now - held.created_at <= JOIN_WINDOW
         if not joinable:
