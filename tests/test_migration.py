@@ -32,6 +32,7 @@ from satchel.signing import CookieSigner
 from satchel.stores import MemoryStore, Store
 
 from .conftest import SECRET, stored_keys
+from .test_hostile_input import same
 from .valkey import ValkeyServer
 
 OLD_KEY = "the-key-the-app-used-before-its-rotation-0123456789"
@@ -50,17 +51,6 @@ TYPED = {
 }
 
 
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same type all the way down."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return bool(a == b)
-
-
 # -- the apps before and after ---------------------------------------------------
 
 
@@ -75,11 +65,7 @@ def cookie_session(key: str = SECRET, data: dict[str, Any] | None = None) -> str
         session.permanent = True
         return "ok"
 
-    client = old.test_client()
-    client.get("/set")
-    cookie = client.get_cookie("session")
-    assert cookie is not None
-    return cookie.value
+    return cookie_after_set(old)
 
 
 def flask_session_app(url: str, **config: Any) -> Flask:
@@ -114,7 +100,8 @@ def flask_session_app(url: str, **config: Any) -> Flask:
     return old
 
 
-def flask_session_cookie(old: Flask) -> str:
+def cookie_after_set(old: Flask) -> str:
+    """The session cookie the old app sets on ``/set``."""
     client = old.test_client()
     client.get("/set")
     cookie = client.get_cookie("session")
@@ -172,6 +159,21 @@ def visit(app: Flask, cookie: str, path: str = "/") -> tuple[dict[str, Any] | No
     assert response.status_code == 200, response.text
     after = client.get_cookie("session")
     return (seen[-1] if len(seen) > before else None), (after.value if after else None)
+
+
+def overlapping_first_visits(app: Flask, cookie: str) -> dict[str, str | None]:
+    """Two requests with the same old cookie, both loaded before either answers: their cookies."""
+    results: dict[str, str | None] = {}
+
+    def one(name: str) -> None:
+        results[name] = visit(app, cookie, f"/overlap/{name}")[1]
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
 
 
 def counters(app: Flask) -> dict[str, int]:
@@ -318,16 +320,7 @@ def test_overlapping_first_requests_give_one_session(store: Store) -> None:
     """Two requests with the same old cookie at once: one import, one session, both writes."""
     app = satchel_app(store)
     old = cookie_session()
-    results: dict[str, str | None] = {}
-
-    def one(name: str) -> None:
-        results[name] = visit(app, old, f"/overlap/{name}")[1]
-
-    threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = overlapping_first_visits(app, old)
     assert results["a"] is not None and results["a"] == results["b"]
     assert len(stored_keys(store)) == 1
     assert counters(app)["migrated"] == 1
@@ -451,7 +444,7 @@ def migrating_from_flask_session(store: Store, url: str, **config: Any) -> Flask
 def test_a_flask_session_record_is_imported_and_deleted(store: Store, old_valkey: str) -> None:
     """Flask-Session's own data, as Flask-Session would read it; the old record is gone."""
     old = flask_session_app(old_valkey)
-    cookie = flask_session_cookie(old)
+    cookie = cookie_after_set(old)
     reader = old.test_client()
     reader.set_cookie("session", cookie)
     as_flask_session_reads_it = reader.get("/read").text
@@ -473,13 +466,13 @@ def test_a_flask_session_record_is_imported_and_deleted(store: Store, old_valkey
 
 def test_a_signed_flask_session_id_is_imported(store: Store, old_valkey: str) -> None:
     old = flask_session_app(old_valkey, SESSION_USE_SIGNER=True)
-    cookie = flask_session_cookie(old)
+    cookie = cookie_after_set(old)
     assert cookie.count(".") == 1
     app = migrating_from_flask_session(store, old_valkey, SESSION_USE_SIGNER=True)
     seen, _ = visit(app, cookie)
     assert seen is not None and seen["name"] == "Ada"
     # With the signer required, the bare ID (the part before the dot) imports nothing.
-    cookie2 = flask_session_cookie(old)
+    cookie2 = cookie_after_set(old)
     seen, _ = visit(app, cookie2.split(".")[0])
     assert seen == {}
 
@@ -487,7 +480,7 @@ def test_a_signed_flask_session_id_is_imported(store: Store, old_valkey: str) ->
 def test_a_flask_session_json_record_is_imported(store: Store, old_valkey: str) -> None:
     old = flask_session_app(old_valkey, SESSION_SERIALIZATION_FORMAT="json")
     app = migrating_from_flask_session(store, old_valkey)
-    seen, _ = visit(app, flask_session_cookie(old))
+    seen, _ = visit(app, cookie_after_set(old))
     assert seen is not None and seen["name"] == "Ada"
 
 
@@ -522,21 +515,10 @@ def test_a_pickle_record_is_never_unpickled(
     assert client.get("session:" + sid) == payload  # left alone, for the operator
 
 
-def test_overlapping_first_requests_with_a_flask_session_cookie(
-    store: Store, old_valkey: str
-) -> None:
+def test_overlapping_first_requests_with_a_cookie_after_set(store: Store, old_valkey: str) -> None:
     app = migrating_from_flask_session(store, old_valkey)
-    cookie = flask_session_cookie(flask_session_app(old_valkey))
-    results: dict[str, str | None] = {}
-
-    def one(name: str) -> None:
-        results[name] = visit(app, cookie, f"/overlap/{name}")[1]
-
-    threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    cookie = cookie_after_set(flask_session_app(old_valkey))
+    results = overlapping_first_visits(app, cookie)
     assert results["a"] is not None and results["a"] == results["b"]
     assert len(stored_keys(store)) == 1 and counters(app)["migrated"] == 1
     seen, _ = visit(app, results["a"])
@@ -546,7 +528,7 @@ def test_overlapping_first_requests_with_a_flask_session_cookie(
 def test_the_old_store_down_answers_503(own_valkey: ValkeyServer) -> None:
     """The old records cannot be read: 503, not a logout that would lose them."""
     old = flask_session_app(own_valkey.url)
-    cookie = flask_session_cookie(old)
+    cookie = cookie_after_set(old)
     app = migrating_from_flask_session(MemoryStore(), own_valkey.url)
     own_valkey.kill()
     client = app.test_client()
@@ -592,7 +574,7 @@ def test_hostile_old_cookies_never_import_and_never_fail(
     """Thousands of damaged old cookies of both kinds: no 500, nothing imported."""
     app = migrating_from_flask_session(sqlite_store, old_valkey, SESSION_USE_SIGNER=True)
     flask_cookie = cookie_session()
-    signed_id = flask_session_cookie(flask_session_app(old_valkey, SESSION_USE_SIGNER=True))
+    signed_id = cookie_after_set(flask_session_app(old_valkey, SESSION_USE_SIGNER=True))
     client = app.test_client(use_cookies=False)
     sent = 0
     for valid, seed in ((flask_cookie, 1), (signed_id, 2)):
@@ -619,7 +601,7 @@ def test_other_spellings_of_a_genuine_signature_import_nothing(
     """
     app = migrating_from_flask_session(store, old_valkey, SATCHEL_MIGRATE_OVERLAP=0)
     flask_cookie = cookie_session()
-    signed_id = flask_session_cookie(flask_session_app(old_valkey, SESSION_USE_SIGNER=True))
+    signed_id = cookie_after_set(flask_session_app(old_valkey, SESSION_USE_SIGNER=True))
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     for valid in (flask_cookie, signed_id):
         for letter in alphabet:

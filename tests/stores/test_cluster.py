@@ -189,22 +189,10 @@ def test_overlapping_appends_merge_on_a_cluster(cluster_store: RedisStore) -> No
 
 def test_migration_on_a_cluster(cluster_store: RedisStore) -> None:
     """Old cookies are imported once on a Cluster too; overlapping first requests share one."""
-    import threading
-
-    from ..test_migration import cookie_session, satchel_app, visit
+    from ..test_migration import cookie_session, overlapping_first_visits, satchel_app, visit
 
     app = satchel_app(cluster_store)
-    old = cookie_session()
-    results: dict[str, str | None] = {}
-
-    def one(name: str) -> None:
-        results[name] = visit(app, old, f"/overlap/{name}")[1]
-
-    threads = [threading.Thread(target=one, args=(name,)) for name in ("a", "b")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = overlapping_first_visits(app, cookie_session())
     assert results["a"] is not None and results["a"] == results["b"]
     assert Satchel.stats(app)["migrated"] == 1
     seen, _ = visit(app, results["a"])
