@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from itsdangerous import BadSignature, Signer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 
+from ._manager import security_log
 from .errors import ConfigError, StoreUnavailable
 from .serialization import dumps
 from .signals import session_migrated
@@ -77,7 +78,6 @@ JOIN_WINDOW = 30.0
 MAX_OLD_COOKIE = 8192
 
 _log = logging.getLogger("satchel")
-security_log = logging.getLogger("satchel.security")
 
 _SID = re.compile(r"[A-Za-z0-9_-]{16,256}")
 _SEAL = b"satchel.migration.seal"
@@ -183,9 +183,7 @@ class FlaskCookieSource(Source):
             data, signed = self._serializer.loads(
                 cookie, max_age=self.max_age, return_timestamp=True
             )
-        except BadSignature:
-            return None
-        except Exception:  # signed by the app's key, yet not Flask's JSON: not a session
+        except Exception:  # BadSignature, or signed by the app's key yet not Flask's JSON
             return None
         if not isinstance(data, dict):
             return None
@@ -220,10 +218,11 @@ class FlaskSessionSource(Source):
     ) -> None:
         try:
             import msgspec
+            import redis
         except ImportError as exc:
             raise ConfigError(
-                "importing Flask-Session records needs msgspec, which Flask-Session itself "
-                "uses: pip install 'satchel[migrate]'"
+                "importing Flask-Session records needs msgspec (which Flask-Session itself "
+                "uses) and redis-py: pip install 'satchel[migrate]'"
             ) from exc
         self.client = client
         self.prefix = prefix
@@ -231,6 +230,7 @@ class FlaskSessionSource(Source):
         self.lifetime = lifetime
         self._decoders = (msgspec.msgpack.Decoder(), msgspec.json.Decoder())
         self._decode_error: type[Exception] = msgspec.DecodeError
+        self._redis_error: type[Exception] = redis.RedisError
         self.rekey(secret_key, fallbacks)
 
     @classmethod
@@ -262,11 +262,7 @@ class FlaskSessionSource(Source):
                 client = redis.Redis.from_url(f"{scheme}://{rest}", **options)
         except (ValueError, redis.RedisError) as exc:
             raise ConfigError(f"SATCHEL_MIGRATE_FLASK_SESSION_STORE {url!r}: {exc}") from exc
-        source = cls(client, prefix, *args, **kwargs)
-        source._redis_error = redis.RedisError
-        return source
-
-    _redis_error: type[Exception] = Exception
+        return cls(client, prefix, *args, **kwargs)
 
     def rekey(self, secret_key: str | bytes, fallbacks: Sequence[str | bytes]) -> None:
         """Flask-Session's signer (salt ``flask-session``) for these keys."""
