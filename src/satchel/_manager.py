@@ -7,13 +7,14 @@ ready, then set or delete the cookie as the returned :class:`Outcome` says.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._merge import ABSENT, Patch, diff, patch
 from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
@@ -27,7 +28,18 @@ from .signals import (
     session_regenerated,
 )
 from .signing import CookieSigner, new_id, store_key
-from .stores.base import Change, LockingStore, Record, SaveResult, Store, size_of
+from .stores.base import (
+    AsyncListingStore,
+    AsyncLockingStore,
+    AsyncStore,
+    Change,
+    ListingStore,
+    LockingStore,
+    Record,
+    SaveResult,
+    Store,
+    size_of,
+)
 
 if TYPE_CHECKING:
     from .migration import Migration
@@ -75,13 +87,34 @@ class Outcome:
 
 _ALIVE = Outcome(alive=True)
 
+T = TypeVar("T")
 
-class SessionManager:
-    """Opens and saves sessions against one store with one signer."""
+#: One call a lifecycle step needs made: a store method's name and its arguments
+#: (``("save", key, change, create)``), ``("sleep", seconds)``, or the migration's
+#: ``("migrate", session)`` and ``("settle", claim)``.
+Op = tuple[Any, ...]
+#: A lifecycle step: yields the calls it needs, is sent their results, returns its answer.
+Steps = Generator[Op, Any, T]
+
+
+class Lifecycle:
+    """Every rule of a session's life, with no I/O: what the sync and async managers share.
+
+    Each operation that needs the store is a generator that yields the calls
+    it needs (:data:`Op`) and is sent back their results. :class:`SessionManager`
+    runs those steps against a :class:`~satchel.stores.Store`, calling it;
+    :class:`AsyncSessionManager` against an :class:`~satchel.stores.AsyncStore`,
+    awaiting it. So the merges, expiries, moves and fences are written once,
+    and a Flask app and an ASGI app on one store follow exactly the same rules.
+    """
+
+    #: The protocols a store must follow for strict mode, and to list its sessions.
+    _lock_protocol: type = LockingStore
+    _listing_protocol: type = ListingStore
 
     def __init__(
         self,
-        store: Store,
+        store: Any,
         signer: CookieSigner,
         settings: Settings,
         session_class: type[Session] = Session,
@@ -138,8 +171,12 @@ class SessionManager:
         )
         return self.session_class(self, None)
 
-    def load(self, session: Session) -> Record | None:
-        """Read the record behind ``session`` (called on its first use).
+    def sign(self, session_id: str) -> str:
+        """Return the cookie value for ``session_id``."""
+        return self.signer.sign(session_id)
+
+    def _load_steps(self, session: Session) -> Steps[Record | None]:
+        """Read the record behind ``session`` (on its first use).
 
         In strict mode the session's lock is taken first, so that requests of
         one session run their view one at a time. A session opened from an old
@@ -148,16 +185,17 @@ class SessionManager:
         if session._migrating is not None:
             assert self.migration is not None
             try:
-                return self.migration.load(self, session)
+                record: Record | None = yield ("migrate", session)
             except StoreUnavailable:
                 self.counters.add("store_errors")
                 raise
+            return record
         assert session.session_id is not None
         key = store_key(session.session_id)
         try:
             if self.settings.locking or session._lock_wanted():
-                self._lock(session, key)
-            record = self.store.load(key)
+                yield from self._lock_steps(session, key)
+            record = yield ("load", key)
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise
@@ -166,7 +204,14 @@ class SessionManager:
             session_expired.send(self.sender, session=session, fingerprint=key[:8])
         return record
 
-    def unreadable(self, session: Session, error: Exception) -> None:
+    def _fill_steps(self, session: Session) -> Steps[None]:
+        """Load ``session`` and hand it its data: what its first use does."""
+        record = yield from self._load_steps(session)
+        error = session._fill(record)
+        if error is not None:
+            yield from self._unreadable_steps(session, error)
+
+    def _unreadable_steps(self, session: Session, error: Exception) -> Steps[None]:
         """A stored record that does not load back counts as absent, and is deleted.
 
         Whatever wrote it (an older version, a hand edit), failing every request
@@ -180,47 +225,44 @@ class SessionManager:
             type(error).__name__,
         )
         try:
-            self.store.delete(key)
+            yield ("delete", key)
         except StoreUnavailable as exc:
             self.counters.add("store_errors")
             security_log.warning("could not delete the unreadable session %s: %s", key[:8], exc)
 
-    def _locking_store(self) -> LockingStore:
+    def _locking_store(self) -> Any:
         store = self.store
-        if not isinstance(store, LockingStore):
+        if not isinstance(store, self._lock_protocol) or not getattr(store, "can_lock", True):
             raise ConfigError(f"strict mode needs a store that can lock; {store!r} cannot")
         return store
 
-    def _lock(self, session: Session, key: str) -> None:
-        store = self._locking_store()
+    def _lock_steps(self, session: Session, key: str) -> Steps[None]:
+        self._locking_store()
         token = secrets.token_hex(16)
         start = time.monotonic()
         pause = 0.002
         waiting = False
-        while not store.acquire(key, token, self.settings.lock_lease):
+        while not (yield ("acquire", key, token, self.settings.lock_lease)):
             if not waiting:  # count requests that waited, not retries
                 waiting = True
                 self.counters.add("lock_waits")
             waited = time.monotonic() - start
             if waited >= self.settings.lock_timeout:
-                raise LockTimeout(repr(store), waited)
-            time.sleep(min(pause, self.settings.lock_timeout - waited))
+                raise LockTimeout(repr(self.store), waited)
+            yield ("sleep", min(pause, self.settings.lock_timeout - waited))
             pause = min(pause * 2, 0.05)
         session._lock_held = (key, token)
         session._locked_at = time.monotonic()
         session._on_lock()
 
-    def release(self, session: Session) -> None:
-        """Drop the session's lock, if it holds one; safe to call more than once."""
+    def _release_steps(self, session: Session) -> Steps[None]:
+        """Drop the session's lock, if it holds one; safe to run more than once."""
         held, session._lock_held = session._lock_held, None
         if held is not None:
-            self._locking_store().release(*held)
+            self._locking_store()
+            yield ("release", *held)
 
-    def sign(self, session_id: str) -> str:
-        """Return the cookie value for ``session_id``."""
-        return self.signer.sign(session_id)
-
-    def save(self, session: Session) -> Outcome:
+    def _save_steps(self, session: Session) -> Steps[Outcome]:
         """Write what the request changed, as one atomic change set.
 
         Raises :class:`SessionTooLarge` before writing anything when the
@@ -228,18 +270,18 @@ class SessionManager:
         released whatever happens.
         """
         try:
-            return self._save(session)
+            return (yield from self._write_steps(session))
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise
         finally:
-            self.release(session)
+            yield from self._release_steps(session)
             claim = session._claim
             if claim is not None and self.migration is not None:
                 session._claim = None
-                self.migration.settle(claim)
+                yield ("settle", claim)
 
-    def _save(self, session: Session) -> Outcome:
+    def _write_steps(self, session: Session) -> Steps[Outcome]:
         if not session._loaded:
             return Outcome(delete_cookie=session._stale_cookie)
         record = session.record
@@ -252,7 +294,7 @@ class SessionManager:
             and len(session._data) > ("_permanent" in session._data)  # not empty
         ):
             # Read, not written (most requests): at most refresh the idle expiry.
-            return self._refresh(session, record)
+            return (yield from self._refresh_steps(session, record))
         data, loaded, pending = session._data, session._raw, session._pending
         changed: dict[str, bytes] = {}
         for key in session._touched:
@@ -272,18 +314,20 @@ class SessionManager:
                 raise SessionTooLarge(size, limit)
 
         if session._drop_old and session.session_id is not None:
-            self._delete(session, announce=True)  # clear(): ended, whatever it holds now
+            yield from self._delete_steps(session)  # clear(): ended, whatever it holds now
         origin = session._origin
         if session._regenerating and origin is not None and session.session_id is not None:
-            return self._move(session, origin, changed, deleted)
+            return (yield from self._move_steps(session, origin, changed, deleted))
         if session.record is None or session.session_id is None:
             if empty:  # nothing worth keeping: never store an empty session
                 session.session_id = session.record = None
                 return Outcome(delete_cookie=had_cookie)
             fields = {key: changed.get(key) or loaded[key] for key in data}
-            return self._create(session, fields)
+            session_id, key, record = yield from self._create_record_steps(session, fields)
+            self.counters.add("creates")
+            return self._born(session, session_id, key, record, session_created)
         if not (changed or deleted):
-            return self._refresh(session, session.record)
+            return (yield from self._refresh_steps(session, session.record))
         now = time.time()
         key = store_key(session.session_id)
         change = Change(
@@ -296,13 +340,13 @@ class SessionManager:
             fence=self._fence(session),
             expect={name: loaded.get(name) for name in changed},
         )
-        result, _ = self._merging_save(session, key, change, create=False, source=key)
+        result, _ = yield from self._merging_save_steps(session, key, change, False, key)
         self.counters.add("saves")
         return self._saved(session, result)
 
-    def _merging_save(
-        self, session: Session, key: str, change: Change, *, create: bool, source: str
-    ) -> tuple[int, Change]:
+    def _merging_save_steps(
+        self, session: Session, key: str, change: Change, create: bool, source: str
+    ) -> Steps[tuple[int, Change]]:
         """Save ``change``, each changed field compared with what the request loaded.
 
         When an overlapping request changed one of those fields meanwhile, the
@@ -313,7 +357,10 @@ class SessionManager:
         patches: dict[str, Patch] = {}
         started = time.monotonic()
         for attempt in range(MERGE_ATTEMPTS):
-            result = self._store_save(session, key, change, create=create)
+            result = int((yield ("save", key, change, create)))
+            if result == SaveResult.FENCED:
+                held = time.monotonic() - session._locked_at
+                raise LockLost(repr(self.store), held)
             if result != SaveResult.CONFLICT:
                 return result, change
             if attempt == 0:
@@ -322,8 +369,8 @@ class SessionManager:
             if waited >= self.settings.lock_timeout:
                 break
             if attempt >= 2:  # many requests at once: spread the retries out a little
-                time.sleep(random.uniform(0, min(0.001 * attempt, 0.02)))
-            current = self.store.load(source)
+                yield ("sleep", random.uniform(0, min(0.001 * attempt, 0.02)))
+            current = yield ("load", source)
             if current is None:
                 return SaveResult.REFUSED, change  # ended meanwhile
             change = self._rebase(session, change, current, patches)
@@ -358,13 +405,6 @@ class SessionManager:
             session._data.__setitem__(name, merged)  # what the view's session holds now
         return replace(change, set=values, expect=expect)
 
-    def _store_save(self, session: Session, key: str, change: Change, *, create: bool) -> int:
-        result = self.store.save(key, change, create=create)
-        if result == SaveResult.FENCED:
-            held = time.monotonic() - session._locked_at
-            raise LockLost(repr(self.store), held)
-        return int(result)
-
     def _fence(self, session: Session) -> str | None:
         """The lock token a save must still hold, in strict mode."""
         held = session._lock_held
@@ -372,7 +412,9 @@ class SessionManager:
             return None
         return held[1]
 
-    def create_record(self, session: Session, fields: dict[str, bytes]) -> tuple[str, str, Record]:
+    def _create_record_steps(
+        self, session: Session, fields: dict[str, bytes]
+    ) -> Steps[tuple[str, str, Record]]:
         """Store ``fields`` as a new session under a new ID: the ID, its key, the record."""
         now = time.time()
         change = Change(
@@ -388,26 +430,14 @@ class SessionManager:
         while True:
             session_id = new_id()
             key = store_key(session_id)
-            if self.store.save(key, change, create=True):
+            if (yield ("save", key, change, True)):
                 break
         record = Record(fields, now, now, change.expires_at, change.owner, dict(change.meta))
         return session_id, key, record
 
-    def locked_load(self, session: Session, key: str, record: Record) -> Record:
-        """``record``, just created for ``session``, with its lock taken in strict mode."""
-        if self.settings.locking or session._lock_wanted():
-            self._lock(session, key)
-        return record
-
-    def _create(self, session: Session, fields: dict[str, bytes]) -> Outcome:
-        """Store a new session under a new ID."""
-        session_id, key, record = self.create_record(session, fields)
-        self.counters.add("creates")
-        return self._born(session, session_id, key, record, session_created)
-
-    def _move(
+    def _move_steps(
         self, session: Session, origin: Record, changed: dict[str, bytes], deleted: list[str]
-    ) -> Outcome:
+    ) -> Steps[Outcome]:
         """regenerate(): move the stored record, with this request's changes, to a new ID.
 
         One atomic step in the store, conditional on the old record still being
@@ -435,7 +465,7 @@ class SessionManager:
         )
         session_id = new_id()
         key = store_key(session_id)
-        result, change = self._merging_save(session, key, change, create=True, source=old)
+        result, change = yield from self._merging_save_steps(session, key, change, True, old)
         if result != SaveResult.SAVED:  # ended meanwhile, or emptied: no new session
             self.counters.add("saves")
             return self._saved(session, result)
@@ -463,14 +493,13 @@ class SessionManager:
         signal.send(self.sender, session=session, fingerprint=key[:8])
         return Outcome(new_cookie=self.sign(session_id), alive=True)
 
-    def _delete(self, session: Session, *, announce: bool) -> None:
-        """Delete the record under the session's current ID, and forget the ID."""
+    def _delete_steps(self, session: Session) -> Steps[None]:
+        """clear(): delete the record under the session's current ID, and forget the ID."""
         assert session.session_id is not None
         old = store_key(session.session_id)
-        self.store.delete(old)
+        yield ("delete", old)
         self.counters.add("deletes")
-        if announce:
-            session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
+        session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
         session.session_id = None
 
     def _expiry(self, record: Record, now: float) -> float:
@@ -478,13 +507,13 @@ class SessionManager:
             now + self.settings.idle_timeout, record.created_at + self.settings.absolute_timeout
         )
 
-    def _refresh(self, session: Session, record: Record) -> Outcome:
+    def _refresh_steps(self, session: Session, record: Record) -> Steps[Outcome]:
         """Move an unchanged session's idle expiry, if the last move is old enough."""
         now = time.time()
         if now - record.touched_at < self._refresh_after:
             return self._alive(session)
         assert session.session_id is not None
-        ok = self.store.touch(store_key(session.session_id), now, self._expiry(record, now))
+        ok = yield ("touch", store_key(session.session_id), now, self._expiry(record, now))
         self.counters.add("touches")
         return self._saved(session, int(ok))
 
@@ -515,3 +544,143 @@ class SessionManager:
             return Outcome(delete_cookie=True)
         session._wrote = session._wrote or bool(session._touched or session._deleted)
         return self._alive(session)
+
+
+class SessionManager(Lifecycle):
+    """Opens and saves sessions against one :class:`~satchel.stores.Store`, calling it."""
+
+    store: Store
+
+    def __init__(
+        self,
+        store: Store,
+        signer: CookieSigner,
+        settings: Settings,
+        session_class: type[Session] = Session,
+        sender: object = None,
+    ) -> None:
+        super().__init__(store, signer, settings, session_class, sender)
+
+    def run(self, steps: Steps[T]) -> T:
+        """Run lifecycle steps to their answer, making each call they yield."""
+        store: Any = self.store
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as done:
+                answer: T = done.value
+                return answer
+            value = error = None
+            try:
+                name = op[0]
+                if name == "load":
+                    value = store.load(op[1])
+                elif name == "save":
+                    value = store.save(op[1], op[2], create=op[3])
+                elif name == "sleep":
+                    time.sleep(op[1])
+                elif name == "migrate":
+                    assert self.migration is not None
+                    value = self.migration.load(self, op[1])
+                elif name == "settle":
+                    assert self.migration is not None
+                    self.migration.settle(op[1])
+                else:
+                    value = getattr(store, name)(*op[1:])
+            except BaseException as exc:  # handed to the steps, which clean up and re-raise
+                error = exc
+
+    def load(self, session: Session) -> Record | None:
+        """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""
+        return self.run(self._load_steps(session))
+
+    def fill(self, session: Session) -> None:
+        """Load ``session`` and hand it its data (its first use does this)."""
+        self.run(self._fill_steps(session))
+
+    def release(self, session: Session) -> None:
+        """Drop the session's lock, if it holds one; safe to call more than once."""
+        self.run(self._release_steps(session))
+
+    def save(self, session: Session) -> Outcome:
+        """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
+        return self.run(self._save_steps(session))
+
+    def create_record(self, session: Session, fields: dict[str, bytes]) -> tuple[str, str, Record]:
+        """Store ``fields`` as a new session under a new ID: the ID, its key, the record."""
+        return self.run(self._create_record_steps(session, fields))
+
+    def locked_load(self, session: Session, key: str, record: Record) -> Record:
+        """``record``, just created for ``session``, with its lock taken in strict mode."""
+        if self.settings.locking or session._lock_wanted():
+            self.run(self._lock_steps(session, key))
+        return record
+
+
+class AsyncSessionManager(Lifecycle):
+    """Opens and saves sessions against one :class:`~satchel.stores.AsyncStore`, awaiting it.
+
+    The same rules as :class:`SessionManager` (they are :class:`Lifecycle`'s),
+    for ASGI apps: nothing here blocks the event loop. A session is loaded
+    before the view runs (:meth:`fill`), since ASGI frameworks hand views a
+    plain mapping that cannot wait for the store.
+    """
+
+    store: AsyncStore
+    _lock_protocol = AsyncLockingStore
+    _listing_protocol = AsyncListingStore
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        signer: CookieSigner,
+        settings: Settings,
+        session_class: type[Session] = Session,
+        sender: object = None,
+    ) -> None:
+        super().__init__(store, signer, settings, session_class, sender)
+
+    async def run(self, steps: Steps[T]) -> T:
+        """Run lifecycle steps to their answer, awaiting each call they yield."""
+        store: Any = self.store
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration as done:
+                answer: T = done.value
+                return answer
+            value = error = None
+            try:
+                name = op[0]
+                if name == "load":
+                    value = await store.load(op[1])
+                elif name == "save":
+                    value = await store.save(op[1], op[2], create=op[3])
+                elif name == "sleep":
+                    await asyncio.sleep(op[1])
+                elif name in ("migrate", "settle"):
+                    raise ConfigError("importing old sessions is not available on ASGI")
+                else:
+                    value = await getattr(store, name)(*op[1:])
+            except BaseException as exc:  # cancellation too: the steps release their lock
+                error = exc
+
+    async def load(self, session: Session) -> Record | None:
+        """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""
+        return await self.run(self._load_steps(session))
+
+    async def fill(self, session: Session) -> None:
+        """Load ``session`` and hand it its data, before the view uses it."""
+        await self.run(self._fill_steps(session))
+
+    async def release(self, session: Session) -> None:
+        """Drop the session's lock, if it holds one; safe to call more than once."""
+        await self.run(self._release_steps(session))
+
+    async def save(self, session: Session) -> Outcome:
+        """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
+        return await self.run(self._save_steps(session))

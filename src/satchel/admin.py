@@ -19,7 +19,7 @@ from .signing import store_key
 from .stores.base import ListingStore, Record
 
 if TYPE_CHECKING:
-    from ._manager import SessionManager
+    from ._manager import Lifecycle, SessionManager, Steps
     from .session import Session
 
 __all__ = ["SessionInfo", "list_sessions", "revoke", "revoke_all"]
@@ -80,23 +80,33 @@ def records(
     return _listing(manager).records(None if owner is None else owner_text(owner))
 
 
-def list_sessions(
-    manager: SessionManager, owner: str | int | None = None, current: Session | None = None
-) -> list[SessionInfo]:
+def _records_steps(manager: Lifecycle, owner: str | int | None) -> Steps[list[tuple[str, Record]]]:
+    if not isinstance(manager.store, manager._listing_protocol):
+        raise ConfigError(f"{manager.store!r} cannot list its sessions")
+    found = yield ("records", None if owner is None else owner_text(owner))
+    return list(found)
+
+
+def list_sessions_steps(
+    manager: Lifecycle, owner: str | int | None = None, current: Session | None = None
+) -> Steps[list[SessionInfo]]:
     """The live sessions of ``owner`` (all of them when ``None``), most recent first."""
     mine = current_reference(current)
-    found = [SessionInfo.of(ref, record, mine) for ref, record in records(manager, owner)]
-    return sorted(found, key=lambda info: info.last_seen, reverse=True)
+    found = yield from _records_steps(manager, owner)
+    infos = [SessionInfo.of(ref, record, mine) for ref, record in found]
+    return sorted(infos, key=lambda info: info.last_seen, reverse=True)
 
 
-def revoke(manager: SessionManager, reference: str) -> bool:
+def revoke_steps(manager: Lifecycle, reference: str) -> Steps[bool]:
     """End the session ``reference`` names at once; ``False`` if it was not there."""
-    existed = manager.store.load(reference) is not None
-    manager.store.delete(reference)
+    existed = (yield ("load", reference)) is not None
+    yield ("delete", reference)
     return existed
 
 
-def revoke_all(manager: SessionManager, owner: str | int, keep: Session | None = None) -> int:
+def revoke_all_steps(
+    manager: Lifecycle, owner: str | int, keep: Session | None = None
+) -> Steps[int]:
     """End every session of ``owner`` except ``keep``'s; return how many ended.
 
     ``owner`` is a ``str`` or an ``int``, as given to ``regenerate(owner=...)``;
@@ -105,8 +115,29 @@ def revoke_all(manager: SessionManager, owner: str | int, keep: Session | None =
     owner = owner_text(owner)
     spare = current_reference(keep)
     ended = 0
-    for reference, _record in list(records(manager, owner)):
+    for reference, _record in (yield from _records_steps(manager, owner)):
         if reference != spare:
-            manager.store.delete(reference)
+            yield ("delete", reference)
             ended += 1
     return ended
+
+
+def list_sessions(
+    manager: SessionManager, owner: str | int | None = None, current: Session | None = None
+) -> list[SessionInfo]:
+    """The live sessions of ``owner`` (all of them when ``None``), most recent first."""
+    return manager.run(list_sessions_steps(manager, owner, current))
+
+
+def revoke(manager: SessionManager, reference: str) -> bool:
+    """End the session ``reference`` names at once; ``False`` if it was not there."""
+    return manager.run(revoke_steps(manager, reference))
+
+
+def revoke_all(manager: SessionManager, owner: str | int, keep: Session | None = None) -> int:
+    """End every session of ``owner`` except ``keep``'s; return how many ended.
+
+    ``owner`` is a ``str`` or an ``int``, as given to ``regenerate(owner=...)``;
+    anything else raises :class:`TypeError` (``None`` too: it would mean everyone).
+    """
+    return manager.run(revoke_all_steps(manager, owner, keep))

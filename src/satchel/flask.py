@@ -52,22 +52,26 @@ that set them after ``init_app`` are honoured.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlencode
 
 from flask import current_app, g, has_request_context
 from flask.sessions import SessionInterface, SessionMixin
 
-from ._manager import SessionManager, Settings, security_log
+from ._config import (
+    BUSY_MESSAGE,
+    UNAVAILABLE_MESSAGE,
+    config_defaults,
+    read_config,
+    seconds,
+    signer_for,
+)
+from ._manager import SessionManager
 from .admin import SessionInfo, list_sessions, revoke, revoke_all
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .migration import (
     CLAIM_PREFIX,
-    DEFAULT_OVERLAP,
     SOURCES,
     FlaskCookieSource,
     FlaskSessionSource,
@@ -76,9 +80,7 @@ from .migration import (
     parse_until,
 )
 from .session import Session
-from .signing import CookieSigner, weak_secret
-from .stores import Store, from_url, url_prefix
-from .stores.sqlite import SQLiteStore
+from .stores import Store
 
 if TYPE_CHECKING:
     from flask import Flask, Request
@@ -88,16 +90,7 @@ __all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface", "current_sessio
 
 _log = logging.getLogger("satchel")
 
-DEFAULT_ABSOLUTE_TIMEOUT = timedelta(days=90)
-DEFAULT_MAX_SIZE = 1024 * 1024
 DEFAULT_SQLITE_NAME = "satchel-sessions.sqlite3"
-UNAVAILABLE_MESSAGE = (
-    "Service unavailable: the session store is not answering. Please try again shortly.\n"
-)
-BUSY_MESSAGE = (
-    "Service unavailable: another request of this session is still running. "
-    "Please try again shortly.\n"
-)
 
 ViewT = TypeVar("ViewT", bound=Callable[..., Any])
 
@@ -175,18 +168,6 @@ def _current() -> FlaskSession | None:
         return None
 
 
-def _seconds(value: Any, name: str) -> float:
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        raise ConfigError(f"{name} must be a timedelta or a number of seconds, not {value!r}")
-    if not (seconds > 0 and math.isfinite(seconds)):  # NaN fails both comparisons
-        raise ConfigError(f"{name} must be a positive, finite duration, not {value!r}")
-    return seconds
-
-
 def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
     _log.warning("answered 503: %s", error)
     headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"}
@@ -242,32 +223,6 @@ def _answer_error(app: Flask, error: StoreUnavailable, response: BaseResponse) -
     response.set_data(answer.get_data())
 
 
-def _signer(secret: Any, fallbacks: Any, *, strict: bool) -> CookieSigner:
-    """A signer for the app's keys, after checking them (weak keys: a warning, or refused)."""
-    if not secret or not isinstance(secret, str | bytes):
-        raise ConfigError(
-            "SECRET_KEY is not set: satchel signs session cookies with it "
-            "(set app.config['SECRET_KEY'], e.g. from an environment variable)"
-        )
-    fallbacks = fallbacks or []
-    if isinstance(fallbacks, str | bytes) or not all(
-        isinstance(k, str | bytes) and k for k in fallbacks
-    ):
-        raise ConfigError("SECRET_KEY_FALLBACKS must be a list of keys")
-    for name, key in [("SECRET_KEY", secret)] + [
-        (f"SECRET_KEY_FALLBACKS[{i}]", k) for i, k in enumerate(fallbacks)
-    ]:
-        weakness = weak_secret(key)
-        if weakness is None:
-            continue
-        if strict:
-            raise ConfigError(f"{name} is {weakness} (SATCHEL_STRICT_SECRET is set)")
-        security_log.warning(
-            "%s is %s: anyone who guesses it can forge session cookies", name, weakness
-        )
-    return CookieSigner(secret, fallbacks)
-
-
 def _refuse_other_frameworks(app: Any) -> None:
     """This adapter serves Flask; an async app (Quart) fails here, not at its first request."""
     from flask import Flask
@@ -281,33 +236,6 @@ def _refuse_other_frameworks(app: Any) -> None:
             "the Quart adapter (satchel.quart) is planned in the ASGI issue"
         )
     raise ConfigError(f"satchel.Satchel needs a Flask app, not {kind}")
-
-
-def _build_store(chosen: Any, prefix: Any, app: Flask) -> Store:
-    """The store ``SATCHEL_STORE`` (or the ``store`` argument) names, under ``prefix``."""
-    if prefix is not None and not isinstance(prefix, str):
-        raise ConfigError(f"SATCHEL_KEY_PREFIX must be a str, not {prefix!r}")
-    if chosen is None:
-        path = os.path.join(app.instance_path, DEFAULT_SQLITE_NAME)
-        return SQLiteStore(path) if prefix is None else SQLiteStore(path, prefix=prefix)
-    if isinstance(chosen, str):
-        if prefix is not None:
-            bare, named = url_prefix(chosen)
-            if named is not None and named != prefix:
-                raise ConfigError(
-                    f"SATCHEL_KEY_PREFIX is {prefix!r} but the store URL says prefix={named!r}"
-                )
-            joiner = "&" if "?" in bare else "?"
-            chosen = f"{bare}{joiner}{urlencode({'prefix': prefix})}"
-        chosen = from_url(chosen)
-    elif prefix is not None and getattr(chosen, "prefix", None) != prefix:
-        raise ConfigError(
-            f"SATCHEL_KEY_PREFIX is {prefix!r} but the store object was built with prefix "
-            f"{getattr(chosen, 'prefix', None)!r}: pass prefix= when you build it"
-        )
-    if not isinstance(chosen, Store):
-        raise ConfigError(f"SATCHEL_STORE must be a store URL or a Store, not {chosen!r}")
-    return chosen
 
 
 def _migration(config: Any, store: Store, manager: SessionManager) -> Migration | None:
@@ -328,7 +256,7 @@ def _migration(config: Any, store: Store, manager: SessionManager) -> Migration 
             raise ConfigError(f"SATCHEL_MIGRATE_FROM names {name!r}; the sources are {known}")
     secret = config["SECRET_KEY"]
     fallbacks = list(config.get("SECRET_KEY_FALLBACKS") or ())
-    lifetime = _seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
+    lifetime = seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
     sources: list[Source] = []
     if "flask-cookie" in names:
         sources.append(FlaskCookieSource(secret, fallbacks, int(lifetime)))
@@ -362,7 +290,7 @@ def _migration(config: Any, store: Store, manager: SessionManager) -> Migration 
     claims = with_prefix(getattr(store, "prefix", "") + CLAIM_PREFIX)
     overlap = config["SATCHEL_MIGRATE_OVERLAP"]
     if overlap != 0:  # 0: only while the importing request runs
-        overlap = _seconds(overlap, "SATCHEL_MIGRATE_OVERLAP")
+        overlap = seconds(overlap, "SATCHEL_MIGRATE_OVERLAP")
     return Migration(
         sources,
         claims,
@@ -370,17 +298,6 @@ def _migration(config: Any, store: Store, manager: SessionManager) -> Migration 
         lambda: manager.signer.derived_key(),
         float(overlap),
     )
-
-
-def _check_store(store: Store, *, strict: bool) -> None:
-    """Warn about (or refuse) a store configured so that it can lose sessions."""
-    check = getattr(store, "config_problems", None)
-    if check is None:
-        return
-    for problem in check():
-        if strict:
-            raise ConfigError(f"{store!r}: {problem} (SATCHEL_STRICT_STORE is set)")
-        _log.warning("%r: %s", store, problem)
 
 
 class SatchelSessionInterface(SessionInterface):
@@ -402,7 +319,7 @@ class SatchelSessionInterface(SessionInterface):
 
     def _read_keys(self, config: Any) -> None:
         """Sign with the keys the config holds now (they changed since the last request)."""
-        self.manager.signer = _signer(
+        self.manager.signer = signer_for(
             config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"), strict=False
         )
         if self.manager.migration is not None:
@@ -587,54 +504,14 @@ class Satchel:
         """
         if "satchel" in app.extensions:
             raise ConfigError("satchel is already set up on this app")
-        app.config.setdefault("SATCHEL_STORE", None)
-        app.config.setdefault("SATCHEL_IDLE_TIMEOUT", None)
-        app.config.setdefault("SATCHEL_ABSOLUTE_TIMEOUT", DEFAULT_ABSOLUTE_TIMEOUT)
-        app.config.setdefault("SATCHEL_MAX_SIZE", DEFAULT_MAX_SIZE)
-        app.config.setdefault("SATCHEL_STRICT_SECRET", False)
-        app.config.setdefault("SATCHEL_LOCKING", False)
-        app.config.setdefault("SATCHEL_LOCK_TIMEOUT", 5.0)
-        app.config.setdefault("SATCHEL_LOCK_LEASE", 30.0)
-        app.config.setdefault("SATCHEL_TRACK_CLIENT", False)
-        app.config.setdefault("SATCHEL_KEY_PREFIX", None)
-        app.config.setdefault("SATCHEL_STRICT_STORE", False)
-        app.config.setdefault("SATCHEL_MIGRATE_FROM", None)
-        app.config.setdefault("SATCHEL_MIGRATE_UNTIL", None)
-        app.config.setdefault("SATCHEL_MIGRATE_OVERLAP", DEFAULT_OVERLAP)
-        app.config.setdefault("SATCHEL_MIGRATE_FLASK_SESSION_STORE", None)
-        app.config.setdefault("SATCHEL_MIGRATE_FLASK_SESSION_PREFIX", "session:")
+        config_defaults(app.config)
         config = app.config
-
         _refuse_other_frameworks(app)
-        signer = _signer(
-            config.get("SECRET_KEY"),
-            config.get("SECRET_KEY_FALLBACKS"),
-            strict=bool(config["SATCHEL_STRICT_SECRET"]),
+        signer, settings, chosen = read_config(
+            config,
+            store or self.store,
+            os.path.join(app.instance_path, DEFAULT_SQLITE_NAME),
         )
-
-        idle = config["SATCHEL_IDLE_TIMEOUT"]
-        _seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
-        if idle is None:
-            idle = config["PERMANENT_SESSION_LIFETIME"]
-        max_size = config["SATCHEL_MAX_SIZE"]
-        if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0:
-            raise ConfigError(f"SATCHEL_MAX_SIZE must be a positive int, not {max_size!r}")
-        settings = Settings(
-            idle_timeout=_seconds(idle, "SATCHEL_IDLE_TIMEOUT"),
-            absolute_timeout=_seconds(
-                config["SATCHEL_ABSOLUTE_TIMEOUT"], "SATCHEL_ABSOLUTE_TIMEOUT"
-            ),
-            max_size=max_size,
-            locking=bool(config["SATCHEL_LOCKING"]),
-            lock_timeout=_seconds(config["SATCHEL_LOCK_TIMEOUT"], "SATCHEL_LOCK_TIMEOUT"),
-            lock_lease=_seconds(config["SATCHEL_LOCK_LEASE"], "SATCHEL_LOCK_LEASE"),
-        )
-
-        chosen = _build_store(
-            store or self.store or config["SATCHEL_STORE"], config["SATCHEL_KEY_PREFIX"], app
-        )
-        _check_store(chosen, strict=bool(config["SATCHEL_STRICT_STORE"]))
-
         manager = SessionManager(chosen, signer, settings, FlaskSession, sender=app)
         manager.migration = _migration(config, chosen, manager)
         app.extensions["satchel"] = manager

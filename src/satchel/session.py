@@ -20,9 +20,9 @@ from .serialization import dumps, loads
 from .stores.base import Record
 
 if TYPE_CHECKING:
-    from ._manager import SessionManager
+    from ._manager import Lifecycle
 
-__all__ = ["Session", "owner_text"]
+__all__ = ["AsyncSession", "Session", "owner_text"]
 
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, Markup, UUID})
 _MISSING: Any = object()
@@ -57,9 +57,9 @@ class Session(MutableMapping[str, Any]):
     _migrating: Any = None
     _claim: tuple[str, float] | None = None
 
-    def __init__(self, manager: SessionManager, session_id: str | None) -> None:
+    def __init__(self, manager: Lifecycle, session_id: str | None) -> None:
         self._data: dict[str, Any] = {}
-        self._manager = manager
+        self._manager: Any = manager
         #: The verified ID from the cookie, or the new one once saved.
         self.session_id = session_id
         self.record: Record | None = None
@@ -97,24 +97,41 @@ class Session(MutableMapping[str, Any]):
         self.accessed = True
         if self._loaded:
             return
-        record = self._manager.load(self)
+        self._manager.fill(self)
+
+    def _fill(self, record: Record | None) -> Exception | None:
+        """Take the data of ``record`` (just loaded); the error if it does not read back."""
         self._loaded = True
         if record is None:
             # A genuine ID whose record is gone: expire the cookie. An old cookie
             # that imported nothing is left alone, as any invalid cookie is: the
             # browser may hold a new one by now, from an overlapping request.
             self._stale_cookie = self.session_id is not None
-            return
+            return None
         try:
             values = {name: loads(raw) for name, raw in record.fields.items()}
         except Exception as exc:  # whatever it is, it must not fail every request for good
-            self._manager.unreadable(self, exc)
             self._stale_cookie = True
-            return
+            return exc
         self.record = self._origin = record
         self._owner = record.owner
         self._raw = dict(record.fields)
         self._data.update(values)
+        return None
+
+    def _settle(self) -> None:
+        """What the last save stored becomes what was loaded: a later save writes only
+        what changes after it (a websocket saves at its accept and again at its end)."""
+        pending = self._pending
+        self._raw = {
+            key: pending.get(key) or dumps(value, key) for key, value in self._data.items()
+        }
+        self._touched.clear()
+        self._deleted.clear()
+        pending.clear()
+        self._fresh.clear()
+        self._replaced.clear()
+        self._wrote = False
 
     def _lock_wanted(self) -> bool:
         """Whether this request asks for strict mode; adapters override it."""
@@ -348,3 +365,20 @@ class Session(MutableMapping[str, Any]):
     @permanent.setter
     def permanent(self, value: bool) -> None:
         self["_permanent"] = bool(value)
+
+
+class AsyncSession(Session):
+    """A session of an ASGI app: loaded before the view runs, since it cannot wait then.
+
+    The adapter awaits the store before calling the view (only when the
+    request carries a session cookie), so every method works as on
+    :class:`Session`; using one that was never loaded is a bug in the caller
+    and raises :class:`RuntimeError` rather than blocking the event loop.
+    """
+
+    def _load(self) -> None:
+        self.accessed = True
+        if not self._loaded:
+            raise RuntimeError(
+                "this session was not loaded: await its manager's fill() before using it"
+            )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from ..errors import ConfigError
-from .base import Change, Record, SaveResult, Store
+from .base import AsyncStore, Change, Record, SaveResult, Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .redis import RedisStore
 
 __all__ = [
+    "AsyncStore",
     "Change",
     "MemoryStore",
     "PostgresStore",

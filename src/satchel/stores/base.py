@@ -19,6 +19,9 @@ from typing import Protocol, runtime_checkable
 from ..errors import SessionTooLarge
 
 __all__ = [
+    "AsyncListingStore",
+    "AsyncLockingStore",
+    "AsyncStore",
     "Change",
     "Conflict",
     "ListingStore",
@@ -218,4 +221,60 @@ class ListingStore(Store, Protocol):
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
         """Yield ``(key, record)`` for every live record, or only ``owner``'s."""
+        ...
+
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """:class:`Store` for ASGI apps: the same methods and meaning, each awaited.
+
+    An implementation never blocks the event loop: it awaits its own I/O
+    (:class:`~satchel.stores.aio.AsyncRedisStore`) or runs a sync store's
+    calls on worker threads (:class:`~satchel.stores.aio.ThreadedStore`).
+    """
+
+    async def load(self, key: str) -> Record | None:
+        """Return the record filed under ``key``, or ``None`` if missing or expired."""
+        ...
+
+    async def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """Apply ``change`` to the record under ``key`` atomically, as :meth:`Store.save`."""
+        ...
+
+    async def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        """Move an existing record's last-seen and expiry times; ``False`` if gone."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the record under ``key``; a missing record is not an error."""
+        ...
+
+    async def purge_expired(self) -> int:
+        """Remove expired records now; return how many were removed."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files; the store is not used afterwards."""
+        ...
+
+
+@runtime_checkable
+class AsyncLockingStore(AsyncStore, Protocol):
+    """:class:`LockingStore` for ASGI apps: strict mode's leased lock, awaited."""
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Take the lock on ``key`` for ``token`` unless someone else holds it."""
+        ...
+
+    async def release(self, key: str, token: str) -> None:
+        """Drop the lock on ``key`` if ``token`` still holds it."""
+        ...
+
+
+@runtime_checkable
+class AsyncListingStore(AsyncStore, Protocol):
+    """:class:`ListingStore` for ASGI apps; the records come as one list."""
+
+    async def records(self, owner: str | None = None) -> list[tuple[str, Record]]:
+        """Every live ``(key, record)``, or only ``owner``'s."""
         ...

@@ -1,0 +1,190 @@
+"""Settings every adapter reads the same way: durations, keys and the store.
+
+The Flask and Quart adapters read them from the app's config, the ASGI
+middleware from its arguments; the checks and the error messages are these.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from ._manager import Settings, security_log
+from .errors import ConfigError
+from .signing import CookieSigner, weak_secret
+from .stores import Store, from_url, url_prefix
+from .stores.sqlite import SQLiteStore
+
+log = logging.getLogger("satchel")
+
+#: A session ends this long after it began, however active (``SATCHEL_ABSOLUTE_TIMEOUT``).
+DEFAULT_ABSOLUTE_TIMEOUT = timedelta(days=90)
+#: The largest serialised session, in bytes (``SATCHEL_MAX_SIZE``).
+DEFAULT_MAX_SIZE = 1024 * 1024
+#: The satchel keys of a Flask or Quart config, and their defaults.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "SATCHEL_STORE": None,
+    "SATCHEL_IDLE_TIMEOUT": None,
+    "SATCHEL_ABSOLUTE_TIMEOUT": DEFAULT_ABSOLUTE_TIMEOUT,
+    "SATCHEL_MAX_SIZE": DEFAULT_MAX_SIZE,
+    "SATCHEL_STRICT_SECRET": False,
+    "SATCHEL_LOCKING": False,
+    "SATCHEL_LOCK_TIMEOUT": 5.0,
+    "SATCHEL_LOCK_LEASE": 30.0,
+    "SATCHEL_TRACK_CLIENT": False,
+    "SATCHEL_KEY_PREFIX": None,
+    "SATCHEL_STRICT_STORE": False,
+    "SATCHEL_MIGRATE_FROM": None,
+    "SATCHEL_MIGRATE_UNTIL": None,
+    "SATCHEL_MIGRATE_OVERLAP": 5.0,  # satchel.migration.DEFAULT_OVERLAP
+    "SATCHEL_MIGRATE_FLASK_SESSION_STORE": None,
+    "SATCHEL_MIGRATE_FLASK_SESSION_PREFIX": "session:",
+}
+
+#: What a request gets, with a 503, when the store does not answer.
+UNAVAILABLE_MESSAGE = (
+    "Service unavailable: the session store is not answering. Please try again shortly.\n"
+)
+#: ... and when strict mode waited too long for another request of its session.
+BUSY_MESSAGE = (
+    "Service unavailable: another request of this session is still running. "
+    "Please try again shortly.\n"
+)
+
+
+def seconds(value: Any, name: str) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigError(f"{name} must be a timedelta or a number of seconds, not {value!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):  # NaN fails both comparisons
+        raise ConfigError(f"{name} must be a positive, finite duration, not {value!r}")
+    return seconds
+
+
+def signer_for(secret: Any, fallbacks: Any, *, strict: bool) -> CookieSigner:
+    """A signer for the app's keys, after checking them (weak keys: a warning, or refused)."""
+    if not secret or not isinstance(secret, str | bytes):
+        raise ConfigError(
+            "SECRET_KEY is not set: satchel signs session cookies with it "
+            "(set app.config['SECRET_KEY'], e.g. from an environment variable)"
+        )
+    fallbacks = fallbacks or []
+    if isinstance(fallbacks, str | bytes) or not all(
+        isinstance(k, str | bytes) and k for k in fallbacks
+    ):
+        raise ConfigError("SECRET_KEY_FALLBACKS must be a list of keys")
+    for name, key in [("SECRET_KEY", secret)] + [
+        (f"SECRET_KEY_FALLBACKS[{i}]", k) for i, k in enumerate(fallbacks)
+    ]:
+        weakness = weak_secret(key)
+        if weakness is None:
+            continue
+        if strict:
+            raise ConfigError(f"{name} is {weakness} (SATCHEL_STRICT_SECRET is set)")
+        security_log.warning(
+            "%s is %s: anyone who guesses it can forge session cookies", name, weakness
+        )
+    return CookieSigner(secret, fallbacks)
+
+
+def build_store(chosen: Any, prefix: Any, default_path: str) -> Store:
+    """The store ``chosen`` (a URL, a store, or ``None``: SQLite at ``default_path``) names."""
+    if prefix is not None and not isinstance(prefix, str):
+        raise ConfigError(f"SATCHEL_KEY_PREFIX must be a str, not {prefix!r}")
+    if chosen is None:
+        path = default_path
+        return SQLiteStore(path) if prefix is None else SQLiteStore(path, prefix=prefix)
+    if isinstance(chosen, str):
+        if prefix is not None:
+            bare, named = url_prefix(chosen)
+            if named is not None and named != prefix:
+                raise ConfigError(
+                    f"SATCHEL_KEY_PREFIX is {prefix!r} but the store URL says prefix={named!r}"
+                )
+            joiner = "&" if "?" in bare else "?"
+            chosen = f"{bare}{joiner}{urlencode({'prefix': prefix})}"
+        chosen = from_url(chosen)
+    elif prefix is not None and getattr(chosen, "prefix", None) != prefix:
+        raise ConfigError(
+            f"SATCHEL_KEY_PREFIX is {prefix!r} but the store object was built with prefix "
+            f"{getattr(chosen, 'prefix', None)!r}: pass prefix= when you build it"
+        )
+    if not isinstance(chosen, Store):
+        raise ConfigError(f"SATCHEL_STORE must be a store URL or a Store, not {chosen!r}")
+    return chosen
+
+
+def check_store(store: Store, *, strict: bool) -> None:
+    """Warn about (or refuse) a store configured so that it can lose sessions."""
+    check = getattr(store, "config_problems", None)
+    if check is None:
+        return
+    for problem in check():
+        if strict:
+            raise ConfigError(f"{store!r}: {problem} (SATCHEL_STRICT_STORE is set)")
+        log.warning("%r: %s", store, problem)
+
+
+def config_defaults(config: Any) -> None:
+    """Give a Flask or Quart config every satchel key it does not set."""
+    for key, value in CONFIG_DEFAULTS.items():
+        config.setdefault(key, value)
+
+
+def make_settings(
+    *,
+    idle_timeout: Any,
+    absolute_timeout: Any,
+    max_size: Any,
+    locking: Any,
+    lock_timeout: Any,
+    lock_lease: Any,
+    names: Callable[[str], str] = lambda name: name,
+) -> Settings:
+    """Checked :class:`Settings`; ``names`` turns an argument's name into the one users set."""
+    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0:
+        raise ConfigError(f"{names('max_size')} must be a positive int, not {max_size!r}")
+    return Settings(
+        idle_timeout=seconds(idle_timeout, names("idle_timeout")),
+        absolute_timeout=seconds(absolute_timeout, names("absolute_timeout")),
+        max_size=max_size,
+        locking=bool(locking),
+        lock_timeout=seconds(lock_timeout, names("lock_timeout")),
+        lock_lease=seconds(lock_lease, names("lock_lease")),
+    )
+
+
+def read_config(
+    config: Any, store: Store | None, default_path: str
+) -> tuple[CookieSigner, Settings, Store]:
+    """The signer, settings and store a Flask or Quart config (with defaults) asks for."""
+    signer = signer_for(
+        config.get("SECRET_KEY"),
+        config.get("SECRET_KEY_FALLBACKS"),
+        strict=bool(config["SATCHEL_STRICT_SECRET"]),
+    )
+    idle = config["SATCHEL_IDLE_TIMEOUT"]
+    seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
+    if idle is None:
+        idle = config["PERMANENT_SESSION_LIFETIME"]
+    settings = make_settings(
+        idle_timeout=idle,
+        absolute_timeout=config["SATCHEL_ABSOLUTE_TIMEOUT"],
+        max_size=config["SATCHEL_MAX_SIZE"],
+        locking=config["SATCHEL_LOCKING"],
+        lock_timeout=config["SATCHEL_LOCK_TIMEOUT"],
+        lock_lease=config["SATCHEL_LOCK_LEASE"],
+        names=lambda name: "SATCHEL_" + name.upper(),
+    )
+    chosen = build_store(
+        store or config["SATCHEL_STORE"], config["SATCHEL_KEY_PREFIX"], default_path
+    )
+    check_store(chosen, strict=bool(config["SATCHEL_STRICT_STORE"]))
+    return signer, settings, chosen

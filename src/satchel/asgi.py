@@ -1,0 +1,396 @@
+"""The ASGI adapter: ``request.session`` of Starlette and FastAPI as a satchel session.
+
+``app.add_middleware(SessionMiddleware, secret_key=..., store=...)`` replaces
+Starlette's own ``SessionMiddleware`` (a signed cookie holding the data): it
+takes the same arguments, and ``request.session`` (``scope["session"]``, for
+websockets too) is a mapping with the same methods, plus
+:meth:`~satchel.session.Session.regenerate`, ``owner`` and ``clear()`` that ends
+the session for good. With the same secret key, store, prefix and cookie name
+as a Flask app using :class:`satchel.flask.Satchel`, both apps share their
+sessions: the rules are the same code (:class:`satchel._manager.Lifecycle`).
+
+Nothing blocks the event loop: the store is an
+:class:`~satchel.stores.AsyncStore` (:func:`satchel.stores.aio.to_async`
+wraps a sync one). A request without a session cookie touches no store; one
+with a cookie loads its session before the view runs, one round trip, since
+``request.session`` is a plain mapping a view reads without awaiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from ._config import (
+    BUSY_MESSAGE,
+    DEFAULT_ABSOLUTE_TIMEOUT,
+    DEFAULT_MAX_SIZE,
+    UNAVAILABLE_MESSAGE,
+    build_store,
+    check_store,
+    make_settings,
+    signer_for,
+)
+from ._manager import AsyncSessionManager
+from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
+from .errors import ConfigError, LockTimeout, StoreUnavailable
+from .session import AsyncSession
+from .stores.aio import is_async, to_async
+from .stores.base import AsyncStore, Store
+
+__all__ = [
+    "DEFAULT_MAX_AGE",
+    "SessionMiddleware",
+    "get_session",
+    "list_sessions",
+    "revoke",
+    "revoke_all",
+    "stats",
+]
+
+_log = logging.getLogger("satchel")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Starlette's own default cookie lifetime: two weeks.
+DEFAULT_MAX_AGE = 14 * 24 * 60 * 60
+#: Where sessions live when no store is given: a SQLite file in the working directory.
+DEFAULT_SQLITE_PATH = "satchel-sessions.sqlite3"
+_SAME_SITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+_EXPIRED = "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+class SessionMiddleware:
+    """ASGI middleware that gives every HTTP and websocket request a satchel session.
+
+    The first seven arguments are those of Starlette's ``SessionMiddleware``:
+    ``max_age`` is the cookie's lifetime in seconds, renewed by each response
+    that loaded the session (``None``: the cookie ends with the browser);
+    ``https_only`` marks it ``Secure``. The rest are satchel's:
+
+    * ``store``: a store URL (``sqlite:///…``, ``redis://…``, ``valkey://…``,
+      ``redis+cluster://…``, ``postgresql://…``, ``memory://``), a
+      :class:`~satchel.stores.Store` or an :class:`~satchel.stores.AsyncStore`;
+      ``None`` is a SQLite file in the working directory;
+    * ``secret_key_fallbacks``: older keys still accepted, as Flask's
+      ``SECRET_KEY_FALLBACKS``;
+    * ``idle_timeout`` (default ``max_age``, or two weeks), ``absolute_timeout``
+      (90 days), ``max_size`` (1 MiB), ``key_prefix``, ``locking``,
+      ``lock_timeout``, ``lock_lease``, ``track_client``, ``strict_secret``,
+      ``strict_store``: as the Flask adapter's ``SATCHEL_*`` settings of the
+      same names;
+    * ``partitioned``: add the cookie's ``Partitioned`` attribute.
+
+    A store that does not answer gives a 503 with ``Retry-After`` (a websocket:
+    a close with code 1011), never a traceback.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        secret_key: Any,
+        session_cookie: str = "session",
+        max_age: int | None = DEFAULT_MAX_AGE,
+        path: str = "/",
+        same_site: str = "lax",
+        https_only: bool = False,
+        domain: str | None = None,
+        *,
+        store: str | Store | AsyncStore | None = None,
+        secret_key_fallbacks: Sequence[str | bytes] = (),
+        idle_timeout: float | timedelta | None = None,
+        absolute_timeout: float | timedelta = DEFAULT_ABSOLUTE_TIMEOUT,
+        max_size: int = DEFAULT_MAX_SIZE,
+        key_prefix: str | None = None,
+        locking: bool = False,
+        lock_timeout: float | timedelta = 5.0,
+        lock_lease: float | timedelta = 30.0,
+        track_client: bool = False,
+        strict_secret: bool = False,
+        strict_store: bool = False,
+        partitioned: bool = False,
+    ) -> None:
+        self.app = app
+        if secret_key is not None and not isinstance(secret_key, str | bytes):
+            secret_key = str(secret_key)  # Starlette's Secret
+        signer = signer_for(secret_key, list(secret_key_fallbacks), strict=strict_secret)
+        if not isinstance(session_cookie, str) or not _is_token(session_cookie):
+            raise ConfigError(f"session_cookie must be a cookie name, not {session_cookie!r}")
+        if max_age is not None and (
+            not isinstance(max_age, int) or isinstance(max_age, bool) or max_age <= 0
+        ):
+            raise ConfigError(f"max_age must be a positive int or None, not {max_age!r}")
+        if not isinstance(same_site, str) or same_site.lower() not in _SAME_SITE:
+            raise ConfigError(f"same_site must be 'lax', 'strict' or 'none', not {same_site!r}")
+        settings = make_settings(
+            idle_timeout=idle_timeout if idle_timeout is not None else max_age or DEFAULT_MAX_AGE,
+            absolute_timeout=absolute_timeout,
+            max_size=max_size,
+            locking=locking,
+            lock_timeout=lock_timeout,
+            lock_lease=lock_lease,
+        )
+        self.store = _async_store(store, key_prefix, strict=strict_store)
+        #: The session lifecycle, on the store; its ``counters`` are this app's figures.
+        self.manager = AsyncSessionManager(self.store, signer, settings, AsyncSession, self)
+        self.session_cookie = session_cookie
+        self.max_age = max_age
+        self.track_client = bool(track_client)
+        attributes = [f"Path={path}"]
+        if domain:
+            attributes.append(f"Domain={domain}")
+        attributes += ["HttpOnly", f"SameSite={_SAME_SITE[same_site.lower()]}"]
+        if https_only:
+            attributes.append("Secure")
+        if partitioned:
+            attributes.append("Partitioned")
+        tail = "; " + "; ".join(attributes)
+        lifetime = "" if max_age is None else f"; Max-Age={max_age}"
+        self._set_tail = (lifetime + tail).encode("latin-1")
+        self._delete_tail = f"; Max-Age=0; Expires={_EXPIRED}{tail}".encode("latin-1")
+        self._prefix = session_cookie.encode("latin-1") + b"="
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        manager = self.manager
+        session = manager.open(self._cookies(scope))
+        if self.track_client:
+            client = scope.get("client")
+            session.client_meta = {
+                "user_agent": _header(scope, b"user-agent")[:256],
+                "ip": client[0] if client else "",
+            }
+        scope["session"] = session
+        scope["satchel"] = manager
+        if not session._loaded:
+            try:
+                await manager.fill(session)
+            except StoreUnavailable as exc:
+                await _refuse(kind, send, exc)
+                return
+        if kind == "http":
+            await self._http(scope, receive, send, session)
+        else:
+            await self._websocket(scope, receive, send, session)
+
+    def _cookies(self, scope: Scope) -> list[str]:
+        """Every value the request sent under the session cookie's name, in order."""
+        prefix = self._prefix
+        found: list[str] = []
+        for name, value in scope["headers"]:
+            if name == b"cookie" and prefix in value:
+                for part in value.split(b";"):
+                    part = part.strip()
+                    if part.startswith(prefix):
+                        found.append(part[len(prefix) :].decode("latin-1"))
+        return found
+
+    async def _commit(self, session: AsyncSession, *, vary: bool) -> list[tuple[bytes, bytes]]:
+        """Save ``session``; the headers the response needs for its cookie."""
+        outcome = await self.manager.save(session)
+        headers: list[tuple[bytes, bytes]] = []
+        name = self._prefix
+        if outcome.delete_cookie:
+            headers.append((b"set-cookie", name + self._delete_tail))
+        elif outcome.new_cookie is not None or (
+            outcome.alive and self.max_age is not None and session.session_id is not None
+        ):
+            value = outcome.new_cookie or self.manager.sign(session.session_id or "")
+            headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
+        if vary and (headers or session.accessed):
+            headers.append((b"vary", b"Cookie"))
+        return headers
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, session: Any) -> None:
+        started = replaced = False
+
+        async def send_with_cookie(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the app's own answer, after the 503 that replaced it
+            if message["type"] == "http.response.start":
+                started = True
+                try:
+                    headers = await self._commit(session, vary=True)
+                except StoreUnavailable as exc:
+                    replaced = True
+                    await _refuse("http", send, exc)
+                    return
+                if headers:
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_cookie)
+        except StoreUnavailable as exc:  # raised by a view (an admin call, say)
+            if started:
+                raise
+            await _refuse("http", send, exc)
+        finally:
+            if session._lock_held is not None:  # the view failed before any save
+                await _release(self.manager, session)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, session: Any) -> None:
+        """Save at the accept (its cookie goes with it) and again when the socket ends."""
+        accepted = False
+
+        async def send_with_cookie(message: Message) -> None:
+            nonlocal accepted
+            if message["type"] == "websocket.accept" and not accepted:
+                accepted = True
+                try:
+                    headers = await self._commit(session, vary=False)
+                except StoreUnavailable as exc:
+                    await _refuse("websocket", send, exc)
+                    return
+                session._settle()
+                if headers:
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_cookie)
+        finally:
+            await self._after_socket(session, accepted)
+
+    async def _after_socket(self, session: Any, accepted: bool) -> None:
+        """Store what the socket changed after its accept (no cookie can go out now)."""
+        if session._lock_held is not None:
+            await _release(self.manager, session)
+        if not (accepted and session.modified and session._loaded):
+            return
+        if session.session_id is None:
+            _log.warning(
+                "a websocket stored data in a session that had no cookie at its accept; "
+                "the browser cannot be given one now, so it was not saved"
+            )
+            return
+        try:
+            await self.manager.save(session)
+        except StoreUnavailable as exc:
+            _log.warning("could not save a websocket's session after it closed: %s", exc)
+
+
+def _is_token(name: str) -> bool:
+    return (
+        bool(name) and name.isascii() and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name)
+    )
+
+
+def _header(scope: Scope, wanted: bytes) -> str:
+    for name, value in scope["headers"]:
+        if name == wanted:
+            text: str = value.decode("latin-1")
+            return text
+    return ""
+
+
+def _async_store(store: Any, prefix: Any, *, strict: bool) -> AsyncStore:
+    """The async store ``store`` names (a URL, a sync or async store, or the SQLite default)."""
+    if is_async(store):
+        if prefix is not None and getattr(store, "prefix", None) != prefix:
+            raise ConfigError(
+                f"key_prefix is {prefix!r} but the store object was built with prefix "
+                f"{getattr(store, 'prefix', None)!r}: pass prefix= when you build it"
+            )
+        return to_async(store)
+    default = os.path.abspath(DEFAULT_SQLITE_PATH)
+    sync_store = build_store(store, prefix, default)
+    check_store(sync_store, strict=strict)
+    return to_async(sync_store)
+
+
+async def _release(manager: AsyncSessionManager, session: AsyncSession) -> None:
+    try:
+        await manager.release(session)
+    except StoreUnavailable as error:
+        _log.warning("could not release a session lock: %s", error)
+
+
+async def _refuse(kind: str, send: Send, error: StoreUnavailable) -> None:
+    """Answer 503 (close a websocket with 1011): the store is down or the session busy."""
+    _log.warning("answered 503: %s", error)
+    if kind == "websocket":
+        await send({"type": "websocket.close", "code": 1011, "reason": "session store unavailable"})
+        return
+    body = (BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _manager(connection: HTTPConnection) -> AsyncSessionManager:
+    manager = connection.scope.get("satchel")
+    if not isinstance(manager, AsyncSessionManager):
+        raise ConfigError("this app has no satchel SessionMiddleware")
+    return manager
+
+
+def get_session(connection: HTTPConnection) -> AsyncSession:
+    """The request's session, typed as satchel's (for ``regenerate()`` and ``owner``).
+
+    Usable as a FastAPI dependency: ``session: AsyncSession = Depends(get_session)``.
+    Raises :class:`~satchel.errors.ConfigError` without the middleware.
+    """
+    session = connection.scope.get("session")
+    if not isinstance(session, AsyncSession):
+        raise ConfigError("this request has no satchel session: add satchel's SessionMiddleware")
+    return session
+
+
+async def list_sessions(
+    connection: HTTPConnection, owner: str | int | None = None
+) -> list[SessionInfo]:
+    """The live sessions of ``owner`` (everyone's when ``None``), most recent first.
+
+    The requester's own session is marked ``current``.
+    """
+    manager = _manager(connection)
+    current = get_session(connection)
+    return await manager.run(list_sessions_steps(manager, owner, current))
+
+
+async def revoke(connection: HTTPConnection, reference: str) -> bool:
+    """End the session ``reference`` names; ``False`` if it did not exist."""
+    manager = _manager(connection)
+    return await manager.run(revoke_steps(manager, reference))
+
+
+async def revoke_all(
+    connection: HTTPConnection, owner: str | int, keep_current: bool = True
+) -> int:
+    """End ``owner``'s sessions ("log out my other devices"); return how many.
+
+    With ``keep_current`` the requester's own session lives on.
+    """
+    manager = _manager(connection)
+    keep = get_session(connection) if keep_current else None
+    return await manager.run(revoke_all_steps(manager, owner, keep))
+
+
+def stats(connection: HTTPConnection) -> dict[str, int]:
+    """This process's counters for the app (see :class:`satchel.signals.Counters`)."""
+    return _manager(connection).counters.snapshot()

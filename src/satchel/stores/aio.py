@@ -1,0 +1,200 @@
+"""Stores for ASGI apps: every call awaited, none blocking the event loop.
+
+:class:`ThreadedStore` gives any sync :class:`~satchel.stores.Store` the
+:class:`~satchel.stores.AsyncStore` methods by running each call on a worker
+thread: the SQLite store's calls (a few microseconds to a millisecond of file
+I/O) and any store of your own. :class:`InlineStore` calls a store that never
+waits on I/O (the memory store) on the loop itself, where a thread hop would
+cost more than the call. :func:`to_async` picks one of them for a store.
+
+Both wrap the very store a Flask app would use, so records, keys, prefixes and
+the atomic change sets are the same: a Flask app and an ASGI app on one store
+share their sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from ..errors import ConfigError
+from .base import AsyncStore, Change, ListingStore, LockingStore, Record, SaveResult, Store
+from .memory import MemoryStore
+
+__all__ = ["InlineStore", "ThreadedStore", "is_async", "to_async"]
+
+T = TypeVar("T")
+
+#: Worker threads a ThreadedStore runs calls on, at most (per process).
+DEFAULT_THREADS = 16
+
+
+class _Wrapper:
+    """What both wrappers share: the wrapped store, its prefix, and its checks."""
+
+    def __init__(self, store: Store) -> None:
+        if not isinstance(store, Store):
+            raise ConfigError(f"{store!r} is not a satchel Store")
+        #: The sync store every call goes to.
+        self.wrapped = store
+        #: The wrapped store's namespace (``None`` if it has none).
+        self.prefix: str | None = getattr(store, "prefix", None)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.wrapped!r})"
+
+    async def _call(self, method: Callable[..., T], *args: Any) -> T:
+        raise NotImplementedError
+
+    def _locking(self) -> LockingStore:
+        store = self.wrapped
+        if not isinstance(store, LockingStore):
+            raise ConfigError(f"strict mode needs a store that can lock; {store!r} cannot")
+        return store
+
+    def _listing(self) -> ListingStore:
+        store = self.wrapped
+        if not isinstance(store, ListingStore):
+            raise ConfigError(f"{store!r} cannot list its sessions")
+        return store
+
+    @property
+    def can_lock(self) -> bool:
+        """Whether the wrapped store can take strict mode's locks."""
+        return isinstance(self.wrapped, LockingStore)
+
+    def config_problems(self) -> list[str]:
+        """The wrapped store's configuration problems (read once, at start-up)."""
+        check = getattr(self.wrapped, "config_problems", None)
+        return [] if check is None else list(check())
+
+    async def load(self, key: str) -> Record | None:
+        """See :meth:`satchel.stores.Store.load`."""
+        return await self._call(self.wrapped.load, key)
+
+    async def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """See :meth:`satchel.stores.Store.save`."""
+        return await self._call(functools.partial(self.wrapped.save, create=create), key, change)
+
+    async def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        """See :meth:`satchel.stores.Store.touch`."""
+        return await self._call(self.wrapped.touch, key, touched_at, expires_at)
+
+    async def delete(self, key: str) -> None:
+        """See :meth:`satchel.stores.Store.delete`."""
+        await self._call(self.wrapped.delete, key)
+
+    async def purge_expired(self) -> int:
+        """See :meth:`satchel.stores.Store.purge_expired`."""
+        return await self._call(self.wrapped.purge_expired)
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        """See :meth:`satchel.stores.LockingStore.acquire`."""
+        return await self._call(self._locking().acquire, key, token, lease)
+
+    async def release(self, key: str, token: str) -> None:
+        """See :meth:`satchel.stores.LockingStore.release`."""
+        await self._call(self._locking().release, key, token)
+
+    async def records(self, owner: str | None = None) -> list[tuple[str, Record]]:
+        """Every live ``(key, record)``, or only ``owner``'s, as one list."""
+        listing = self._listing()
+        return await self._call(lambda: list(listing.records(owner)))
+
+    async def close(self) -> None:
+        """Close the wrapped store."""
+        await self._call(self.wrapped.close)
+
+
+class ThreadedStore(_Wrapper):
+    """A sync store's calls, each run on a worker thread so the event loop runs on.
+
+    The threads (at most ``threads``, made as calls need them) belong to this
+    store and this process: a worker forked after the store was used makes its
+    own. A call the request stopped waiting for (a cancelled task) still runs to
+    its end on its thread, so a save is never left half-made.
+    """
+
+    def __init__(self, store: Store, *, threads: int = DEFAULT_THREADS) -> None:
+        super().__init__(store)
+        if not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be a positive int, not {threads!r}")
+        self.threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._guard = threading.Lock()
+
+    def with_prefix(self, prefix: str) -> ThreadedStore:
+        """The same, on the wrapped store's :meth:`with_prefix` namespace."""
+        with_prefix = getattr(self.wrapped, "with_prefix", None)
+        if with_prefix is None:
+            raise ConfigError(f"{self.wrapped!r} has no with_prefix()")
+        return ThreadedStore(with_prefix(prefix), threads=self.threads)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        executor = self._executor
+        if executor is None or self._pid != os.getpid():
+            with self._guard:
+                if self._executor is None or self._pid != os.getpid():
+                    self._executor = ThreadPoolExecutor(
+                        self.threads, thread_name_prefix="satchel-store"
+                    )
+                    self._pid = os.getpid()
+                executor = self._executor
+        return executor
+
+    async def _call(self, method: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool(), method, *args)
+
+    async def close(self) -> None:
+        """Close the wrapped store, then stop the threads."""
+        await super().close()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+
+class InlineStore(_Wrapper):
+    """A store that never waits on I/O, called on the event loop itself.
+
+    For :class:`~satchel.stores.MemoryStore` (a dict under a lock held for
+    microseconds), where a hop to a thread would cost more than the call.
+    """
+
+    def with_prefix(self, prefix: str) -> InlineStore:
+        """The same, on the wrapped store's :meth:`with_prefix` namespace."""
+        with_prefix = getattr(self.wrapped, "with_prefix", None)
+        if with_prefix is None:
+            raise ConfigError(f"{self.wrapped!r} has no with_prefix()")
+        return InlineStore(with_prefix(prefix))
+
+    async def _call(self, method: Callable[..., T], *args: Any) -> T:
+        return method(*args)
+
+
+def is_async(store: object) -> bool:
+    """Whether ``store`` is an async store: its methods are awaited, not called."""
+    return inspect.iscoroutinefunction(getattr(store, "load", None))
+
+
+def to_async(store: Store | AsyncStore) -> AsyncStore:
+    """``store`` as an :class:`~satchel.stores.AsyncStore`.
+
+    An async store (one whose ``load`` is a coroutine function) is returned as
+    it is; the memory store is called inline; any other sync store runs its
+    calls on worker threads.
+    """
+    if is_async(store):
+        return store  # type: ignore[return-value]
+    if isinstance(store, MemoryStore):
+        return InlineStore(store)
+    if isinstance(store, Store):
+        return ThreadedStore(store)
+    raise ConfigError(f"a store must be a satchel Store or AsyncStore, not {store!r}")
