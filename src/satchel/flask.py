@@ -233,7 +233,7 @@ def _refuse_other_frameworks(app: Any) -> None:
     if type(app).__module__.split(".")[0] == "quart":
         raise ConfigError(
             f"satchel.Satchel is the Flask adapter and cannot serve a Quart app ({kind}); "
-            "the Quart adapter (satchel.quart) is planned in the ASGI issue"
+            "use the Quart adapter: from satchel.quart import Satchel"
         )
     raise ConfigError(f"satchel.Satchel needs a Flask app, not {kind}")
 

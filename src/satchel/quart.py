@@ -1,0 +1,284 @@
+"""The Quart adapter: ``Satchel(app)`` makes ``quart.session`` a satchel session.
+
+Quart is Flask's async twin, and this adapter reads exactly the Flask
+adapter's configuration (``SECRET_KEY``, ``SECRET_KEY_FALLBACKS``,
+``SESSION_COOKIE_*``, ``PERMANENT_SESSION_LIFETIME``,
+``SESSION_REFRESH_EACH_REQUEST`` and every ``SATCHEL_*`` key of
+:mod:`satchel.flask`), with the same meaning, on the same stores, awaited so
+the event loop never blocks. A Flask app and a Quart app with the same
+settings share their sessions.
+
+Two differences follow from ``quart.session`` being a plain mapping that a
+view reads without awaiting: a request with a session cookie loads its
+session before the view runs (one round trip; a request without one touches
+no store), and ``SATCHEL_MIGRATE_FROM`` is refused at start-up, since an
+import of an old session is not yet done without blocking. ``@locked`` views
+(:func:`satchel.flask.locked`) and ``SATCHEL_LOCKING`` work as on Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from quart.sessions import SessionInterface, SessionMixin
+
+from ._config import (
+    BUSY_MESSAGE,
+    UNAVAILABLE_MESSAGE,
+    config_defaults,
+    read_config,
+    signer_for,
+)
+from ._manager import AsyncSessionManager
+from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
+from .errors import ConfigError, LockTimeout, StoreUnavailable
+from .flask import DEFAULT_SQLITE_NAME, _locked_endpoints, locked
+from .session import AsyncSession
+from .stores.aio import to_async
+from .stores.base import Store
+
+if TYPE_CHECKING:
+    from quart import Quart
+    from quart.wrappers import BaseRequestWebsocket, Response
+
+__all__ = ["QuartSession", "Satchel", "current_session", "locked"]
+
+_log = logging.getLogger("satchel")
+
+
+class QuartSession(AsyncSession, SessionMixin):  # type: ignore[override]
+    """A satchel :class:`~satchel.session.AsyncSession` that Quart accepts as its session."""
+
+    #: The view of this request carries ``@locked`` (strict mode).
+    _wants_lock = False
+
+    def _lock_wanted(self) -> bool:
+        return self._wants_lock
+
+
+def current_session() -> QuartSession:
+    """``quart.session``, typed as satchel's session, for ``regenerate()`` and ``owner``."""
+    from quart import session
+
+    held = session._get_current_object()  # type: ignore[attr-defined]
+    if not isinstance(held, QuartSession):
+        raise ConfigError("the current app's session is not a satchel session")
+    return held
+
+
+def _manager(app: Quart | None) -> AsyncSessionManager:
+    from quart import current_app
+
+    target: Any = app if app is not None else current_app
+    manager: AsyncSessionManager = target.extensions["satchel"]
+    return manager
+
+
+def _current() -> QuartSession | None:
+    from quart import has_request_context
+
+    if not has_request_context():
+        return None
+    try:
+        return current_session()
+    except ConfigError:
+        return None
+
+
+def _endpoint(app: Quart, request: BaseRequestWebsocket) -> str | None:
+    """The endpoint ``request`` will be routed to (Quart opens the session before routing)."""
+    try:
+        adapter: Any = app.create_url_adapter(request)
+        rule, _args = adapter.match(return_rule=True)
+    except Exception:  # a 404 or a redirect: no view of its own
+        return None
+    endpoint: str | None = rule.endpoint
+    return endpoint
+
+
+class SatchelSessionInterface(SessionInterface):
+    """Quart's hook into satchel: loads the session before the view and saves its changes."""
+
+    def __init__(self, manager: AsyncSessionManager, track_client: bool = False) -> None:
+        self.manager = manager
+        #: Whether new sessions record the client's user agent and IP.
+        self.track_client = track_client
+        self._keys: tuple[object, object] = (None, None)
+
+    def get_cookie_samesite(self, app: Quart) -> str:
+        """Quart's ``SESSION_COOKIE_SAMESITE``, with ``None`` read as ``"Lax"``."""
+        return app.config["SESSION_COOKIE_SAMESITE"] or "Lax"
+
+    def should_set_cookie(self, app: Quart, session: SessionMixin) -> bool:
+        """Resend an unchanged ID only when its cookie's lifetime must move (as on Flask)."""
+        assert isinstance(session, QuartSession)
+        if "_permanent" in session._touched or "_permanent" in session._deleted:
+            return True
+        return bool(
+            session.permanent and (session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"])
+        )
+
+    async def open_session(self, app: Quart, request: BaseRequestWebsocket) -> QuartSession:
+        """Verify the cookie and, when there is one, load the session it names."""
+        config = app.config
+        keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
+        if keys[0] is not self._keys[0] or keys[1] is not self._keys[1]:
+            self.manager.signer = signer_for(keys[0], keys[1], strict=False)
+            self._keys = keys
+        name = self.get_cookie_name(app)
+        session = self.manager.open(request.cookies.getlist(name))
+        assert isinstance(session, QuartSession)
+        if self.track_client:
+            session.client_meta = {
+                "user_agent": request.headers.get("User-Agent", "")[:256],
+                "ip": request.remote_addr or "",
+            }
+        if not session._loaded:
+            endpoints = _locked_endpoints(app)  # type: ignore[arg-type]
+            if endpoints and _endpoint(app, request) in endpoints:
+                session._wants_lock = True
+            await self.manager.fill(session)  # StoreUnavailable: the app's 503 handler
+        return session
+
+    async def save_session(
+        self, app: Quart, session: SessionMixin, response: Response | Any | None
+    ) -> None:
+        """Save the changes, then set, refresh or expire the cookie as needed."""
+        assert isinstance(session, QuartSession)
+        if response is None:  # a websocket: no cookie can go out any more
+            if session.modified and session.session_id is None:
+                _log.warning(
+                    "a websocket stored data in a session that had no cookie; "
+                    "the browser cannot be given one now, so it was not saved"
+                )
+                await self.manager.release(session)
+                return
+            try:
+                await self.manager.save(session)
+            except StoreUnavailable as exc:
+                _log.warning("could not save a websocket's session: %s", exc)
+            return
+        if session.accessed:
+            response.vary.add("Cookie")
+        try:
+            outcome = await self.manager.save(session)
+        except StoreUnavailable as exc:
+            _log.warning("answered 503: %s", exc)
+            response.status_code = 503
+            message = BUSY_MESSAGE if isinstance(exc, LockTimeout) else UNAVAILABLE_MESSAGE
+            response.set_data(message)
+            response.headers["Content-Type"] = "text/plain; charset=utf-8"
+            response.headers["Retry-After"] = "1"
+            return
+        attributes: dict[str, Any] = {
+            "domain": self.get_cookie_domain(app),
+            "path": self.get_cookie_path(app),
+            "secure": self.get_cookie_secure(app),
+            "samesite": self.get_cookie_samesite(app),
+            "httponly": self.get_cookie_httponly(app),
+            "partitioned": self.get_cookie_partitioned(app),
+        }
+        name = self.get_cookie_name(app)
+        if outcome.delete_cookie:
+            response.vary.add("Cookie")
+            response.delete_cookie(name, **attributes)
+            return
+        if outcome.new_cookie is None and not (
+            outcome.alive and self.should_set_cookie(app, session)
+        ):
+            return
+        assert session.session_id is not None
+        response.vary.add("Cookie")
+        response.set_cookie(
+            name,
+            outcome.new_cookie or self.manager.sign(session.session_id),
+            expires=self.get_expiration_time(app, session),
+            **attributes,
+        )
+
+
+async def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
+    _log.warning("answered 503: %s", error)
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"}
+    message = BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE
+    return message, 503, headers
+
+
+class Satchel:
+    """The Quart extension: ``Satchel(app)`` or ``Satchel().init_app(app)``.
+
+    ``store`` is a store (sync or async) to use instead of the one
+    ``SATCHEL_STORE`` names. The per-app state is ``app.extensions["satchel"]``,
+    an :class:`~satchel._manager.AsyncSessionManager`.
+    """
+
+    def __init__(self, app: Quart | None = None, *, store: Store | None = None) -> None:
+        self.store = store
+        if app is not None:
+            self.init_app(app)
+
+    @staticmethod
+    async def list_sessions(
+        owner: str | int | None = None, app: Quart | None = None
+    ) -> list[SessionInfo]:
+        """The live sessions of ``owner`` (everyone's when ``None``), most recent first."""
+        manager = _manager(app)
+        return await manager.run(list_sessions_steps(manager, owner, _current()))
+
+    @staticmethod
+    async def revoke(reference: str, app: Quart | None = None) -> bool:
+        """End the session ``reference`` names; ``False`` if it did not exist."""
+        manager = _manager(app)
+        return await manager.run(revoke_steps(manager, reference))
+
+    @staticmethod
+    async def revoke_all(
+        owner: str | int, keep_current: bool = True, app: Quart | None = None
+    ) -> int:
+        """End ``owner``'s sessions; with ``keep_current`` the requester's own lives on."""
+        manager = _manager(app)
+        keep = _current() if keep_current else None
+        return await manager.run(revoke_all_steps(manager, owner, keep))
+
+    @staticmethod
+    def stats(app: Quart | None = None) -> dict[str, int]:
+        """This process's counters for ``app`` (see :class:`satchel.signals.Counters`)."""
+        return _manager(app).counters.snapshot()
+
+    def init_app(self, app: Quart, *, store: Store | None = None) -> None:
+        """Check the configuration, build the store and install the session interface.
+
+        Raises :class:`~satchel.errors.ConfigError` as the Flask adapter does, and
+        when ``SATCHEL_MIGRATE_FROM`` is set (not available on Quart yet).
+        """
+        if "satchel" in app.extensions:
+            raise ConfigError("satchel is already set up on this app")
+        config_defaults(app.config)
+        config = app.config
+        if config["SATCHEL_MIGRATE_FROM"] is not None:
+            raise ConfigError(
+                "SATCHEL_MIGRATE_FROM is not available on Quart yet: import the old "
+                "sessions with the Flask adapter, or start Quart's sessions afresh"
+            )
+        signer, settings, chosen = read_config(
+            config, store or self.store, os.path.join(app.instance_path, DEFAULT_SQLITE_NAME)
+        )
+        manager = AsyncSessionManager(to_async(chosen), signer, settings, QuartSession, app)
+        app.extensions["satchel"] = manager
+        interface = SatchelSessionInterface(manager, bool(config["SATCHEL_TRACK_CLIENT"]))
+        interface._keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
+        app.session_interface = interface  # type: ignore[assignment]
+        app.register_error_handler(StoreUnavailable, _unavailable)
+
+        @app.teardown_request
+        async def _release_lock(exc: BaseException | None) -> None:
+            from quart.globals import request_ctx
+
+            held = request_ctx.session
+            if isinstance(held, QuartSession) and held._lock_held is not None:
+                try:
+                    await manager.release(held)
+                except StoreUnavailable as error:
+                    _log.warning("could not release a session lock: %s", error)
