@@ -12,11 +12,12 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._merge import ABSENT, Patch, diff, patch
+from ._steps import Steps, drive, drive_async
 from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
 from .serialization import dumps, loads
 from .session import Session
@@ -93,8 +94,6 @@ T = TypeVar("T")
 #: (``("save", key, change, create)``), ``("sleep", seconds)``, or the migration's
 #: ``("migrate", session)`` and ``("settle", claim)``.
 Op = tuple[Any, ...]
-#: A lifecycle step: yields the calls it needs, is sent their results, returns its answer.
-Steps = Generator[Op, Any, T]
 
 
 class Lifecycle:
@@ -563,34 +562,24 @@ class SessionManager(Lifecycle):
 
     def run(self, steps: Steps[T]) -> T:
         """Run lifecycle steps to their answer, making each call they yield."""
+        return drive(steps, self._perform)
+
+    def _perform(self, op: Op) -> Any:
+        name = op[0]
         store: Any = self.store
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = steps.send(value) if error is None else steps.throw(error)
-            except StopIteration as done:
-                answer: T = done.value
-                return answer
-            value = error = None
-            try:
-                name = op[0]
-                if name == "load":
-                    value = store.load(op[1])
-                elif name == "save":
-                    value = store.save(op[1], op[2], create=op[3])
-                elif name == "sleep":
-                    time.sleep(op[1])
-                elif name == "migrate":
-                    assert self.migration is not None
-                    value = self.migration.load(self, op[1])
-                elif name == "settle":
-                    assert self.migration is not None
-                    self.migration.settle(op[1])
-                else:
-                    value = getattr(store, name)(*op[1:])
-            except BaseException as exc:  # handed to the steps, which clean up and re-raise
-                error = exc
+        if name == "load":
+            return store.load(op[1])
+        if name == "save":
+            return store.save(op[1], op[2], create=op[3])
+        if name == "sleep":
+            return time.sleep(op[1])
+        if name == "migrate":
+            assert self.migration is not None
+            return self.migration.load(self, op[1])
+        if name == "settle":
+            assert self.migration is not None
+            return self.migration.settle(op[1])
+        return getattr(store, name)(*op[1:])
 
     def load(self, session: Session) -> Record | None:
         """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""
@@ -644,30 +633,20 @@ class AsyncSessionManager(Lifecycle):
 
     async def run(self, steps: Steps[T]) -> T:
         """Run lifecycle steps to their answer, awaiting each call they yield."""
+        return await drive_async(steps, self._perform)
+
+    async def _perform(self, op: Op) -> Any:
+        name = op[0]
         store: Any = self.store
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = steps.send(value) if error is None else steps.throw(error)
-            except StopIteration as done:
-                answer: T = done.value
-                return answer
-            value = error = None
-            try:
-                name = op[0]
-                if name == "load":
-                    value = await store.load(op[1])
-                elif name == "save":
-                    value = await store.save(op[1], op[2], create=op[3])
-                elif name == "sleep":
-                    await asyncio.sleep(op[1])
-                elif name in ("migrate", "settle"):
-                    raise ConfigError("importing old sessions is not available on ASGI")
-                else:
-                    value = await getattr(store, name)(*op[1:])
-            except BaseException as exc:  # cancellation too: the steps release their lock
-                error = exc
+        if name == "load":
+            return await store.load(op[1])
+        if name == "save":
+            return await store.save(op[1], op[2], create=op[3])
+        if name == "sleep":
+            return await asyncio.sleep(op[1])
+        if name in ("migrate", "settle"):
+            raise ConfigError("importing old sessions is not available on ASGI yet")
+        return await getattr(store, name)(*op[1:])
 
     async def load(self, session: Session) -> Record | None:
         """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""

@@ -19,7 +19,8 @@ from .signing import store_key
 from .stores.base import ListingStore, Record
 
 if TYPE_CHECKING:
-    from ._manager import Lifecycle, SessionManager, Steps
+    from ._manager import Lifecycle, SessionManager
+    from ._steps import Steps
     from .session import Session
 
 __all__ = ["SessionInfo", "list_sessions", "revoke", "revoke_all"]

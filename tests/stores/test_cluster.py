@@ -13,7 +13,10 @@ from redis.cluster import RedisCluster
 
 from satchel import Satchel
 from satchel.stores import RedisStore, from_url
-from satchel.testing import FullStoreContract
+from satchel.stores.aio import to_async
+from satchel.stores.base import AsyncStore
+from satchel.stores.redis import AsyncRedisStore
+from satchel.testing import AsyncStoreContract, FullStoreContract
 
 from ..conftest import SECRET
 from ..valkey import ValkeyCluster
@@ -198,3 +201,13 @@ def test_migration_on_a_cluster(cluster_store: RedisStore) -> None:
     seen, _ = visit(app, results["a"])
     assert seen is not None and seen["name"] == "Ada" and seen["a"] and seen["b"]
     assert len(list(cluster_store.references())) == 1
+
+
+class TestAsyncRedisClusterStore(AsyncStoreContract):
+    """The whole store contract, on the cluster, through redis.asyncio."""
+
+    @pytest.fixture
+    def async_store(self, cluster_store: RedisStore) -> AsyncStore:
+        native = to_async(cluster_store)
+        assert isinstance(native, AsyncRedisStore) and native._cluster
+        return native

@@ -107,6 +107,17 @@ class _Wrapper:
         listing = self._listing()
         return await self._call(lambda: list(listing.records(owner)))
 
+    async def references(self, start: str = "") -> list[str]:
+        """The keys of live records that begin with ``start``."""
+        listing: Any = self._listing()
+        return await self._call(lambda: list(listing.references(start)))
+
+    async def count(self) -> tuple[int, int]:
+        """How many live records there are, and how many distinct owners they have."""
+        listing: Any = self._listing()
+        answer: tuple[int, int] = await self._call(listing.count)
+        return answer
+
     async def close(self) -> None:
         """Close the wrapped store."""
         await self._call(self.wrapped.close)
@@ -188,13 +199,19 @@ def to_async(store: Store | AsyncStore) -> AsyncStore:
     """``store`` as an :class:`~satchel.stores.AsyncStore`.
 
     An async store (one whose ``load`` is a coroutine function) is returned as
-    it is; the memory store is called inline; any other sync store runs its
-    calls on worker threads.
+    it is; the memory store is called inline; a store with a native async twin
+    (:meth:`RedisStore.to_async <satchel.stores.redis.RedisStore.to_async>`, for
+    a store built from a URL) becomes it; any other sync store runs its calls
+    on worker threads.
     """
     if is_async(store):
         return store  # type: ignore[return-value]
     if isinstance(store, MemoryStore):
         return InlineStore(store)
+    twin = getattr(store, "to_async", None)  # a store that has a native async twin
+    if twin is not None and getattr(store, "_source", None) is not None:
+        native: AsyncStore = twin()
+        return native
     if isinstance(store, Store):
         return ThreadedStore(store)
     raise ConfigError(f"a store must be a satchel Store or AsyncStore, not {store!r}")

@@ -278,3 +278,11 @@ class AsyncListingStore(AsyncStore, Protocol):
     async def records(self, owner: str | None = None) -> list[tuple[str, Record]]:
         """Every live ``(key, record)``, or only ``owner``'s."""
         ...
+
+    async def references(self, start: str = "") -> list[str]:
+        """The keys of live records that begin with ``start`` (no record is read)."""
+        ...
+
+    async def count(self) -> tuple[int, int]:
+        """How many live records there are, and how many distinct owners they have."""
+        ...

@@ -29,6 +29,8 @@ wait. Pass a ``psycopg_pool.ConnectionPool`` instead to use your own pool.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import select
 import threading
 import time
@@ -36,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .._steps import Steps, drive, drive_async
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
 from ._fieldtext import from_text, to_text
@@ -44,7 +47,7 @@ from .base import Change, Record, SaveResult
 if TYPE_CHECKING:
     import psycopg_pool
 
-__all__ = ["SCHEMA", "PostgresStore"]
+__all__ = ["SCHEMA", "AsyncPostgresStore", "PostgresStore"]
 
 #: The tables, indexes and function the store uses; run it yourself with ``create_schema=False``.
 SCHEMA = """
@@ -193,7 +196,126 @@ def _record(row: Sequence[Any]) -> Record | None:
     return Record(fields, row[0], row[1], row[2], row[4], dict(row[5] or {}))
 
 
-class PostgresStore:
+class _PostgresRules:
+    """What the sync and async PostgreSQL stores share: each call's statements and rules.
+
+    Each operation is a generator of ``("run", sql, args)`` calls (see
+    :mod:`satchel._steps`), sent back ``(rows, rowcount)``; :class:`PostgresStore`
+    runs them with psycopg's connections, :class:`AsyncPostgresStore` with its
+    async ones.
+    """
+
+    prefix: str
+    purge_interval: float
+    _next_purge: float
+    _jsonb: Any
+
+    def _load_steps(self, key: str) -> Steps[Record | None]:
+        rows, _ = yield ("run", _LOAD, (self.prefix + key, time.time()))
+        return _record(rows[0]) if rows else None
+
+    def _save_steps(self, key: str, change: Change, create: bool) -> Steps[SaveResult]:
+        now = time.time()
+        moved = create and change.replaces is not None
+        source = self.prefix + (change.replaces if moved and change.replaces else key)
+        expect = None
+        if change.expect is not None:
+            expect = {n: None if v is None else to_text(v) for n, v in change.expect.items()}
+        args = (
+            self.prefix + key, self.prefix, "u" if not create else "m" if moved else "c",
+            source, change.fence,
+            self._jsonb({name: to_text(value) for name, value in change.set.items()}),
+            list(change.delete),
+            None if change.delete_if_only is None else list(change.delete_if_only),
+            None if expect is None else self._jsonb(expect),
+            change.max_size, change.created_at, change.touched_at, change.expires_at,
+            change.owner, self._jsonb(dict(change.meta)), now,
+        )  # fmt: skip
+        rows, _ = yield ("run", _SAVE, args)
+        reply = rows[0][0]
+        if reply[0] == 9:
+            raise SessionTooLarge(int(reply[1]), change.max_size or 0)
+        if reply[0] == SaveResult.SAVED and now >= self._next_purge:
+            self._next_purge = now + self.purge_interval
+            yield from self._purge_batch_steps(now)
+        return SaveResult(reply[0])
+
+    def _touch_steps(self, key: str, touched_at: float, expires_at: float) -> Steps[bool]:
+        _, changed = yield ("run", _TOUCH, (touched_at, expires_at, self.prefix + key, time.time()))
+        return bool(changed == 1)
+
+    def _delete_steps(self, key: str) -> Steps[None]:
+        yield ("run", "DELETE FROM satchel_sessions WHERE key = %s", (self.prefix + key,))
+
+    def _acquire_steps(self, key: str, token: str, lease: float) -> Steps[bool]:
+        now = time.time()
+        _, changed = yield ("run", _ACQUIRE, (self.prefix + key, token, now + lease, now))
+        return bool(changed == 1)
+
+    def _release_steps(self, key: str, token: str) -> Steps[None]:
+        sql = "DELETE FROM satchel_locks WHERE key = %s AND token = %s"
+        yield ("run", sql, (self.prefix + key, token))
+
+    def _page_steps(
+        self, owner: str | None, last: str
+    ) -> Steps[tuple[list[tuple[str, Record]], str | None]]:
+        """One page of live rows (of ``owner``) after key ``last``; the key to go on from."""
+        where = "key > %s AND ns = %s AND expires_at > %s"
+        args: tuple[Any, ...] = (last, self.prefix, time.time())
+        if owner is not None:
+            where += " AND owner = %s"
+            args += (owner,)
+        query = f"SELECT key, {_COLUMNS} FROM satchel_sessions WHERE {where}"
+        rows, _ = yield ("run", query + " ORDER BY key LIMIT 500", args)
+        cut = len(self.prefix)
+        found = []
+        for row in rows:
+            record = _record(row[1:])
+            if record is not None:
+                found.append((row[0][cut:], record))
+        return found, (rows[-1][0] if len(rows) == 500 else None)
+
+    def _references_steps(self, start: str) -> Steps[list[str]]:
+        low = self.prefix + start
+        rows, _ = yield (
+            "run",
+            "SELECT key FROM satchel_sessions WHERE key >= %s AND left(key, %s) = %s"
+            " AND ns = %s AND expires_at > %s ORDER BY key",
+            (low, len(low), low, self.prefix, time.time()),
+        )
+        cut = len(self.prefix)
+        return [row[0][cut:] for row in rows]
+
+    def _count_steps(self) -> Steps[tuple[int, int]]:
+        rows, _ = yield (
+            "run",
+            "SELECT count(*), count(DISTINCT owner) FROM satchel_sessions"
+            " WHERE ns = %s AND expires_at > %s",
+            (self.prefix, time.time()),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def _purge_batch_steps(self, now: float) -> Steps[int]:
+        """Delete up to PURGE_BATCH expired rows (of every namespace), by the expiry index."""
+        _, removed = yield (
+            "run",
+            "DELETE FROM satchel_sessions WHERE key IN (SELECT key FROM satchel_sessions"
+            " WHERE expires_at <= %s LIMIT %s)",
+            (now, PURGE_BATCH),
+        )
+        yield ("run", "DELETE FROM satchel_locks WHERE expires_at <= %s", (now,))
+        return int(removed)
+
+    def _expired_steps(self, now: float) -> Steps[int]:
+        rows, _ = yield (
+            "run",
+            "SELECT count(*) FROM satchel_sessions WHERE expires_at <= %s",
+            (now,),
+        )
+        return int(rows[0][0])
+
+
+class PostgresStore(_PostgresRules):
     """Sessions in PostgreSQL, from a ``conninfo`` string or URL, or a connection ``pool``.
 
     ``prefix`` is a namespace (``SATCHEL_KEY_PREFIX``). ``timeout`` bounds each
@@ -238,6 +360,8 @@ class PostgresStore:
         self._schema_lock = threading.Lock()
         self._down_until = 0.0
         self._next_purge = time.time() + purge_interval
+        # What to_async() needs: a store built on a pool has no async twin.
+        self._source = conninfo
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "", **options: Any) -> PostgresStore:
@@ -354,117 +478,55 @@ class PostgresStore:
 
     # -- the Store protocol --------------------------------------------------
 
+    def _perform(self, op: tuple[Any, ...]) -> tuple[list[Any], int]:
+        return self._run(op[1], op[2])
+
     def load(self, key: str) -> Record | None:
         """Read the row in one statement, by primary key."""
-        rows, _ = self._run(_LOAD, (self.prefix + key, time.time()))
-        return _record(rows[0]) if rows else None
+        return drive(self._load_steps(key), self._perform)
 
     def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
         """Apply ``change`` with one statement: the satchel_save function."""
-        now = time.time()
-        moved = create and change.replaces is not None
-        source = self.prefix + (change.replaces if moved and change.replaces else key)
-        expect = None
-        if change.expect is not None:
-            expect = {n: None if v is None else to_text(v) for n, v in change.expect.items()}
-        args = (
-            self.prefix + key, self.prefix, "u" if not create else "m" if moved else "c",
-            source, change.fence,
-            self._jsonb({name: to_text(value) for name, value in change.set.items()}),
-            list(change.delete),
-            None if change.delete_if_only is None else list(change.delete_if_only),
-            None if expect is None else self._jsonb(expect),
-            change.max_size, change.created_at, change.touched_at, change.expires_at,
-            change.owner, self._jsonb(dict(change.meta)), now,
-        )  # fmt: skip
-        rows, _ = self._run(_SAVE, args)
-        reply = rows[0][0]
-        if reply[0] == 9:
-            raise SessionTooLarge(int(reply[1]), change.max_size or 0)
-        if reply[0] == SaveResult.SAVED and now >= self._next_purge:
-            self._next_purge = now + self.purge_interval
-            self._purge_batch(now)
-        return SaveResult(reply[0])
+        return drive(self._save_steps(key, change, create), self._perform)
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the row's times in one statement."""
-        args = (touched_at, expires_at, self.prefix + key, time.time())
-        return self._run(_TOUCH, args)[1] == 1
+        return drive(self._touch_steps(key, touched_at, expires_at), self._perform)
 
     def delete(self, key: str) -> None:
         """Delete the row."""
-        self._run("DELETE FROM satchel_sessions WHERE key = %s", (self.prefix + key,))
+        drive(self._delete_steps(key), self._perform)
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Lease the lock row on ``key`` to ``token`` in one statement."""
-        now = time.time()
-        return self._run(_ACQUIRE, (self.prefix + key, token, now + lease, now))[1] == 1
+        return drive(self._acquire_steps(key, token, lease), self._perform)
 
     def release(self, key: str, token: str) -> None:
         """Delete the lock row if ``token`` holds it."""
-        self._run(
-            "DELETE FROM satchel_locks WHERE key = %s AND token = %s", (self.prefix + key, token)
-        )
+        drive(self._release_steps(key, token), self._perform)
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
         """Yield the live rows (of ``owner``), read in pages of 500 by key."""
-        cut = len(self.prefix)
-        last = self.prefix
-        while True:
-            where = "key > %s AND ns = %s AND expires_at > %s"
-            args: tuple[Any, ...] = (last, self.prefix, time.time())
-            if owner is not None:
-                where += " AND owner = %s"
-                args += (owner,)
-            query = f"SELECT key, {_COLUMNS} FROM satchel_sessions WHERE {where}"
-            rows, _ = self._run(query + " ORDER BY key LIMIT 500", args)
-            for row in rows:
-                record = _record(row[1:])
-                if record is not None:
-                    yield row[0][cut:], record
-            if len(rows) < 500:
-                return
-            last = rows[-1][0]
+        last: str | None = self.prefix
+        while last is not None:
+            page, last = drive(self._page_steps(owner, last), self._perform)
+            yield from page
 
     def references(self, start: str = "") -> Iterator[str]:
         """The keys of live rows that begin with ``start``, from the primary key's index."""
-        low = self.prefix + start
-        rows, _ = self._run(
-            "SELECT key FROM satchel_sessions WHERE key >= %s AND left(key, %s) = %s"
-            " AND ns = %s AND expires_at > %s ORDER BY key",
-            (low, len(low), low, self.prefix, time.time()),
-        )
-        cut = len(self.prefix)
-        return iter([row[0][cut:] for row in rows])
+        return iter(drive(self._references_steps(start), self._perform))
 
     def count(self) -> tuple[int, int]:
         """How many live rows there are, and how many distinct owners they have."""
-        rows, _ = self._run(
-            "SELECT count(*), count(DISTINCT owner) FROM satchel_sessions"
-            " WHERE ns = %s AND expires_at > %s",
-            (self.prefix, time.time()),
-        )
-        return int(rows[0][0]), int(rows[0][1])
-
-    def _purge_batch(self, now: float) -> int:
-        """Delete up to PURGE_BATCH expired rows (of every namespace), by the expiry index."""
-        _, removed = self._run(
-            "DELETE FROM satchel_sessions WHERE key IN (SELECT key FROM satchel_sessions"
-            " WHERE expires_at <= %s LIMIT %s)",
-            (now, PURGE_BATCH),
-        )
-        self._run("DELETE FROM satchel_locks WHERE expires_at <= %s", (now,))
-        return int(removed)
+        return drive(self._count_steps(), self._perform)
 
     def purge_in_batches(self) -> Iterator[tuple[int, int, int]]:
         """Purge batch by batch, yielding (rows done, rows to do, rows removed) after each."""
         now = time.time()
-        total = int(self._run(
-            "SELECT count(*) FROM satchel_sessions WHERE expires_at <= %s", (now,)
-        )[0][0][0])  # fmt: skip
+        total = drive(self._expired_steps(now), self._perform)
         done = 0
         while True:
-            removed = self._purge_batch(now)
+            removed = drive(self._purge_batch_steps(now), self._perform)
             done += removed
             yield min(done, total), total, removed
             if removed < PURGE_BATCH:
@@ -474,10 +536,260 @@ class PostgresStore:
         """Remove every expired row, in short batches; return how many."""
         return sum(removed for _done, _total, removed in self.purge_in_batches())
 
+    def to_async(self) -> AsyncPostgresStore:
+        """An :class:`AsyncPostgresStore` on the same database, namespace and timeouts.
+
+        Only for a store built from a conninfo string or URL, not on your pool.
+        """
+        if self.conninfo is None:
+            raise ConfigError(f"{self!r} was built on a pool: build its async twin yourself")
+        return AsyncPostgresStore(
+            self.conninfo, prefix=self.prefix, timeout=self.timeout,
+            create_schema=self.create_schema, purge_interval=self.purge_interval,
+        )  # fmt: skip
+
     def close(self) -> None:
         """Close the connections this store opened (a pool you passed stays yours)."""
         for conn in self._connections.drain():
             conn.close()
+
+
+class AsyncPostgresStore(_PostgresRules):
+    """Sessions in PostgreSQL for ASGI apps, through psycopg's async connections.
+
+    The same table, function and rules as :class:`PostgresStore` (one code),
+    so a Flask app and an ASGI app with the same ``prefix`` share their
+    sessions. Connections come from a free list of this process's event loop;
+    every statement is bounded by ``timeout`` on the server and, for a server
+    that stops answering altogether, in the client; after a connection failure
+    the store answers ``StoreUnavailable`` at once for half a second. Pass a
+    ``psycopg_pool.AsyncConnectionPool`` instead to use your own pool.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | None = None,
+        *,
+        pool: Any = None,
+        prefix: str = "",
+        timeout: float = 1.0,
+        create_schema: bool = True,
+        purge_interval: float = 300.0,
+        max_idle: int = 8,
+    ) -> None:
+        if (conninfo is None) == (pool is None):
+            raise ConfigError("AsyncPostgresStore needs a conninfo string or URL, or a pool")
+        try:
+            import psycopg
+            from psycopg.types.json import Jsonb
+        except ImportError as exc:
+            raise ConfigError(
+                "the PostgreSQL store needs psycopg: pip install 'satchel[postgres]'"
+            ) from exc
+        if conninfo is not None and conninfo.startswith("postgres://"):
+            conninfo = "postgresql://" + conninfo[len("postgres://") :]
+        self.conninfo = conninfo
+        self.pool = pool
+        self.prefix = prefix
+        self.timeout = timeout
+        self.create_schema = create_schema
+        self.purge_interval = purge_interval
+        self.max_idle = max_idle
+        self._psycopg = psycopg
+        self._jsonb = Jsonb
+        self._free: list[Any] = []
+        self._pid = os.getpid()
+        self._schema_ready = not create_schema
+        self._schema_lock: asyncio.Lock | None = None
+        self._down_until = 0.0
+        self._next_purge = time.time() + purge_interval
+
+    def __repr__(self) -> str:
+        if self.pool is not None:
+            where = f"pool {self.pool.name!r}"
+        else:
+            info = self._psycopg.conninfo.conninfo_to_dict(self.conninfo or "")
+            host, port = info.get("host", "localhost"), info.get("port", 5432)
+            where = f"{host}:{port}/{info.get('dbname', '')}"
+        suffix = f", prefix={self.prefix!r}" if self.prefix else ""
+        return f"AsyncPostgresStore({where!r}{suffix})"
+
+    def with_prefix(self, prefix: str) -> AsyncPostgresStore:
+        """A store on the same database (or pool) under another namespace."""
+        return AsyncPostgresStore(
+            self.conninfo, pool=self.pool, prefix=prefix, timeout=self.timeout,
+            create_schema=self.create_schema, purge_interval=self.purge_interval,
+        )  # fmt: skip
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}".strip())
+
+    async def _connect(self) -> Any:
+        conn = await self._psycopg.AsyncConnection.connect(
+            self.conninfo or "", autocommit=True, prepare_threshold=0,
+            connect_timeout=max(2, int(self.timeout)),
+        )  # fmt: skip
+        await conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
+        return conn
+
+    async def _take(self) -> Any:
+        if self._pid != os.getpid():  # forked: the parent's connections stay the parent's
+            self._free, self._pid = [], os.getpid()
+        while self._free:
+            conn = self._free.pop()
+            if not _closed_by_server(conn):
+                return conn
+            await conn.close()
+        return await asyncio.wait_for(self._connect(), max(2, int(self.timeout)) + 0.5)
+
+    async def _give(self, conn: Any) -> None:
+        if len(self._free) < self.max_idle and not conn.closed:
+            self._free.append(conn)
+        else:
+            await conn.close()
+
+    async def _statement(self, conn: Any, sql: str, args: Sequence[Any]) -> tuple[list[Any], int]:
+        cursor = await conn.execute(sql, args)
+        rows = await cursor.fetchall() if cursor.description is not None else []
+        return rows, cursor.rowcount
+
+    async def _run(self, sql: str, args: Sequence[Any] = ()) -> tuple[list[Any], int]:
+        """Run one statement; return its rows and how many rows it changed."""
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(repr(self), "it failed a moment ago; trying again shortly")
+        if not self._schema_ready:
+            await self._ensure_schema()
+        psycopg = self._psycopg
+        limit = self.timeout + 0.1  # the server's own limit answers first
+        if self.pool is not None:
+            try:
+                async with self.pool.connection(timeout=self.timeout) as conn:
+                    return await asyncio.wait_for(self._statement(conn, sql, args), limit)
+            except (psycopg.Error, TimeoutError) as exc:
+                raise self._unavailable(exc) from exc
+            except Exception as exc:
+                if type(exc).__name__ == "PoolTimeout":
+                    raise self._unavailable(exc) from exc
+                raise
+        try:
+            conn = await self._take()
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            self._down_until = time.monotonic() + BREAKER_SECONDS
+            raise self._unavailable(exc) from exc
+        try:
+            answer = await asyncio.wait_for(self._statement(conn, sql, args), limit)
+        except TimeoutError as exc:  # a frozen server: the connection is in an unknown state
+            await conn.close()
+            self._down_until = time.monotonic() + BREAKER_SECONDS
+            raise self._unavailable(exc) from exc
+        except psycopg.OperationalError as exc:
+            if conn.closed or conn.pgconn.transaction_status != 0:  # broken: not IDLE
+                await conn.close()
+                for idle in self._free:  # after a server restart, the idle ones are dead too
+                    await idle.close()
+                self._free = []
+                self._down_until = time.monotonic() + BREAKER_SECONDS
+            else:
+                await self._give(conn)
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            await self._give(conn)
+            raise self._unavailable(exc) from exc
+        except BaseException:
+            await conn.close()
+            raise
+        await self._give(conn)
+        return answer
+
+    async def _ensure_schema(self) -> None:
+        """Create the schema once per process, under the advisory lock every worker shares."""
+        if self._schema_lock is None:
+            self._schema_lock = asyncio.Lock()
+        async with self._schema_lock:
+            if self._schema_ready:
+                return
+            psycopg = self._psycopg
+            try:
+                if self.pool is not None:
+                    async with self.pool.connection(timeout=self.timeout) as conn:
+                        await self._create_schema(conn)
+                else:
+                    conn = await self._take()
+                    try:
+                        await self._create_schema(conn)
+                    except BaseException:
+                        await conn.close()
+                        raise
+                    await self._give(conn)
+            except (psycopg.Error, TimeoutError, OSError) as exc:
+                raise self._unavailable(exc) from exc
+            self._schema_ready = True
+
+    @staticmethod
+    async def _create_schema(conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('satchel schema'))")
+            await conn.execute(SCHEMA, prepare=False)  # several statements: not preparable
+
+    async def _perform(self, op: tuple[Any, ...]) -> tuple[list[Any], int]:
+        return await self._run(op[1], op[2])
+
+    async def load(self, key: str) -> Record | None:
+        """Read the row in one statement, by primary key."""
+        return await drive_async(self._load_steps(key), self._perform)
+
+    async def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """Apply ``change`` with one statement: the satchel_save function."""
+        return await drive_async(self._save_steps(key, change, create), self._perform)
+
+    async def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        """Move the row's times in one statement."""
+        return await drive_async(self._touch_steps(key, touched_at, expires_at), self._perform)
+
+    async def delete(self, key: str) -> None:
+        """Delete the row."""
+        await drive_async(self._delete_steps(key), self._perform)
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Lease the lock row on ``key`` to ``token`` in one statement."""
+        return await drive_async(self._acquire_steps(key, token, lease), self._perform)
+
+    async def release(self, key: str, token: str) -> None:
+        """Delete the lock row if ``token`` holds it."""
+        await drive_async(self._release_steps(key, token), self._perform)
+
+    async def records(self, owner: str | None = None) -> list[tuple[str, Record]]:
+        """The live rows (of ``owner``), read in pages of 500 by key."""
+        found: list[tuple[str, Record]] = []
+        last: str | None = self.prefix
+        while last is not None:
+            page, last = await drive_async(self._page_steps(owner, last), self._perform)
+            found += page
+        return found
+
+    async def references(self, start: str = "") -> list[str]:
+        """The keys of live rows that begin with ``start``, from the primary key's index."""
+        return await drive_async(self._references_steps(start), self._perform)
+
+    async def count(self) -> tuple[int, int]:
+        """How many live rows there are, and how many distinct owners they have."""
+        return await drive_async(self._count_steps(), self._perform)
+
+    async def purge_expired(self) -> int:
+        """Remove every expired row, in short batches; return how many."""
+        now = time.time()
+        total = 0
+        while True:
+            removed = await drive_async(self._purge_batch_steps(now), self._perform)
+            total += removed
+            if removed < PURGE_BATCH:
+                return total
+
+    async def close(self) -> None:
+        """Close the connections this store opened (a pool you passed stays yours)."""
+        free, self._free = self._free, []
+        for conn in free:
+            await conn.close()
 
 
 def _closed_by_server(conn: Any) -> bool:

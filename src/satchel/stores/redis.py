@@ -22,21 +22,24 @@ in the same slot as their session.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .._steps import Steps, drive, drive_async
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
 from .base import Change, Conflict, Record, SaveResult, apply_change
 
 if TYPE_CHECKING:
     import redis
+    import redis.asyncio
 
-__all__ = ["RedisStore"]
+__all__ = ["AsyncRedisStore", "RedisStore"]
 
 _log = logging.getLogger("satchel")
 
@@ -225,7 +228,236 @@ def _record(raw: dict[bytes, bytes] | list[bytes]) -> Record | None:
         return None
 
 
-class RedisStore:
+class _Script:
+    """A Lua script and its SHA-1, by which it is run (EVALSHA) once the server knows it."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+
+SAVE, TAKE, TOUCH, INDEX, ACQUIRE, RELEASE = map(
+    _Script, (_SAVE, _TAKE, _TOUCH, _INDEX, _ACQUIRE, _RELEASE)
+)
+
+#: A store step's call: ("call", *command), ("script", _Script, keys, args),
+#: ("pipe", [command, ...]) for replies in order, or ("scan", pattern) for key names.
+Op = tuple[Any, ...]
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, float]]:
+    """ZRANGE ... WITHSCORES as (member, score) pairs, from a flat list or from pairs."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(member, float(score)) for member, score in reply]
+    return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def _check_client(client: Any) -> bool:
+    """Refuse a client that decodes replies; whether it is a Cluster client."""
+    if client.get_connection_kwargs().get("decode_responses"):
+        raise ConfigError("a Redis store needs a client made with decode_responses=False")
+    return type(client).__name__ == "RedisCluster"
+
+
+def _split_cluster(url: str) -> tuple[str, bool]:
+    """The URL redis-py takes, and whether it names a Cluster (``redis+cluster://``)."""
+    scheme, rest = url.split("://", 1)
+    cluster = scheme.endswith("+cluster")
+    return scheme.removesuffix("+cluster") + "://" + rest, cluster
+
+
+class _RedisRules:
+    """What the sync and async Redis stores share: key names and the steps of each call.
+
+    Each operation with more than one command, or with rules, is a generator
+    of :data:`Op` (see :mod:`satchel._steps`), run by :class:`RedisStore`
+    with redis-py and by :class:`AsyncRedisStore` with ``redis.asyncio``.
+    """
+
+    prefix: str
+    _cluster: bool
+    _prune_after_ms: int
+
+    # Three namespaces under the prefix: s: session hashes, l: strict-mode
+    # locks, i: each owner's sorted set of session keys.
+    # The braces are a cluster hash tag: a session's hash and its lock share a slot.
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}s:{{{key}}}"
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self.prefix}l:{{{key}}}"
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self.prefix}i:{owner}"
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}")
+
+    def _save_steps(self, key: str, change: Change, create: bool) -> Steps[SaveResult]:
+        """Apply ``change`` with one script call (a Cluster's move and owned create: two)."""
+        index: list[str] = []
+        member: list[Any] = ["", 0]
+        pairs: list[Any] = []
+        if create:
+            pairs += ("m:c", repr(change.created_at))
+            if change.meta:
+                pairs += ("m:x", json.dumps(dict(change.meta), ensure_ascii=False))
+            if change.owner is not None:
+                pairs += ("m:o", change.owner)
+                until = _ms(max(change.ends_by, change.expires_at))
+                member = [key, until]
+                if self._cluster:  # another slot: indexed first, never pruned too early
+                    yield ("script", INDEX, [self._owner_key(change.owner)], member)
+                else:
+                    index = [self._owner_key(change.owner)]
+        if create and change.replaces is not None and self._cluster:
+            return (yield from self._move_across_slots_steps(key, change, pairs))
+        pairs += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
+        for name, value in change.set.items():
+            pairs += ("d:" + name, value)
+        source = change.replaces if create and change.replaces is not None else key
+        mode = "u" if not create else "c" if change.replaces is None else "m"
+        keys = [self._key(key), self._key(source), self._lock_key(source), *index]
+        args: list[Any] = [
+            mode,
+            change.fence or "",
+            _ms(change.expires_at),
+            "" if change.max_size is None else change.max_size,
+            *member,
+        ]
+        if change.delete_if_only is None:
+            args.append(-1)
+        else:
+            args += (len(change.delete_if_only), *("d:" + n for n in change.delete_if_only))
+        args.append(len(change.delete))
+        args += ["d:" + name for name in change.delete]
+        expect = change.expect or {}
+        args.append(len(expect))
+        for name, expected in expect.items():
+            args += ("d:" + name, "0", "") if expected is None else ("d:" + name, "1", expected)
+        reply = yield ("script", SAVE, keys, args + pairs)
+        if reply[0] == 9:
+            raise SessionTooLarge(int(reply[1]), change.max_size or 0)
+        return SaveResult(reply[0])
+
+    def _move_across_slots_steps(
+        self, key: str, change: Change, pairs: list[Any]
+    ) -> Steps[SaveResult]:
+        """A Cluster's move: take the old record (one script on its slot), then create anew.
+
+        The take checks the fence and deletes the old record atomically, so a
+        session ended meanwhile is never recreated; what a request saved between
+        the take and the create is refused, as after any regenerate().
+        """
+        assert change.replaces is not None
+        old = self._key(change.replaces)
+        lock = self._lock_key(change.replaces)
+        reply = yield ("script", TAKE, [old, lock], [change.fence or ""])
+        if reply[0] != 1:
+            return SaveResult(reply[0])
+        base = _record(reply[1])
+        if base is None:
+            return SaveResult.REFUSED
+        try:
+            result = apply_change(base, change)
+        except Conflict:
+            yield from self._restore_steps(old, reply[1], base.expires_at)
+            return SaveResult.CONFLICT
+        except SessionTooLarge:
+            yield from self._restore_steps(old, reply[1], base.expires_at)
+            raise
+        if result is None:
+            return SaveResult.DELETED
+        pairs += ("m:t", repr(result.touched_at), "m:e", repr(result.expires_at))
+        for name, value in result.fields.items():
+            pairs += ("d:" + name, value)
+        keys = [self._key(key), self._key(key), self._lock_key(key)]
+        args: list[Any] = ["c", "", _ms(result.expires_at), "", "", 0, -1, 0, 0]
+        return SaveResult((yield ("script", SAVE, keys, args + pairs))[0])
+
+    def _restore_steps(self, name: str, raw: list[bytes], expires_at: float) -> Steps[None]:
+        """Put back a record taken by a move that could not complete."""
+        yield ("pipe", [("HSET", name, *raw), ("PEXPIREAT", name, _ms(expires_at))])
+
+    def _touch_op(self, key: str, touched_at: float, expires_at: float) -> Op:
+        args = [repr(touched_at), repr(expires_at), _ms(expires_at)]
+        return ("script", TOUCH, [self._key(key)], args)
+
+    def _owner_records_steps(self, owner: str) -> Steps[list[tuple[str, Record]]]:
+        """An owner's live records, from their set; members with no record are pruned."""
+        owner_key = self._owner_key(owner)
+        members = _pairs((yield ("call", "ZRANGE", owner_key, 0, -1, "WITHSCORES")))
+        added = {member.decode(): score for member, score in members}
+        old = time.time() * 1000 - self._prune_after_ms
+        gone, found = [], []
+        for key, record in (yield from self._fetch_steps(sorted(added))):
+            if record is None:
+                if added[key] <= old:
+                    gone.append(key)
+            elif record.owner == owner:
+                found.append((key, record))
+        if gone:
+            yield ("call", "ZREM", owner_key, *gone)
+        return found
+
+    def _references_steps(self, start: str) -> Steps[list[str]]:
+        """The keys of live records that begin with ``start``, by SCAN (no record is read)."""
+        begin = len(self._key("")) - 1  # the name without its closing brace
+        pattern = _glob(self.prefix + "s:{" + start) + "*"
+        names = yield ("scan", pattern)
+        texts = [name.decode() for name in names]
+        return [name[begin:-1] for name in texts if name.endswith("}")]
+
+    def _fetch_steps(self, keys: list[str]) -> Steps[list[tuple[str, Record | None]]]:
+        """Each key with its live record (or None), 500 HGETALLs to a pipeline."""
+        found: list[tuple[str, Record | None]] = []
+        for first in range(0, len(keys), 500):
+            batch = keys[first : first + 500]
+            hashes = yield ("pipe", [("HGETALL", self._key(key)) for key in batch])
+            found += [(key, _record(raw)) for key, raw in zip(batch, hashes, strict=True)]
+        return found
+
+    def _all_records_steps(self) -> Steps[list[tuple[str, Record]]]:
+        keys = yield from self._references_steps("")
+        fetched = yield from self._fetch_steps(keys)
+        return [(key, record) for key, record in fetched if record is not None]
+
+    def _count_steps(self) -> Steps[tuple[int, int]]:
+        """How many live records there are, and how many distinct owners they have.
+
+        Reads two fields per record, 500 records a round trip, never whole records.
+        """
+        keys = yield from self._references_steps("")
+        live, owners = 0, set()
+        now = time.time()
+        for first in range(0, len(keys), 500):
+            batch = keys[first : first + 500]
+            rows = yield ("pipe", [("HMGET", self._key(key), "m:e", "m:o") for key in batch])
+            for expires, owner in rows:
+                if expires is not None and float(expires) > now:
+                    live += 1
+                    if owner is not None:
+                        owners.add(owner)
+        return live, len(owners)
+
+    @staticmethod
+    def _policy_problem(reply: Any, where: str) -> str | None:
+        found = dict(reply)
+        policy = found.get(b"maxmemory-policy", found.get("maxmemory-policy"))
+        if isinstance(policy, bytes):
+            policy = policy.decode()
+        if policy is None or policy == "noeviction":
+            return None
+        return (
+            f"maxmemory-policy is {policy}{where}: when the server fills up it deletes "
+            "session keys, losing sessions whose writes were acknowledged; "
+            "set it to noeviction"
+        )
+
+
+class RedisStore(_RedisRules):
     """Sessions in Redis or Valkey, through a ``redis.Redis`` client you pass.
 
     Every key starts with ``prefix`` (see the module's docstring). The client must not
@@ -237,14 +469,14 @@ class RedisStore:
     def __init__(
         self, client: redis.Redis | redis.cluster.RedisCluster, *, prefix: str = "satchel:"
     ) -> None:
-        if client.get_connection_kwargs().get("decode_responses"):
-            raise ConfigError("RedisStore needs a client made with decode_responses=False")
+        self._cluster = _check_client(client)
         self.client = client
         self.prefix = prefix
-        self._cluster = type(client).__name__ == "RedisCluster"
         self._prune_after_ms = CLUSTER_PRUNE_AFTER_MS if self._cluster else 0
         #: Set by :meth:`from_url`: calls then borrow from ``_connections``.
         self._pool: redis.ConnectionPool | None = None
+        # Set by from_url: the URL and timeouts, for to_async().
+        self._source: tuple[str, float, float] | None = None
         self._connections: ConnectionList[Any] = ConnectionList(
             self._connect, close=lambda conn: conn.disconnect()
         )
@@ -256,17 +488,12 @@ class RedisStore:
         self._response_error = redis.ResponseError
         self._redis_error = redis.RedisError
         self._no_script_error = NoScriptError
-        self._save: Callable[..., Any] = client.register_script(_SAVE)
-        self._touch: Callable[..., Any] = client.register_script(_TOUCH)
-        self._acquire: Callable[..., Any] = client.register_script(_ACQUIRE)
-        self._index: Callable[..., Any] = client.register_script(_INDEX)
-        self._release: Callable[..., Any] = client.register_script(_RELEASE)
-        self._take: Callable[..., Any] = client.register_script(_TAKE)
 
     def with_prefix(self, prefix: str) -> RedisStore:
         """A store on the same client and connections under another prefix."""
         other = RedisStore(self.client, prefix=prefix)
         other._pool, other._connections = self._pool, self._connections
+        other._source = self._source
         return other
 
     @classmethod
@@ -297,27 +524,45 @@ class RedisStore:
             raise ConfigError(
                 "the Redis store needs redis-py: pip install 'satchel[redis]'"
             ) from exc
-        scheme, rest = url.split("://", 1)
-        if scheme.endswith("+cluster"):
+        given = url
+        url, cluster = _split_cluster(url)
+        if cluster:
             from redis.cluster import RedisCluster
 
-            cluster = RedisCluster.from_url(
-                scheme.removesuffix("+cluster") + "://" + rest,
+            store = cls(
+                RedisCluster.from_url(
+                    url,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=connect_timeout,
+                    decode_responses=False,
+                ),
+                prefix=prefix,
+            )
+        else:
+            client = redis.Redis.from_url(
+                url,
                 socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 decode_responses=False,
             )
-            return cls(cluster, prefix=prefix)
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            decode_responses=False,
-        )
-        store = cls(client, prefix=prefix)
-        store._pool = client.connection_pool
+            store = cls(client, prefix=prefix)
+            store._pool = client.connection_pool
+        store._source = (given, socket_timeout, connect_timeout)
         return store
+
+    def to_async(self) -> AsyncRedisStore:
+        """An :class:`AsyncRedisStore` on the same server (or Cluster), prefix and timeouts.
+
+        Only for a store :meth:`from_url` made; one built on your client cannot
+        tell how to make an async twin of it.
+        """
+        if self._source is None:
+            raise ConfigError(f"{self!r} was built on a client: build its async twin yourself")
+        url, socket_timeout, connect_timeout = self._source
+        return AsyncRedisStore.from_url(
+            url, prefix=self.prefix, socket_timeout=socket_timeout, connect_timeout=connect_timeout
+        )
 
     def __repr__(self) -> str:
         return self._where() + (f", prefix={self.prefix!r})" if self.prefix != "satchel:" else ")")
@@ -329,9 +574,6 @@ class RedisStore:
         kwargs = self.client.get_connection_kwargs()
         where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         return f"RedisStore({where!r}"
-
-    def _unavailable(self, exc: Exception) -> StoreUnavailable:
-        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}")
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -379,187 +621,60 @@ class RedisStore:
         except self._redis_error as exc:
             raise self._unavailable(exc) from exc
 
-    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a registered Lua script by its SHA-1, loading it first if the server lost it."""
+    def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script by its SHA-1, loading it first if the server lost it."""
         try:
             return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
         except StoreUnavailable as exc:
             if not isinstance(exc.__cause__, self._no_script_error):
                 raise
-        self._call("SCRIPT", "LOAD", script.script)  # a restarted or flushed server
+        self._call("SCRIPT", "LOAD", script.source)  # a restarted or flushed server
         return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _perform(self, op: Op) -> Any:
+        kind = op[0]
+        if kind == "script":
+            return self._run(op[1], op[2], op[3])
+        if kind == "call":
+            return self._call(*op[1:])
+        with self._errors():
+            if kind == "pipe":
+                pipe = self.client.pipeline(transaction=False)
+                for command in op[1]:
+                    pipe.execute_command(*command)
+                return pipe.execute()
+            return list(self.client.scan_iter(op[1], count=1000))
 
     def load(self, key: str) -> Record | None:
         """Fetch the whole hash in one round trip."""
         return _record(self._call("HGETALL", self._key(key)))
 
-    # Three namespaces under the prefix: s: session hashes, l: strict-mode
-    # locks, i: each owner's sorted set of session keys.
-    # The braces are a cluster hash tag: a session's hash and its lock share a slot.
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}s:{{{key}}}"
-
-    def _lock_key(self, key: str) -> str:
-        return f"{self.prefix}l:{{{key}}}"
-
-    def _owner_key(self, owner: str) -> str:
-        return f"{self.prefix}i:{owner}"
-
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
         """Yield live records: an owner's from their set (pruning dead members), or all by SCAN."""
         if owner is not None:
-            owner_key = self._owner_key(owner)
-            with self._errors():
-                members: Any = self.client.zrange(owner_key, 0, -1, withscores=True)
-            added = {m.decode(): float(score) for m, score in members}
-            old = time.time() * 1000 - self._prune_after_ms
-            gone = []
-            for key, record in self._fetch(sorted(added)):
-                if record is None:
-                    if added[key] <= old:
-                        gone.append(key)
-                elif record.owner == owner:
-                    yield key, record
-            if gone:
-                with self._errors():
-                    self.client.zrem(owner_key, *gone)
+            yield from drive(self._owner_records_steps(owner), self._perform)
             return
-        for key, record in self._fetch(list(self.references())):
-            if record is not None:
-                yield key, record
+        keys = self.references()
+        while batch := [key for _, key in zip(range(500), keys, strict=False)]:
+            for key, record in drive(self._fetch_steps(batch), self._perform):
+                if record is not None:
+                    yield key, record
 
     def references(self, start: str = "") -> Iterator[str]:
         """The keys of live records that begin with ``start``, by SCAN (no record is read)."""
-        begin = len(self._key("")) - 1  # the name without its closing brace
-        pattern = _glob(self.prefix + "s:{" + start) + "*"
-        with self._errors():
-            names = [name.decode() for name in self.client.scan_iter(pattern, count=1000)]
-        return iter([name[begin:-1] for name in names if name.endswith("}")])
+        return iter(drive(self._references_steps(start), self._perform))
 
     def count(self) -> tuple[int, int]:
-        """How many live records there are, and how many distinct owners they have.
-
-        Reads two fields per record, 500 records a round trip, never whole records.
-        """
-        keys = list(self.references())
-        live, owners = 0, set()
-        now = time.time()
-        for first in range(0, len(keys), 500):
-            with self._errors():
-                pipe = self.client.pipeline(transaction=False)
-                for key in keys[first : first + 500]:
-                    pipe.hmget(self._key(key), "m:e", "m:o")
-                rows = pipe.execute()
-            for expires, owner in rows:
-                if expires is not None and float(expires) > now:
-                    live += 1
-                    if owner is not None:
-                        owners.add(owner)
-        return live, len(owners)
-
-    def _fetch(self, keys: list[str]) -> Iterator[tuple[str, Record | None]]:
-        """Each key with its live record (or None), 500 HGETALLs to a pipeline."""
-        for first in range(0, len(keys), 500):
-            batch = keys[first : first + 500]
-            with self._errors():
-                pipe = self.client.pipeline(transaction=False)
-                for key in batch:
-                    pipe.hgetall(self._key(key))
-                hashes = pipe.execute()
-            for key, raw in zip(batch, hashes, strict=True):
-                yield key, _record(raw)
+        """How many live records there are, and how many distinct owners they have."""
+        return drive(self._count_steps(), self._perform)
 
     def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
         """Apply ``change`` with one script call (a Cluster's move and owned create: two)."""
-        index: list[str] = []
-        member: list[Any] = ["", 0]
-        pairs: list[Any] = []
-        if create:
-            pairs += ("m:c", repr(change.created_at))
-            if change.meta:
-                pairs += ("m:x", json.dumps(dict(change.meta), ensure_ascii=False))
-            if change.owner is not None:
-                pairs += ("m:o", change.owner)
-                until = _ms(max(change.ends_by, change.expires_at))
-                member = [key, until]
-                if self._cluster:  # another slot: indexed first, never pruned too early
-                    self._run(self._index, [self._owner_key(change.owner)], member)
-                else:
-                    index = [self._owner_key(change.owner)]
-        if create and change.replaces is not None and self._cluster:
-            return self._move_across_slots(key, change, pairs)
-        pairs += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
-        for name, value in change.set.items():
-            pairs += ("d:" + name, value)
-        source = change.replaces if create and change.replaces is not None else key
-        mode = "u" if not create else "c" if change.replaces is None else "m"
-        keys = [self._key(key), self._key(source), self._lock_key(source), *index]
-        args: list[Any] = [
-            mode,
-            change.fence or "",
-            _ms(change.expires_at),
-            "" if change.max_size is None else change.max_size,
-            *member,
-        ]
-        if change.delete_if_only is None:
-            args.append(-1)
-        else:
-            args += (len(change.delete_if_only), *("d:" + n for n in change.delete_if_only))
-        args.append(len(change.delete))
-        args += ["d:" + name for name in change.delete]
-        expect = change.expect or {}
-        args.append(len(expect))
-        for name, expected in expect.items():
-            args += ("d:" + name, "0", "") if expected is None else ("d:" + name, "1", expected)
-        reply = self._run(self._save, keys, args + pairs)
-        if reply[0] == 9:
-            raise SessionTooLarge(int(reply[1]), change.max_size or 0)
-        return SaveResult(reply[0])
-
-    def _move_across_slots(self, key: str, change: Change, pairs: list[Any]) -> SaveResult:
-        """A Cluster's move: take the old record (one script on its slot), then create anew.
-
-        The take checks the fence and deletes the old record atomically, so a
-        session ended meanwhile is never recreated; what a request saved between
-        the take and the create is refused, as after any regenerate().
-        """
-        assert change.replaces is not None
-        old = self._key(change.replaces)
-        reply = self._run(self._take, [old, self._lock_key(change.replaces)], [change.fence or ""])
-        if reply[0] != 1:
-            return SaveResult(reply[0])
-        base = _record(reply[1])
-        if base is None:
-            return SaveResult.REFUSED
-        try:
-            result = apply_change(base, change)
-        except Conflict:
-            self._restore(old, reply[1], base.expires_at)
-            return SaveResult.CONFLICT
-        except SessionTooLarge:
-            self._restore(old, reply[1], base.expires_at)
-            raise
-        if result is None:
-            return SaveResult.DELETED
-        pairs += ("m:t", repr(result.touched_at), "m:e", repr(result.expires_at))
-        for name, value in result.fields.items():
-            pairs += ("d:" + name, value)
-        keys = [self._key(key), self._key(key), self._lock_key(key)]
-        args: list[Any] = ["c", "", _ms(result.expires_at), "", "", 0, -1, 0, 0]
-        return SaveResult(self._run(self._save, keys, args + pairs)[0])
-
-    def _restore(self, name: str, raw: list[bytes], expires_at: float) -> None:
-        """Put back a record taken by a move that could not complete."""
-        with self._errors():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(name, mapping=dict(zip(raw[::2], raw[1::2], strict=True)))
-            pipe.pexpireat(name, _ms(expires_at))
-            pipe.execute()
+        return drive(self._save_steps(key, change, create), self._perform)
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times with one script call."""
-        args = [repr(touched_at), repr(expires_at), _ms(expires_at)]
-        return bool(self._run(self._touch, [self._key(key)], args))
+        return bool(self._perform(self._touch_op(key, touched_at, expires_at)))
 
     def delete(self, key: str) -> None:
         """Delete the hash."""
@@ -567,12 +682,11 @@ class RedisStore:
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Set the lock key with a lease unless another token holds it: one script call."""
-        args = [token, _ms(lease)]
-        return bool(self._run(self._acquire, [self._lock_key(key)], args))
+        return bool(self._run(ACQUIRE, [self._lock_key(key)], [token, _ms(lease)]))
 
     def release(self, key: str, token: str) -> None:
         """Delete the lock only if ``token`` still holds it (a script, so atomic)."""
-        self._run(self._release, [self._lock_key(key)], [token])
+        self._run(RELEASE, [self._lock_key(key)], [token])
 
     def purge_expired(self) -> int:
         """Nothing to do: Redis expires keys itself. Returns 0."""
@@ -599,17 +713,9 @@ class RedisStore:
             except self._redis_error as exc:
                 _log.info("could not read maxmemory-policy from %r: %s", self, exc)
                 continue
-            found = dict(reply)
-            policy = found.get(b"maxmemory-policy", found.get("maxmemory-policy"))
-            if isinstance(policy, bytes):
-                policy = policy.decode()
-            if policy is not None and policy != "noeviction":
-                where = f" on {node.name}" if node is not None else ""
-                problems.append(
-                    f"maxmemory-policy is {policy}{where}: when the server fills up it deletes "
-                    "session keys, losing sessions whose writes were acknowledged; "
-                    "set it to noeviction"
-                )
+            problem = self._policy_problem(reply, f" on {node.name}" if node is not None else "")
+            if problem is not None:
+                problems.append(problem)
         return problems
 
     def close(self) -> None:
@@ -617,3 +723,171 @@ class RedisStore:
         for conn in self._connections.drain():
             conn.disconnect()
         self.client.close()
+
+
+class AsyncRedisStore(_RedisRules):
+    """Sessions in Redis or Valkey for ASGI apps, through ``redis.asyncio``.
+
+    The same keys, scripts and rules as :class:`RedisStore` (they are one
+    code), so a Flask app on a :class:`RedisStore` and an ASGI app on this
+    store, with the same prefix, share their sessions. Pass a
+    ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster`` made
+    with ``decode_responses=False``, or use :meth:`from_url`.
+    """
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster,
+        *,
+        prefix: str = "satchel:",
+    ) -> None:
+        self._cluster = _check_client(client)
+        self.client = client
+        self.prefix = prefix
+        self._prune_after_ms = CLUSTER_PRUNE_AFTER_MS if self._cluster else 0
+        # Stores made by with_prefix() share the client, and leave closing it to this one.
+        self._owns_client = True
+        import redis
+        from redis.exceptions import NoScriptError
+
+        self._redis_error = redis.RedisError
+        self._no_script_error = NoScriptError
+
+    def with_prefix(self, prefix: str) -> AsyncRedisStore:
+        """A store on the same client under another prefix (closing it leaves the client open)."""
+        other = AsyncRedisStore(self.client, prefix=prefix)
+        other._owns_client = False
+        return other
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "satchel:",
+        socket_timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+    ) -> AsyncRedisStore:
+        """A store on a new ``redis.asyncio`` client: see :meth:`RedisStore.from_url`."""
+        try:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as RedisConnectionError
+        except ImportError as exc:
+            raise ConfigError(
+                "the Redis store needs redis-py: pip install 'satchel[redis]'"
+            ) from exc
+        url, cluster = _split_cluster(url)
+        client: Any
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            client = RedisCluster.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                decode_responses=False,
+            )
+        else:
+            client = redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=connect_timeout,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                decode_responses=False,
+            )
+        return cls(client, prefix=prefix)
+
+    def __repr__(self) -> str:
+        client: Any = self.client
+        if self._cluster:
+            nodes = client.get_nodes()
+            where = f"cluster at {nodes[0].name}" if nodes else "cluster"
+        else:
+            kwargs = client.get_connection_kwargs()
+            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        tail = f", prefix={self.prefix!r})" if self.prefix != "satchel:" else ")"
+        return f"AsyncRedisStore({where!r}{tail}"
+
+    async def _call(self, *args: Any) -> Any:
+        try:
+            return await self.client.execute_command(*args)
+        except self._redis_error as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script by its SHA-1, loading it first if the server lost it."""
+        try:
+            return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, self._no_script_error):
+                raise
+        try:  # a restarted or flushed server (on a Cluster, every primary loads it)
+            await self.client.script_load(script.source)
+        except self._redis_error as exc:
+            raise self._unavailable(exc) from exc
+        return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _perform(self, op: Op) -> Any:
+        kind = op[0]
+        if kind == "script":
+            return await self._run(op[1], op[2], op[3])
+        if kind == "call":
+            return await self._call(*op[1:])
+        try:
+            if kind == "pipe":
+                pipe: Any = self.client.pipeline(transaction=False)
+                for command in op[1]:
+                    pipe.execute_command(*command)
+                return await pipe.execute()
+            return [name async for name in self.client.scan_iter(op[1], count=1000)]
+        except self._redis_error as exc:
+            raise self._unavailable(exc) from exc
+
+    async def load(self, key: str) -> Record | None:
+        """Fetch the whole hash in one round trip."""
+        return _record(await self._call("HGETALL", self._key(key)))
+
+    async def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """Apply ``change`` with one script call (a Cluster's move and owned create: two)."""
+        return await drive_async(self._save_steps(key, change, create), self._perform)
+
+    async def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        """Move the record's times with one script call."""
+        return bool(await self._perform(self._touch_op(key, touched_at, expires_at)))
+
+    async def delete(self, key: str) -> None:
+        """Delete the hash."""
+        await self._call("DEL", self._key(key))
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        """Set the lock key with a lease unless another token holds it: one script call."""
+        return bool(await self._run(ACQUIRE, [self._lock_key(key)], [token, _ms(lease)]))
+
+    async def release(self, key: str, token: str) -> None:
+        """Delete the lock only if ``token`` still holds it (a script, so atomic)."""
+        await self._run(RELEASE, [self._lock_key(key)], [token])
+
+    async def records(self, owner: str | None = None) -> list[tuple[str, Record]]:
+        """Live records: an owner's from their set (pruning dead members), or all by SCAN."""
+        if owner is not None:
+            return await drive_async(self._owner_records_steps(owner), self._perform)
+        return await drive_async(self._all_records_steps(), self._perform)
+
+    async def references(self, start: str = "") -> list[str]:
+        """The keys of live records that begin with ``start``, by SCAN (no record is read)."""
+        return await drive_async(self._references_steps(start), self._perform)
+
+    async def count(self) -> tuple[int, int]:
+        """How many live records there are, and how many distinct owners they have."""
+        return await drive_async(self._count_steps(), self._perform)
+
+    async def purge_expired(self) -> int:
+        """Nothing to do: Redis expires keys itself. Returns 0."""
+        return 0
+
+    async def close(self) -> None:
+        """Close the client and its connections."""
+        if self._owns_client:
+            await self.client.aclose()

@@ -1,0 +1,147 @@
+"""The async stores against the whole store contract, and the event loop kept free."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satchel.errors import ConfigError
+from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
+from satchel.stores.aio import InlineStore, ThreadedStore, is_async, to_async
+from satchel.stores.base import AsyncStore, Change
+from satchel.stores.postgres import AsyncPostgresStore, PostgresStore
+from satchel.stores.redis import AsyncRedisStore
+from satchel.testing import AsyncStoreContract
+
+
+class TestInlineMemoryStore(AsyncStoreContract):
+    @pytest.fixture
+    def async_store(self) -> AsyncStore:
+        return InlineStore(MemoryStore())
+
+
+class TestThreadedSQLiteStore(AsyncStoreContract):
+    @pytest.fixture
+    def async_store(self, tmp_path: Path) -> AsyncStore:
+        return ThreadedStore(SQLiteStore(tmp_path / "s.sqlite3"))
+
+
+class TestAsyncRedisStore(AsyncStoreContract):
+    @pytest.fixture
+    def async_store(self, redis_store: RedisStore) -> AsyncStore:
+        native = to_async(redis_store)
+        assert isinstance(native, AsyncRedisStore)
+        return native
+
+
+class TestAsyncPostgresStore(AsyncStoreContract):
+    @pytest.fixture
+    def async_store(self, postgres_store: Store) -> AsyncStore:
+        native = to_async(postgres_store)
+        assert isinstance(native, AsyncPostgresStore)
+        return native
+
+
+class TestThreadedPostgresStore(AsyncStoreContract):
+    """A sync store you built yourself (here on your own pool) still serves an ASGI app."""
+
+    @pytest.fixture
+    def async_store(self, postgres_store: Store) -> AsyncStore:
+        assert isinstance(postgres_store, PostgresStore)
+        return ThreadedStore(postgres_store)
+
+
+def test_to_async_picks_the_native_twin_or_a_wrapper(
+    tmp_path: Path, redis_store: RedisStore
+) -> None:
+    memory = MemoryStore()
+    assert isinstance(to_async(memory), InlineStore)
+    sqlite = SQLiteStore(tmp_path / "x.sqlite3")
+    assert isinstance(to_async(sqlite), ThreadedStore)
+    native = to_async(redis_store)
+    assert isinstance(native, AsyncRedisStore) and native.prefix == redis_store.prefix
+    assert to_async(native) is native and is_async(native) and not is_async(redis_store)
+    # A store on a client you made has no URL to make a twin from: it runs on threads.
+    assert isinstance(to_async(RedisStore(redis_store.client)), ThreadedStore)
+    with pytest.raises(ConfigError, match="not a satchel Store"):
+        ThreadedStore(object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="threads"):
+        ThreadedStore(memory, threads=0)
+    sqlite.close()
+
+
+def test_what_one_side_writes_the_other_reads(redis_store: RedisStore) -> None:
+    """A sync store and its async twin are one store: same keys, same records."""
+    native = to_async(redis_store)
+    now = time.time()
+    change = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
+    assert redis_store.save("k", change, create=True)
+
+    async def read_and_write() -> Any:
+        record = await native.load("k")
+        more = Change(set={"b": b"2"}, touched_at=now, expires_at=now + 60)
+        await native.save("k", more, create=False)
+        await native.close()
+        return record
+
+    record = asyncio.run(read_and_write())
+    assert record is not None and dict(record.fields) == {"a": b"1"}
+    again = redis_store.load("k")
+    assert again is not None and dict(again.fields) == {"a": b"1", "b": b"2"}
+
+
+class SlowStore(MemoryStore):
+    """A memory store whose every load takes half a second: a store under strain."""
+
+    def load(self, key: str) -> Any:
+        time.sleep(0.5)
+        return super().load(key)
+
+
+def test_a_slow_store_call_never_stalls_the_event_loop() -> None:
+    """While a threaded store call takes 0.5 s, the loop keeps ticking every few ms."""
+    store = ThreadedStore(SlowStore())
+
+    async def measure() -> float:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.gather(*(store.load(f"k{n}") for n in range(4)))
+        done.set()
+        await ticker
+        await store.close()
+        assert len(gaps) > 50  # it kept ticking through the 0.5 s calls
+        return max(gaps)
+
+    assert asyncio.run(measure()) < 0.2
+
+
+def test_threads_belong_to_the_process() -> None:
+    """A store used before a fork makes its own threads in the child."""
+    from ..conftest import true_in_a_forked_child
+
+    store = ThreadedStore(MemoryStore())
+    asyncio.run(store.load("k"))
+    parent_pool = store._pool()
+
+    def child_has_its_own() -> bool:
+        pool = store._pool()
+        answered = asyncio.run(store.load("k")) is None
+        return pool is not parent_pool and answered
+
+    assert true_in_a_forked_child(child_has_its_own)
+    assert threading.active_count() >= 1
