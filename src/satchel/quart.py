@@ -22,6 +22,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from quart import has_request_context
 from quart.sessions import SessionInterface, SessionMixin
 
 from ._config import (
@@ -53,6 +54,8 @@ class QuartSession(AsyncSession, SessionMixin):  # type: ignore[override]
 
     #: The view of this request carries ``@locked`` (strict mode).
     _wants_lock = False
+    #: The store failed to load this session: the request answers 503 before its view.
+    _failed: StoreUnavailable | None = None
 
     def _lock_wanted(self) -> bool:
         return self._wants_lock
@@ -77,8 +80,6 @@ def _manager(app: Quart | None) -> AsyncSessionManager:
 
 
 def _current() -> QuartSession | None:
-    from quart import has_request_context
-
     if not has_request_context():
         return None
     try:
@@ -139,7 +140,13 @@ class SatchelSessionInterface(SessionInterface):
             endpoints = _locked_endpoints(app)  # type: ignore[arg-type]
             if endpoints and _endpoint(app, request) in endpoints:
                 session._wants_lock = True
-            await self.manager.fill(session)  # StoreUnavailable: the app's 503 handler
+            try:
+                await self.manager.fill(session)
+            except StoreUnavailable as exc:
+                # Quart opens the session outside its error handling: the request's
+                # first hook raises this again, so the app's handler answers (a 503).
+                session._failed = exc
+                session._loaded = True
         return session
 
     async def save_session(
@@ -147,6 +154,8 @@ class SatchelSessionInterface(SessionInterface):
     ) -> None:
         """Save the changes, then set, refresh or expire the cookie as needed."""
         assert isinstance(session, QuartSession)
+        if session._failed is not None:
+            return  # nothing was loaded, so nothing is saved
         if response is None:  # a websocket: no cookie can go out any more
             if session.modified and session.session_id is None:
                 _log.warning(
@@ -271,6 +280,17 @@ class Satchel:
         interface._keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
         app.session_interface = interface  # type: ignore[assignment]
         app.register_error_handler(StoreUnavailable, _unavailable)
+
+        async def _raise_load_failure() -> None:
+            from quart.globals import request_ctx, websocket_ctx
+
+            context: Any = request_ctx if has_request_context() else websocket_ctx
+            held = context.session
+            if isinstance(held, QuartSession) and held._failed is not None:
+                raise held._failed
+
+        app.before_request_funcs.setdefault(None, []).insert(0, _raise_load_failure)
+        app.before_websocket_funcs.setdefault(None, []).insert(0, _raise_load_failure)
 
         @app.teardown_request
         async def _release_lock(exc: BaseException | None) -> None:
