@@ -21,28 +21,25 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENT_TIMEOUT = 10.0
 
 
-class Gunicorn:
-    """``gunicorn -w WORKERS --threads THREADS tests.apps.loadapp:create_app()``."""
+class Server:
+    """An app server on 127.0.0.1, started as a subprocess with ``env`` added to its environment."""
 
-    def __init__(self, env: dict[str, str], workers: int = 4, threads: int = 4) -> None:
+    #: What the readiness check asks for.
+    ready_path = "/read"
+
+    def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.workers = workers
-        self.threads = threads
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
     def start(self) -> None:
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "-w", str(self.workers), "--threads", str(self.threads),
-            "-b", f"127.0.0.1:{self.port}", "--timeout", "60",
-            "--log-level", "warning",
-            "tests.apps.loadapp:create_app()",
-        ]  # fmt: skip
         # Its log (503 warnings, mostly) goes to a file, not the test output.
-        self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)  # noqa: SIM115 - lives as long as the server
+        self.log = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
-            command,
+            self.command(),
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdout=subprocess.DEVNULL,
@@ -50,15 +47,18 @@ class Gunicorn:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, "gunicorn exited"
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.command()[:3]} exited: {Path(self.log.name).read_text()}"
+                )
             try:
-                status, _, _ = request(self.port, "/read")
+                status, _, _ = request(self.port, self.ready_path)
                 if status == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("gunicorn did not answer")
+        raise RuntimeError(f"{type(self).__name__} did not answer")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -67,6 +67,54 @@ class Gunicorn:
             self.process = None
             self.log.close()
             os.unlink(self.log.name)
+
+
+class Gunicorn(Server):
+    """``gunicorn -w WORKERS --threads THREADS tests.apps.loadapp:create_app()``."""
+
+    def __init__(self, env: dict[str, str], workers: int = 4, threads: int = 4) -> None:
+        super().__init__(env)
+        self.workers = workers
+        self.threads = threads
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn",
+            "-w", str(self.workers), "--threads", str(self.threads),
+            "-b", f"127.0.0.1:{self.port}", "--timeout", "60",
+            "--log-level", "warning",
+            "tests.apps.loadapp:create_app()",
+        ]  # fmt: skip
+
+
+class Uvicorn(Server):
+    """``uvicorn --factory APP --workers WORKERS``: an app of tests/apps/asgiapp.py."""
+
+    def __init__(self, env: dict[str, str], app: str = "create_fastapi", workers: int = 2) -> None:
+        super().__init__(env)
+        self.app = app
+        self.workers = workers
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "--factory", f"tests.apps.asgiapp:{self.app}",
+            "--workers", str(self.workers), "--host", "127.0.0.1", "--port", str(self.port),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+
+
+class Hypercorn(Server):
+    """``hypercorn "tests.apps.asgiapp:APP()"``: the same apps on another ASGI server."""
+
+    def __init__(self, env: dict[str, str], app: str = "create_quart") -> None:
+        super().__init__(env)
+        self.app = app
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "hypercorn", f"tests.apps.asgiapp:{self.app}()",
+            "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning",
+        ]  # fmt: skip
 
 
 def request(port: int, path: str, cookie: str | None = None) -> tuple[int, str | None, bytes]:

@@ -84,6 +84,11 @@ def create_app() -> Flask:
         session.setdefault("prefs", {}).setdefault("ui", {})[name] = value
         return "ok"
 
+    @app.get("/clear")
+    def clear() -> str:
+        session.clear()
+        return "ok"
+
     @app.get("/flash/<message>")
     def flash_message(message: str) -> str:
         flash(message)
