@@ -3,11 +3,12 @@
 The rest of the suite runs on the newest versions the install resolves (the
 upper bounds in pyproject.toml are what it has been tested with). This builds a
 second environment, once, in ``build/oldest``, with each lower bound exactly:
-Flask 3.0.0 (and the blinker 1.6.2 it needs), itsdangerous 2.2.0 and redis-py
-5.0.0, whose connection classes and ``send_command`` the Redis store drives. It
-runs the Flask, hardening, config, signals, merge, Flask-Login and migration
-tests there, and the Redis store's tests against a real Valkey, so a change that
-needs a newer version fails here, not for a user.
+Flask 3.0.0 (and the blinker 1.6.2 it needs), itsdangerous 2.2.0, redis-py
+5.0.0, whose connection classes and ``send_command`` the Redis store drives,
+Starlette 0.40.0 (with the FastAPI of its day) and Quart 0.19.0. It runs the
+Flask, hardening, config, signals, merge, Flask-Login, migration, ASGI and Quart
+tests there, and the sync and async stores' tests against a real Valkey, so a
+change that needs a newer version fails here, not for a user.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ PINS = [
     "blinker==1.6.2",
     "itsdangerous==2.2.0",
     "redis[hiredis]==5.0.0",
+    "starlette==0.40.0",
+    "fastapi==0.115.2",
+    "quart==0.19.0",
 ]
 
 
@@ -51,15 +55,17 @@ def test_the_tests_pass_on_the_oldest_dependencies() -> None:
     python = oldest_python()
     versions = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; "
-         "print(*(m.version(n) for n in ('flask', 'blinker', 'itsdangerous', 'redis')))"],
+         "print(*(m.version(n) for n in "
+         "('flask', 'blinker', 'itsdangerous', 'redis', 'starlette', 'quart')))"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    assert versions == [OLDEST, "1.6.2", "2.2.0", "5.0.0"]
+    assert versions == [OLDEST, "1.6.2", "2.2.0", "5.0.0", "0.40.0", "0.19.0"]
     result = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_flask.py", "tests/test_hardening.py", "tests/test_config.py",
          "tests/test_signals.py", "tests/test_merge.py", "tests/test_flask_login.py",
          "tests/test_migration.py", "tests/stores/test_redis.py", "tests/stores/test_contract.py",
+         "tests/stores/test_aio.py", "tests/test_asgi.py", "tests/test_quart.py",
          "-k", "not postgres and not cluster and not switches"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
         env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},

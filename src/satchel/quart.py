@@ -48,6 +48,8 @@ __all__ = ["QuartSession", "Satchel", "current_session", "locked"]
 
 _log = logging.getLogger("satchel")
 
+_PARTITIONED = hasattr(SessionInterface, "get_cookie_partitioned")
+
 
 class QuartSession(AsyncSession, SessionMixin):  # type: ignore[override]
     """A satchel :class:`~satchel.session.AsyncSession` that Quart accepts as its session."""
@@ -187,8 +189,9 @@ class SatchelSessionInterface(SessionInterface):
             "secure": self.get_cookie_secure(app),
             "samesite": self.get_cookie_samesite(app),
             "httponly": self.get_cookie_httponly(app),
-            "partitioned": self.get_cookie_partitioned(app),
         }
+        if _PARTITIONED:  # SESSION_COOKIE_PARTITIONED arrived in Quart 0.20
+            attributes["partitioned"] = self.get_cookie_partitioned(app)
         name = self.get_cookie_name(app)
         if outcome.delete_cookie:
             response.vary.add("Cookie")

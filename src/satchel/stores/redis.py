@@ -890,4 +890,6 @@ class AsyncRedisStore(_RedisRules):
     async def close(self) -> None:
         """Close the client and its connections."""
         if self._owns_client:
-            await self.client.aclose()
+            client: Any = self.client
+            close = getattr(client, "aclose", None) or client.close  # aclose: redis-py 5.0.1
+            await close()
