@@ -16,7 +16,7 @@ from satchel.stores import RedisStore, from_url
 from satchel.stores.aio import to_async
 from satchel.stores.base import AsyncStore
 from satchel.stores.redis import AsyncRedisStore
-from satchel.testing import AsyncStoreContract, FullStoreContract
+from satchel.testing import AsyncStoreContract, BlockingStore, FullStoreContract, _race_creates
 
 from ..conftest import SECRET
 from ..valkey import ValkeyCluster
@@ -46,6 +46,16 @@ class TestRedisClusterStore(FullStoreContract):
     @pytest.fixture
     def store(self, cluster_store: RedisStore) -> RedisStore:
         return cluster_store
+
+
+class TestAsyncRedisClusterStore(AsyncStoreContract):
+    """The whole store contract, on the cluster, through redis.asyncio."""
+
+    @pytest.fixture
+    def async_store(self, cluster_store: RedisStore) -> AsyncStore:
+        native = to_async(cluster_store)
+        assert isinstance(native, AsyncRedisStore) and native._cluster
+        return native
 
 
 def test_sessions_spread_across_slots_and_nodes(cluster_store: RedisStore) -> None:
@@ -126,6 +136,15 @@ def test_failover_under_load(cluster: ValkeyCluster, capsys: Any) -> None:
         assert client.get(f"/write/after{i}").status_code == 200
         data = client.get("/read").json
         assert data is not None and f"after{i}" in data
+    # The async twin, made after the fail-over, serves overlapping calls too.
+    blocking = BlockingStore(to_async(store))
+    try:
+        results = _race_creates(blocking, "after-failover", 6)  # type: ignore[arg-type]
+        assert sorted(results.values()) == [0, 0, 0, 0, 0, 1]
+        record = blocking.load("after-failover")
+        assert record is not None
+    finally:
+        blocking.close()
     store.close()
 
 
@@ -201,13 +220,3 @@ def test_migration_on_a_cluster(cluster_store: RedisStore) -> None:
     seen, _ = visit(app, results["a"])
     assert seen is not None and seen["name"] == "Ada" and seen["a"] and seen["b"]
     assert len(list(cluster_store.references())) == 1
-
-
-class TestAsyncRedisClusterStore(AsyncStoreContract):
-    """The whole store contract, on the cluster, through redis.asyncio."""
-
-    @pytest.fixture
-    def async_store(self, cluster_store: RedisStore) -> AsyncStore:
-        native = to_async(cluster_store)
-        assert isinstance(native, AsyncRedisStore) and native._cluster
-        return native

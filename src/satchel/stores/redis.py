@@ -813,7 +813,12 @@ class AsyncRedisStore(_RedisRules):
     async def _call(self, *args: Any) -> Any:
         try:
             return await self.client.execute_command(*args)
-        except self._redis_error as exc:
+        except self._no_script_error as exc:
+            raise self._unavailable(exc) from exc
+        except Exception as exc:
+            # Any failure of the client is the store's: redis-py's async Cluster client,
+            # when a node fails, closes every connection, and a command in flight on one
+            # of them can fail with an AttributeError rather than a RedisError.
             raise self._unavailable(exc) from exc
 
     async def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
