@@ -572,6 +572,45 @@ def plot(table: dict[str, dict[str, float]], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def asgi_section(
+    valkey: ValkeyServer, work: Path, rounds: int, sample_ms: float, seconds: int, quick: bool
+) -> tuple[dict[str, Any], list[tuple[bool, str]]]:
+    """The ASGI rows (bench/asgi_backends.py): in-process, round trips, end to end, targets."""
+    import asyncio
+
+    import asgi_backends
+
+    print(
+        f"\nASGI, in-process (direct ASGI calls on Starlette apps): median of {rounds} "
+        f"interleaved rounds, about {sample_ms:.0f} ms of requests per cell and round, 2 KB"
+    )
+    table = asyncio.run(asgi_backends.in_process(valkey.url, work, rounds, sample_ms / 1000))
+    base = table["bare Starlette"]["read-only"]
+    print(f"{'backend':<34}" + "".join(f"{w:>24}" for w in asgi_backends.WORKLOADS))
+    for name, row in table.items():
+        cells = [f"{us:7.0f} us {us / base:5.2f}x" for us in row.values()]
+        print(f"{name:<34}" + "".join(f"{c:>24}" for c in cells))
+    commands = asgi_backends.commands_per_read(valkey.url, work)
+    print("  commands per read-only request: "
+          + ", ".join(f"{n}: {c:.2f}" for n, c in commands.items()))  # fmt: skip
+    found: dict[str, Any] = {"in_process_us": table, "commands_per_read": commands}
+    if shutil.which("wrk"):
+        e2e_rounds = 1 if quick else 3
+        e2e = asgi_backends.end_to_end(
+            valkey.url, work, seconds, e2e_rounds, _wrk, _wait_and_create, free_port
+        )
+        found["end_to_end"] = e2e
+        print(f"ASGI end to end: uvicorn 2 workers, wrk 2 threads x 16 connections, median "
+              f"of {e2e_rounds} interleaved rounds of {seconds}s each, read-only 2 KB")  # fmt: skip
+        for name, row in e2e.items():
+            share = row["rps"] / e2e["bare Starlette"]["rps"]
+            print(f"  {name:<26} {row['rps']:8.0f} req/s ({share:4.0%})  "
+                  f"p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']:.0f}")  # fmt: skip
+    else:
+        print("ASGI end to end: skipped, wrk is not installed (apt-get install wrk)")
+    return found, asgi_backends.targets(table, commands)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no scale section")
@@ -581,6 +620,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=int, default=4, help="wrk duration per backend")
     parser.add_argument("--sessions", type=int, default=1_000_000, help="SQLite scale test")
+    parser.add_argument(
+        "--asgi-only", action="store_true", help="only the ASGI section (and its targets)"
+    )
     parser.add_argument(
         "--instructions",
         action="store_true",
@@ -606,6 +648,21 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
+    if args.asgi_only:
+        try:
+            report["asgi"], checks = asgi_section(
+                valkey, work, rounds, args.sample_ms, args.seconds, args.quick
+            )
+            print("\ntargets:")
+            for ok, what in checks:
+                print(f"  {'PASS' if ok else 'FAIL'}  {what}")
+            report["targets"] = [{"pass": ok, "what": what} for ok, what in checks]
+            (RESULTS / "results-asgi.json").write_text(json.dumps(report, indent=2))
+        finally:
+            valkey.kill()
+            if postgres is not None:
+                postgres.kill()
+        return
     try:
         pg_url = postgres.url if postgres is not None else None
         backends = all_backends(valkey.url, work, pg_url)
@@ -700,8 +757,11 @@ def main() -> None:
                       f"{ps['full_load_us']:.0f} us (full)")  # fmt: skip
         if pg is not None:
             report["postgres"] = pg
+        report["asgi"], asgi_checks = asgi_section(
+            valkey, work, rounds, args.sample_ms, args.seconds, args.quick
+        )
         print("\ntargets:")
-        checks = targets(table, rt, e2e, pg)
+        checks = targets(table, rt, e2e, pg) + asgi_checks
         report["targets"] = [{"pass": ok, "what": what} for ok, what in checks]
         for ok, what in checks:
             print(f"  {'PASS' if ok else 'FAIL'}  {what}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from satchel.errors import ConfigError
 from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
@@ -17,6 +18,8 @@ from satchel.stores.base import AsyncStore, Change
 from satchel.stores.postgres import AsyncPostgresStore, PostgresStore
 from satchel.stores.redis import AsyncRedisStore
 from satchel.testing import AsyncStoreContract
+
+from ..valkey import ValkeyServer
 
 
 class TestInlineMemoryStore(AsyncStoreContract):
@@ -145,3 +148,65 @@ def test_threads_belong_to_the_process() -> None:
 
     assert true_in_a_forked_child(child_has_its_own)
     assert threading.active_count() >= 1
+
+
+def _saved(store: Any, key: str, **fields: bytes) -> Any:
+    now = time.time()
+    change = Change(set=fields, created_at=now, touched_at=now, expires_at=now + 60)
+    return store.save(key, change, create=True)
+
+
+def test_async_redis_picks_up_a_restarted_server_and_a_flushed_script(
+    own_valkey: ValkeyServer,
+) -> None:
+    """The pipelined connection reconnects once after a restart; a lost script is reloaded."""
+    native = to_async(RedisStore.from_url(own_valkey.url))
+    assert isinstance(native, AsyncRedisStore) and native._fast is not None
+
+    async def check() -> None:
+        assert await _saved(native, "a", x=b"1")
+        own_valkey.restart()  # the connection the store held is gone, and so is the script
+        assert await native.load("a") is None  # no persistence: the record went too
+        assert await _saved(native, "b", x=b"2")
+        redis.Redis.from_url(own_valkey.url).script_flush()
+        assert await _saved(native, "c", x=b"3")
+        record = await native.load("c")
+        assert record is not None and record.fields["x"] == b"3"
+        await native.close()
+
+    asyncio.run(check())
+
+
+def test_async_redis_authenticates_and_selects_the_database(own_valkey: ValkeyServer) -> None:
+    """A password and a database number in the URL reach the pipelined connection."""
+    admin = redis.Redis.from_url(own_valkey.url)
+    admin.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{own_valkey.port}/3"
+    native = to_async(RedisStore.from_url(url))
+
+    async def check() -> None:
+        assert await _saved(native, "k", x=b"1")
+        await native.close()
+
+    asyncio.run(check())
+    authed = redis.Redis.from_url(url)
+    assert authed.keys("satchel:s:*") == [b"satchel:s:{k}"]
+    assert redis.Redis.from_url(url.replace("/3", "/0")).keys("*") == []
+    authed.close()
+    admin.close()
+
+
+def test_pipelined_commands_of_many_coroutines_get_their_own_replies(
+    redis_store: RedisStore,
+) -> None:
+    """200 coroutines at once on one connection: each reads back exactly its own record."""
+    native = to_async(redis_store)
+
+    async def check() -> None:
+        keys = [f"k{n}" for n in range(200)]
+        assert all(await asyncio.gather(*(_saved(native, k, v=k.encode()) for k in keys)))
+        records = await asyncio.gather(*(native.load(k) for k in keys))
+        assert [r.fields["v"] for r in records if r is not None] == [k.encode() for k in keys]
+        await native.close()
+
+    asyncio.run(check())

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .._steps import Steps, drive, drive_async
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
+from ._resp import RespConnection, RespError
 from .base import Change, Conflict, Record, SaveResult, apply_change
 
 if TYPE_CHECKING:
@@ -747,6 +748,9 @@ class AsyncRedisStore(_RedisRules):
         self._prune_after_ms = CLUSTER_PRUNE_AFTER_MS if self._cluster else 0
         # Stores made by with_prefix() share the client, and leave closing it to this one.
         self._owns_client = True
+        #: Set by from_url for a plain server: the pipelined connection single
+        #: commands go through (see satchel.stores._resp); None: the client.
+        self._fast: RespConnection | None = None
         import redis
         from redis.exceptions import NoScriptError
 
@@ -757,6 +761,7 @@ class AsyncRedisStore(_RedisRules):
         """A store on the same client under another prefix (closing it leaves the client open)."""
         other = AsyncRedisStore(self.client, prefix=prefix)
         other._owns_client = False
+        other._fast = self._fast
         return other
 
     @classmethod
@@ -797,7 +802,22 @@ class AsyncRedisStore(_RedisRules):
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 decode_responses=False,
             )
-        return cls(client, prefix=prefix)
+        store = cls(client, prefix=prefix)
+        if not cluster and url.split("://", 1)[0] in ("redis", "unix"):  # not TLS
+            from redis.connection import parse_url
+
+            found: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+            store._fast = RespConnection(
+                host=found.get("host") or "127.0.0.1",
+                port=int(found.get("port") or 6379),
+                path=found.get("path"),
+                username=found.get("username"),
+                password=found.get("password"),
+                db=int(found.get("db") or 0),
+                timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+            )
+        return store
 
     def __repr__(self) -> str:
         client: Any = self.client
@@ -812,8 +832,10 @@ class AsyncRedisStore(_RedisRules):
 
     async def _call(self, *args: Any) -> Any:
         try:
+            if self._fast is not None:
+                return await self._fast.call(*args)
             return await self.client.execute_command(*args)
-        except self._no_script_error as exc:
+        except (self._no_script_error, RespError) as exc:
             raise self._unavailable(exc) from exc
         except Exception as exc:
             # Any failure of the client is the store's: redis-py's async Cluster client,
@@ -826,12 +848,19 @@ class AsyncRedisStore(_RedisRules):
         try:
             return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
         except StoreUnavailable as exc:
-            if not isinstance(exc.__cause__, self._no_script_error):
+            cause = exc.__cause__
+            lost = isinstance(cause, self._no_script_error) or (
+                isinstance(cause, RespError) and str(cause).startswith("NOSCRIPT")
+            )
+            if not lost:
                 raise
-        try:  # a restarted or flushed server (on a Cluster, every primary loads it)
-            await self.client.script_load(script.source)
-        except self._redis_error as exc:
-            raise self._unavailable(exc) from exc
+        if self._fast is not None:  # a restarted or flushed server
+            await self._call("SCRIPT", "LOAD", script.source)
+        else:
+            try:  # on a Cluster, every primary loads it
+                await self.client.script_load(script.source)
+            except self._redis_error as exc:
+                raise self._unavailable(exc) from exc
         return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _perform(self, op: Op) -> Any:
@@ -894,6 +923,8 @@ class AsyncRedisStore(_RedisRules):
 
     async def close(self) -> None:
         """Close the client and its connections."""
+        if self._owns_client and self._fast is not None:
+            self._fast.close()
         if self._owns_client:
             client: Any = self.client
             close = getattr(client, "aclose", None) or client.close  # aclose: redis-py 5.0.1

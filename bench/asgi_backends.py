@@ -1,0 +1,331 @@
+"""The ASGI section of the benchmark: Starlette apps on each session layer, in-process and
+under uvicorn.
+
+Backends: bare Starlette (no session), Starlette's own cookie ``SessionMiddleware``,
+starsessions on Redis (Valkey), and satchel's ``SessionMiddleware`` on memory, SQLite
+and Valkey. Every app has the same routes: ``/bare`` (no session), ``/create/<size>``
+(a new session holding ``size`` bytes), ``/read`` (read it), ``/rmw`` (read, change,
+write). uvicorn serves :func:`create_app` with the backend named by ``ASGI_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+SECRET = "bench-secret-key-0123456789-abcdefghijklmnop"
+BACKENDS = [
+    "bare Starlette",
+    "Starlette cookie session",
+    "starsessions Redis",
+    "satchel memory",
+    "satchel SQLite",
+    "satchel Valkey",
+]
+WORKLOADS = ["read-only", "read-modify-write", "first request"]
+SIZE = 2_000
+
+
+async def _bare(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+async def _create(request: Request) -> PlainTextResponse:
+    request.session["blob"] = "x" * int(request.path_params["size"])
+    request.session["n"] = 0
+    return PlainTextResponse("ok")
+
+
+async def _read(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(str(len(request.session.get("blob", ""))))
+
+
+async def _rmw(request: Request) -> PlainTextResponse:
+    request.session["n"] = request.session.get("n", 0) + 1
+    return PlainTextResponse("ok")
+
+
+ROUTES = [
+    Route("/bare", _bare),
+    Route("/create/{size}", _create),
+    Route("/read", _read),
+    Route("/rmw", _rmw),
+]
+
+
+def build(name: str, valkey_url: str, directory: Path) -> Any:
+    """The Starlette app of backend ``name``."""
+    middleware: list[Middleware] = []
+    if name == "Starlette cookie session":
+        from starlette.middleware.sessions import SessionMiddleware as CookieSessions
+
+        middleware = [Middleware(CookieSessions, secret_key=SECRET)]
+    elif name == "starsessions Redis":
+        from starsessions import SessionAutoloadMiddleware
+        from starsessions import SessionMiddleware as StarSessions
+        from starsessions.stores.redis import RedisStore
+
+        store = RedisStore(valkey_url)
+        middleware = [
+            Middleware(StarSessions, store=store, lifetime=3600, cookie_https_only=False),
+            Middleware(SessionAutoloadMiddleware),
+        ]
+    elif name.startswith("satchel"):
+        from satchel.asgi import SessionMiddleware
+
+        stores = {
+            "satchel memory": "memory://",
+            "satchel SQLite": f"sqlite:///{directory}/asgi-bench-{os.getpid()}.sqlite3",
+            "satchel Valkey": valkey_url + ("&" if "?" in valkey_url else "?") + "prefix=asgi:",
+        }
+        middleware = [Middleware(SessionMiddleware, secret_key=SECRET, store=stores[name])]
+    elif name != "bare Starlette":
+        raise ValueError(name)
+    return Starlette(routes=ROUTES, middleware=middleware)
+
+
+def create_app() -> Any:
+    """What uvicorn serves: the backend ``ASGI_BACKEND`` names."""
+    return build(
+        os.environ["ASGI_BACKEND"],
+        os.environ.get("ASGI_VALKEY", "redis://127.0.0.1:1/0"),
+        Path(os.environ.get("ASGI_DIR", "/tmp")),
+    )
+
+
+class ASGIClient:
+    """Calls an ASGI app directly with a minimal scope, carrying its session cookie along."""
+
+    def __init__(self, app: Any, keep_cookies: bool = True) -> None:
+        self.app = app
+        self.keep = keep_cookies
+        self.cookie = b""
+
+    async def get(self, path: str) -> bytes:
+        headers = [(b"host", b"bench")]
+        if self.cookie:
+            headers.append((b"cookie", self.cookie))
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "headers": headers,
+            "client": ("127.0.0.1", 5000), "server": ("bench", 80),
+        }  # fmt: skip
+        body: list[bytes] = []
+        sent = {"type": "http.request", "body": b"", "more_body": False}
+
+        async def receive() -> dict[str, Any]:
+            return sent
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                assert message["status"] == 200, message
+                if self.keep:
+                    for name, value in message.get("headers", ()):
+                        if name == b"set-cookie" and value.startswith(b"session="):
+                            self.cookie = value.split(b";", 1)[0]
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        await self.app(scope, receive, send)
+        return b"".join(body)
+
+
+async def _sample(call: Callable[[], Any], seconds: float) -> float:
+    """Seconds per call, over about ``seconds`` of calls."""
+    await call()  # warm
+    n, start = 0, time.perf_counter()
+    while True:
+        await call()
+        n += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and n >= 20:
+            return elapsed / n
+
+
+async def in_process(
+    valkey_url: str, directory: Path, rounds: int, sample: float
+) -> dict[str, dict[str, float]]:
+    """Median µs per request of each backend and workload, in interleaved rounds."""
+    apps = {name: build(name, valkey_url, directory) for name in BACKENDS}
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {w: [] for w in WORKLOADS} for name in BACKENDS
+    }
+    clients = {}
+    for name, app in apps.items():
+        client = ASGIClient(app)
+        if name != "bare Starlette":
+            await client.get(f"/create/{SIZE}")
+        clients[name] = client
+    for _ in range(rounds):
+        for name, app in apps.items():
+            client = clients[name]
+            if name == "bare Starlette":
+                for workload in WORKLOADS:
+                    samples[name][workload].append(
+                        await _sample(lambda c=client: c.get("/bare"), sample)
+                    )
+                continue
+            samples[name]["read-only"].append(
+                await _sample(lambda c=client: c.get("/read"), sample)
+            )
+            samples[name]["read-modify-write"].append(
+                await _sample(lambda c=client: c.get("/rmw"), sample)
+            )
+            fresh = ASGIClient(app, keep_cookies=False)
+            samples[name]["first request"].append(
+                await _sample(lambda c=fresh: c.get(f"/create/{SIZE}"), sample)
+            )
+    bare = statistics.median(v for runs in samples["bare Starlette"].values() for v in runs)
+    table = {}
+    for name in BACKENDS:
+        if name == "bare Starlette":
+            table[name] = {w: bare * 1e6 for w in WORKLOADS}
+        else:
+            table[name] = {w: statistics.median(samples[name][w]) * 1e6 for w in WORKLOADS}
+    return table
+
+
+def commands_per_read(valkey_url: str, directory: Path) -> dict[str, float]:
+    """Commands the server ran per read-only request, by its own INFO commandstats."""
+    import redis
+
+    server = redis.Redis.from_url(valkey_url)
+
+    def total() -> int:
+        stats: Any = server.info("commandstats")
+        return sum(
+            int(v["calls"])
+            for k, v in stats.items()
+            if k not in ("cmdstat_info", "cmdstat_config|resetstat")
+        )
+
+    found = {}
+    for name in ("starsessions Redis", "satchel Valkey"):
+        app = build(name, valkey_url, directory)
+        client = ASGIClient(app)
+
+        async def run(client: ASGIClient = client) -> int:
+            await client.get(f"/create/{SIZE}")
+            await client.get("/read")
+            before = total()
+            for _ in range(200):
+                await client.get("/read")
+            return total() - before
+
+        found[name] = asyncio.run(run()) / 200
+    server.close()
+    return found
+
+
+def end_to_end(
+    valkey_url: str,
+    directory: Path,
+    seconds: int,
+    rounds: int,
+    wrk: Callable[[int, str, str, int], dict[str, float]],
+    create: Callable[[int], str],
+    free_port: Callable[[], int],
+) -> dict[str, dict[str, float]]:
+    """Requests per second under uvicorn (2 workers) and wrk, read-only 2 KB, like the WSGI rows."""
+    root = Path(__file__).resolve().parent
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in BACKENDS}
+    try:
+        for name in BACKENDS:
+            port = free_port()
+            command = [
+                sys.executable, "-m", "uvicorn", "--factory", "asgi_backends:create_app",
+                "--workers", "2", "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "warning", "--no-access-log",
+            ]  # fmt: skip
+            env = {
+                **os.environ,
+                "ASGI_BACKEND": name,
+                "ASGI_VALKEY": valkey_url,
+                "ASGI_DIR": str(directory),
+                "PYTHONPATH": str(root.parent),
+            }
+            servers[name] = (
+                subprocess.Popen(
+                    command,
+                    cwd=root,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+                port,
+            )
+        cookies = {name: create(port) for name, (_, port) in servers.items()}
+        for _ in range(rounds):
+            for name, (_, port) in servers.items():
+                path = "/bare" if name == "bare Starlette" else "/read"
+                samples[name].append(wrk(port, path, cookies[name], seconds))
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+        for process, _ in servers.values():
+            process.wait(30)
+    return {
+        name: {
+            "rps": statistics.median(r["rps"] for r in runs),
+            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+            "non_2xx": sum(r["non_2xx"] for r in runs),
+        }
+        for name, runs in samples.items()
+    }
+
+
+def targets(
+    table: dict[str, dict[str, float]], commands: dict[str, float]
+) -> list[tuple[bool, str]]:
+    """The ASGI targets of the ASGI issue, each PASS or FAIL with its figures."""
+    base = table["bare Starlette"]["read-only"]
+
+    def added(name: str, workload: str) -> float:
+        return table[name][workload] - base
+
+    checks = []
+    for workload in ("read-only", "read-modify-write"):
+        mine, theirs = (
+            added("satchel SQLite", workload),
+            added("Starlette cookie session", workload),
+        )
+        checks.append(
+            (
+                mine <= theirs,
+                f"ASGI {workload}: satchel on SQLite adds {mine:.0f} us, no more than "
+                f"Starlette's cookie session ({theirs:.0f} us)",
+            )
+        )
+        mine = added("satchel Valkey", workload)
+        theirs = added("starsessions Redis", workload)
+        checks.append(
+            (
+                mine <= 0.5 * theirs,
+                f"ASGI {workload}: satchel on Valkey adds {mine:.0f} us, at most half of "
+                f"starsessions on Redis ({theirs:.0f} us; {mine / theirs:.2f}x)",
+            )
+        )
+    rt = commands["satchel Valkey"]
+    checks.append(
+        (
+            rt <= 1.0,
+            f"ASGI: one round trip to load a session on Valkey ({rt:.2f} commands per read; "
+            f"starsessions: {commands['starsessions Redis']:.2f})",
+        )
+    )
+    return checks
