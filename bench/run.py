@@ -600,8 +600,9 @@ def asgi_section(
             valkey.url, work, seconds, e2e_rounds, _wrk, _wait_and_create, free_port
         )
         found["end_to_end"] = e2e
-        print(f"ASGI end to end: uvicorn 2 workers, wrk 2 threads x 16 connections, median "
-              f"of {e2e_rounds} interleaved rounds of {seconds}s each, read-only 2 KB")  # fmt: skip
+        print(f"ASGI end to end: 2 uvicorn workers (gunicorn), wrk 2 threads x 16 "
+              f"connections, median of {e2e_rounds} interleaved rounds of {seconds}s each, "
+              f"read-only 2 KB")  # fmt: skip
         for name, row in e2e.items():
             share = row["rps"] / e2e["bare Starlette"]["rps"]
             print(f"  {name:<26} {row['rps']:8.0f} req/s ({share:4.0%})  "

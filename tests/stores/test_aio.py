@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,8 +13,8 @@ import pytest
 import redis
 
 from satchel.errors import ConfigError
-from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
-from satchel.stores.aio import InlineStore, ThreadedStore, is_async, to_async
+from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store, aio
+from satchel.stores.aio import InlineStore, SQLiteLoopStore, ThreadedStore, is_async, to_async
 from satchel.stores.base import AsyncStore, Change
 from satchel.stores.postgres import AsyncPostgresStore, PostgresStore
 from satchel.stores.redis import AsyncRedisStore
@@ -32,6 +33,12 @@ class TestThreadedSQLiteStore(AsyncStoreContract):
     @pytest.fixture
     def async_store(self, tmp_path: Path) -> AsyncStore:
         return ThreadedStore(SQLiteStore(tmp_path / "s.sqlite3"))
+
+
+class TestSQLiteLoopStore(AsyncStoreContract):
+    @pytest.fixture
+    def async_store(self, tmp_path: Path) -> AsyncStore:
+        return SQLiteLoopStore(SQLiteStore(tmp_path / "s.sqlite3"))
 
 
 class TestAsyncRedisStore(AsyncStoreContract):
@@ -65,7 +72,7 @@ def test_to_async_picks_the_native_twin_or_a_wrapper(
     memory = MemoryStore()
     assert isinstance(to_async(memory), InlineStore)
     sqlite = SQLiteStore(tmp_path / "x.sqlite3")
-    assert isinstance(to_async(sqlite), ThreadedStore)
+    assert isinstance(to_async(sqlite), SQLiteLoopStore)
     native = to_async(redis_store)
     assert isinstance(native, AsyncRedisStore) and native.prefix == redis_store.prefix
     assert to_async(native) is native and is_async(native) and not is_async(redis_store)
@@ -210,3 +217,64 @@ def test_pipelined_commands_of_many_coroutines_get_their_own_replies(
         await native.close()
 
     asyncio.run(check())
+
+
+def test_sqlite_calls_that_would_wait_go_to_a_thread_and_the_loop_runs_on(tmp_path: Path) -> None:
+    """Another process holds the write lock: reads go on inline, a write waits on a thread."""
+    path = tmp_path / "s.sqlite3"
+    store = SQLiteLoopStore(SQLiteStore(path, timeout=2.0))
+    blocker = sqlite3.connect(path, isolation_level=None)
+
+    async def check() -> None:
+        assert await _saved(store, "a", x=b"1")
+        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.4, blocker.execute, "ROLLBACK")  # lets go while the save waits
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = loop.time()
+            for _ in range(60):
+                await asyncio.sleep(0.005)
+                gaps.append(loop.time() - last)
+                last = loop.time()
+
+        ticker = asyncio.create_task(tick())
+        record = await store.load("a")  # WAL: a reader never waits for the writer
+        assert record is not None and record.fields["x"] == b"1"
+        started = loop.time()
+        assert await _saved(store, "b", x=b"2")  # waited on a thread for the lock
+        assert loop.time() - started >= 0.3
+        await ticker
+        assert max(gaps) < 0.2  # the loop ticked all along
+        await store.close()
+
+    asyncio.run(check())
+    blocker.close()
+
+
+def test_sqlite_checkpoints_and_purges_run_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every CHECKPOINT_EVERY inline writes, maintain() runs on a worker thread."""
+    monkeypatch.setattr(aio, "CHECKPOINT_EVERY", 20)
+    sqlite = SQLiteStore(tmp_path / "s.sqlite3")
+    store = SQLiteLoopStore(sqlite)
+    threads: list[str] = []
+    maintain = sqlite.maintain
+
+    def counted() -> int:
+        threads.append(threading.current_thread().name)
+        return maintain()
+
+    monkeypatch.setattr(sqlite, "maintain", counted)
+
+    async def check() -> None:
+        for n in range(60):
+            await _saved(store, f"k{n}", x=b"1")
+            await asyncio.sleep(0.005)  # lets a finished maintenance report back
+        await asyncio.sleep(0.2)
+        await store.close()
+
+    asyncio.run(check())
+    assert len(threads) >= 2 and all(name.startswith("satchel-store") for name in threads)

@@ -2,10 +2,11 @@
 
 :class:`ThreadedStore` gives any sync :class:`~satchel.stores.Store` the
 :class:`~satchel.stores.AsyncStore` methods by running each call on a worker
-thread: the SQLite store's calls (a few microseconds to a millisecond of file
-I/O) and any store of your own. :class:`InlineStore` calls a store that never
-waits on I/O (the memory store) on the loop itself, where a thread hop would
-cost more than the call. :func:`to_async` picks one of them for a store.
+thread. :class:`SQLiteLoopStore` runs the SQLite store's calls on the loop
+when they cannot wait, and on a thread when they would. :class:`InlineStore`
+calls a store that never waits on I/O (the memory store) on the loop itself,
+where a thread hop would cost more than the call. :func:`to_async` picks one
+of them for a store.
 
 Both wrap the very store a Flask app would use, so records, keys, prefixes and
 the atomic change sets are the same: a Flask app and an ASGI app on one store
@@ -17,17 +18,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
 from .base import AsyncStore, Change, ListingStore, LockingStore, Record, SaveResult, Store
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
-__all__ = ["InlineStore", "ThreadedStore", "is_async", "to_async"]
+_log = logging.getLogger("satchel")
+
+__all__ = ["InlineStore", "SQLiteLoopStore", "ThreadedStore", "is_async", "to_async"]
 
 T = TypeVar("T")
 
@@ -172,6 +179,117 @@ class ThreadedStore(_Wrapper):
             executor.shutdown(wait=False)
 
 
+#: A SQLite store's inline writes between two checkpoints of its write-ahead log.
+CHECKPOINT_EVERY = 500
+
+
+def _busy(error: StoreUnavailable) -> bool:
+    """Whether SQLite refused because another connection holds a lock (it would wait)."""
+    cause = error.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or (
+        code is None and "locked" in str(cause)
+    )
+
+
+class SQLiteLoopStore(ThreadedStore):
+    """SQLite for ASGI apps: each call on the event loop when it cannot wait, else on a thread.
+
+    SQLite is a library, not a server: a primary-key read of a local file in
+    write-ahead-log mode takes a few microseconds and never waits for a writer,
+    while handing the call to a thread costs 20 to 100 µs of wake-ups. So each
+    call first runs on the loop through the store's :meth:`inline_twin
+    <satchel.stores.SQLiteStore.inline_twin>`, whose calls never wait: when
+    another connection holds a lock, the call is made again on a worker thread,
+    which waits its turn (up to the store's ``timeout``) without holding up the
+    loop. The loop never fsyncs either: inline commits do not checkpoint the
+    log; a checkpoint and a purge batch run on a thread every
+    :data:`CHECKPOINT_EVERY` inline writes and every ``purge_interval``
+    seconds. What is left on the loop is memory copies and page-cache reads;
+    a file on a slow network disk is better served by :class:`ThreadedStore`.
+    """
+
+    def __init__(self, store: SQLiteStore, *, threads: int = DEFAULT_THREADS) -> None:
+        super().__init__(store, threads=threads)
+        self.sqlite = store
+        self._inline = store.inline_twin()
+        self._writes = 0
+        self._next_maintenance = time.time() + store.purge_interval
+        self._maintaining = False
+
+    def with_prefix(self, prefix: str) -> SQLiteLoopStore:
+        """The same, on the wrapped store's :meth:`with_prefix` namespace."""
+        return SQLiteLoopStore(self.sqlite.with_prefix(prefix), threads=self.threads)
+
+    async def _either(self, method: str, *args: Any, write: bool = False) -> Any:
+        try:
+            answer = getattr(self._inline, method)(*args)
+        except StoreUnavailable as exc:
+            if not _busy(exc):
+                raise
+            return await self._call(getattr(self.sqlite, method), *args)
+        if write:
+            self._wrote()
+        return answer
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._maintaining or not (
+            self._writes % CHECKPOINT_EVERY == 0 or time.time() >= self._next_maintenance
+        ):
+            return
+        self._maintaining = True
+        self._next_maintenance = time.time() + self.sqlite.purge_interval
+        done = asyncio.get_running_loop().run_in_executor(self._pool(), self.sqlite.maintain)
+        done.add_done_callback(self._maintained)
+
+    def _maintained(self, done: asyncio.Future[int]) -> None:
+        self._maintaining = False
+        error = done.exception()
+        if error is not None:
+            _log.warning("could not checkpoint or purge %r: %s", self.sqlite, error)
+
+    async def load(self, key: str) -> Record | None:
+        """See :meth:`satchel.stores.Store.load`."""
+        answer: Record | None = await self._either("load", key)
+        return answer
+
+    async def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
+        """See :meth:`satchel.stores.Store.save`."""
+        try:
+            result = self._inline.save(key, change, create=create)
+        except StoreUnavailable as exc:
+            if not _busy(exc):
+                raise
+            saving = functools.partial(self.sqlite.save, create=create)
+            return await self._call(saving, key, change)
+        self._wrote()
+        return result
+
+    async def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        """See :meth:`satchel.stores.Store.touch`."""
+        answer: bool = await self._either("touch", key, touched_at, expires_at, write=True)
+        return answer
+
+    async def delete(self, key: str) -> None:
+        """See :meth:`satchel.stores.Store.delete`."""
+        await self._either("delete", key, write=True)
+
+    async def acquire(self, key: str, token: str, lease: float) -> bool:
+        """See :meth:`satchel.stores.LockingStore.acquire`."""
+        answer: bool = await self._either("acquire", key, token, lease, write=True)
+        return answer
+
+    async def release(self, key: str, token: str) -> None:
+        """See :meth:`satchel.stores.LockingStore.release`."""
+        await self._either("release", key, token, write=True)
+
+    async def close(self) -> None:
+        """Close both sets of connections, then stop the threads."""
+        self._inline.close()
+        await super().close()
+
+
 class InlineStore(_Wrapper):
     """A store that never waits on I/O, called on the event loop itself.
 
@@ -199,7 +317,8 @@ def to_async(store: Store | AsyncStore) -> AsyncStore:
     """``store`` as an :class:`~satchel.stores.AsyncStore`.
 
     An async store (one whose ``load`` is a coroutine function) is returned as
-    it is; the memory store is called inline; a store with a native async twin
+    it is; the memory store is called inline; a SQLite store becomes a
+    :class:`SQLiteLoopStore`; a store with a native async twin
     (:meth:`RedisStore.to_async <satchel.stores.redis.RedisStore.to_async>`, for
     a store built from a URL) becomes it; any other sync store runs its calls
     on worker threads.
@@ -208,6 +327,8 @@ def to_async(store: Store | AsyncStore) -> AsyncStore:
         return store  # type: ignore[return-value]
     if isinstance(store, MemoryStore):
         return InlineStore(store)
+    if isinstance(store, SQLiteStore):
+        return SQLiteLoopStore(store)
     twin = getattr(store, "to_async", None)  # a store that has a native async twin
     if twin is not None and getattr(store, "_source", None) is not None:
         native: AsyncStore = twin()

@@ -126,6 +126,8 @@ class SQLiteStore:
     ) -> None:
         self.path = Path(path)
         self.timeout = timeout
+        # An inline twin's connections never checkpoint (see inline_twin()).
+        self._inline = False
         self.prefix = prefix
         self.purge_interval = purge_interval
         self.purge_batch = purge_batch
@@ -162,6 +164,36 @@ class SQLiteStore:
             purge_batch=self.purge_batch,
         )
 
+    def inline_twin(self) -> SQLiteStore:
+        """The same file and namespace, for calls an event loop makes itself.
+
+        Its calls never wait: a lock another connection holds fails them at
+        once (``StoreUnavailable`` caused by ``SQLITE_BUSY``), so the caller
+        can hand them to a thread instead; its commits never checkpoint the
+        write-ahead log (the fsync that takes), and it never purges: the
+        caller runs :meth:`maintain` on a thread for both.
+        """
+        twin = SQLiteStore.__new__(SQLiteStore)
+        twin.__dict__.update(self.__dict__)
+        twin.timeout = 0.0
+        twin.purge_interval = float("inf")
+        twin._next_purge = float("inf")
+        twin._inline = True
+        twin._connections = ConnectionList(twin._connect, close=self._close, max_idle=2)
+        return twin
+
+    def maintain(self) -> int:
+        """One batch of the purge and a passive checkpoint of the write-ahead log.
+
+        For stores whose writes go through an :meth:`inline_twin`; returns
+        how many expired records the batch removed.
+        """
+        now = time.time()
+        self._next_purge = now + self.purge_interval
+        self._purge_from, removed = self._purge_range(self._purge_from, now)
+        self._run("PRAGMA wal_checkpoint(PASSIVE)", ())
+        return removed
+
     def _connect(self) -> sqlite3.Connection:
         with self._errors():
             conn = sqlite3.connect(
@@ -170,6 +202,8 @@ class SQLiteStore:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
+                if self._inline:  # checkpoints (and their fsync) run on a thread instead
+                    conn.execute("PRAGMA wal_autocheckpoint = 0")
             except sqlite3.DatabaseError:
                 conn.close()
                 raise
