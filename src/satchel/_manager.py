@@ -12,7 +12,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -154,6 +154,7 @@ class Lifecycle:
             if session_id is not None:
                 session = self.session_class(self, session_id)
                 session._resign = signer.signed_by_fallback(value)
+                session._cookie = value
                 return session
         migration = self.migration
         if migration is not None:
@@ -631,9 +632,9 @@ class AsyncSessionManager(Lifecycle):
     ) -> None:
         super().__init__(store, signer, settings, session_class, sender)
 
-    async def run(self, steps: Steps[T]) -> T:
+    def run(self, steps: Steps[T]) -> Awaitable[T]:
         """Run lifecycle steps to their answer, awaiting each call they yield."""
-        return await drive_async(steps, self._perform)
+        return drive_async(steps, self._perform)
 
     async def _perform(self, op: Op) -> Any:
         name = op[0]
@@ -648,18 +649,18 @@ class AsyncSessionManager(Lifecycle):
             raise ConfigError("importing old sessions is not available on ASGI yet")
         return await getattr(store, name)(*op[1:])
 
-    async def load(self, session: Session) -> Record | None:
+    def load(self, session: Session) -> Awaitable[Record | None]:
         """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""
-        return await self.run(self._load_steps(session))
+        return drive_async(self._load_steps(session), self._perform)
 
-    async def fill(self, session: Session) -> None:
+    def fill(self, session: Session) -> Awaitable[None]:
         """Load ``session`` and hand it its data, before the view uses it."""
-        await self.run(self._fill_steps(session))
+        return drive_async(self._fill_steps(session), self._perform)
 
-    async def release(self, session: Session) -> None:
+    def release(self, session: Session) -> Awaitable[None]:
         """Drop the session's lock, if it holds one; safe to call more than once."""
-        await self.run(self._release_steps(session))
+        return drive_async(self._release_steps(session), self._perform)
 
-    async def save(self, session: Session) -> Outcome:
+    def save(self, session: Session) -> Awaitable[Outcome]:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
-        return await self.run(self._save_steps(session))
+        return drive_async(self._save_steps(session), self._perform)

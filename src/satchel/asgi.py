@@ -207,7 +207,8 @@ class SessionMiddleware:
         elif outcome.new_cookie is not None or (
             outcome.alive and self.max_age is not None and session.session_id is not None
         ):
-            value = outcome.new_cookie or self.manager.sign(session.session_id or "")
+            assert session.session_id is not None
+            value = outcome.new_cookie or session._cookie or self.manager.sign(session.session_id)
             headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
         if vary and (headers or session.accessed):
             headers.append((b"vary", b"Cookie"))

@@ -411,7 +411,7 @@ class SatchelSessionInterface(SessionInterface):
             _vary_on_cookie(response)
         response.set_cookie(
             session.cookie_name,
-            outcome.new_cookie or self.manager.sign(session.session_id),
+            outcome.new_cookie or session._cookie or self.manager.sign(session.session_id),
             expires=self.get_expiration_time(app, session),
             **self._cookie_attributes(app),
         )

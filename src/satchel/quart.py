@@ -205,7 +205,7 @@ class SatchelSessionInterface(SessionInterface):
         response.vary.add("Cookie")
         response.set_cookie(
             name,
-            outcome.new_cookie or self.manager.sign(session.session_id),
+            outcome.new_cookie or session._cookie or self.manager.sign(session.session_id),
             expires=self.get_expiration_time(app, session),
             **attributes,
         )

@@ -56,6 +56,9 @@ class Session(MutableMapping[str, Any]):
     # (see satchel.migration); class defaults, so most requests never set them.
     _migrating: Any = None
     _claim: tuple[str, float] | None = None
+    # The verified cookie the session was opened from: resent as it is when only its
+    # lifetime must move (the same ID signed with the same key gives the same value).
+    _cookie: str | None = None
 
     def __init__(self, manager: Lifecycle, session_id: str | None) -> None:
         self._data: dict[str, Any] = {}
