@@ -24,6 +24,8 @@ from .valkey import free_port
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: The servers running the ASGI demo: their screenshots are named asgi-*.png.
+ASGI_SERVERS: set[str] = set()
 DEFAULT_SHOTS = Path(__file__).parent.parent / "build" / "screenshots"
 SHOTS = Path(os.environ.get("SATCHEL_SCREENSHOTS", DEFAULT_SHOTS))
 
@@ -33,12 +35,38 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The demo on the SQLite default, served over real HTTP on a free port."""
-    instance = tmp_path_factory.mktemp("demo-instance")
-    app = create_app(instance_path=instance)
+@pytest.fixture(scope="module", params=["flask", "asgi"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The demo on the SQLite default, served over real HTTP on a free port.
+
+    ``flask``: the Flask demo under Werkzeug's server; ``asgi``: the same pages as a
+    FastAPI app (``satchel demo --asgi``) under uvicorn. Every test runs on both.
+    """
+    instance = tmp_path_factory.mktemp(f"demo-instance-{request.param}")
     port = free_port()
+    if request.param == "asgi":
+        import asyncio
+
+        import uvicorn
+
+        from satchel.demo.asgi import create_app as create_asgi_app
+
+        asgi_app = create_asgi_app(instance_path=instance)
+        config = uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning")
+        uv = uvicorn.Server(config)
+        thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
+        thread.start()
+        while not uv.started:
+            thread.join(0.05)
+            assert thread.is_alive(), "uvicorn did not start"
+        ASGI_SERVERS.add(f"http://127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}"
+        uv.should_exit = True
+        thread.join(10)
+        return
+    app = create_app(instance_path=instance)
     httpd = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -84,6 +112,8 @@ class Visitor:
 
     def shot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
+        if self.base in ASGI_SERVERS:
+            name = f"asgi-{name}"
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
     def answer(self, first: str = "Ada", last: str = "Lovelace", colour: str = "green") -> None:

@@ -88,7 +88,10 @@ class SessionMiddleware:
       ``lock_timeout``, ``lock_lease``, ``track_client``, ``strict_secret``,
       ``strict_store``: as the Flask adapter's ``SATCHEL_*`` settings of the
       same names;
-    * ``partitioned``: add the cookie's ``Partitioned`` attribute.
+    * ``partitioned``: add the cookie's ``Partitioned`` attribute;
+    * ``cookie_name``: a function of the ASGI scope that returns the cookie's
+      name for that request, for apps that keep several independent sessions
+      in one browser (one per URL prefix, say); ``session_cookie`` otherwise.
 
     A store that does not answer gives a 503 with ``Retry-After`` (a websocket:
     a close with code 1011), never a traceback.
@@ -118,6 +121,7 @@ class SessionMiddleware:
         strict_secret: bool = False,
         strict_store: bool = False,
         partitioned: bool = False,
+        cookie_name: Callable[[Scope], str] | None = None,
     ) -> None:
         self.app = app
         if secret_key is not None and not isinstance(secret_key, str | bytes):
@@ -158,6 +162,9 @@ class SessionMiddleware:
         self._set_tail = (lifetime + tail).encode("latin-1")
         self._delete_tail = f"; Max-Age=0; Expires={_EXPIRED}{tail}".encode("latin-1")
         self._prefix = session_cookie.encode("latin-1") + b"="
+        #: A function of the scope that names the request's cookie (several
+        #: independent sessions in one browser); ``session_cookie`` when ``None``.
+        self.cookie_name = cookie_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -165,7 +172,9 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
             return
         manager = self.manager
-        session = manager.open(self._cookies(scope))
+        prefix = self._prefix if self.cookie_name is None else self._named(scope)
+        session: Any = manager.open(self._cookies(scope, prefix))
+        session._cookie_prefix = prefix
         if self.track_client:
             client = scope.get("client")
             session.client_meta = {
@@ -185,9 +194,16 @@ class SessionMiddleware:
         else:
             await self._websocket(scope, receive, send, session)
 
-    def _cookies(self, scope: Scope) -> list[str]:
+    def _named(self, scope: Scope) -> bytes:
+        """``name=`` for the cookie the ``cookie_name`` function picks for this request."""
+        assert self.cookie_name is not None
+        name = self.cookie_name(scope)
+        if not isinstance(name, str) or not _is_token(name):
+            raise ConfigError(f"the cookie_name function returned {name!r}, not a cookie name")
+        return name.encode("latin-1") + b"="
+
+    def _cookies(self, scope: Scope, prefix: bytes) -> list[str]:
         """Every value the request sent under the session cookie's name, in order."""
-        prefix = self._prefix
         found: list[str] = []
         for name, value in scope["headers"]:
             if name == b"cookie" and prefix in value:
@@ -201,7 +217,7 @@ class SessionMiddleware:
         """Save ``session``; the headers the response needs for its cookie."""
         outcome = await self.manager.save(session)
         headers: list[tuple[bytes, bytes]] = []
-        name = self._prefix
+        name = session._cookie_prefix
         if outcome.delete_cookie:
             headers.append((b"set-cookie", name + self._delete_tail))
         elif outcome.new_cookie is not None or (

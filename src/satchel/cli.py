@@ -61,10 +61,18 @@ def main() -> None:
     type=click.Path(file_okay=False),
     help="Folder for the secret key and the SQLite file.",
 )
-def demo(host: str, port: int, store: str | None, instance: str) -> None:
+@click.option(
+    "--asgi",
+    is_flag=True,
+    help="Serve the same pages as a FastAPI app under uvicorn (satchel.asgi).",
+)
+def demo(host: str, port: int, store: str | None, instance: str, asgi: bool) -> None:
     """Run the three-page questionnaire on a development server."""
     from .errors import ConfigError
 
+    if asgi:
+        _asgi_demo(host, port, store, instance)
+        return
     try:
         from .demo import create_app
 
@@ -82,6 +90,32 @@ def demo(host: str, port: int, store: str | None, instance: str) -> None:
     click.echo(f"Open http://{host}:{port}/ in a browser (Ctrl+C to stop)")
     click.echo(f"A second, independent session: http://{host}:{port}/s/2/ in another tab")
     app.run(host=host, port=port, debug=False, load_dotenv=False)
+
+
+def _asgi_demo(host: str, port: int, store: str | None, instance: str) -> None:
+    """The demo as a FastAPI app under uvicorn."""
+    from .errors import ConfigError
+
+    try:
+        import uvicorn
+
+        from .demo.asgi import create_app
+
+        app = create_app(store=store, instance_path=instance)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the ASGI demo needs {exc.name}: pip install 'satchel[demo]'"
+        ) from exc
+    if app.state.secret_key_file:
+        click.echo(
+            f"No FLASK_SECRET_KEY set: using the random key kept in {app.state.secret_key_file}"
+        )
+    click.echo(f"Sessions are stored in {app.state.store} (FastAPI on uvicorn)")
+    click.echo(f"Open http://{host}:{port}/ in a browser (Ctrl+C to stop)")
+    click.echo(f"A second, independent session: http://{host}:{port}/s/2/ in another tab")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 admin = AppGroup("satchel", help="Inspect and revoke the app's satchel sessions.")

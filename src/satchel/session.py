@@ -379,6 +379,9 @@ class AsyncSession(Session):
     and raises :class:`RuntimeError` rather than blocking the event loop.
     """
 
+    #: ``name=`` of the cookie this session came in (and goes out) under.
+    _cookie_prefix = b"session="
+
     def _load(self) -> None:
         self.accessed = True
         if not self._loaded:
