@@ -609,7 +609,7 @@ def asgi_section(
                   f"p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']:.0f}")  # fmt: skip
     else:
         print("ASGI end to end: skipped, wrk is not installed (apt-get install wrk)")
-    return found, asgi_backends.targets(table, commands)
+    return found, asgi_backends.targets(table, commands, found.get("end_to_end"))
 
 
 def main() -> None:
