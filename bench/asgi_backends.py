@@ -67,19 +67,25 @@ ROUTES = [
 ]
 
 
-def build(name: str, valkey_url: str, directory: Path) -> Any:
-    """The Starlette app of backend ``name``."""
+def build(
+    name: str, valkey_url: str, directory: Path, closers: list[Callable[[], Any]] | None = None
+) -> Any:
+    """The Starlette app of backend ``name``; what to close afterwards goes to ``closers``."""
     middleware: list[Middleware] = []
+    closers = [] if closers is None else closers
     if name == "Starlette cookie session":
         from starlette.middleware.sessions import SessionMiddleware as CookieSessions
 
         middleware = [Middleware(CookieSessions, secret_key=SECRET)]
     elif name == "starsessions Redis":
+        import redis.asyncio
         from starsessions import SessionAutoloadMiddleware
         from starsessions import SessionMiddleware as StarSessions
         from starsessions.stores.redis import RedisStore
 
-        store = RedisStore(valkey_url)
+        client = redis.asyncio.Redis.from_url(valkey_url)
+        closers.append(client.aclose)
+        store = RedisStore(connection=client)
         middleware = [
             Middleware(StarSessions, store=store, lifetime=3600, cookie_https_only=False),
             Middleware(SessionAutoloadMiddleware),
@@ -92,7 +98,12 @@ def build(name: str, valkey_url: str, directory: Path) -> Any:
             "satchel SQLite": f"sqlite:///{directory}/asgi-bench.sqlite3",  # every worker's
             "satchel Valkey": valkey_url + ("&" if "?" in valkey_url else "?") + "prefix=asgi:",
         }
-        middleware = [Middleware(SessionMiddleware, secret_key=SECRET, store=stores[name])]
+        from satchel.stores import from_url
+        from satchel.stores.aio import to_async
+
+        async_store = to_async(from_url(stores[name]))
+        closers.append(async_store.close)
+        middleware = [Middleware(SessionMiddleware, secret_key=SECRET, store=async_store)]
     elif name != "bare Starlette":
         raise ValueError(name)
     return Starlette(routes=ROUTES, middleware=middleware)
@@ -161,7 +172,8 @@ async def in_process(
     valkey_url: str, directory: Path, rounds: int, sample: float
 ) -> dict[str, dict[str, float]]:
     """Median µs per request of each backend and workload, in interleaved rounds."""
-    apps = {name: build(name, valkey_url, directory) for name in BACKENDS}
+    closers: list[Callable[[], Any]] = []
+    apps = {name: build(name, valkey_url, directory, closers) for name in BACKENDS}
     samples: dict[str, dict[str, list[float]]] = {
         name: {w: [] for w in WORKLOADS} for name in BACKENDS
     }
@@ -190,6 +202,8 @@ async def in_process(
             samples[name]["first request"].append(
                 await _sample(lambda c=fresh: c.get(f"/create/{SIZE}"), sample)
             )
+    for close in closers:
+        await close()
     bare = statistics.median(v for runs in samples["bare Starlette"].values() for v in runs)
     table = {}
     for name in BACKENDS:
@@ -216,16 +230,19 @@ def commands_per_read(valkey_url: str, directory: Path) -> dict[str, float]:
 
     found = {}
     for name in ("starsessions Redis", "satchel Valkey"):
-        app = build(name, valkey_url, directory)
-        client = ASGIClient(app)
 
-        async def run(client: ASGIClient = client) -> int:
+        async def run(name: str = name) -> int:
+            closers: list[Callable[[], Any]] = []
+            client = ASGIClient(build(name, valkey_url, directory, closers))
             await client.get(f"/create/{SIZE}")
             await client.get("/read")
             before = total()
             for _ in range(200):
                 await client.get("/read")
-            return total() - before
+            after = total()
+            for close in closers:
+                await close()
+            return after - before
 
         found[name] = asyncio.run(run()) / 200
     server.close()

@@ -254,3 +254,25 @@ def test_hypercorn_serves_the_quart_app(tmp_path: Path) -> None:
         assert read_session(server.port, cookie) == {"a": True, "cart": ["x"]}
     finally:
         server.stop()
+
+
+def test_a_browser_like_client_over_tcp_under_uvicorn(tmp_path: Path) -> None:
+    """httpx with its cookie jar, over TCP, through the FastAPI app: login, cart, logout."""
+    import httpx
+
+    server = running(Uvicorn({"ASGIAPP_STORE": f"sqlite:///{tmp_path}/s.sqlite3"}))
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with httpx.Client(base_url=base) as laptop, httpx.Client(base_url=base) as phone:
+            for client in (laptop, phone):
+                assert client.get("/start/ada").status_code == 200
+                before = client.cookies["session"]
+                assert client.get("/login/ada").status_code == 200
+                assert client.cookies["session"] != before  # a new ID at login
+            assert laptop.get("/cart/tea").status_code == 200
+            assert laptop.get("/read").json()["cart"] == ["tea"]
+            assert laptop.get("/logout-everywhere").json() == {"ended": 2}
+            assert phone.get("/read").json() == {}
+            assert laptop.get("/read").json() == {}
+    finally:
+        server.stop()

@@ -64,3 +64,22 @@ def test_postgres_sections_run_on_a_real_server(bench: object, postgres: object)
     result = bench.scale_postgres(url, 3_000)  # type: ignore[attr-defined]
     assert result["sessions"] == 3_000
     assert result["empty_load_us"] > 0 and result["full_load_us"] > 0
+
+
+def test_asgi_section_measures_each_cell_and_counts_round_trips(
+    bench: object, tmp_path: Path, valkey: ValkeyServer
+) -> None:
+    """The ASGI rows run on every backend, starsessions on a real Valkey included."""
+    import asyncio
+
+    import asgi_backends
+
+    table = asyncio.run(asgi_backends.in_process(valkey.url, tmp_path, 1, 0.001))
+    assert set(table) == set(asgi_backends.BACKENDS)
+    for row in table.values():
+        assert set(row) == set(asgi_backends.WORKLOADS)
+        assert all(value > 0 for value in row.values())
+    commands = asgi_backends.commands_per_read(valkey.url, tmp_path)
+    assert commands == {"starsessions Redis": 2.0, "satchel Valkey": 1.0}
+    checks = asgi_backends.targets(table, commands)
+    assert len(checks) == 5 and checks[-1][0]  # the round-trip target holds

@@ -16,6 +16,7 @@ from satchel import Satchel as FlaskSatchel
 from satchel.errors import ConfigError
 from satchel.quart import Satchel, current_session, locked
 from satchel.stores import MemoryStore, Store
+from satchel.stores.aio import to_async
 
 from .conftest import SECRET, stored_keys
 from .valkey import ValkeyServer
@@ -265,10 +266,38 @@ def test_config_is_checked_as_the_flask_adapter_does() -> None:
         Satchel(app, store=MemoryStore())
     app = Quart("migrate")
     app.config.update(SECRET_KEY=SECRET, SATCHEL_MIGRATE_FROM="flask-cookie")
-    with pytest.raises(ConfigError, match="not available on Quart"):
-        Satchel(app, store=MemoryStore())
+    with pytest.raises(ConfigError, match="sync store"):
+        Satchel(app, store=to_async(MemoryStore()))  # type: ignore[arg-type]
     app = Quart("twice")
     app.config.update(SECRET_KEY=SECRET)
     Satchel(app, store=MemoryStore())
     with pytest.raises(ConfigError, match="already"):
         Satchel(app, store=MemoryStore())
+
+
+def test_a_flask_cookie_session_is_imported_once(store: Store) -> None:
+    """SATCHEL_MIGRATE_FROM on Quart: the old cookie's data, a new cookie, once only."""
+    from .test_migration import cookie_session
+
+    old_cookie = cookie_session(SECRET, {"user": "ada", "cart": ["tea"]})
+    app = make_quart(store, SATCHEL_MIGRATE_FROM="flask-cookie", SATCHEL_MIGRATE_OVERLAP=0)
+
+    async def check() -> None:
+        try:
+            client = app.test_client()
+            response = await client.get("/", headers={"Cookie": f"session={old_cookie}"})
+            data = await response.get_json()
+            assert data["user"] == "ada" and data["cart"] == ["tea"]
+            new_cookie = set_cookie_of(response).split(";", 1)[0].removeprefix("session=")
+            assert new_cookie and new_cookie != old_cookie
+            again = await client.get("/", headers={"Cookie": f"session={new_cookie}"})
+            assert (await again.get_json())["user"] == "ada"
+            await asyncio.sleep(0.05)  # the import has settled; the window (0 s) is shut
+            replay = await app.test_client().get("/", headers={"Cookie": f"session={old_cookie}"})
+            assert await replay.get_json() == {}
+            figures = Satchel.stats(app)
+            assert figures["migrated"] == 1 and figures["migration_replays"] == 1
+        finally:
+            await closed(app)
+
+    run(check)

@@ -621,6 +621,9 @@ class AsyncSessionManager(Lifecycle):
     store: AsyncStore
     _lock_protocol = AsyncLockingStore
     _listing_protocol = AsyncListingStore
+    #: A sync manager on the same store (its sync twin), for imports of old
+    #: sessions, which run on a worker thread; ``None`` when nothing is imported.
+    blocking: SessionManager | None = None
 
     def __init__(
         self,
@@ -645,9 +648,26 @@ class AsyncSessionManager(Lifecycle):
             return await store.save(op[1], op[2], create=op[3])
         if name == "sleep":
             return await asyncio.sleep(op[1])
-        if name in ("migrate", "settle"):
-            raise ConfigError("importing old sessions is not available on ASGI yet")
+        if name == "migrate":
+            twin = self._blocking_twin()
+            return await asyncio.to_thread(twin.load, op[1])
+        if name == "settle":
+            assert self.migration is not None
+            return await asyncio.to_thread(self.migration.settle, op[1])
         return await getattr(store, name)(*op[1:])
+
+    def _blocking_twin(self) -> SessionManager:
+        """The sync manager an import runs on, in a worker thread, sharing this one's state.
+
+        An import (``SATCHEL_MIGRATE_FROM``) happens once per visitor and reads
+        the old session layer with its own sync client, so it runs on a thread
+        rather than in a second, async copy of :mod:`satchel.migration`.
+        """
+        twin = self.blocking
+        if twin is None or self.migration is None:
+            raise ConfigError("importing old sessions needs the sync store: set blocking first")
+        twin.signer, twin.counters, twin.migration = self.signer, self.counters, self.migration
+        return twin
 
     def load(self, session: Session) -> Awaitable[Record | None]:
         """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""

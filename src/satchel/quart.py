@@ -8,12 +8,12 @@ adapter's configuration (``SECRET_KEY``, ``SECRET_KEY_FALLBACKS``,
 the event loop never blocks. A Flask app and a Quart app with the same
 settings share their sessions.
 
-Two differences follow from ``quart.session`` being a plain mapping that a
+One difference follows from ``quart.session`` being a plain mapping that a
 view reads without awaiting: a request with a session cookie loads its
 session before the view runs (one round trip; a request without one touches
-no store), and ``SATCHEL_MIGRATE_FROM`` is refused at start-up, since an
-import of an old session is not yet done without blocking. ``@locked`` views
-(:func:`satchel.flask.locked`) and ``SATCHEL_LOCKING`` work as on Flask.
+no store). ``@locked`` views (:func:`satchel.flask.locked`), ``SATCHEL_LOCKING``
+and ``SATCHEL_MIGRATE_FROM`` work as on Flask; an import of an old session
+(once per visitor) runs on a worker thread, through the sync store.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from ._config import (
     read_config,
     signer_for,
 )
-from ._manager import AsyncSessionManager
+from ._manager import AsyncSessionManager, SessionManager
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
 from .errors import ConfigError, LockTimeout, StoreUnavailable
-from .flask import DEFAULT_SQLITE_NAME, _locked_endpoints, locked
+from .flask import DEFAULT_SQLITE_NAME, _locked_endpoints, _migration, locked
 from .session import AsyncSession
-from .stores.aio import to_async
+from .stores.aio import is_async, to_async
 from .stores.base import Store
 
 if TYPE_CHECKING:
@@ -129,6 +129,8 @@ class SatchelSessionInterface(SessionInterface):
         keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
         if keys[0] is not self._keys[0] or keys[1] is not self._keys[1]:
             self.manager.signer = signer_for(keys[0], keys[1], strict=False)
+            if self.manager.migration is not None and keys[0] is not None:
+                self.manager.migration.rekey(keys[0], list(keys[1] or ()))
             self._keys = keys
         name = self.get_cookie_name(app)
         session = self.manager.open(request.cookies.getlist(name))
@@ -262,22 +264,25 @@ class Satchel:
     def init_app(self, app: Quart, *, store: Store | None = None) -> None:
         """Check the configuration, build the store and install the session interface.
 
-        Raises :class:`~satchel.errors.ConfigError` as the Flask adapter does, and
-        when ``SATCHEL_MIGRATE_FROM`` is set (not available on Quart yet).
+        Raises :class:`~satchel.errors.ConfigError` as the Flask adapter does.
         """
         if "satchel" in app.extensions:
             raise ConfigError("satchel is already set up on this app")
         config_defaults(app.config)
         config = app.config
-        if config["SATCHEL_MIGRATE_FROM"] is not None:
-            raise ConfigError(
-                "SATCHEL_MIGRATE_FROM is not available on Quart yet: import the old "
-                "sessions with the Flask adapter, or start Quart's sessions afresh"
-            )
         signer, settings, chosen = read_config(
             config, store or self.store, os.path.join(app.instance_path, DEFAULT_SQLITE_NAME)
         )
         manager = AsyncSessionManager(to_async(chosen), signer, settings, QuartSession, app)
+        if config["SATCHEL_MIGRATE_FROM"] is not None:
+            if is_async(chosen):
+                raise ConfigError(
+                    "SATCHEL_MIGRATE_FROM imports through the sync store: pass a sync store "
+                    "(or a URL), not an async one"
+                )
+            blocking = SessionManager(chosen, signer, settings, QuartSession, app)
+            manager.migration = _migration(config, chosen, blocking)
+            manager.blocking = blocking
         app.extensions["satchel"] = manager
         interface = SatchelSessionInterface(manager, bool(config["SATCHEL_TRACK_CLIENT"]))
         interface._keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))

@@ -22,6 +22,7 @@ in the same slot as their session.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -751,6 +752,11 @@ class AsyncRedisStore(_RedisRules):
         #: Set by from_url for a plain server: the pipelined connection single
         #: commands go through (see satchel.stores._resp); None: the client.
         self._fast: RespConnection | None = None
+        # A Cluster client learns the cluster's layout once, before any command: left
+        # to the first commands, several at once, one failing closes the others'
+        # connections under them.
+        self._ready = not self._cluster
+        self._readying: asyncio.Lock | None = None
         import redis
         from redis.exceptions import NoScriptError
 
@@ -830,10 +836,20 @@ class AsyncRedisStore(_RedisRules):
         tail = f", prefix={self.prefix!r})" if self.prefix != "satchel:" else ")"
         return f"AsyncRedisStore({where!r}{tail}"
 
+    async def _layout(self) -> None:
+        if self._readying is None:
+            self._readying = asyncio.Lock()
+        async with self._readying:
+            if not self._ready:
+                await self.client.initialize()
+                self._ready = True
+
     async def _call(self, *args: Any) -> Any:
         try:
             if self._fast is not None:
                 return await self._fast.call(*args)
+            if not self._ready:
+                await self._layout()
             return await self.client.execute_command(*args)
         except (self._no_script_error, RespError) as exc:
             raise self._unavailable(exc) from exc
@@ -870,6 +886,8 @@ class AsyncRedisStore(_RedisRules):
         if kind == "call":
             return await self._call(*op[1:])
         try:
+            if not self._ready:
+                await self._layout()
             if kind == "pipe":
                 pipe: Any = self.client.pipeline(transaction=False)
                 for command in op[1]:
