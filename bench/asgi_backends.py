@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -254,62 +253,27 @@ def end_to_end(
     directory: Path,
     seconds: int,
     rounds: int,
-    wrk: Callable[[int, str, str, int], dict[str, float]],
-    create: Callable[[int], str],
-    free_port: Callable[[], int],
+    measure: Callable[..., dict[str, dict[str, float]]],
 ) -> dict[str, dict[str, float]]:
-    """Requests per second under gunicorn's uvicorn workers (2) and wrk, read-only 2 KB."""
-    root = Path(__file__).resolve().parent
-    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    # Each worker process has a memory store of its own: not a server-wide store.
-    shared = [name for name in BACKENDS if name != "satchel memory"]
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in shared}
-    try:
-        for name in shared:
-            port = free_port()
-            # uvicorn's own --workers hands its children a listening socket whose
-            # accepted connections keep Nagle's algorithm on (43 ms a response here);
-            # gunicorn's socket has TCP_NODELAY, so its uvicorn workers do not.
-            command = [
-                sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",
-                "-w", "2", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
-                "asgi_backends:create_app()",
-            ]  # fmt: skip
-            env = {
-                **os.environ,
-                "ASGI_BACKEND": name,
-                "ASGI_VALKEY": valkey_url,
-                "ASGI_DIR": str(directory),
-                "PYTHONPATH": str(root.parent),
-            }
-            servers[name] = (
-                subprocess.Popen(
-                    command,
-                    cwd=root,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                ),
-                port,
-            )
-        cookies = {name: create(port) for name, (_, port) in servers.items()}
-        for _ in range(rounds):
-            for name, (_, port) in servers.items():
-                path = "/bare" if name == "bare Starlette" else "/read"
-                samples[name].append(wrk(port, path, cookies[name], seconds))
-    finally:
-        for process, _ in servers.values():
-            process.terminate()
-        for process, _ in servers.values():
-            process.wait(30)
-    return {
-        name: {
-            "rps": statistics.median(r["rps"] for r in runs),
-            "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-            "non_2xx": sum(r["non_2xx"] for r in runs),
-        }
-        for name, runs in samples.items()
+    """Requests per second under gunicorn's uvicorn workers (2) and wrk, read-only 2 KB.
+
+    ``measure`` is the benchmark's ``serve_and_measure``. uvicorn's own --workers
+    hands its children a listening socket whose connections keep Nagle's algorithm
+    on (43 ms a response here); gunicorn's socket has TCP_NODELAY, so its uvicorn
+    workers do not. The memory store has no row: each worker's memory is its own.
+    """
+    command = [
+        sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",
+        "-w", "2", "-b", "127.0.0.1:{port}", "--log-level", "warning",
+        "asgi_backends:create_app()",
+    ]  # fmt: skip
+    env = {"ASGI_VALKEY": valkey_url, "ASGI_DIR": str(directory)}
+    launch = {
+        name: (command, {**env, "ASGI_BACKEND": name})
+        for name in BACKENDS
+        if name != "satchel memory"
     }
+    return measure(launch, "bare Starlette", seconds, rounds)
 
 
 def targets(

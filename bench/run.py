@@ -286,24 +286,33 @@ def round_trip(valkey: ValkeyServer, n: int = 2_000) -> dict[str, float]:
 def end_to_end(
     backend_envs: dict[str, dict[str, str]], seconds: int, rounds: int
 ) -> dict[str, dict[str, float]]:
-    """Requests per second and p99 latency under gunicorn (2 workers) and wrk.
+    """Requests per second and p99 latency under gunicorn (2 workers) and wrk."""
+    command = [
+        sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}",
+        "--log-level", "warning", "bench_e2e_app:create_app()",
+    ]  # fmt: skip
+    launch = {name: (command, env) for name, env in backend_envs.items()}
+    return serve_and_measure(launch, "bare Flask", seconds, rounds)
+
+
+def serve_and_measure(
+    launch: dict[str, tuple[list[str], dict[str, str]]], bare: str, seconds: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Start every server (``{port}`` in its command is filled in), then wrk each in turn.
 
     Every backend's server is started first; then each round runs wrk against
     each of them in turn (idle workers take no CPU), and the medians of the
     rounds are reported, so a slow moment of the machine hurts every row.
+    ``bare`` is served ``/bare``, the others ``/read`` on a 2 KB session.
     """
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in backend_envs}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in launch}
     try:
-        for name, env in backend_envs.items():
+        for name, (command, env) in launch.items():
             port = free_port()
-            command = [
-                sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
-                "--log-level", "warning", "bench_e2e_app:create_app()",
-            ]  # fmt: skip
             servers[name] = (
                 subprocess.Popen(
-                    command,
+                    [part.replace("{port}", str(port)) for part in command],
                     cwd=ROOT / "bench",
                     env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
                     stdout=subprocess.DEVNULL,
@@ -314,7 +323,7 @@ def end_to_end(
         cookies = {name: _wait_and_create(port) for name, (_, port) in servers.items()}
         for _ in range(rounds):
             for name, (_, port) in servers.items():
-                path = "/bare" if name == "bare Flask" else "/read"
+                path = "/bare" if name == bare else "/read"
                 samples[name].append(_wrk(port, path, cookies[name], seconds))
     finally:
         for process, _ in servers.values():
@@ -596,9 +605,7 @@ def asgi_section(
     found: dict[str, Any] = {"in_process_us": table, "commands_per_read": commands}
     if shutil.which("wrk"):
         e2e_rounds = 1 if quick else 3
-        e2e = asgi_backends.end_to_end(
-            valkey.url, work, seconds, e2e_rounds, _wrk, _wait_and_create, free_port
-        )
+        e2e = asgi_backends.end_to_end(valkey.url, work, seconds, e2e_rounds, serve_and_measure)
         found["end_to_end"] = e2e
         print(f"ASGI end to end: 2 uvicorn workers (gunicorn), wrk 2 threads x 16 "
               f"connections, median of {e2e_rounds} interleaved rounds of {seconds}s each, "

@@ -70,52 +70,36 @@ def demo(host: str, port: int, store: str | None, instance: str, asgi: bool) -> 
     """Run the three-page questionnaire on a development server."""
     from .errors import ConfigError
 
-    if asgi:
-        _asgi_demo(host, port, store, instance)
-        return
     try:
-        from .demo import create_app
+        if asgi:
+            import uvicorn
 
-        app = create_app(store=store, instance_path=instance)
+            from .demo.asgi import create_app as create_asgi_app
+
+            asgi_app = create_asgi_app(store=store, instance_path=instance)
+            key_file, where = asgi_app.state.secret_key_file, f"{asgi_app.state.store}"
+            where += " (FastAPI on uvicorn)"
+        else:
+            from .demo import create_app
+
+            app = create_app(store=store, instance_path=instance)
+            key_file = app.config["DEMO_SECRET_KEY_FILE"]
+            where = repr(app.extensions["satchel"].store)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     except ImportError as exc:
         raise click.ClickException(
             f"the demo needs {exc.name}: pip install 'satchel[demo]'"
         ) from exc
-    key_file = app.config["DEMO_SECRET_KEY_FILE"]
     if key_file:
         click.echo(f"No FLASK_SECRET_KEY set: using the random key kept in {key_file}")
-    click.echo(f"Sessions are stored in {app.extensions['satchel'].store!r}")
+    click.echo(f"Sessions are stored in {where}")
     click.echo(f"Open http://{host}:{port}/ in a browser (Ctrl+C to stop)")
     click.echo(f"A second, independent session: http://{host}:{port}/s/2/ in another tab")
-    app.run(host=host, port=port, debug=False, load_dotenv=False)
-
-
-def _asgi_demo(host: str, port: int, store: str | None, instance: str) -> None:
-    """The demo as a FastAPI app under uvicorn."""
-    from .errors import ConfigError
-
-    try:
-        import uvicorn
-
-        from .demo.asgi import create_app
-
-        app = create_app(store=store, instance_path=instance)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
-    except ImportError as exc:
-        raise click.ClickException(
-            f"the ASGI demo needs {exc.name}: pip install 'satchel[demo]'"
-        ) from exc
-    if app.state.secret_key_file:
-        click.echo(
-            f"No FLASK_SECRET_KEY set: using the random key kept in {app.state.secret_key_file}"
-        )
-    click.echo(f"Sessions are stored in {app.state.store} (FastAPI on uvicorn)")
-    click.echo(f"Open http://{host}:{port}/ in a browser (Ctrl+C to stop)")
-    click.echo(f"A second, independent session: http://{host}:{port}/s/2/ in another tab")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if asgi:
+        uvicorn.run(asgi_app, host=host, port=port, log_level="warning")
+    else:
+        app.run(host=host, port=port, debug=False, load_dotenv=False)
 
 
 admin = AppGroup("satchel", help="Inspect and revoke the app's satchel sessions.")

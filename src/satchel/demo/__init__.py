@@ -32,10 +32,11 @@ from flask import (
 from werkzeug.wrappers import Response
 
 from ..flask import FlaskSession, Satchel
+from ..session import Session
 from ..signing import store_key
 from ..stores import MemoryStore, Store
 
-__all__ = ["FIELDS", "SLOTS", "create_app", "load_secret_key"]
+__all__ = ["FIELDS", "SLOTS", "create_app", "describe_session", "load_secret_key"]
 
 #: The questionnaire's form fields, in the order the pages ask for them.
 FIELDS = {"firstName": "First name", "lastName": "Last name", "favoriteColor": "Favourite colour"}
@@ -191,29 +192,30 @@ def tamper() -> Response:
     return response
 
 
-def describe() -> dict[str, Any]:
-    """What the session page shows: the cookie and the record, never the raw ID."""
-    from flask import current_app
+def describe_session(
+    current: Session,
+    manager: Any,
+    cookie_name: str,
+    cookie: str | None,
+    **cookie_facts: Any,
+) -> dict[str, Any]:
+    """What the session page shows: the cookie and the record, never the raw ID.
 
-    current = session
-    assert isinstance(current, FlaskSession)
-    manager = current_app.extensions["satchel"]
-    data = dict(current)
+    Both demos (Flask and ASGI) call this with their own session and manager;
+    ``cookie_facts`` are ``permanent``, ``lifetime``, ``samesite`` and ``secure``.
+    """
     record = current.record
-    cookie = request.cookies.get(current.cookie_name)
+    store = manager.store
     info: dict[str, Any] = {
         "exists": record is not None,
-        "cookie_name": current.cookie_name,
+        "cookie_name": cookie_name,
         "cookie_sent": cookie is not None,
-        "data": data,
-        "store": manager.store,
-        "persistent": not isinstance(manager.store, MemoryStore),
+        "data": dict(current),
+        "store": store,
+        "persistent": not isinstance(getattr(store, "wrapped", store), MemoryStore),
         "idle": timedelta(seconds=manager.settings.idle_timeout),
         "absolute": timedelta(seconds=manager.settings.absolute_timeout),
-        "permanent": current.permanent,
-        "lifetime": current_app.permanent_session_lifetime,
-        "samesite": current_app.session_interface.get_cookie_samesite(current_app),
-        "secure": current_app.config["SESSION_COOKIE_SECURE"],
+        **cookie_facts,
     }
     if cookie is not None:
         info["cookie_length"] = len(cookie)
@@ -229,6 +231,24 @@ def describe() -> dict[str, Any]:
             expires=_when(record.expires_at),
         )
     return info
+
+
+def describe() -> dict[str, Any]:
+    """The Flask demo's :func:`describe_session`."""
+    from flask import current_app
+
+    current = session
+    assert isinstance(current, FlaskSession)
+    return describe_session(
+        current,
+        current_app.extensions["satchel"],
+        current.cookie_name,
+        request.cookies.get(current.cookie_name),
+        permanent=current.permanent,
+        lifetime=current_app.permanent_session_lifetime,
+        samesite=current_app.session_interface.get_cookie_samesite(current_app),
+        secure=current_app.config["SESSION_COOKIE_SECURE"],
+    )
 
 
 def replay_dead_cookie() -> dict[str, Any] | None:

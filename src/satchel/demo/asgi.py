@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..asgi import Scope, SessionMiddleware, get_session
 from ..signing import store_key
 from ..stores import MemoryStore, Store
-from . import DEAD_COOKIE, FIELDS, SLOTS, _when, fingerprint, load_secret_key
+from . import DEAD_COOKIE, FIELDS, SLOTS, describe_session, fingerprint, load_secret_key
 
 __all__ = ["create_app"]
 
@@ -239,40 +239,17 @@ def create_app(
         return response
 
     def describe(request: Request) -> dict[str, Any]:
-        """What the session page shows: the cookie and the record, never the raw ID."""
-        session = get_session(request)
-        manager = request.scope["satchel"]
         name = slot_cookie(request.scope)
-        cookie = request.cookies.get(name)
-        record = session.record
-        info: dict[str, Any] = {
-            "exists": record is not None,
-            "cookie_name": name,
-            "cookie_sent": cookie is not None,
-            "data": dict(session),
-            "store": manager.store,
-            "persistent": not isinstance(getattr(manager.store, "wrapped", None), MemoryStore),
-            "idle": timedelta(seconds=manager.settings.idle_timeout),
-            "absolute": timedelta(seconds=manager.settings.absolute_timeout),
-            "permanent": False,
-            "lifetime": None,
-            "samesite": "Lax",
-            "secure": False,
-        }
-        if cookie is not None:
-            info["cookie_length"] = len(cookie)
-        if record is not None and session.session_id is not None:
-            signature = cookie.rsplit(".", 1)[-1] if cookie else ""
-            info.update(
-                fingerprint=fingerprint(session.session_id),
-                signature=signature[:10],
-                created=_when(record.created_at),
-                last_seen=_when(record.touched_at),
-                idle_expiry=_when(record.touched_at + manager.settings.idle_timeout),
-                absolute_expiry=_when(record.created_at + manager.settings.absolute_timeout),
-                expires=_when(record.expires_at),
-            )
-        return info
+        return describe_session(
+            get_session(request),
+            request.scope["satchel"],
+            name,
+            request.cookies.get(name),
+            permanent=False,  # max_age=None: the cookie ends with the browser
+            lifetime=None,
+            samesite="Lax",
+            secure=False,
+        )
 
     async def replay_dead_cookie(request: Request, slot: int) -> dict[str, Any] | None:
         """Replay the cookie "Start over" ended against the store, to show it is dead."""

@@ -210,6 +210,52 @@ class _PostgresRules:
     _next_purge: float
     _jsonb: Any
 
+    def _configure(
+        self,
+        conninfo: str | None,
+        pool: Any,
+        prefix: str,
+        timeout: float,
+        create_schema: bool,
+        purge_interval: float,
+    ) -> None:
+        """The settings both stores keep, checked; psycopg imported once."""
+        if (conninfo is None) == (pool is None):
+            raise ConfigError(f"{type(self).__name__} needs a conninfo string or URL, or a pool")
+        try:
+            import psycopg
+            from psycopg.types.json import Jsonb
+        except ImportError as exc:
+            raise ConfigError(
+                "the PostgreSQL store needs psycopg: pip install 'satchel[postgres]'"
+            ) from exc
+        if conninfo is not None and conninfo.startswith("postgres://"):
+            conninfo = "postgresql://" + conninfo[len("postgres://") :]
+        self.conninfo = conninfo
+        self.pool = pool
+        self.prefix = prefix
+        self.timeout = timeout
+        self.create_schema = create_schema
+        self.purge_interval = purge_interval
+        self._psycopg: Any = psycopg
+        self._jsonb = Jsonb
+        self._schema_ready = not create_schema
+        self._down_until = 0.0
+        self._next_purge = time.time() + purge_interval
+
+    def __repr__(self) -> str:
+        if self.pool is not None:
+            where = f"pool {self.pool.name!r}"
+        else:
+            info = self._psycopg.conninfo.conninfo_to_dict(self.conninfo or "")
+            host, port = info.get("host", "localhost"), info.get("port", 5432)
+            where = f"{host}:{port}/{info.get('dbname', '')}"
+        suffix = f", prefix={self.prefix!r}" if self.prefix else ""
+        return f"{type(self).__name__}({where!r}{suffix})"
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}".strip())
+
     def _load_steps(self, key: str) -> Steps[Record | None]:
         rows, _ = yield ("run", _LOAD, (self.prefix + key, time.time()))
         return _record(rows[0]) if rows else None
@@ -335,31 +381,12 @@ class PostgresStore(_PostgresRules):
         purge_interval: float = 300.0,
         max_idle: int = 8,
     ) -> None:
-        if (conninfo is None) == (pool is None):
-            raise ConfigError("PostgresStore needs a conninfo string or URL, or a pool")
-        try:
-            import psycopg
-            from psycopg.types.json import Jsonb
-        except ImportError as exc:
-            raise ConfigError(
-                "the PostgreSQL store needs psycopg: pip install 'satchel[postgres]'"
-            ) from exc
-        self.conninfo = conninfo
-        self.pool = pool
-        self.prefix = prefix
-        self.timeout = timeout
-        self.create_schema = create_schema
-        self.purge_interval = purge_interval
-        self._psycopg = psycopg
-        self._jsonb = Jsonb
-        self._connection_class = _timed_connection_class(psycopg)
+        self._configure(conninfo, pool, prefix, timeout, create_schema, purge_interval)
+        self._connection_class = _timed_connection_class(self._psycopg)
         self._connections: ConnectionList[Any] = ConnectionList(
             self._connect, close=lambda conn: conn.close(), max_idle=max_idle
         )
-        self._schema_ready = not create_schema
         self._schema_lock = threading.Lock()
-        self._down_until = 0.0
-        self._next_purge = time.time() + purge_interval
         # What to_async() needs: a store built on a pool has no async twin.
         self._source = conninfo
 
@@ -369,16 +396,6 @@ class PostgresStore(_PostgresRules):
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://") :]
         return cls(url, prefix=prefix, **options)
-
-    def __repr__(self) -> str:
-        if self.pool is not None:
-            where = f"pool {self.pool.name!r}"
-        else:
-            info = self._psycopg.conninfo.conninfo_to_dict(self.conninfo or "")
-            host, port = info.get("host", "localhost"), info.get("port", 5432)
-            where = f"{host}:{port}/{info.get('dbname', '')}"
-        suffix = f", prefix={self.prefix!r}" if self.prefix else ""
-        return f"PostgresStore({where!r}{suffix})"
 
     def with_prefix(self, prefix: str) -> PostgresStore:
         """A store on the same database and connections (or pool) under another namespace."""
@@ -399,9 +416,6 @@ class PostgresStore(_PostgresRules):
         conn.wait_timeout = self.timeout + 0.1  # the server's own limit answers first
         conn.execute(f"SET statement_timeout = {int(self.timeout * 1000)}")
         return conn
-
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}".strip())
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -577,42 +591,11 @@ class AsyncPostgresStore(_PostgresRules):
         purge_interval: float = 300.0,
         max_idle: int = 8,
     ) -> None:
-        if (conninfo is None) == (pool is None):
-            raise ConfigError("AsyncPostgresStore needs a conninfo string or URL, or a pool")
-        try:
-            import psycopg
-            from psycopg.types.json import Jsonb
-        except ImportError as exc:
-            raise ConfigError(
-                "the PostgreSQL store needs psycopg: pip install 'satchel[postgres]'"
-            ) from exc
-        if conninfo is not None and conninfo.startswith("postgres://"):
-            conninfo = "postgresql://" + conninfo[len("postgres://") :]
-        self.conninfo = conninfo
-        self.pool = pool
-        self.prefix = prefix
-        self.timeout = timeout
-        self.create_schema = create_schema
-        self.purge_interval = purge_interval
+        self._configure(conninfo, pool, prefix, timeout, create_schema, purge_interval)
         self.max_idle = max_idle
-        self._psycopg = psycopg
-        self._jsonb = Jsonb
         self._free: list[Any] = []
         self._pid = os.getpid()
-        self._schema_ready = not create_schema
         self._schema_lock: asyncio.Lock | None = None
-        self._down_until = 0.0
-        self._next_purge = time.time() + purge_interval
-
-    def __repr__(self) -> str:
-        if self.pool is not None:
-            where = f"pool {self.pool.name!r}"
-        else:
-            info = self._psycopg.conninfo.conninfo_to_dict(self.conninfo or "")
-            host, port = info.get("host", "localhost"), info.get("port", 5432)
-            where = f"{host}:{port}/{info.get('dbname', '')}"
-        suffix = f", prefix={self.prefix!r}" if self.prefix else ""
-        return f"AsyncPostgresStore({where!r}{suffix})"
 
     def with_prefix(self, prefix: str) -> AsyncPostgresStore:
         """A store on the same database (or pool) under another namespace."""
@@ -620,9 +603,6 @@ class AsyncPostgresStore(_PostgresRules):
             self.conninfo, pool=self.pool, prefix=prefix, timeout=self.timeout,
             create_schema=self.create_schema, purge_interval=self.purge_interval,
         )  # fmt: skip
-
-    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}".strip())
 
     async def _connect(self) -> Any:
         conn = await self._psycopg.AsyncConnection.connect(

@@ -279,6 +279,7 @@ class _RedisRules:
     """
 
     prefix: str
+    client: Any
     _cluster: bool
     _prune_after_ms: int
 
@@ -293,6 +294,17 @@ class _RedisRules:
 
     def _owner_key(self, owner: str) -> str:
         return f"{self.prefix}i:{owner}"
+
+    def __repr__(self) -> str:
+        client: Any = self.client
+        if self._cluster:
+            nodes = client.get_nodes()
+            where = f"cluster at {nodes[0].name}" if nodes else "cluster"
+        else:
+            kwargs = client.get_connection_kwargs()
+            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        tail = f", prefix={self.prefix!r})" if self.prefix != "satchel:" else ")"
+        return f"{type(self).__name__}({where!r}{tail}"
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}")
@@ -566,17 +578,6 @@ class RedisStore(_RedisRules):
             url, prefix=self.prefix, socket_timeout=socket_timeout, connect_timeout=connect_timeout
         )
 
-    def __repr__(self) -> str:
-        return self._where() + (f", prefix={self.prefix!r})" if self.prefix != "satchel:" else ")")
-
-    def _where(self) -> str:
-        if self._cluster:
-            first = self.client.get_nodes()[0].name  # type: ignore[union-attr]
-            return f"RedisStore('cluster at {first}'"
-        kwargs = self.client.get_connection_kwargs()
-        where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-        return f"RedisStore({where!r}"
-
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -603,7 +604,7 @@ class RedisStore(_RedisRules):
         """
         try:
             if self._pool is None:
-                return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+                return self.client.execute_command(*args)
             conn = self._connections.take()
             try:
                 try:
@@ -824,17 +825,6 @@ class AsyncRedisStore(_RedisRules):
                 connect_timeout=connect_timeout,
             )
         return store
-
-    def __repr__(self) -> str:
-        client: Any = self.client
-        if self._cluster:
-            nodes = client.get_nodes()
-            where = f"cluster at {nodes[0].name}" if nodes else "cluster"
-        else:
-            kwargs = client.get_connection_kwargs()
-            where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-        tail = f", prefix={self.prefix!r})" if self.prefix != "satchel:" else ")"
-        return f"AsyncRedisStore({where!r}{tail}"
 
     async def _layout(self) -> None:
         if self._readying is None:
