@@ -301,3 +301,28 @@ def test_a_flask_cookie_session_is_imported_once(store: Store) -> None:
             await closed(app)
 
     run(check)
+
+
+def test_quarts_own_cookie_sessions_are_imported_as_flask_cookies() -> None:
+    """A Quart app switching to satchel keeps its visitors: Quart signs cookies as Flask does."""
+    old = Quart("before_satchel")
+    old.config["SECRET_KEY"] = SECRET
+
+    @old.get("/set")
+    async def set_() -> str:
+        session["user"] = "grace"
+        return "ok"
+
+    async def old_cookie() -> str:
+        response = await old.test_client().get("/set")
+        return set_cookie_of(response).split(";", 1)[0].removeprefix("session=")
+
+    cookie = asyncio.run(old_cookie())
+    app = make_quart(MemoryStore(), SATCHEL_MIGRATE_FROM="flask-cookie")
+
+    async def check() -> None:
+        response = await app.test_client().get("/", headers={"Cookie": f"session={cookie}"})
+        assert await response.get_json() == {"user": "grace"}
+        assert Satchel.stats(app)["migrated"] == 1
+
+    run(check)
