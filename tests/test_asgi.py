@@ -556,3 +556,33 @@ def test_view_errors_from_the_store_answer_503() -> None:
             assert response.status_code == 503 and response.headers["retry-after"] == "1"
 
     run(check)
+
+
+def test_request_session_is_a_dict_as_starlettes_is(store: Store) -> None:
+    """JSONResponse(request.session), isinstance(..., dict) and C readers see the data."""
+    import orjson
+
+    async def view(request: Request) -> Response:
+        session = request.session
+        session["cart"] = [*session.get("cart", []), "tea"]
+        session.pop("gone", None)
+        assert isinstance(session, dict)
+        assert orjson.loads(orjson.dumps(session)) == dict(session)
+        assert session == dict(session)
+        assert session != {"something": "else"}
+        return JSONResponse(session)
+
+    routes = [Route("/dict", view), *ROUTES]
+
+    async def check() -> None:
+        app = SessionMiddleware(Starlette(routes=routes), secret_key=SECRET, store=store)
+        transport = httpx.ASGITransport(app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+                await client.get("/set/gone/1")
+                assert (await client.get("/dict")).json() == {"cart": ["tea"]}
+                assert (await client.get("/dict")).json() == {"cart": ["tea", "tea"]}
+        finally:
+            await app.store.close()
+
+    run(check)

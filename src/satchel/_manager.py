@@ -402,7 +402,7 @@ class Lifecycle:
             merged = patch(ABSENT if stored is None else loads(stored), patches[name])
             values[name] = dumps(merged, name)
             expect[name] = stored
-            session._data.__setitem__(name, merged)  # what the view's session holds now
+            session._merged(name, merged)  # what the view's session holds now
         return replace(change, set=values, expect=expect)
 
     def _fence(self, session: Session) -> str | None:

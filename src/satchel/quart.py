@@ -51,7 +51,7 @@ _log = logging.getLogger("satchel")
 _PARTITIONED = hasattr(SessionInterface, "get_cookie_partitioned")
 
 
-class QuartSession(AsyncSession, SessionMixin):  # type: ignore[override]
+class QuartSession(AsyncSession, SessionMixin):  # type: ignore[override,misc]
     """A satchel :class:`~satchel.session.AsyncSession` that Quart accepts as its session."""
 
     #: The view of this request carries ``@locked`` (strict mode).

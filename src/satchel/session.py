@@ -136,6 +136,10 @@ class Session(MutableMapping[str, Any]):
         self._replaced.clear()
         self._wrote = False
 
+    def _merged(self, key: str, value: Any) -> None:
+        """Hold ``value``, what a save merged with an overlapping request's, under ``key``."""
+        self._data.__setitem__(key, value)
+
     def _lock_wanted(self) -> bool:
         """Whether this request asks for strict mode; adapters override it."""
         return False
@@ -370,14 +374,47 @@ class Session(MutableMapping[str, Any]):
         self["_permanent"] = bool(value)
 
 
-class AsyncSession(Session):
+class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
     """A session of an ASGI app: loaded before the view runs, since it cannot wait then.
 
     The adapter awaits the store before calling the view (only when the
     request carries a session cookie), so every method works as on
     :class:`Session`; using one that was never loaded is a bug in the caller
     and raises :class:`RuntimeError` rather than blocking the event loop.
+
+    It is also a ``dict``, as Starlette's own ``request.session`` is, holding
+    the same items: ``JSONResponse(request.session)``, ``isinstance(..., dict)``
+    and C code that reads a dict directly (``json``, ``orjson``) see the data.
     """
+
+    def __init__(self, manager: Lifecycle, session_id: str | None) -> None:
+        Session.__init__(self, manager, session_id)
+
+    def _fill(self, record: Record | None) -> Exception | None:
+        error = super()._fill(record)
+        dict.clear(self)
+        dict.update(self, self._data)
+        return error
+
+    def _merged(self, key: str, value: Any) -> None:
+        super()._merged(key, value)
+        dict.__setitem__(self, key, value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        dict.__delitem__(self, key)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def clear(self) -> None:
+        """Forget everything: see :meth:`Session.clear`."""
+        super().clear()
+        dict.clear(self)
 
     #: ``name=`` of the cookie this session came in (and goes out) under.
     _cookie_prefix = b"session="
