@@ -586,3 +586,16 @@ def test_request_session_is_a_dict_as_starlettes_is(store: Store) -> None:
             await app.store.close()
 
     run(check)
+
+
+def test_a_websocket_with_the_store_down_is_closed_with_1011(own_valkey: ValkeyServer) -> None:
+    async def check() -> None:
+        async with browser(own_valkey.url) as (client, app):
+            await client.get("/set/a/1")
+            cookie = client.cookies["session"]
+            own_valkey.kill()
+            sent = await socket_visit(app, cookie)
+            assert [m["type"] for m in sent] == ["websocket.close"]
+            assert sent[0]["code"] == 1011
+
+    run(check)

@@ -262,17 +262,20 @@ class SessionMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send, session: Any) -> None:
         """Save at the accept (its cookie goes with it) and again when the socket ends."""
-        accepted = False
+        accepted = refused = False
 
         async def send_with_cookie(message: Message) -> None:
-            nonlocal accepted
+            nonlocal accepted, refused
+            if refused:
+                return  # closed with 1011 already: the app's later messages go nowhere
             if message["type"] == "websocket.accept" and not accepted:
-                accepted = True
                 try:
                     headers = await self._commit(session, vary=False)
                 except StoreUnavailable as exc:
+                    refused = True
                     await _refuse("websocket", send, exc)
                     return
+                accepted = True
                 session._settle()
                 if headers:
                     message = dict(message)
