@@ -24,7 +24,7 @@ from .valkey import ValkeyServer
 
 def make_quart(store: Any, **config: Any) -> Quart:
     app = Quart("satchel_quart_test")
-    app.config.update(SECRET_KEY=SECRET, **config)
+    app.config.update({"SECRET_KEY": SECRET, **config})
     Satchel(app, store=store)
 
     @app.get("/")
@@ -324,5 +324,25 @@ def test_quarts_own_cookie_sessions_are_imported_as_flask_cookies() -> None:
         response = await app.test_client().get("/", headers={"Cookie": f"session={cookie}"})
         assert await response.get_json() == {"user": "grace"}
         assert Satchel.stats(app)["migrated"] == 1
+
+    run(check)
+
+
+def test_keys_read_again_when_changed_even_in_place() -> None:
+    """SECRET_KEY_FALLBACKS appended to after init_app: cookies of the old key still open."""
+    memory = MemoryStore()
+    old_key = "an-older-secret-key-0123456789-abcdefghij"
+    before = make_quart(memory, SECRET_KEY=old_key)
+    app = make_quart(memory, SECRET_KEY_FALLBACKS=[])
+
+    async def check() -> None:
+        response = await before.test_client().get("/incr")
+        cookie = set_cookie_of(response).split(";", 1)[0].removeprefix("session=")
+        client = app.test_client()
+        refused = await client.get("/", headers={"Cookie": f"session={cookie}"})
+        assert await refused.get_json() == {}
+        app.config["SECRET_KEY_FALLBACKS"].append(old_key)
+        accepted = await client.get("/", headers={"Cookie": f"session={cookie}"})
+        assert await accepted.get_json() == {"n": 1}
 
     run(check)

@@ -109,6 +109,7 @@ class SatchelSessionInterface(SessionInterface):
         #: Whether new sessions record the client's user agent and IP.
         self.track_client = track_client
         self._keys: tuple[object, object] = (None, None)
+        self._fallback_keys: tuple[Any, ...] = ()
 
     def get_cookie_samesite(self, app: Quart) -> str:
         """Quart's ``SESSION_COOKIE_SAMESITE``, with ``None`` read as ``"Lax"``."""
@@ -127,11 +128,16 @@ class SatchelSessionInterface(SessionInterface):
         """Verify the cookie and, when there is one, load the session it names."""
         config = app.config
         keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
-        if keys[0] is not self._keys[0] or keys[1] is not self._keys[1]:
+        fallbacks = tuple(keys[1] or ())
+        if (
+            keys[0] is not self._keys[0]
+            or keys[1] is not self._keys[1]
+            or fallbacks != self._fallback_keys  # a list changed in place
+        ):
             self.manager.signer = signer_for(keys[0], keys[1], strict=False)
             if self.manager.migration is not None and keys[0] is not None:
-                self.manager.migration.rekey(keys[0], list(keys[1] or ()))
-            self._keys = keys
+                self.manager.migration.rekey(keys[0], list(fallbacks))
+            self._keys, self._fallback_keys = keys, fallbacks
         name = self.get_cookie_name(app)
         session = self.manager.open(request.cookies.getlist(name))
         assert isinstance(session, QuartSession)
@@ -286,6 +292,7 @@ class Satchel:
         app.extensions["satchel"] = manager
         interface = SatchelSessionInterface(manager, bool(config["SATCHEL_TRACK_CLIENT"]))
         interface._keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
+        interface._fallback_keys = tuple(config.get("SECRET_KEY_FALLBACKS") or ())
         app.session_interface = interface  # type: ignore[assignment]
         app.register_error_handler(StoreUnavailable, _unavailable)
 

@@ -38,10 +38,12 @@ from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
-    from .postgres import PostgresStore
-    from .redis import RedisStore
+    from .postgres import AsyncPostgresStore, PostgresStore
+    from .redis import AsyncRedisStore, RedisStore
 
 __all__ = [
+    "AsyncPostgresStore",
+    "AsyncRedisStore",
     "AsyncStore",
     "Change",
     "MemoryStore",
@@ -160,13 +162,14 @@ register_scheme("postgres", _postgres)
 
 
 def __getattr__(name: str) -> Any:
-    # RedisStore imports lazily so that redis-py stays an optional extra.
-    if name == "RedisStore":
-        from .redis import RedisStore
+    # The Redis and PostgreSQL stores import lazily, so that redis-py and psycopg stay
+    # optional extras.
+    if name in ("RedisStore", "AsyncRedisStore"):
+        from . import redis
 
-        return RedisStore
-    if name == "PostgresStore":
-        from .postgres import PostgresStore
+        return getattr(redis, name)
+    if name in ("PostgresStore", "AsyncPostgresStore"):
+        from . import postgres
 
-        return PostgresStore
+        return getattr(postgres, name)
     raise AttributeError(name)
