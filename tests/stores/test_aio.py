@@ -278,3 +278,24 @@ def test_sqlite_checkpoints_and_purges_run_off_the_loop(
 
     asyncio.run(check())
     assert len(threads) >= 2 and all(name.startswith("satchel-store") for name in threads)
+
+
+def test_a_cancelled_connect_does_not_fail_the_others_waiting_for_it(
+    redis_store: RedisStore,
+) -> None:
+    """The first caller, cancelled while it connects, leaves the others to connect and go on."""
+    native = to_async(redis_store)
+    assert isinstance(native, AsyncRedisStore)
+
+    async def check() -> None:
+        first = asyncio.create_task(native.load("k"))
+        await asyncio.sleep(0)  # it has started to connect
+        others = [asyncio.create_task(native.load("k")) for _ in range(5)]
+        await asyncio.sleep(0)
+        first.cancel()
+        assert await asyncio.gather(*others) == [None] * 5
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await native.close()
+
+    asyncio.run(check())

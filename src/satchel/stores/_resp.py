@@ -119,10 +119,20 @@ class RespConnection:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        if self._connecting is not None and self._loop is loop and self._pid == os.getpid():
-            return await asyncio.shield(self._connecting)  # another coroutine is connecting
+        while (pending := self._connecting) is not None and (
+            self._loop is loop and self._pid == os.getpid()
+        ):
+            try:  # another coroutine is connecting: wait for its connection
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this caller was cancelled
+                # The connecting coroutine was cancelled, not this one: look again (a
+                # caller woken with this one may have started connecting already).
         self._loop, self._pid = loop, os.getpid()
-        self._connecting = loop.create_future()
+        connecting: asyncio.Future[_Protocol] = loop.create_future()
+        self._connecting = connecting
         try:
             if self.path is not None:
                 making = loop.create_unix_connection(_Protocol, self.path)
@@ -135,16 +145,25 @@ class RespConnection:
                 hello.append(auth or ("AUTH", self.password))
             if self.db:
                 hello.append(("SELECT", self.db))
-            for command in hello:
-                await self._send(protocol, command)
+            try:
+                for command in hello:
+                    await self._send(protocol, command)
+            except BaseException as exc:
+                protocol.close(exc)  # not left open behind a failed hello
+                raise
         except BaseException as exc:
-            self._connecting.set_exception(exc)
-            self._connecting.exception()  # retrieved: no "never retrieved" warning
-            self._connecting = None
+            if isinstance(exc, Exception):
+                connecting.set_exception(exc)
+                connecting.exception()  # retrieved: no "never retrieved" warning
+            else:  # cancelled: whoever waits on this connection tries again
+                connecting.cancel()
+            if self._connecting is connecting:
+                self._connecting = None
             raise
         self._protocol = protocol
-        self._connecting.set_result(protocol)
-        self._connecting = None
+        connecting.set_result(protocol)
+        if self._connecting is connecting:
+            self._connecting = None
         return protocol
 
     async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
