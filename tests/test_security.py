@@ -224,3 +224,28 @@ def test_secure_cookie_flags_on_the_wire(wire: tuple[str, int]) -> None:
     cookie = parts[0]
     deleted = [p.strip() for p in _set_cookie_header(*wire, "/logout", cookie).split(";")]
     assert {"Secure", "HttpOnly", "SameSite=Strict", "Max-Age=0"} <= set(deleted)
+
+
+def test_verified_cookies_are_remembered_only_when_genuine_and_boundedly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The signer's memory of verified cookies never admits a forged one, and stays small."""
+    from satchel import signing
+    from satchel.signing import CookieSigner, new_id
+
+    monkeypatch.setattr(signing, "VERIFIED_CACHE_SIZE", 8)
+    signer = CookieSigner("a-long-enough-secret-key-0123456789-abcdef")
+    session_id = new_id()
+    cookie = signer.sign(session_id)
+    assert signer.unsign(cookie) == session_id
+    assert signer.unsign(cookie) == session_id  # from memory now
+    forged = cookie[:-1] + ("A" if cookie[-1] != "A" else "B")
+    for _ in range(2):
+        assert signer.unsign(forged) is None
+    assert forged not in signer._verified
+    # Another key remembers nothing the first one verified.
+    assert CookieSigner("another-secret-key-0123456789-abcdefghij").unsign(cookie) is None
+    for _ in range(20):
+        other = new_id()
+        assert signer.unsign(signer.sign(other)) == other
+    assert len(signer._verified) <= 8
