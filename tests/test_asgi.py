@@ -31,6 +31,7 @@ from satchel.asgi import (
 from satchel.errors import ConfigError, SessionTooLarge
 from satchel.session import AsyncSession
 from satchel.stores import MemoryStore, Store
+from satchel.stores.aio import InlineStore
 
 from .conftest import SECRET, session_id_of, stored_keys
 from .valkey import ValkeyServer
@@ -453,8 +454,15 @@ def test_bad_settings_are_refused_at_start() -> None:
         SessionMiddleware(inner, secret_key=SECRET, idle_timeout=-1, store="memory://")
     with pytest.raises(ConfigError, match="strict mode"):
         SessionMiddleware(inner, secret_key=SECRET, store=_NoLocks(), locking=True)
-    with pytest.raises(ConfigError, match="store"):
+    with pytest.raises(ConfigError, match="store must be a store URL"):
         SessionMiddleware(inner, secret_key=SECRET, store=42)
+    with pytest.raises(ConfigError, match="key_prefix is 'b:' but the store URL says prefix='a:'"):
+        SessionMiddleware(inner, secret_key=SECRET, store="memory://?prefix=a:", key_prefix="b:")
+    async_store = InlineStore(MemoryStore(prefix="a:"))
+    with pytest.raises(ConfigError, match="key_prefix is 'b:' but the store object"):
+        SessionMiddleware(inner, secret_key=SECRET, store=async_store, key_prefix="b:")
+    kept = SessionMiddleware(inner, secret_key=SECRET, store=async_store, key_prefix="a:")
+    assert kept.store is async_store  # an async store is used as it is
 
 
 class _NoLocks(MemoryStore):

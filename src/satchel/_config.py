@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ._manager import Settings, security_log
-from .errors import ConfigError
+from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .signing import CookieSigner, weak_secret
 from .stores import Store, from_url, url_prefix
 from .stores.sqlite import SQLiteStore
@@ -56,6 +56,14 @@ BUSY_MESSAGE = (
 )
 
 
+def unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
+    """Every adapter's answer to a store error: a plain-text 503 that asks to retry, logged."""
+    log.warning("answered 503: %s", error)
+    headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"}
+    message = BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE
+    return message, 503, headers
+
+
 def seconds(value: Any, name: str) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
@@ -94,10 +102,20 @@ def signer_for(secret: Any, fallbacks: Any, *, strict: bool) -> CookieSigner:
     return CookieSigner(secret, fallbacks)
 
 
-def build_store(chosen: Any, prefix: Any, default_path: str) -> Store:
-    """The store ``chosen`` (a URL, a store, or ``None``: SQLite at ``default_path``) names."""
+def build_store(
+    chosen: Any,
+    prefix: Any,
+    default_path: str,
+    names: tuple[str, str] = ("SATCHEL_STORE", "SATCHEL_KEY_PREFIX"),
+) -> Store:
+    """The store ``chosen`` (a URL, a store, or ``None``: SQLite at ``default_path``) names.
+
+    An async store object is accepted as it is; ``names`` are the settings the
+    errors name (the ASGI middleware's are ``store`` and ``key_prefix``).
+    """
+    store_name, prefix_name = names
     if prefix is not None and not isinstance(prefix, str):
-        raise ConfigError(f"SATCHEL_KEY_PREFIX must be a str, not {prefix!r}")
+        raise ConfigError(f"{prefix_name} must be a str, not {prefix!r}")
     if chosen is None:
         path = default_path
         return SQLiteStore(path) if prefix is None else SQLiteStore(path, prefix=prefix)
@@ -106,18 +124,18 @@ def build_store(chosen: Any, prefix: Any, default_path: str) -> Store:
             bare, named = url_prefix(chosen)
             if named is not None and named != prefix:
                 raise ConfigError(
-                    f"SATCHEL_KEY_PREFIX is {prefix!r} but the store URL says prefix={named!r}"
+                    f"{prefix_name} is {prefix!r} but the store URL says prefix={named!r}"
                 )
             joiner = "&" if "?" in bare else "?"
             chosen = f"{bare}{joiner}{urlencode({'prefix': prefix})}"
         chosen = from_url(chosen)
     elif prefix is not None and getattr(chosen, "prefix", None) != prefix:
         raise ConfigError(
-            f"SATCHEL_KEY_PREFIX is {prefix!r} but the store object was built with prefix "
+            f"{prefix_name} is {prefix!r} but the store object was built with prefix "
             f"{getattr(chosen, 'prefix', None)!r}: pass prefix= when you build it"
         )
     if not isinstance(chosen, Store):
-        raise ConfigError(f"SATCHEL_STORE must be a store URL or a Store, not {chosen!r}")
+        raise ConfigError(f"{store_name} must be a store URL or a Store, not {chosen!r}")
     return chosen
 
 

@@ -27,20 +27,19 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from ._config import (
-    BUSY_MESSAGE,
     DEFAULT_ABSOLUTE_TIMEOUT,
     DEFAULT_MAX_SIZE,
-    UNAVAILABLE_MESSAGE,
     build_store,
     check_store,
     make_settings,
     signer_for,
+    unavailable,
 )
 from ._manager import AsyncSessionManager
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
-from .errors import ConfigError, LockTimeout, StoreUnavailable
+from .errors import ConfigError, StoreUnavailable
 from .session import AsyncSession
-from .stores.aio import is_async, to_async
+from .stores.aio import to_async
 from .stores.base import AsyncStore, Store
 
 __all__ = [
@@ -321,17 +320,10 @@ def _header(scope: Scope, wanted: bytes) -> str:
 
 def _async_store(store: Any, prefix: Any, *, strict: bool) -> AsyncStore:
     """The async store ``store`` names (a URL, a sync or async store, or the SQLite default)."""
-    if is_async(store):
-        if prefix is not None and getattr(store, "prefix", None) != prefix:
-            raise ConfigError(
-                f"key_prefix is {prefix!r} but the store object was built with prefix "
-                f"{getattr(store, 'prefix', None)!r}: pass prefix= when you build it"
-            )
-        return to_async(store)
     default = os.path.abspath(DEFAULT_SQLITE_PATH)
-    sync_store = build_store(store, prefix, default)
-    check_store(sync_store, strict=strict)
-    return to_async(sync_store)
+    chosen = build_store(store, prefix, default, ("store", "key_prefix"))
+    check_store(chosen, strict=strict)
+    return to_async(chosen)
 
 
 async def _release(manager: AsyncSessionManager, session: AsyncSession) -> None:
@@ -343,22 +335,14 @@ async def _release(manager: AsyncSessionManager, session: AsyncSession) -> None:
 
 async def _refuse(kind: str, send: Send, error: StoreUnavailable) -> None:
     """Answer 503 (close a websocket with 1011): the store is down or the session busy."""
-    _log.warning("answered 503: %s", error)
+    message, status, headers = unavailable(error)
     if kind == "websocket":
         await send({"type": "websocket.close", "code": 1011, "reason": "session store unavailable"})
         return
-    body = (BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
+    body = message.encode()
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
 

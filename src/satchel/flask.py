@@ -60,16 +60,15 @@ from flask import current_app, g, has_request_context
 from flask.sessions import SessionInterface, SessionMixin
 
 from ._config import (
-    BUSY_MESSAGE,
-    UNAVAILABLE_MESSAGE,
     config_defaults,
     read_config,
     seconds,
     signer_for,
+    unavailable,
 )
 from ._manager import SessionManager
 from .admin import SessionInfo, list_sessions, revoke, revoke_all
-from .errors import ConfigError, LockTimeout, StoreUnavailable
+from .errors import ConfigError, StoreUnavailable
 from .migration import (
     CLAIM_PREFIX,
     SOURCES,
@@ -168,13 +167,6 @@ def _current() -> FlaskSession | None:
         return None
 
 
-def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
-    _log.warning("answered 503: %s", error)
-    headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"}
-    message = BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE
-    return message, 503, headers
-
-
 def _locked_endpoints(app: Flask) -> frozenset[str]:
     """The endpoints whose views carry @locked, found once per app."""
     state = app.extensions.get("satchel.locked")
@@ -207,8 +199,8 @@ def _answer_error(app: Flask, error: StoreUnavailable, response: BaseResponse) -
     from flask import request
 
     handler: Any = app._find_error_handler(error, request.blueprints)
-    if handler is None or handler is _unavailable:
-        message, status, headers = _unavailable(error)
+    if handler is None or handler is unavailable:
+        message, status, headers = unavailable(error)
         response.status_code = status
         response.set_data(message)
         response.headers.update(headers)
@@ -523,7 +515,7 @@ class Satchel:
         from .cli import admin
 
         app.cli.add_command(admin)
-        app.register_error_handler(StoreUnavailable, _unavailable)
+        app.register_error_handler(StoreUnavailable, unavailable)
 
         @app.teardown_request
         def _release_lock(exc: BaseException | None) -> None:

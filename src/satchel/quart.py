@@ -26,15 +26,14 @@ from quart import has_request_context
 from quart.sessions import SessionInterface, SessionMixin
 
 from ._config import (
-    BUSY_MESSAGE,
-    UNAVAILABLE_MESSAGE,
     config_defaults,
     read_config,
     signer_for,
+    unavailable,
 )
 from ._manager import AsyncSessionManager, SessionManager
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
-from .errors import ConfigError, LockTimeout, StoreUnavailable
+from .errors import ConfigError, StoreUnavailable
 from .flask import DEFAULT_SQLITE_NAME, _locked_endpoints, _migration, locked
 from .session import AsyncSession
 from .stores.aio import is_async, to_async
@@ -184,12 +183,9 @@ class SatchelSessionInterface(SessionInterface):
         try:
             outcome = await self.manager.save(session)
         except StoreUnavailable as exc:
-            _log.warning("answered 503: %s", exc)
-            response.status_code = 503
-            message = BUSY_MESSAGE if isinstance(exc, LockTimeout) else UNAVAILABLE_MESSAGE
+            message, response.status_code, headers = unavailable(exc)
             response.set_data(message)
-            response.headers["Content-Type"] = "text/plain; charset=utf-8"
-            response.headers["Retry-After"] = "1"
+            response.headers.update(headers)
             return
         attributes: dict[str, Any] = {
             "domain": self.get_cookie_domain(app),
@@ -217,13 +213,6 @@ class SatchelSessionInterface(SessionInterface):
             expires=self.get_expiration_time(app, session),
             **attributes,
         )
-
-
-async def _unavailable(error: StoreUnavailable) -> tuple[str, int, dict[str, str]]:
-    _log.warning("answered 503: %s", error)
-    headers = {"Content-Type": "text/plain; charset=utf-8", "Retry-After": "1"}
-    message = BUSY_MESSAGE if isinstance(error, LockTimeout) else UNAVAILABLE_MESSAGE
-    return message, 503, headers
 
 
 class Satchel:
@@ -294,7 +283,7 @@ class Satchel:
         interface._keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
         interface._fallback_keys = tuple(config.get("SECRET_KEY_FALLBACKS") or ())
         app.session_interface = interface  # type: ignore[assignment]
-        app.register_error_handler(StoreUnavailable, _unavailable)
+        app.register_error_handler(StoreUnavailable, unavailable)
 
         async def _raise_load_failure() -> None:
             from quart.globals import request_ctx, websocket_ctx
