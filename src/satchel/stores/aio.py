@@ -59,6 +59,17 @@ class _Wrapper:
     async def _call(self, method: Callable[..., T], *args: Any) -> T:
         raise NotImplementedError
 
+    def _rewrap(self, store: Any) -> Any:
+        """This kind of wrapper, with its options, around ``store``."""
+        return type(self)(store)
+
+    def with_prefix(self, prefix: str) -> Any:
+        """The same wrapper around the wrapped store's :meth:`with_prefix` namespace."""
+        with_prefix = getattr(self.wrapped, "with_prefix", None)
+        if with_prefix is None:
+            raise ConfigError(f"{self.wrapped!r} has no with_prefix()")
+        return self._rewrap(with_prefix(prefix))
+
     def _locking(self) -> LockingStore:
         store = self.wrapped
         if not isinstance(store, LockingStore):
@@ -148,12 +159,8 @@ class ThreadedStore(_Wrapper):
         self._pid = 0
         self._guard = threading.Lock()
 
-    def with_prefix(self, prefix: str) -> ThreadedStore:
-        """The same, on the wrapped store's :meth:`with_prefix` namespace."""
-        with_prefix = getattr(self.wrapped, "with_prefix", None)
-        if with_prefix is None:
-            raise ConfigError(f"{self.wrapped!r} has no with_prefix()")
-        return ThreadedStore(with_prefix(prefix), threads=self.threads)
+    def _rewrap(self, store: Any) -> Any:
+        return type(self)(store, threads=self.threads)
 
     def _pool(self) -> ThreadPoolExecutor:
         executor = self._executor
@@ -217,17 +224,15 @@ class SQLiteLoopStore(ThreadedStore):
         self._next_maintenance = time.time() + store.purge_interval
         self._maintaining = False
 
-    def with_prefix(self, prefix: str) -> SQLiteLoopStore:
-        """The same, on the wrapped store's :meth:`with_prefix` namespace."""
-        return SQLiteLoopStore(self.sqlite.with_prefix(prefix), threads=self.threads)
-
-    async def _either(self, method: str, *args: Any, write: bool = False) -> Any:
+    async def _either(self, method: str, *args: Any, write: bool = False, **named: Any) -> Any:
+        """``method`` on the loop through the inline twin; on a thread if it would wait."""
         try:
-            answer = getattr(self._inline, method)(*args)
+            answer = getattr(self._inline, method)(*args, **named)
         except StoreUnavailable as exc:
             if not _busy(exc):
                 raise
-            return await self._call(getattr(self.sqlite, method), *args)
+            waiting = functools.partial(getattr(self.sqlite, method), **named)
+            return await self._call(waiting, *args)
         if write:
             self._wrote()
         return answer
@@ -256,14 +261,7 @@ class SQLiteLoopStore(ThreadedStore):
 
     async def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
         """See :meth:`satchel.stores.Store.save`."""
-        try:
-            result = self._inline.save(key, change, create=create)
-        except StoreUnavailable as exc:
-            if not _busy(exc):
-                raise
-            saving = functools.partial(self.sqlite.save, create=create)
-            return await self._call(saving, key, change)
-        self._wrote()
+        result: SaveResult = await self._either("save", key, change, write=True, create=create)
         return result
 
     async def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
@@ -296,13 +294,6 @@ class InlineStore(_Wrapper):
     For :class:`~satchel.stores.MemoryStore` (a dict under a lock held for
     microseconds), where a hop to a thread would cost more than the call.
     """
-
-    def with_prefix(self, prefix: str) -> InlineStore:
-        """The same, on the wrapped store's :meth:`with_prefix` namespace."""
-        with_prefix = getattr(self.wrapped, "with_prefix", None)
-        if with_prefix is None:
-            raise ConfigError(f"{self.wrapped!r} has no with_prefix()")
-        return InlineStore(with_prefix(prefix))
 
     async def _call(self, method: Callable[..., T], *args: Any) -> T:
         return method(*args)
