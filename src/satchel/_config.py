@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 
 from ._manager import Settings, security_log
 from .errors import ConfigError, LockTimeout, StoreUnavailable
+from .migration import DEFAULT_OVERLAP
 from .signing import CookieSigner, weak_secret
 from .stores import Store, from_url, url_prefix
 from .stores.sqlite import SQLiteStore
@@ -40,7 +41,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "SATCHEL_STRICT_STORE": False,
     "SATCHEL_MIGRATE_FROM": None,
     "SATCHEL_MIGRATE_UNTIL": None,
-    "SATCHEL_MIGRATE_OVERLAP": 5.0,  # satchel.migration.DEFAULT_OVERLAP
+    "SATCHEL_MIGRATE_OVERLAP": DEFAULT_OVERLAP,
     "SATCHEL_MIGRATE_FLASK_SESSION_STORE": None,
     "SATCHEL_MIGRATE_FLASK_SESSION_PREFIX": "session:",
 }

@@ -387,9 +387,6 @@ class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
     and C code that reads a dict directly (``json``, ``orjson``) see the data.
     """
 
-    def __init__(self, manager: Lifecycle, session_id: str | None) -> None:
-        Session.__init__(self, manager, session_id)
-
     def _fill(self, record: Record | None) -> Exception | None:
         error = super()._fill(record)
         dict.clear(self)
