@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._steps import Steps
     from .session import Session
 
-__all__ = ["SessionInfo", "list_sessions", "revoke", "revoke_all"]
+__all__ = ["SessionInfo", "list_sessions", "revoke", "revoke_all", "stats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +142,14 @@ def revoke_all(manager: SessionManager, owner: str | int, keep: Session | None =
     anything else raises :class:`TypeError` (``None`` too: it would mean everyone).
     """
     return manager.run(revoke_all_steps(manager, owner, keep))
+
+
+def stats(manager: Lifecycle) -> dict[str, int]:
+    """This process's counters (see :class:`satchel.signals.Counters`), and, with a
+    Redis store's record cache on, the cache's own as ``cache_<name>``."""
+    found = manager.counters.snapshot()
+    cache_stats = getattr(manager.store, "cache_stats", None)
+    cache = cache_stats() if cache_stats is not None else None
+    if cache is not None:
+        found.update({f"cache_{name}": value for name, value in cache.as_dict().items()})
+    return found

@@ -67,7 +67,7 @@ from ._config import (
     unavailable,
 )
 from ._manager import SessionManager
-from .admin import SessionInfo, list_sessions, revoke, revoke_all
+from .admin import SessionInfo, list_sessions, revoke, revoke_all, stats
 from .errors import ConfigError, StoreUnavailable
 from .migration import (
     CLAIM_PREFIX,
@@ -482,9 +482,11 @@ class Satchel:
 
         Loads, saves, creates, deletes, idle refreshes, rejected cookies, store
         errors and lock waits since the app started; see
-        :class:`satchel.signals.Counters`.
+        :class:`satchel.signals.Counters`. With a Redis store's record cache on,
+        also its ``cache_hits``, ``cache_misses``, ``cache_invalidations``,
+        ``cache_evictions``, ``cache_flushes``, ``cache_entries`` and ``cache_bytes``.
         """
-        return _manager(app).counters.snapshot()
+        return stats(_manager(app))
 
     def init_app(
         self, app: Flask, *, store: Store | None = None, cookie_name: CookieNamer | None = None

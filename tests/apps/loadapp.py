@@ -84,6 +84,24 @@ def create_app() -> Flask:
         session.setdefault("prefs", {}).setdefault("ui", {})[name] = value
         return "ok"
 
+    if backend == "satchel":
+        from satchel import Satchel, current_session
+
+        @app.get("/login/<user>")
+        def login(user: str) -> str:
+            current_session().regenerate(owner=user)
+            return "ok"
+
+        @app.get("/logout-everywhere")
+        def logout_everywhere() -> dict[str, int]:
+            owner = current_session().owner
+            assert owner is not None
+            return {"ended": Satchel.revoke_all(owner, keep_current=False)}
+
+        @app.get("/stats")
+        def stats() -> dict[str, int]:
+            return Satchel.stats()
+
     @app.get("/clear")
     def clear() -> str:
         session.clear()

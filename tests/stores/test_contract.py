@@ -37,3 +37,15 @@ class TestPostgresStore(FullStoreContract):
     @pytest.fixture
     def store(self, postgres_store: Store) -> Store:
         return postgres_store
+
+
+class TestCachedRedisStore(FullStoreContract):
+    """The same contract with each process's record cache on (``?cache=``)."""
+
+    @pytest.fixture
+    def store(self, redis_store: RedisStore) -> Iterator[RedisStore]:
+        source = redis_store._source
+        assert source is not None
+        store = RedisStore.from_url(source[0], cache="16MB")
+        yield store
+        store.close()

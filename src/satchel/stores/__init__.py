@@ -21,7 +21,10 @@ Every URL takes ``?prefix=NAME``: the store's namespace (``SATCHEL_KEY_PREFIX``)
 under which every key, index and lock of the store lives. ``sqlite`` URLs also
 take ``?timeout=SECONDS`` (how long to wait for a lock); ``postgresql`` URLs take
 ``?timeout=SECONDS`` (the bound on each statement) and ``?create_schema=false``,
-and pass every other query parameter (``sslmode=...``) to libpq. Third-party stores add
+and pass every other query parameter (``sslmode=...``) to libpq. ``redis`` URLs take
+``?cache=64MB``: each process keeps the records it read, kept correct by the
+server's invalidation notices (off by default; see docs/performance.md), and pass
+every other query parameter to redis-py. Third-party stores add
 schemes with :func:`register_scheme`; their factories receive the whole URL,
 ``prefix`` included.
 """
@@ -122,9 +125,17 @@ def _redis(url: str) -> Store:
     url, prefix = url_prefix(url)
     if url[:6].lower() == "valkey":  # redis-py speaks the same protocol
         url = "redis" + url[6:]
-    if prefix is None:
-        return RedisStore.from_url(url)
-    return RedisStore.from_url(url, prefix=prefix)
+    base, _, query = url.partition("?")
+    options: dict[str, Any] = {} if prefix is None else {"prefix": prefix}
+    passed = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "cache":
+            options["cache"] = value
+        else:
+            passed.append((name, value))
+    if passed:
+        base = f"{base}?{urlencode(passed)}"
+    return RedisStore.from_url(base, **options)
 
 
 def _postgres(url: str) -> Store:

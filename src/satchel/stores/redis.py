@@ -31,10 +31,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import hiredis
+
 from .._steps import Steps, drive, drive_async
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
 from ._resp import RespConnection, RespError
+from ._tracking import CacheStats, TrackingConnection, parse_size
 from .base import Change, Conflict, Record, SaveResult, apply_change
 
 if TYPE_CHECKING:
@@ -481,12 +484,19 @@ class RedisStore(_RedisRules):
     """
 
     def __init__(
-        self, client: redis.Redis | redis.cluster.RedisCluster, *, prefix: str = "satchel:"
+        self,
+        client: redis.Redis | redis.cluster.RedisCluster,
+        *,
+        prefix: str = "satchel:",
+        cache: int | str = 0,
     ) -> None:
         self._cluster = _check_client(client)
         self.client = client
         self.prefix = prefix
         self._prune_after_ms = CLUSTER_PRUNE_AFTER_MS if self._cluster else 0
+        #: With ``cache``: the connection single commands go through, whose
+        #: notices keep this process's records correct (see satchel.stores._tracking).
+        self._tracked = self._tracking(client, cache)
         #: Set by :meth:`from_url`: calls then borrow from ``_connections``.
         self._pool: redis.ConnectionPool | None = None
         # Set by from_url: the URL and timeouts, for to_async().
@@ -502,9 +512,42 @@ class RedisStore(_RedisRules):
         self._response_error = redis.ResponseError
         self._redis_error = redis.RedisError
         self._no_script_error = NoScriptError
+        self._protocol_error = hiredis.ProtocolError
+
+    def _tracking(self, client: Any, cache: int | str) -> TrackingConnection | None:
+        try:
+            max_bytes = parse_size(cache)
+        except ValueError as exc:
+            raise ConfigError(f"cache: {exc}") from None
+        if not max_bytes:
+            return None
+        if self._cluster:
+            raise ConfigError(
+                "the record cache (cache=) needs one Redis/Valkey server: "
+                "on a Cluster every read goes to the server"
+            )
+        kwargs = client.get_connection_kwargs()
+        if "ssl" in client.connection_pool.connection_class.__name__.lower():
+            raise ConfigError("the record cache (cache=) needs redis:// or unix://, not TLS")
+        return TrackingConnection(
+            max_bytes=max_bytes,
+            parse=_record,
+            host=kwargs.get("host") or "127.0.0.1",
+            port=int(kwargs.get("port") or 6379),
+            path=kwargs.get("path"),
+            username=kwargs.get("username"),
+            password=kwargs.get("password"),
+            db=int(kwargs.get("db") or 0),
+            timeout=kwargs.get("socket_timeout"),
+            connect_timeout=kwargs.get("socket_connect_timeout") or 0.5,
+        )
+
+    def cache_stats(self) -> CacheStats | None:
+        """This process's record cache: hits, misses, notices, size; ``None`` when off."""
+        return None if self._tracked is None else self._tracked.cache.stats
 
     def with_prefix(self, prefix: str) -> RedisStore:
-        """A store on the same client and connections under another prefix."""
+        """A store on the same client and connections under another prefix (uncached)."""
         other = RedisStore(self.client, prefix=prefix)
         other._pool, other._connections = self._pool, self._connections
         other._source = self._source
@@ -518,8 +561,15 @@ class RedisStore(_RedisRules):
         prefix: str = "satchel:",
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
+        cache: int | str = 0,
     ) -> RedisStore:
         """Build a store on a new client for ``url`` with short timeouts.
+
+        ``cache`` (bytes, or ``"64MB"``; in a URL ``?cache=64MB``) turns on each
+        process's cache of the records it read, kept correct by the server's
+        invalidation notices: see :mod:`satchel.stores._tracking` and
+        docs/performance.md for what it saves and the one gap it leaves. Off (0)
+        by default; one server only, not over TLS.
 
         Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs, and
         ``redis+cluster://host:port`` (or ``rediss+cluster://``) for a Redis or
@@ -551,6 +601,7 @@ class RedisStore(_RedisRules):
                     decode_responses=False,
                 ),
                 prefix=prefix,
+                cache=cache,
             )
         else:
             client = redis.Redis.from_url(
@@ -560,7 +611,7 @@ class RedisStore(_RedisRules):
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 decode_responses=False,
             )
-            store = cls(client, prefix=prefix)
+            store = cls(client, prefix=prefix, cache=cache)
             store._pool = client.connection_pool
         store._source = (given, socket_timeout, connect_timeout)
         return store
@@ -569,7 +620,7 @@ class RedisStore(_RedisRules):
         """An :class:`AsyncRedisStore` on the same server (or Cluster), prefix and timeouts.
 
         Only for a store :meth:`from_url` made; one built on your client cannot
-        tell how to make an async twin of it.
+        tell how to make an async twin of it. The twin does not cache records.
         """
         if self._source is None:
             raise ConfigError(f"{self!r} was built on a client: build its async twin yourself")
@@ -602,6 +653,8 @@ class RedisStore(_RedisRules):
         clients (a cluster, or one you configured) are called as they are,
         with their own policies.
         """
+        if self._tracked is not None:
+            return self._tracked_call(args)
         try:
             if self._pool is None:
                 return self.client.execute_command(*args)
@@ -624,15 +677,47 @@ class RedisStore(_RedisRules):
         except self._redis_error as exc:
             raise self._unavailable(exc) from exc
 
-    def _run(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        """Run a Lua script by its SHA-1, loading it first if the server lost it."""
+    def _tracked_call(
+        self, args: tuple[Any, ...], refresh: str | None = None, forget: tuple[str, ...] = ()
+    ) -> Any:
+        """A command on the tracking connection (see :meth:`TrackingConnection.call`)."""
+        assert self._tracked is not None
         try:
-            return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+            reply = self._tracked.call(args, refresh=refresh, forget=forget)
+        except (OSError, self._protocol_error) as exc:
+            raise self._unavailable(exc) from exc
+        if isinstance(reply, RespError):
+            raise self._unavailable(reply) from reply
+        return reply
+
+    def _run(
+        self,
+        script: _Script,
+        keys: list[str],
+        args: list[Any],
+        refresh: str | None = None,
+        forget: tuple[str, ...] = (),
+    ) -> Any:
+        """Run a Lua script by its SHA-1, loading it first if the server lost it.
+
+        ``refresh`` and ``forget`` (cache on only): the records it writes and ends.
+        """
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            if self._tracked is None:
+                return self._call(*command)
+            return self._tracked_call(command, refresh, forget)
         except StoreUnavailable as exc:
-            if not isinstance(exc.__cause__, self._no_script_error):
+            cause = exc.__cause__
+            lost = isinstance(cause, self._no_script_error) or (
+                isinstance(cause, RespError) and str(cause).startswith("NOSCRIPT")
+            )
+            if not lost:
                 raise
         self._call("SCRIPT", "LOAD", script.source)  # a restarted or flushed server
-        return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+        if self._tracked is None:
+            return self._call(*command)
+        return self._tracked_call(command, refresh, forget)
 
     def _perform(self, op: Op) -> Any:
         kind = op[0]
@@ -649,8 +734,13 @@ class RedisStore(_RedisRules):
             return list(self.client.scan_iter(op[1], count=1000))
 
     def load(self, key: str) -> Record | None:
-        """Fetch the whole hash in one round trip."""
-        return _record(self._call("HGETALL", self._key(key)))
+        """Fetch the whole hash in one round trip (with the cache on: none, when it holds it)."""
+        if self._tracked is None:
+            return _record(self._call("HGETALL", self._key(key)))
+        try:
+            return self._tracked.load(self._key(key))
+        except (OSError, RespError, self._protocol_error) as exc:
+            raise self._unavailable(exc) from exc
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
         """Yield live records: an owner's from their set (pruning dead members), or all by SCAN."""
@@ -673,15 +763,33 @@ class RedisStore(_RedisRules):
 
     def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
         """Apply ``change`` with one script call (a Cluster's move and owned create: two)."""
-        return drive(self._save_steps(key, change, create), self._perform)
+        steps = self._save_steps(key, change, create)
+        if self._tracked is None:
+            return drive(steps, self._perform)
+        # With the cache on: the record written is read back in the same round trip,
+        # and a move's old record is forgotten (this process gets no notice of either).
+        name = self._key(key)
+        gone = () if change.replaces is None else (self._key(change.replaces),)
+
+        def perform(op: Op) -> Any:
+            if op[0] == "script" and op[1] is SAVE:
+                return self._run(op[1], op[2], op[3], refresh=name, forget=gone)
+            return self._perform(op)
+
+        return drive(steps, perform)
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times with one script call."""
-        return bool(self._perform(self._touch_op(key, touched_at, expires_at)))
+        _, script, keys, args = self._touch_op(key, touched_at, expires_at)
+        refresh = None if self._tracked is None else self._key(key)
+        return bool(self._run(script, keys, args, refresh=refresh))
 
     def delete(self, key: str) -> None:
         """Delete the hash."""
-        self._call("DEL", self._key(key))
+        if self._tracked is None:
+            self._call("DEL", self._key(key))
+        else:
+            self._tracked_call(("DEL", self._key(key)), forget=(self._key(key),))
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Set the lock key with a lease unless another token holds it: one script call."""
@@ -725,6 +833,8 @@ class RedisStore(_RedisRules):
         """Close the client's connections and those of every thread."""
         for conn in self._connections.drain():
             conn.disconnect()
+        if self._tracked is not None:
+            self._tracked.close()
         self.client.close()
 
 

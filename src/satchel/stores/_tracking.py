@@ -1,0 +1,380 @@
+"""A worker's cache of Redis/Valkey session records, kept correct by the server.
+
+With the cache on, a :class:`~satchel.stores.redis.RedisStore` sends its
+single commands over one connection per process that has asked the server to
+report changes to the session records it read (``CLIENT TRACKING ON OPTIN
+NOLOOP``, protocol 3). The server remembers which records this connection
+read, and when any other connection changes one of them it sends a notice on
+this same socket, in order with the replies. So:
+
+* a reply is read only after every notice the server queued before it: any
+  command on this connection (a load, a save, a strict-mode lock) is a
+  barrier, after which the cache reflects every write the server finished
+  before that command ran;
+* before a record is served from memory, the notices already in the socket are
+  read without waiting (one ``recv``), so a write another worker finished
+  before this request began is normally seen;
+* this process's own writes send it no notice (``NOLOOP``), and they end the
+  server's tracking of the record; so every write of this connection is sent
+  together with a fresh read of the record (one round trip, not two), which
+  tracks it again and gives the cache the record exactly as stored;
+* when the connection breaks or times out the whole cache is emptied, and a
+  new connection starts with an empty cache: no record outlives the channel
+  that kept it correct.
+
+What it cannot promise: the server writes a notice in the same step as the
+writer's reply, not before it. A read in another worker that starts after the
+writer's reply, yet before the server has written the notice or the network
+has delivered it, is served the old record. On one machine that gap is the
+server thread being descheduled between two writes; across machines it is one
+packet's travel. That is why the cache is off unless asked for (``?cache=`` in
+the store URL): docs/performance.md gives the figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+
+from . import _connections
+from ._resp import RespError, encode
+from .base import Record
+
+__all__ = ["CacheStats", "RecordCache", "TrackingConnection", "parse_size"]
+
+#: Bytes a cached record costs beyond its fields' names and values: the Record,
+#: its dicts and the cache's own entry (measured with tracemalloc: bench/run.py).
+ENTRY_OVERHEAD = 560
+#: ... and per field.
+FIELD_OVERHEAD = 150
+#: A drain that reads more than this many bytes of notices means the worker fell
+#: behind: the server may hold more in its buffers, so the read goes to the server.
+LAG_LIMIT = 64 * 1024
+#: Sent before a read whose keys the server is to track (the connection is OPTIN).
+_CACHING = encode(("CLIENT", "CACHING", "YES"))
+
+_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+_UNITS.update({"kib": 1024, "mib": 1024**2, "gib": 1024**3})
+
+
+def parse_size(text: str | int) -> int:
+    """A byte count from ``65536``, ``"64MB"``, ``"64 MiB"`` or ``"0"`` (off)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        found = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(text))
+        unit = found.group(2).lower() if found else ""
+        if found is None or unit not in _UNITS:
+            raise ValueError(f"a size looks like 65536, 64MB or 64MiB, not {text!r}")
+        value = int(found.group(1)) * _UNITS[unit]
+    if value < 0:
+        raise ValueError(f"a size cannot be negative: {text!r}")
+    return value
+
+
+def entry_size(record: Record) -> int:
+    """What :class:`RecordCache` counts a record as: its bytes plus a measured overhead."""
+    fields = record.fields
+    return (
+        ENTRY_OVERHEAD
+        + FIELD_OVERHEAD * len(fields)
+        + sum(len(name) + len(value) for name, value in fields.items())
+    )
+
+
+class CacheStats:
+    """What a worker's record cache did: counters since it was made, and its size now."""
+
+    __slots__ = ("bytes", "entries", "evictions", "flushes", "hits", "invalidations", "misses")
+
+    def __init__(self) -> None:
+        self.hits = self.misses = self.invalidations = self.evictions = self.flushes = 0
+        self.entries = self.bytes = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class RecordCache:
+    """Records by Redis key, the least recently used dropped beyond ``max_bytes``.
+
+    Not thread-safe on its own: :class:`TrackingConnection` calls it under its lock.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[str, tuple[Record, int]] = collections.OrderedDict()
+        self.stats = CacheStats()
+
+    def get(self, name: str) -> Record | None:
+        found = self._entries.get(name)
+        if found is None:
+            return None
+        self._entries.move_to_end(name)
+        return found[0]
+
+    def put(self, name: str, record: Record) -> None:
+        size = entry_size(record)
+        if size > self.max_bytes:
+            self.drop(name)
+            return
+        stats = self.stats
+        old = self._entries.pop(name, None)
+        if old is not None:
+            stats.bytes -= old[1]
+        self._entries[name] = (record, size)
+        stats.bytes += size
+        while stats.bytes > self.max_bytes:
+            _, (_, freed) = self._entries.popitem(last=False)
+            stats.bytes -= freed
+            stats.evictions += 1
+        stats.entries = len(self._entries)
+
+    def drop(self, name: str) -> None:
+        old = self._entries.pop(name, None)
+        if old is not None:
+            self.stats.bytes -= old[1]
+            self.stats.entries = len(self._entries)
+
+    def clear(self) -> None:
+        if self._entries:
+            self.stats.flushes += 1
+        self._entries.clear()
+        self.stats.entries = self.stats.bytes = 0
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
+class _Broken(ConnectionError):
+    """The connection closed, timed out or fell out of step: it is gone, and the cache with it."""
+
+
+class _TimedOut(_Broken):
+    """No reply came within the timeout: the server may be frozen, so no second try."""
+
+
+class TrackingConnection:
+    """One socket per process: this store's commands, and the server's notices, in order.
+
+    Calls from several threads take turns (a lock).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        path: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        timeout: float | None = 0.5,
+        connect_timeout: float = 0.5,
+        parse: Callable[[Any], Record | None],
+    ) -> None:
+        self.host, self.port, self.path = host, port, path
+        self.username, self.password, self.db = username, password, db
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        #: Turns an HGETALL reply into a Record (None: missing, expired or unreadable).
+        self.parse = parse
+        self.cache = RecordCache(max_bytes)
+        self.lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+        self._generation = -1
+
+    # -- the socket ---------------------------------------------------------
+
+    def _open(self) -> socket.socket:
+        """Connect, switch to protocol 3 and turn tracking on; the cache starts empty."""
+        self.cache.clear()
+        if self.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.connect_timeout)
+            try:
+                sock.connect(self.path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Blocking, with the kernel bounding each wait: a recv with MSG_DONTWAIT
+        # then returns at once, where a Python-level timeout would wait first.
+        sock.settimeout(None)
+        if self.timeout:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
+        self._sock, self._reader = sock, hiredis.Reader(replyError=RespError)
+        self._generation = _connections._generation
+        hello: list[Any] = ["HELLO", 3]
+        if self.password is not None:
+            hello += ["AUTH", self.username or "default", self.password]
+        commands: list[tuple[Any, ...]] = [tuple(hello)]
+        if self.db:
+            commands.append(("SELECT", self.db))
+        commands.append(("CLIENT", "TRACKING", "ON", "OPTIN", "NOLOOP"))
+        try:
+            sock.sendall(b"".join(encode(command) for command in commands))
+            for command in commands:
+                reply = self._reply()
+                if isinstance(reply, RespError):
+                    raise _Broken(f"{command[0]} {command[1]} failed: {reply}")
+        except BaseException:
+            self.close()
+            raise
+        return sock
+
+    def _socket(self) -> socket.socket:
+        sock = self._sock
+        if sock is None or self._generation != _connections._generation:
+            if sock is not None:  # a forked child: the parent's socket is not ours to use
+                self._sock = None
+                self.cache.clear()
+            sock = self._open()
+        return sock
+
+    def close(self) -> None:
+        """Close the socket and forget every cached record."""
+        sock, self._sock = self._sock, None
+        self.cache.clear()
+        if sock is not None and self._generation == _connections._generation:
+            sock.close()
+
+    def _notice(self, push: Any) -> None:
+        if len(push) < 2 or push[0] != b"invalidate":
+            return
+        names = push[1]
+        if names is None:  # FLUSHDB, FLUSHALL, or the server dropped what it tracked
+            self.cache.clear()
+            return
+        for name in names:
+            self.cache.drop(name.decode("utf-8", "surrogateescape"))
+        self.cache.stats.invalidations += len(names)
+
+    def _reply(self) -> Any:
+        """The next reply, handling every notice before it."""
+        reader, sock = self._reader, self._sock
+        assert sock is not None
+        while True:
+            reply = reader.gets()
+            if reply is False:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    raise _TimedOut(f"no reply within {self.timeout}s") from None
+                if not data:
+                    raise _Broken("the server closed the connection")
+                reader.feed(data)
+            elif isinstance(reply, hiredis.PushNotification):
+                self._notice(reply)
+            else:
+                return reply
+
+    def _drain(self) -> bool:
+        """Handle the notices already received, without waiting; False if the
+        channel cannot vouch for the cache (broken, or the worker fell behind)."""
+        sock, reader = self._sock, self._reader
+        if sock is None:
+            return False
+        read = 0
+        while True:
+            try:
+                data = sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.close()
+                return False
+            if not data:
+                self.close()
+                return False
+            read += len(data)
+            reader.feed(data)
+        while (push := reader.gets()) is not False:
+            if not isinstance(push, hiredis.PushNotification):  # a reply nobody asked for
+                self.close()
+                return False
+            self._notice(push)
+        return read <= LAG_LIMIT
+
+    # -- calls ---------------------------------------------------------------
+
+    def _exchange(self, data: bytes, replies: int) -> list[Any]:
+        """Send ``data`` and read ``replies`` replies, under the lock the caller holds.
+
+        A broken connection is retried once on a new one; a timeout is not (a
+        frozen server fails the call after ``timeout``).
+        """
+        for attempt in (1, 2):
+            try:
+                sock = self._socket()
+                sock.sendall(data)
+                return [self._reply() for _ in range(replies)]
+            except (OSError, hiredis.ProtocolError) as exc:
+                self.close()
+                if attempt == 2 or isinstance(exc, _TimedOut | TimeoutError):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _keep(self, name: str, reply: Any) -> Record | None:
+        """Cache what a tracked read of ``name`` returned (or forget it: gone, or an error)."""
+        record = None if isinstance(reply, RespError) else self.parse(reply)
+        if record is None:
+            self.cache.drop(name)
+        else:
+            self.cache.put(name, record)
+        return record
+
+    def call(
+        self, args: tuple[Any, ...], *, refresh: str | None = None, forget: tuple[str, ...] = ()
+    ) -> Any:
+        """Send one command and return its reply (an error reply is returned as a
+        :class:`~satchel.stores._resp.RespError`, not raised).
+
+        ``refresh`` names a record the command writes: it is read again in the
+        same round trip, tracked anew and cached as stored (see the module's
+        docstring). ``forget`` names records it ends, dropped from the cache
+        before any other thread's command.
+        """
+        data = encode(args)
+        with self.lock:
+            if refresh is None:
+                reply = self._exchange(data, 1)[0]
+            else:
+                replies = self._exchange(data + _CACHING + encode(("HGETALL", refresh)), 3)
+                reply = replies[0]
+                self._keep(refresh, replies[2])
+            for name in forget:
+                self.cache.drop(name)
+            return reply
+
+    def load(self, name: str) -> Record | None:
+        """The record under ``name``: from memory when the channel vouches for it and it
+        has not expired, else read from the server (tracked) and cached."""
+        with self.lock:
+            current = self._sock is not None and self._generation == _connections._generation
+            record = self.cache.get(name) if current and self._drain() else None
+            if record is not None:
+                if record.expires_at > time.time():
+                    self.cache.stats.hits += 1
+                    return record
+                self.cache.drop(name)
+            self.cache.stats.misses += 1
+            replies = self._exchange(_CACHING + encode(("HGETALL", name)), 2)
+            if isinstance(replies[1], RespError):
+                raise replies[1]
+            return self._keep(name, replies[1])
