@@ -135,6 +135,7 @@ def all_backends(
         "satchel memory": satchel("memory://"),
         "satchel SQLite": satchel(f"sqlite:///{directory}/satchel.sqlite3"),
         "satchel Valkey": satchel(valkey_url.replace("/0", "/1")),
+        "satchel Valkey, cached": satchel(valkey_url.replace("/0", "/1") + "?cache=64MB"),
     })  # fmt: skip
     if postgres_url:
         backends["satchel PostgreSQL"] = satchel(postgres_url)

@@ -153,20 +153,29 @@ def in_process(
 def commands_per_request(
     backends: dict[str, Any], valkey: ValkeyServer
 ) -> dict[str, dict[str, float]]:
-    """Round trips to Redis/Valkey per request: sends on the client's connections."""
+    """Round trips to Redis/Valkey per request: sends on the client's connections
+    (and on the cached store's tracking connection)."""
     from redis.connection import Connection
+
+    from satchel.stores._tracking import TrackingConnection
 
     sent = [0]
     original = Connection.send_packed_command
+    exchange = TrackingConnection._exchange
 
     def counting(self: Connection, command: Any, check_health: bool = True) -> None:
         sent[0] += 1
         original(self, command, check_health)
 
+    def counting_exchange(self: TrackingConnection, data: bytes, replies: int) -> list[Any]:
+        sent[0] += 1
+        return exchange(self, data, replies)
+
     counts: dict[str, dict[str, float]] = {}
     Connection.send_packed_command = counting  # type: ignore[method-assign]
+    TrackingConnection._exchange = counting_exchange  # type: ignore[method-assign]
     try:
-        for name in ("Flask-Session Redis", "satchel Valkey"):
+        for name in ("Flask-Session Redis", "satchel Valkey", "satchel Valkey, cached"):
             holder, fresh = make_clients(backends[name], 2_000)
             for workload, call in (
                 ("read-only", lambda h=holder: h.get("/read")),
@@ -180,6 +189,7 @@ def commands_per_request(
                 counts.setdefault(name, {})[workload] = sent[0] / 100
     finally:
         Connection.send_packed_command = original  # type: ignore[method-assign]
+        TrackingConnection._exchange = exchange  # type: ignore[method-assign]
     return counts
 
 
@@ -505,8 +515,67 @@ def instructions(
     return {name: counts[name] for name in names}
 
 
+def cache_figures(valkey: ValkeyServer, sessions: int = 20_000, reads: int = 100_000
+                  ) -> dict[str, float]:  # fmt: skip
+    """The record cache: memory per cached 2 KB session, and hit rates under a Zipf mix.
+
+    The mix: ``sessions`` sessions of 1 KB, each read with a probability
+    proportional to 1/rank (Zipf, s = 1), by one worker, with the cache bounded
+    at 8 MB (a fraction of them fit) and at 64 MB (all fit).
+    """
+    import random
+    import tracemalloc
+
+    from satchel.serialization import dumps
+    from satchel.stores import RedisStore
+    from satchel.stores.base import Change
+
+    url = valkey.url.replace("/0", "/3")
+    now = time.time()
+    store = RedisStore.from_url(url, cache="1GB")
+    store.client.flushdb()
+
+    def fill(count: int, size: int) -> list[str]:
+        change = Change(set={"payload": dumps("x" * size), "count": b"0"}, created_at=now,
+                        touched_at=now, expires_at=now + 3600)  # fmt: skip
+        keys = [f"{i:064x}" for i in range(count)]
+        for key in keys:
+            store.save(key, change, create=True)
+        store._tracked.close()  # type: ignore[union-attr]  # the creates cached them: start empty
+        return keys
+
+    keys = fill(1000, 2000)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for key in keys:
+        store.load(key)
+    measured = (tracemalloc.get_traced_memory()[0] - before) / len(keys)
+    tracemalloc.stop()
+    stats = store.cache_stats()
+    assert stats is not None and stats.entries == len(keys)
+    figures = {"bytes_per_2kb_session": measured, "counted_per_2kb_session": stats.bytes / 1000}
+    store.client.flushdb()
+    keys = fill(sessions, 1000)
+    store.close()
+    rng = random.Random(15)
+    weights = [1 / rank for rank in range(1, sessions + 1)]
+    mix = rng.choices(keys, weights=weights, k=reads)
+    for bound in ("8MB", "64MB"):
+        cached = RedisStore.from_url(url, cache=bound)
+        for key in mix:
+            cached.load(key)
+        found = cached.cache_stats()
+        assert found is not None
+        figures[f"hit_rate_{bound}"] = found.hits / reads
+        figures[f"entries_{bound}"] = found.entries
+        cached.close()
+    figures.update(sessions=sessions, reads=reads)
+    return figures
+
+
 def targets(table: dict[str, dict[str, float]], rt: dict[str, dict[str, float]],
             e2e: dict[str, dict[str, float]], pg: dict[str, Any] | None = None,
+            counts: dict[str, dict[str, float]] | None = None,
             ) -> list[tuple[bool, str]]:  # fmt: skip
     """The issues' targets, each with its measured value."""
     out: list[tuple[bool, str]] = []
@@ -555,6 +624,60 @@ def targets(table: dict[str, dict[str, float]], rt: dict[str, dict[str, float]],
             share = e2e[name]["rps"] / base
             out.append((share >= 0.85, f"{name} under gunicorn: {share:.0%} of bare Flask's "
                                        f"requests per second (target >= 85%)"))  # fmt: skip
+    out += read_path_targets(table, rt, e2e, counts)
+    return out
+
+
+def read_path_targets(
+    table: dict[str, dict[str, float]],
+    rt: dict[str, dict[str, float]],
+    e2e: dict[str, dict[str, float]],
+    counts: dict[str, dict[str, float]] | None,
+) -> list[tuple[bool, str]]:
+    """Issue 15's targets: the cached Valkey store, and SQLite's read path."""
+    out: list[tuple[bool, str]] = []
+    bare = table["bare Flask"]
+    limits = {"read-only": 0.4, "read-modify-write": 0.5}
+    for column in bare:
+        workload = column.split(",")[0]
+        if workload not in limits:
+            continue
+        base = bare[column]
+        ours = table["satchel Valkey, cached"][column] - base
+        theirs = table["Flask-Session Redis"][column] - base
+        out.append((ours <= limits[workload] * theirs,
+                    f"satchel Valkey (cache on)'s cost vs Flask-Session Redis's, {column}: "
+                    f"{ours / theirs:.2f}x (target <= {limits[workload]}x)"))  # fmt: skip
+    for workload, count in rt.get("satchel Valkey, cached", {}).items():
+        high = {"read-only": 0, "read-modify-write": 1, "first request": 1}[workload]
+        out.append((count <= high, f"satchel Valkey (cache on) round trips, {workload}: "
+                                   f"{count:.2f} (target <= {high})"))  # fmt: skip
+    if e2e:
+        share = e2e["satchel Valkey, cached"]["rps"] / e2e["bare Flask"]["rps"]
+        out.append((share >= 0.9, f"satchel Valkey (cache on) under gunicorn: {share:.0%} of "
+                                  f"bare Flask's requests per second (target >= 90%)"))  # fmt: skip
+    for column in bare:
+        workload = column.split(",")[0]
+        if workload == "read-modify-write":
+            continue
+        ours = table["satchel SQLite"][column] - bare[column]
+        cookie = table["Flask cookie session"][column] - bare[column]
+        limit, words = (1 / 3, "<= 1/3") if workload == "read-only" else (1.0, "< 1")
+        passed = ours <= limit * cookie if workload == "read-only" else ours < cookie
+        out.append((passed,
+                    f"satchel SQLite's added time vs Flask's cookie session's, {column}: "
+                    f"{ours:.0f} vs {cookie:.0f} us, {ours / cookie:.2f}x "
+                    f"(target {words})"))  # fmt: skip
+    if counts:
+        base = counts["bare Flask"]["read-only"]
+        for workload, limit in (("read-only", 1 / 3), ("first request", 1.0)):
+            ours = counts["satchel SQLite"][workload] - base
+            cookie = counts["Flask cookie session"][workload] - base
+            out.append((ours <= limit * cookie,
+                        f"satchel SQLite's added instructions vs Flask's cookie session's, "
+                        f"{workload}, 2 KB: {ours / 1000:.0f}k vs {cookie / 1000:.0f}k, "
+                        f"{ours / cookie:.2f}x "
+                        f"(target {'<= 1/3' if limit < 1 else '< 1'})"))  # fmt: skip
     return out
 
 
@@ -714,6 +837,10 @@ def main() -> None:
                 },
                 "satchel SQLite": {"E2E_BACKEND": "satchel SQLite", "E2E_DIR": str(work / "e2e")},
                 "satchel Valkey": {"E2E_BACKEND": "satchel Valkey", "E2E_VALKEY": valkey.url},
+                "satchel Valkey, cached": {
+                    "E2E_BACKEND": "satchel Valkey, cached",
+                    "E2E_VALKEY": valkey.url,
+                },
             }
             if pg_url is not None:
                 for name in ("Flask-Session SQLAlchemy/PostgreSQL", "satchel PostgreSQL"):
@@ -732,6 +859,15 @@ def main() -> None:
                       f"non-2xx {bad:.0f}")  # fmt: skip
         else:
             print("\nend to end: skipped, wrk is not installed (apt-get install wrk)")
+        report["cache"] = cache = cache_figures(valkey)
+        print(f"\nrecord cache (satchel Valkey, ?cache=): {cache['bytes_per_2kb_session']:.0f} "
+              f"bytes of memory per cached 2 KB session (counted against the bound as "
+              f"{cache['counted_per_2kb_session']:.0f}); Zipf mix of "
+              f"{cache['sessions']:,} 1 KB sessions, {cache['reads']:,} reads by one worker: "
+              f"hit rate {cache['hit_rate_8MB']:.1%} with an 8 MB bound "
+              f"({cache['entries_8MB']:,.0f} cached), "
+              f"{cache['hit_rate_64MB']:.1%} with 64 MB")  # fmt: skip
+        counts: dict[str, dict[str, float]] | None = None
         if args.instructions:
             if shutil.which("valgrind") is None:
                 print(
@@ -769,7 +905,7 @@ def main() -> None:
             valkey, work, rounds, args.sample_ms, args.seconds, args.quick
         )
         print("\ntargets:")
-        checks = targets(table, rt, e2e, pg) + asgi_checks
+        checks = targets(table, rt, e2e, pg, counts) + asgi_checks
         report["targets"] = [{"pass": ok, "what": what} for ok, what in checks]
         for ok, what in checks:
             print(f"  {'PASS' if ok else 'FAIL'}  {what}")

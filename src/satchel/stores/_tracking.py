@@ -15,9 +15,11 @@ this same socket, in order with the replies. So:
   read without waiting (one ``recv``), so a write another worker finished
   before this request began is normally seen;
 * this process's own writes send it no notice (``NOLOOP``), and they end the
-  server's tracking of the record; so every write of this connection is sent
-  together with a fresh read of the record (one round trip, not two), which
-  tracks it again and gives the cache the record exactly as stored;
+  server's tracking of the record; so the store's scripts read the record last,
+  after writing it, which tracks it again in the same atomic step, and the
+  cache applies the write to the record it held (exact, since a notice of any
+  earlier write would have come first and dropped it); a regenerate() reads its
+  new record back in the same round trip;
 * when the connection breaks or times out the whole cache is emptied, and a
   new connection starts with an empty cache: no record outlives the channel
   that kept it correct.
@@ -340,20 +342,39 @@ class TrackingConnection:
         return record
 
     def call(
-        self, args: tuple[Any, ...], *, refresh: str | None = None, forget: tuple[str, ...] = ()
+        self,
+        args: tuple[Any, ...],
+        *,
+        refresh: str | None = None,
+        derive: Callable[[Any, Record | None], Record | None] | None = None,
+        forget: tuple[str, ...] = (),
     ) -> Any:
         """Send one command and return its reply (an error reply is returned as a
         :class:`~satchel.stores._resp.RespError`, not raised).
 
-        ``refresh`` names a record the command writes: it is read again in the
-        same round trip, tracked anew and cached as stored (see the module's
-        docstring). ``forget`` names records it ends, dropped from the cache
-        before any other thread's command.
+        ``refresh`` names a record the command writes, and the cache is to hold
+        it as the write left it. With ``derive``, the command is a script that
+        reads the record last, so the server (asked by ``CLIENT CACHING YES``
+        just before it) goes on tracking it, and the cache holds
+        ``derive(reply, cached)``: the cached record with the change applied.
+        That is exact: a notice of any write the server ran before the script
+        comes before its reply and drops the cached record first (``derive`` then
+        returns ``None``, and the record is forgotten). Without ``derive`` the
+        record is read back (and tracked) in the same round trip. ``forget``
+        names records it ends, dropped from the cache before any other thread's
+        command.
         """
         data = encode(args)
         with self.lock:
             if refresh is None:
                 reply = self._exchange(data, 1)[0]
+            elif derive is not None:
+                reply = self._exchange(_CACHING + data, 2)[1]
+                record = derive(reply, self.peek(refresh))
+                if record is not None:
+                    self.cache.put(refresh, record)
+                else:
+                    self.cache.drop(refresh)
             else:
                 replies = self._exchange(data + _CACHING + encode(("HGETALL", refresh)), 3)
                 reply = replies[0]
@@ -361,6 +382,11 @@ class TrackingConnection:
             for name in forget:
                 self.cache.drop(name)
             return reply
+
+    def peek(self, name: str) -> Record | None:
+        """The cached record under ``name`` as it is (no expiry check, no count)."""
+        found = self.cache._entries.get(name)
+        return None if found is None else found[0]
 
     def load(self, name: str) -> Record | None:
         """The record under ``name``: from memory when the channel vouches for it and it

@@ -27,8 +27,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import hiredis
@@ -150,6 +151,7 @@ if index then
   local ttl = redis.call('PTTL', index)
   if ttl < 0 or now_ms + ttl < deadline then redis.call('PEXPIREAT', index, deadline) end
 end
+redis.call('EXISTS', target)  -- read last: a tracking caller keeps tracking it (see _tracking)
 return {1}
 """
 
@@ -167,6 +169,7 @@ _TOUCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'm:t', ARGV[1], 'm:e', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('EXISTS', KEYS[1])  -- read last, as in _SAVE
 return 1
 """
 
@@ -246,6 +249,9 @@ class _Script:
 SAVE, TAKE, TOUCH, INDEX, ACQUIRE, RELEASE = map(
     _Script, (_SAVE, _TAKE, _TOUCH, _INDEX, _ACQUIRE, _RELEASE)
 )
+
+#: How the cache works out a record after this process's write: (reply, cached before) → record.
+Derive = Callable[[Any, Record | None], Record | None]
 
 #: A store step's call: ("call", *command), ("script", _Script, keys, args),
 #: ("pipe", [command, ...]) for replies in order, or ("scan", pattern) for key names.
@@ -678,12 +684,16 @@ class RedisStore(_RedisRules):
             raise self._unavailable(exc) from exc
 
     def _tracked_call(
-        self, args: tuple[Any, ...], refresh: str | None = None, forget: tuple[str, ...] = ()
+        self,
+        args: tuple[Any, ...],
+        refresh: str | None = None,
+        forget: tuple[str, ...] = (),
+        derive: Derive | None = None,
     ) -> Any:
         """A command on the tracking connection (see :meth:`TrackingConnection.call`)."""
         assert self._tracked is not None
         try:
-            reply = self._tracked.call(args, refresh=refresh, forget=forget)
+            reply = self._tracked.call(args, refresh=refresh, derive=derive, forget=forget)
         except (OSError, self._protocol_error) as exc:
             raise self._unavailable(exc) from exc
         if isinstance(reply, RespError):
@@ -697,16 +707,18 @@ class RedisStore(_RedisRules):
         args: list[Any],
         refresh: str | None = None,
         forget: tuple[str, ...] = (),
+        derive: Derive | None = None,
     ) -> Any:
         """Run a Lua script by its SHA-1, loading it first if the server lost it.
 
-        ``refresh`` and ``forget`` (cache on only): the records it writes and ends.
+        ``refresh``, ``derive`` and ``forget`` (cache on only): the record it
+        writes, how to work out what it holds after, and the records it ends.
         """
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             if self._tracked is None:
                 return self._call(*command)
-            return self._tracked_call(command, refresh, forget)
+            return self._tracked_call(command, refresh, forget, derive)
         except StoreUnavailable as exc:
             cause = exc.__cause__
             lost = isinstance(cause, self._no_script_error) or (
@@ -717,7 +729,7 @@ class RedisStore(_RedisRules):
         self._call("SCRIPT", "LOAD", script.source)  # a restarted or flushed server
         if self._tracked is None:
             return self._call(*command)
-        return self._tracked_call(command, refresh, forget)
+        return self._tracked_call(command, refresh, forget, derive)
 
     def _perform(self, op: Op) -> Any:
         kind = op[0]
@@ -766,14 +778,27 @@ class RedisStore(_RedisRules):
         steps = self._save_steps(key, change, create)
         if self._tracked is None:
             return drive(steps, self._perform)
-        # With the cache on: the record written is read back in the same round trip,
-        # and a move's old record is forgotten (this process gets no notice of either).
+        # With the cache on, this process gets no notice of its own writes: the cached
+        # record is the one it had with the change applied, when the server applied it
+        # to that record (a notice of any write before it would have come first and
+        # dropped it); a move's new record is read back, and its old one forgotten.
         name = self._key(key)
         gone = () if change.replaces is None else (self._key(change.replaces),)
 
+        def derive(reply: Any, cached: Record | None) -> Record | None:
+            if isinstance(reply, RespError) or reply[0] != SaveResult.SAVED:
+                return None
+            if not create and cached is None:
+                return None
+            try:
+                return apply_change(None if create else cached, change)
+            except (Conflict, SessionTooLarge):
+                return None
+
         def perform(op: Op) -> Any:
             if op[0] == "script" and op[1] is SAVE:
-                return self._run(op[1], op[2], op[3], refresh=name, forget=gone)
+                how = derive if change.replaces is None else None
+                return self._run(op[1], op[2], op[3], refresh=name, forget=gone, derive=how)
             return self._perform(op)
 
         return drive(steps, perform)
@@ -781,8 +806,15 @@ class RedisStore(_RedisRules):
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
         """Move the record's times with one script call."""
         _, script, keys, args = self._touch_op(key, touched_at, expires_at)
-        refresh = None if self._tracked is None else self._key(key)
-        return bool(self._run(script, keys, args, refresh=refresh))
+        if self._tracked is None:
+            return bool(self._run(script, keys, args))
+
+        def derive(reply: Any, cached: Record | None) -> Record | None:
+            if reply != 1 or cached is None:
+                return None
+            return replace(cached, touched_at=touched_at, expires_at=expires_at)
+
+        return bool(self._run(script, keys, args, refresh=self._key(key), derive=derive))
 
     def delete(self, key: str) -> None:
         """Delete the hash."""
