@@ -24,13 +24,18 @@ this same socket, in order with the replies. So:
   new connection starts with an empty cache: no record outlives the channel
   that kept it correct.
 
-What it cannot promise: the server writes a notice in the same step as the
-writer's reply, not before it. A read in another worker that starts after the
-writer's reply, yet before the server has written the notice or the network
-has delivered it, is served the old record. On one machine that gap is the
-server thread being descheduled between two writes; across machines it is one
-packet's travel. That is why the cache is off unless asked for (``?cache=`` in
-the store URL): docs/performance.md gives the figures.
+Notices and writes between processes: the server writes its notice to other
+workers in the same turn of its loop as the writer's reply, not before it, so
+the writer could answer its client, and that client reach another worker,
+before the notice is out. Every write of this connection is therefore followed
+by a PING, sent only once the write's reply has come (one more round trip per
+write, none per read): the PING is read in a later turn, after the write's turn
+wrote out all its notices, so when the writer's request ends, every other
+worker's notice is in its socket on the same machine, and the drain before its
+next hit reads it. Across machines the notice can still be in flight, delayed
+by the network; that, and the extra round trip per write, is why the cache is
+off unless asked for (``?cache=`` in the store URL): docs/performance.md gives
+the figures.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ FIELD_OVERHEAD = 150
 LAG_LIMIT = 64 * 1024
 #: Sent before a read whose keys the server is to track (the connection is OPTIN).
 _CACHING = encode(("CLIENT", "CACHING", "YES"))
+_PING = encode(("PING",))
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 _UNITS.update({"kib": 1024, "mib": 1024**2, "gib": 1024**3})
@@ -348,6 +354,7 @@ class TrackingConnection:
         refresh: str | None = None,
         derive: Callable[[Any, Record | None], Record | None] | None = None,
         forget: tuple[str, ...] = (),
+        fence: bool = True,
     ) -> Any:
         """Send one command and return its reply (an error reply is returned as a
         :class:`~satchel.stores._resp.RespError`, not raised).
@@ -362,7 +369,9 @@ class TrackingConnection:
         returns ``None``, and the record is forgotten). Without ``derive`` the
         record is read back (and tracked) in the same round trip. ``forget``
         names records it ends, dropped from the cache before any other thread's
-        command.
+        command. A write (``refresh`` or ``forget``) is followed by a fence (see
+        the module's docstring) unless ``fence`` is false: a record just created
+        under a new random key is tracked by no other worker.
         """
         data = encode(args)
         with self.lock:
@@ -381,7 +390,15 @@ class TrackingConnection:
                 self._keep(refresh, replies[2])
             for name in forget:
                 self.cache.drop(name)
+            if fence and (refresh is not None or forget):
+                self._fence()
             return reply
+
+    def _fence(self) -> None:
+        """Wait until the server has sent every other connection its notice of the write
+        just answered: a PING sent only now is read in a later turn of the server's
+        loop than the write, after that turn wrote all its replies and notices out."""
+        self._exchange(_PING, 1)
 
     def peek(self, name: str) -> Record | None:
         """The cached record under ``name`` as it is (no expiry check, no count)."""

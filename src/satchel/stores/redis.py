@@ -689,11 +689,14 @@ class RedisStore(_RedisRules):
         refresh: str | None = None,
         forget: tuple[str, ...] = (),
         derive: Derive | None = None,
+        fence: bool = True,
     ) -> Any:
         """A command on the tracking connection (see :meth:`TrackingConnection.call`)."""
         assert self._tracked is not None
         try:
-            reply = self._tracked.call(args, refresh=refresh, derive=derive, forget=forget)
+            reply = self._tracked.call(
+                args, refresh=refresh, derive=derive, forget=forget, fence=fence
+            )
         except (OSError, self._protocol_error) as exc:
             raise self._unavailable(exc) from exc
         if isinstance(reply, RespError):
@@ -708,17 +711,18 @@ class RedisStore(_RedisRules):
         refresh: str | None = None,
         forget: tuple[str, ...] = (),
         derive: Derive | None = None,
+        fence: bool = True,
     ) -> Any:
         """Run a Lua script by its SHA-1, loading it first if the server lost it.
 
-        ``refresh``, ``derive`` and ``forget`` (cache on only): the record it
-        writes, how to work out what it holds after, and the records it ends.
+        ``refresh``, ``derive``, ``forget`` and ``fence`` (cache on only): see
+        :meth:`TrackingConnection.call`.
         """
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             if self._tracked is None:
                 return self._call(*command)
-            return self._tracked_call(command, refresh, forget, derive)
+            return self._tracked_call(command, refresh, forget, derive, fence)
         except StoreUnavailable as exc:
             cause = exc.__cause__
             lost = isinstance(cause, self._no_script_error) or (
@@ -729,7 +733,7 @@ class RedisStore(_RedisRules):
         self._call("SCRIPT", "LOAD", script.source)  # a restarted or flushed server
         if self._tracked is None:
             return self._call(*command)
-        return self._tracked_call(command, refresh, forget, derive)
+        return self._tracked_call(command, refresh, forget, derive, fence)
 
     def _perform(self, op: Op) -> Any:
         kind = op[0]
@@ -798,7 +802,10 @@ class RedisStore(_RedisRules):
         def perform(op: Op) -> Any:
             if op[0] == "script" and op[1] is SAVE:
                 how = derive if change.replaces is None else None
-                return self._run(op[1], op[2], op[3], refresh=name, forget=gone, derive=how)
+                fence = not create or change.replaces is not None  # a new key: nobody tracks it
+                return self._run(
+                    op[1], op[2], op[3], refresh=name, forget=gone, derive=how, fence=fence
+                )
             return self._perform(op)
 
         return drive(steps, perform)
