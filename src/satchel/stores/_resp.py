@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import hiredis
 
-__all__ = ["RespConnection", "RespError"]
+__all__ = ["RespConnection", "RespError", "address"]
 
 
 class RespError(Exception):
@@ -32,6 +33,19 @@ class RespError(Exception):
 
 class _Closed(ConnectionError):
     """The connection closed, or timed out, before the reply came."""
+
+
+def address(found: Mapping[str, Any]) -> dict[str, Any]:
+    """Where to connect and as whom (host, port, path, username, password, db), from
+    redis-py's parsed URL or a client's connection settings, with Redis's defaults."""
+    return {
+        "host": found.get("host") or "127.0.0.1",
+        "port": int(found.get("port") or 6379),
+        "path": found.get("path"),
+        "username": found.get("username"),
+        "password": found.get("password"),
+        "db": int(found.get("db") or 0),
+    }
 
 
 def encode(args: tuple[Any, ...]) -> bytes:

@@ -37,7 +37,7 @@ import hiredis
 from .._steps import Steps, drive, drive_async
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
-from ._resp import RespConnection, RespError
+from ._resp import RespConnection, RespError, address
 from ._tracking import CacheStats, TrackingConnection, parse_size
 from .base import Change, Conflict, Record, SaveResult, apply_change
 
@@ -538,12 +538,7 @@ class RedisStore(_RedisRules):
         return TrackingConnection(
             max_bytes=max_bytes,
             parse=_record,
-            host=kwargs.get("host") or "127.0.0.1",
-            port=int(kwargs.get("port") or 6379),
-            path=kwargs.get("path"),
-            username=kwargs.get("username"),
-            password=kwargs.get("password"),
-            db=int(kwargs.get("db") or 0),
+            **address(kwargs),
             timeout=kwargs.get("socket_timeout"),
             connect_timeout=kwargs.get("socket_connect_timeout") or 0.5,
         )
@@ -964,12 +959,7 @@ class AsyncRedisStore(_RedisRules):
 
             found: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
             store._fast = RespConnection(
-                host=found.get("host") or "127.0.0.1",
-                port=int(found.get("port") or 6379),
-                path=found.get("path"),
-                username=found.get("username"),
-                password=found.get("password"),
-                db=int(found.get("db") or 0),
+                **address(found),
                 timeout=socket_timeout,
                 connect_timeout=connect_timeout,
             )
