@@ -18,7 +18,9 @@ from .postgres import PostgresServer
 from .valkey import ValkeyServer
 
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
-STORE_KINDS = ["memory", "sqlite", "redis", "postgres"]
+#: Every kind of store the Flask-level tests run on; "redis_cached" is the Redis store
+#: with its record cache on (``?cache=``), so every guarantee is checked with it too.
+STORE_KINDS = ["memory", "sqlite", "redis", "redis_cached", "postgres"]
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +47,16 @@ def redis_store(valkey: ValkeyServer) -> Iterator[RedisStore]:
     client.flushdb()
     client.close()
     store = RedisStore.from_url(valkey.url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def redis_cached_store(valkey: ValkeyServer) -> Iterator[RedisStore]:
+    client = redis.Redis.from_url(valkey.url)
+    client.flushdb()
+    client.close()
+    store = RedisStore.from_url(valkey.url, cache="16MB")
     yield store
     store.close()
 

@@ -98,7 +98,7 @@ class Plain(dict[str, Any]):
     """The serial oracle: a dict with the session's setdefault/get/pop."""
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis_cached", "postgres"])
 def fresh_store(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
     """A factory of empty stores of one kind (Hypothesis calls the test many times)."""
     made: list[Store] = []
@@ -108,9 +108,10 @@ def fresh_store(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
             store: Store = MemoryStore()
         elif request.param == "sqlite":
             store = SQLiteStore(Path(tmp_path_factory.mktemp("merge")) / "s.sqlite3")
-        elif request.param == "redis":
+        elif request.param in ("redis", "redis_cached"):
             valkey = request.getfixturevalue("valkey")
-            store = RedisStore.from_url(valkey.url, prefix=f"merge{len(made)}:")
+            cache = "16MB" if request.param == "redis_cached" else 0
+            store = RedisStore.from_url(valkey.url, prefix=f"merge{len(made)}:", cache=cache)
         else:
             server = request.getfixturevalue("postgres")
             store = PostgresStore.from_url(server.url, prefix=f"merge{len(made)}:")

@@ -29,9 +29,10 @@ def report(capsys: Any, line: str) -> None:
         print(f"\n[load] {line}")
 
 
-@pytest.fixture(params=["sqlite", "valkey", "postgres"])
+@pytest.fixture(params=["sqlite", "valkey", "valkey-cached", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A persistent store: a SQLite file, a private Valkey, or PostgreSQL under a fresh prefix."""
+    """A persistent store: a SQLite file, a private Valkey (with the record cache on, or
+    not), or PostgreSQL under a fresh prefix."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/sessions.sqlite3"
         return
@@ -40,7 +41,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     server = ValkeyServer(tmp_path)
     server.start()
-    yield server.url
+    yield server.url + ("?cache=8MB" if request.param == "valkey-cached" else "")
     server.kill()
 
 
@@ -154,9 +155,9 @@ def durable_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
 
 
 def faulty_run(
-    server: ValkeyServer | PostgresServer, fault: str, capsys: Any
+    server: ValkeyServer | PostgresServer, fault: str, capsys: Any, query: str = ""
 ) -> tuple[Gunicorn, list[str], list[tuple[str, str | None]], Any]:
-    app = Gunicorn({"LOADAPP_STORE": server.url})
+    app = Gunicorn({"LOADAPP_STORE": server.url + query})
     app.start()
     markers = [f"s{n}" for n in range(20)]
     cookies = {m: start_session(app.port, m) for m in markers}
@@ -200,26 +201,29 @@ def recovered(port: int, cookie: str, within: float = 3.0) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture(params=["valkey", "postgres"])
+@pytest.fixture(params=["valkey", "valkey-cached", "postgres"])
 def durable_server(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[ValkeyServer | PostgresServer]:
-    """A server that keeps every acknowledged write across a kill: Valkey or PostgreSQL."""
-    if request.param == "valkey":
-        yield request.getfixturevalue("durable_valkey")
+) -> Iterator[tuple[ValkeyServer | PostgresServer, str]]:
+    """A server that keeps every acknowledged write across a kill: Valkey (with the record
+    cache on, or not) or PostgreSQL; and what the store URL adds to the server's."""
+    if request.param.startswith("valkey"):
+        query = "?cache=8MB" if request.param == "valkey-cached" else ""
+        yield request.getfixturevalue("durable_valkey"), query
         return
     server = PostgresServer(tmp_path)
     server.start()
-    yield server
+    yield server, ""
     server.kill()
 
 
 @pytest.mark.parametrize("fault", ["kill", "freeze"])
 def test_store_fault_under_load(
-    durable_server: ValkeyServer | PostgresServer, fault: str, capsys: Any
+    durable_server: tuple[ValkeyServer | PostgresServer, str], fault: str, capsys: Any
 ) -> None:
     """Killed-and-restarted or frozen server: only 200s and 503s, nothing acknowledged lost."""
-    app, markers, jobs, (result, cookies) = faulty_run(durable_server, fault, capsys)
+    server, query = durable_server
+    app, markers, jobs, (result, cookies) = faulty_run(server, fault, capsys, query)
     try:
         assert result.no_answer == 0, "no request hung past the client's timeout"
         assert set(result.statuses) <= {200, 503}

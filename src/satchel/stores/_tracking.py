@@ -22,7 +22,10 @@ this same socket, in order with the replies. So:
   new record back in the same round trip;
 * when the connection breaks or times out the whole cache is emptied, and a
   new connection starts with an empty cache: no record outlives the channel
-  that kept it correct.
+  that kept it correct; and a connection that has had no reply for
+  :data:`TRUST` seconds vouches for nothing until it has one (the next read
+  goes to the server), so a failure that closes nothing (a partition, a frozen
+  server) cannot keep stale records served for longer than that.
 
 Notices and writes between processes: the server writes its notice to other
 workers in the same turn of its loop as the writer's reply, not before it, so
@@ -65,6 +68,10 @@ FIELD_OVERHEAD = 150
 #: A drain that reads more than this many bytes of notices means the worker fell
 #: behind: the server may hold more in its buffers, so the read goes to the server.
 LAG_LIMIT = 64 * 1024
+#: How long after its last reply the connection vouches for the cache. A silent
+#: failure (a network partition, a server that froze) sends no notice and closes
+#: nothing; past this, the next read goes to the server, which checks the channel.
+TRUST = 1.0
 #: Sent before a read whose keys the server is to track (the connection is OPTIN).
 _CACHING = encode(("CLIENT", "CACHING", "YES"))
 _PING = encode(("PING",))
@@ -203,6 +210,7 @@ class TrackingConnection:
         self._sock: socket.socket | None = None
         self._reader: Any = None
         self._generation = -1
+        self._trusted_until = 0.0
 
     # -- the socket ---------------------------------------------------------
 
@@ -331,7 +339,9 @@ class TrackingConnection:
             try:
                 sock = self._socket()
                 sock.sendall(data)
-                return [self._reply() for _ in range(replies)]
+                answers = [self._reply() for _ in range(replies)]
+                self._trusted_until = time.monotonic() + TRUST
+                return answers
             except (OSError, hiredis.ProtocolError) as exc:
                 self.close()
                 if attempt == 2 or isinstance(exc, _TimedOut | TimeoutError):
@@ -409,7 +419,11 @@ class TrackingConnection:
         """The record under ``name``: from memory when the channel vouches for it and it
         has not expired, else read from the server (tracked) and cached."""
         with self.lock:
-            current = self._sock is not None and self._generation == _connections._generation
+            current = (
+                self._sock is not None
+                and self._generation == _connections._generation
+                and time.monotonic() < self._trusted_until
+            )
             record = self.cache.get(name) if current and self._drain() else None
             if record is not None:
                 if record.expires_at > time.time():
