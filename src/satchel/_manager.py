@@ -199,10 +199,35 @@ class Lifecycle:
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise
+        self._loaded(session, key, record)
+        return record
+
+    def _loaded(self, session: Session, key: str, record: Record | None) -> None:
+        """What follows a load: counted, and a genuine cookie whose record is gone signalled."""
         self.counters.add("loads")
         if record is None:
             session_expired.send(self.sender, session=session, fingerprint=key[:8])
-        return record
+
+    def _one_call_load(self, session: Session) -> bool:
+        """Whether loading ``session`` is a single store call: no import, no lock."""
+        return (
+            session._migrating is None
+            and not self.settings.locking
+            and session.session_id is not None
+            and not session._lock_wanted()
+        )
+
+    def _unchanged(self, session: Session) -> bool:
+        """Whether ``session`` was loaded and only read (most requests): its save at most
+        moves the idle expiry."""
+        return (
+            session.record is not None
+            and session.session_id is not None
+            and not session._touched
+            and not session._deleted
+            and not session._drop_old
+            and len(session._data) > ("_permanent" in session._data)  # not empty
+        )
 
     def _fill_steps(self, session: Session) -> Steps[None]:
         """Load ``session`` and hand it its data: what its first use does."""
@@ -284,17 +309,10 @@ class Lifecycle:
     def _write_steps(self, session: Session) -> Steps[Outcome]:
         if not session._loaded:
             return Outcome(delete_cookie=session._stale_cookie)
-        record = session.record
-        if (
-            record is not None
-            and session.session_id is not None
-            and not session._touched
-            and not session._deleted
-            and not session._drop_old
-            and len(session._data) > ("_permanent" in session._data)  # not empty
-        ):
+        if self._unchanged(session):
             # Read, not written (most requests): at most refresh the idle expiry.
-            return (yield from self._refresh_steps(session, record))
+            assert session.record is not None
+            return (yield from self._refresh_steps(session, session.record))
         data, loaded, pending = session._data, session._raw, session._pending
         changed: dict[str, bytes] = {}
         for key in session._touched:
@@ -588,7 +606,22 @@ class SessionManager(Lifecycle):
 
     def fill(self, session: Session) -> None:
         """Load ``session`` and hand it its data (its first use does this)."""
-        self.run(self._fill_steps(session))
+        if not self._one_call_load(session):
+            self.run(self._fill_steps(session))
+            return
+        # The common case, one store call: the same rules as _fill_steps, without
+        # driving steps (a few thousand instructions on every request that reads).
+        assert session.session_id is not None
+        key = store_key(session.session_id)
+        try:
+            record = self.store.load(key)
+        except StoreUnavailable:
+            self.counters.add("store_errors")
+            raise
+        self._loaded(session, key, record)
+        error = session._fill(record)
+        if error is not None:
+            self.run(self._unreadable_steps(session, error))
 
     def release(self, session: Session) -> None:
         """Drop the session's lock, if it holds one; safe to call more than once."""
@@ -596,6 +629,17 @@ class SessionManager(Lifecycle):
 
     def save(self, session: Session) -> Outcome:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
+        if session._lock_held is None and session._claim is None:
+            # The common cases, with no store call: the same rules as _write_steps.
+            if not session._loaded:
+                return Outcome(delete_cookie=session._stale_cookie)
+            record = session.record
+            if (
+                record is not None
+                and time.time() - record.touched_at < self._refresh_after
+                and self._unchanged(session)
+            ):
+                return self._alive(session)
         return self.run(self._save_steps(session))
 
     def create_record(self, session: Session, fields: dict[str, bytes]) -> tuple[str, str, Record]:

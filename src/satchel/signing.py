@@ -87,9 +87,21 @@ def new_id() -> str:
     return secrets.token_urlsafe(32)
 
 
+#: How many IDs' keys :func:`store_key` remembers (emptied when full), as the signer
+#: remembers the cookies it verified: a returning visitor's key costs a dict lookup.
+KEY_CACHE_SIZE = 4096
+_keys: dict[str, str] = {}
+
+
 def store_key(session_id: str) -> str:
     """Return the key a store files a session under: the hex SHA-256 of its ID."""
-    return hashlib.sha256(session_id.encode("ascii")).hexdigest()
+    key = _keys.get(session_id)
+    if key is None:
+        key = hashlib.sha256(session_id.encode("ascii")).hexdigest()
+        if len(_keys) >= KEY_CACHE_SIZE:
+            _keys.clear()
+        _keys[session_id] = key
+    return key
 
 
 class _Signer(Signer):

@@ -95,7 +95,11 @@ def _record(row: Sequence[Any]) -> Record | None:
     """A Record from (created, touched, expires, data, owner, meta); None if unreadable."""
     try:
         stored = _json.loads(row[3])
-        fields = {name: from_text(value) for name, value in stored.items()}
+        # from_text(), inline for the common "=" text: one call less per field.
+        fields = {
+            name: value[1:].encode("utf-8") if value[:1] == "=" else from_text(value)
+            for name, value in stored.items()
+        }
         meta = json.loads(row[5]) if row[5] and row[5] != "{}" else {}
     except (ValueError, AttributeError, IndexError, TypeError):
         return None  # not written by this store: treat as missing
