@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS satchel_lock (
 ) WITHOUT ROWID;
 """
 
+#: What _SCHEMA makes; when the file has them all, opening it writes nothing.
+_SCHEMA_NAMES = {"satchel_sessions", "satchel_sessions_owner", "satchel_lock"}
+
 _COLUMNS = "created_at, touched_at, expires_at, data, owner, meta"
 _LOAD = f"SELECT {_COLUMNS} FROM satchel_sessions WHERE key = ? AND expires_at > ?"
 # Takes the key when it is free or its record has expired (then replaced whole).
@@ -151,7 +154,11 @@ class SQLiteStore:
                 )
             if columns and "ns" not in columns:  # a file from before namespaces existed
                 conn.execute("ALTER TABLE satchel_sessions ADD COLUMN ns TEXT NOT NULL DEFAULT ''")
-            conn.executescript(_SCHEMA)
+            # Reads first: a worker that boots while another process holds the write
+            # lock must not wait for it (and fail to boot) when there is nothing to make.
+            made = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if not made >= _SCHEMA_NAMES:
+                conn.executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         if self.prefix:
@@ -204,7 +211,10 @@ class SQLiteStore:
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
             )
             try:
-                conn.execute("PRAGMA journal_mode = WAL")
+                # Setting the journal mode takes a lock; reading it does not, and a file
+                # already in WAL mode (every one but a new file) needs no change.
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 if self._inline:  # checkpoints (and their fsync) run on a thread instead
                     conn.execute("PRAGMA wal_autocheckpoint = 0")
