@@ -528,12 +528,16 @@ class Lifecycle:
     def _refresh_steps(self, session: Session, record: Record) -> Steps[Outcome]:
         """Move an unchanged session's idle expiry, if the last move is old enough."""
         now = time.time()
-        if now - record.touched_at < self._refresh_after:
+        if not self._refresh_due(record, now):
             return self._alive(session)
         assert session.session_id is not None
         ok = yield ("touch", store_key(session.session_id), now, self._expiry(record, now))
         self.counters.add("touches")
         return self._saved(session, int(ok))
+
+    def _refresh_due(self, record: Record, now: float) -> bool:
+        """Whether an unchanged session's idle expiry is old enough to move now."""
+        return now - record.touched_at >= self._refresh_after
 
     def _alive(self, session: Session) -> Outcome:
         """The session lives on; a cookie signed with a fallback key is signed anew."""
@@ -636,7 +640,7 @@ class SessionManager(Lifecycle):
             record = session.record
             if (
                 record is not None
-                and time.time() - record.touched_at < self._refresh_after
+                and not self._refresh_due(record, time.time())
                 and self._unchanged(session)
             ):
                 return self._alive(session)
