@@ -1,4 +1,5 @@
-"""The Redis store's record cache under real servers: two gunicorn apps on one Valkey.
+"""The Redis store's record cache under real servers: two gunicorn apps on one Valkey
+(and on one Valkey Cluster).
 
 Each app runs its own worker processes, each with its own cache; a write
 through one is read through the other at once, thousands of times, and so is
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from .load import Gunicorn, read_session, request, start_session
-from .valkey import ValkeyServer
+from .valkey import ValkeyCluster, ValkeyServer
 
 ALTERNATIONS = 2000
 
@@ -26,18 +27,26 @@ def report(capsys: Any, line: str) -> None:
         print(f"\n[cache] {line}")
 
 
-@pytest.fixture
-def apps(tmp_path: Path) -> Iterator[tuple[Gunicorn, Gunicorn]]:
-    server = ValkeyServer(tmp_path)
-    server.start()
-    env = {"LOADAPP_STORE": f"{server.url}?cache=8MB"}
+@pytest.fixture(params=["valkey", "cluster"])
+def apps(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Gunicorn, Gunicorn]]:
+    """Two apps on one Valkey, or on one Valkey Cluster, each with the record cache on."""
+    server: ValkeyServer | ValkeyCluster
+    if request.param == "cluster":
+        server = ValkeyCluster(tmp_path)
+        server.start()
+        url, stop = server.url, server.stop
+    else:
+        server = ValkeyServer(tmp_path)
+        server.start()
+        url, stop = server.url, server.kill
+    env = {"LOADAPP_STORE": f"{url}?cache=8MB"}
     one, two = Gunicorn(env, workers=2, threads=2), Gunicorn(env, workers=2, threads=2)
     one.start()
     two.start()
     yield one, two
     one.stop()
     two.stop()
-    server.kill()
+    stop()
 
 
 def cache_hits(port: int) -> int:

@@ -12,9 +12,11 @@ from flask import Flask, session
 from redis.cluster import RedisCluster
 
 from satchel import Satchel
+from satchel.errors import StoreUnavailable
 from satchel.stores import RedisStore, from_url
+from satchel.stores._tracking import CacheStats
 from satchel.stores.aio import to_async
-from satchel.stores.base import AsyncStore
+from satchel.stores.base import AsyncStore, Change, SaveResult
 from satchel.stores.redis import AsyncRedisStore
 from satchel.testing import AsyncStoreContract, BlockingStore, FullStoreContract, _race_creates
 
@@ -46,6 +48,62 @@ class TestRedisClusterStore(FullStoreContract):
     @pytest.fixture
     def store(self, cluster_store: RedisStore) -> RedisStore:
         return cluster_store
+
+
+class TestCachedRedisClusterStore(FullStoreContract):
+    """The whole store contract, on the cluster, with the record cache on."""
+
+    @pytest.fixture
+    def store(self, cluster_store: RedisStore, cluster: ValkeyCluster) -> Iterator[RedisStore]:
+        store = RedisStore.from_url(cluster.url, cache="16MB")
+        yield store
+        store.close()
+
+
+def _fields(record: Any) -> dict[str, bytes] | None:
+    return None if record is None else dict(record.fields)
+
+
+def test_two_cached_workers_never_read_stale_on_a_cluster(
+    cluster_store: RedisStore, cluster: ValkeyCluster
+) -> None:
+    """Writes, revokes and moves by one cached store read at once by another: 0 stale."""
+    one = RedisStore.from_url(cluster.url, cache="16MB")
+    two = RedisStore.from_url(cluster.url, cache="16MB")
+    try:
+        keys = [f"k{n}" for n in range(16)]  # over several slots and all three primaries
+        now = time.time()
+        for key in keys:
+            change = Change(set={"n": b"0"}, created_at=now, touched_at=now, expires_at=now + 600)
+            assert one.save(key, change, create=True) == SaveResult.SAVED
+        stale = 0
+        for n in range(1, 2001):
+            writer, reader = (one, two) if n % 2 else (two, one)
+            key = keys[n % len(keys)]
+            reader.load(key)  # cached before the write, so the write must reach it
+            now = time.time()
+            change = Change(set={"n": str(n).encode()}, touched_at=now, expires_at=now + 600)
+            assert writer.save(key, change, create=False) == SaveResult.SAVED
+            stale += _fields(reader.load(key)) != {"n": str(n).encode()}
+        for n in range(60):  # revoke, and regenerate (a move across slots)
+            now = time.time()
+            change = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
+            assert one.save(f"r{n}", change, create=True) == SaveResult.SAVED
+            assert two.load(f"r{n}") is not None
+            if n % 2:
+                one.delete(f"r{n}")
+            else:
+                move = Change(created_at=now, touched_at=now, expires_at=now + 60,
+                              replaces=f"r{n}")  # fmt: skip
+                assert one.save(f"m{n}", move, create=True) == SaveResult.SAVED
+                stale += two.load(f"m{n}") is None
+            stale += two.load(f"r{n}") is not None
+        hits = (one.cache_stats() or CacheStats()).hits + (two.cache_stats() or CacheStats()).hits
+        assert stale == 0
+        assert hits >= 1600  # most reads came from memory, so a stale one would show
+    finally:
+        one.close()
+        two.close()
 
 
 class TestAsyncRedisClusterStore(AsyncStoreContract):
@@ -220,3 +278,50 @@ def test_migration_on_a_cluster(cluster_store: RedisStore) -> None:
     seen, _ = visit(app, results["a"])
     assert seen is not None and seen["name"] == "Ada" and seen["a"] and seen["b"]
     assert len(list(cluster_store.references())) == 1
+
+
+def test_a_cached_store_after_a_failover_reads_what_was_written(cluster: ValkeyCluster) -> None:
+    """A primary killed: the cached worker's connection to it breaks, its records are
+    forgotten, and after the fail-over it reads what another worker wrote since."""
+    cached = RedisStore.from_url(cluster.url, cache="16MB")
+    plain = RedisStore.from_url(cluster.url)
+    try:
+        now = time.time()
+        keys = [f"f{n}" for n in range(30)]
+        for key in keys:
+            change = Change(set={"v": b"old"}, created_at=now, touched_at=now, expires_at=now + 600)
+            assert plain.save(key, change, create=True) == SaveResult.SAVED
+            assert _fields(cached.load(key)) == {"v": b"old"}
+        time.sleep(0.5)  # replication catches up before the fault
+        client: RedisCluster = plain.client  # type: ignore[assignment]
+        victim = client.get_node_from_key(plain._key(keys[0]))
+        (server,) = [n for n in cluster.nodes if n.port == victim.port]
+        server.kill()
+        cluster.wait_ok()
+        written = set()
+        deadline = time.monotonic() + 20
+        for key in keys:  # write through the other worker once the cluster serves again
+            while True:
+                try:
+                    now = time.time()
+                    change = Change(set={"v": b"new"}, touched_at=now, expires_at=now + 600)
+                    if plain.save(key, change, create=False):
+                        written.add(key)
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the cluster did not come back"
+                    time.sleep(0.2)
+        stale = 0
+        for key in keys:
+            while True:
+                try:
+                    record = cached.load(key)
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "the cached store did not recover"
+                    time.sleep(0.2)
+            stale += key in written and _fields(record) != {"v": b"new"}
+        assert written and stale == 0
+    finally:
+        cached.close()
+        plain.close()

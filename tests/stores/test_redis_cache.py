@@ -278,15 +278,6 @@ def test_cache_sizes_and_the_settings_that_refuse_it(url: str) -> None:
         store.close()
 
 
-def test_the_cache_is_refused_on_a_cluster() -> None:
-    from redis.cluster import RedisCluster
-
-    client = RedisCluster.__new__(RedisCluster)  # never connects: only its type is read
-    client.get_connection_kwargs = lambda: {}  # type: ignore[method-assign]
-    with pytest.raises(ConfigError, match="Cluster"):
-        RedisStore(client, cache="1MB")
-
-
 def test_a_store_that_is_down_answers_store_unavailable(url: str) -> None:
     store = RedisStore.from_url("redis://127.0.0.1:1/0", cache="1MB")
     with pytest.raises(StoreUnavailable):

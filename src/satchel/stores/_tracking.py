@@ -20,6 +20,8 @@ this same socket, in order with the replies. So:
   cache applies the write to the record it held (exact, since a notice of any
   earlier write would have come first and dropped it); a regenerate() reads its
   new record back in the same round trip;
+* on a Cluster, :class:`ClusterTracking` keeps one such connection per primary,
+  picked by the record's slot;
 * when the connection breaks or times out the whole cache is emptied, and a
   new connection starts with an empty cache: no record outlives the channel
   that kept it correct; and a connection that has had no reply for
@@ -58,7 +60,7 @@ from . import _connections
 from ._resp import RespError, encode
 from .base import Record
 
-__all__ = ["CacheStats", "RecordCache", "TrackingConnection", "parse_size"]
+__all__ = ["CacheStats", "ClusterTracking", "RecordCache", "TrackingConnection", "parse_size"]
 
 #: Bytes a cached record costs beyond its fields' names and values: the Record,
 #: its dicts and the cache's own entry (measured with tracemalloc: bench/run.py).
@@ -365,6 +367,7 @@ class TrackingConnection:
         derive: Callable[[Any, Record | None], Record | None] | None = None,
         forget: tuple[str, ...] = (),
         fence: bool = True,
+        route: str | None = None,
     ) -> Any:
         """Send one command and return its reply (an error reply is returned as a
         :class:`~satchel.stores._resp.RespError`, not raised).
@@ -381,7 +384,8 @@ class TrackingConnection:
         names records it ends, dropped from the cache before any other thread's
         command. A write (``refresh`` or ``forget``) is followed by a fence (see
         the module's docstring) unless ``fence`` is false: a record just created
-        under a new random key is tracked by no other worker.
+        under a new random key is tracked by no other worker. ``route`` is for
+        :class:`ClusterTracking`'s sake: one server needs no routing.
         """
         data = encode(args)
         with self.lock:
@@ -410,6 +414,10 @@ class TrackingConnection:
         loop than the write, after that turn wrote all its replies and notices out."""
         self._exchange(_PING, 1)
 
+    def stats(self) -> CacheStats:
+        """The cache's counters."""
+        return self.cache.stats
+
     def peek(self, name: str) -> Record | None:
         """The cached record under ``name`` as it is (no expiry check, no count)."""
         found = self.cache._entries.get(name)
@@ -435,3 +443,118 @@ class TrackingConnection:
             if isinstance(replies[1], RespError):
                 raise replies[1]
             return self._keep(name, replies[1])
+
+
+class ClusterTracking:
+    """A :class:`TrackingConnection` per Cluster primary, picked by the record's slot.
+
+    Each primary tracks what this process read from it and sends its notices on
+    that node's connection; each connection keeps its own share of the bound.
+    A redirect (``MOVED``, ``ASK``), a node that does not answer, or any other
+    sign that the layout changed empties every node's cache and sends the call
+    through the Cluster client instead, which follows the new layout; keys that
+    a resharding moves away are deleted from their old node, which notifies.
+    """
+
+    def __init__(self, client: Any, *, max_bytes: int, **settings: Any) -> None:
+        self.client = client
+        self.max_bytes = max_bytes
+        self._settings = settings
+        self._nodes: dict[str, TrackingConnection] = {}
+        self._lock = threading.Lock()
+
+    def _for(self, name: str) -> TrackingConnection:
+        node = self.client.nodes_manager.get_node_from_slot(self.client.keyslot(name))
+        found = self._nodes.get(node.name)
+        if found is None:
+            with self._lock:
+                found = self._nodes.get(node.name)
+                if found is None:
+                    shares = max(len(self.client.get_primaries()), 1)
+                    found = TrackingConnection(
+                        max_bytes=self.max_bytes // shares,
+                        host=node.host,
+                        port=int(node.port),
+                        **self._settings,
+                    )
+                    self._nodes[node.name] = found
+        return found
+
+    def _relayout(self) -> None:
+        """The layout changed (or a node failed): forget everything every node vouched for."""
+        with self._lock:
+            nodes = list(self._nodes.values())
+        for node in nodes:
+            with node.lock:
+                node.close()
+
+    def _forget(self, names: tuple[str, ...]) -> None:
+        with self._lock:
+            nodes = list(self._nodes.values())
+        for node in nodes:
+            with node.lock:
+                for name in names:
+                    node.cache.drop(name)
+
+    def load(self, name: str) -> Record | None:
+        """As :meth:`TrackingConnection.load`, on the node that holds ``name``."""
+        try:
+            return self._for(name).load(name)
+        except RespError as exc:
+            if not _redirected(exc):
+                raise
+        except (OSError, hiredis.ProtocolError):
+            pass
+        self._relayout()
+        parse: Callable[[Any], Record | None] = self._settings["parse"]
+        return parse(self.client.execute_command("HGETALL", name))
+
+    def call(
+        self,
+        args: tuple[Any, ...],
+        *,
+        route: str | None = None,
+        refresh: str | None = None,
+        derive: Callable[[Any, Record | None], Record | None] | None = None,
+        forget: tuple[str, ...] = (),
+        fence: bool = True,
+    ) -> Any:
+        """As :meth:`TrackingConnection.call`, on the node of ``route`` (else of
+        ``refresh``, else of the first name in ``forget``)."""
+        target = route or refresh or (forget[0] if forget else None)
+        if target is None:
+            raise ValueError("a Cluster call through the record cache needs a key to route by")
+        if forget:
+            self._forget(forget)  # a name may be cached by another node's connection
+        try:
+            reply = self._for(target).call(
+                args, refresh=refresh, derive=derive, forget=forget, fence=fence
+            )
+        except (OSError, hiredis.ProtocolError):
+            reply = None
+        else:
+            if not (isinstance(reply, RespError) and _redirected(reply)):
+                return reply
+        # Redirected, or the node did not answer: the client follows the layout (and
+        # retries a fail-over); nothing this call wrote is cached.
+        self._relayout()
+        return self.client.execute_command(*args)
+
+    def stats(self) -> CacheStats:
+        """Every node's counters, summed."""
+        total = CacheStats()
+        with self._lock:
+            nodes = list(self._nodes.values())
+        for node in nodes:
+            for name in CacheStats.__slots__:
+                setattr(total, name, getattr(total, name) + getattr(node.cache.stats, name))
+        return total
+
+    def close(self) -> None:
+        """Close every node's connection."""
+        self._relayout()
+
+
+def _redirected(error: RespError) -> bool:
+    """Whether an error reply says the key lives elsewhere now (or the cluster is moving)."""
+    return str(error).split(" ", 1)[0] in ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")

@@ -38,7 +38,7 @@ from .._steps import Steps, drive, drive_async
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
 from ._resp import RespConnection, RespError, address
-from ._tracking import CacheStats, TrackingConnection, parse_size
+from ._tracking import CacheStats, ClusterTracking, TrackingConnection, parse_size
 from .base import Change, Conflict, Record, SaveResult, apply_change
 
 if TYPE_CHECKING:
@@ -520,21 +520,32 @@ class RedisStore(_RedisRules):
         self._no_script_error = NoScriptError
         self._protocol_error = hiredis.ProtocolError
 
-    def _tracking(self, client: Any, cache: int | str) -> TrackingConnection | None:
+    def _tracking(
+        self, client: Any, cache: int | str
+    ) -> TrackingConnection | ClusterTracking | None:
         try:
             max_bytes = parse_size(cache)
         except ValueError as exc:
             raise ConfigError(f"cache: {exc}") from None
         if not max_bytes:
             return None
-        if self._cluster:
-            raise ConfigError(
-                "the record cache (cache=) needs one Redis/Valkey server: "
-                "on a Cluster every read goes to the server"
-            )
         kwargs = client.get_connection_kwargs()
-        if "ssl" in client.connection_pool.connection_class.__name__.lower():
+        if self._cluster:
+            tls = bool(kwargs.get("ssl")) or "SSL" in str(kwargs.get("connection_class", ""))
+        else:
+            tls = "ssl" in client.connection_pool.connection_class.__name__.lower()
+        if tls:
             raise ConfigError("the record cache (cache=) needs redis:// or unix://, not TLS")
+        if self._cluster:
+            return ClusterTracking(
+                client,
+                max_bytes=max_bytes,
+                parse=_record,
+                username=kwargs.get("username"),
+                password=kwargs.get("password"),
+                timeout=kwargs.get("socket_timeout"),
+                connect_timeout=kwargs.get("socket_connect_timeout") or 0.5,
+            )
         return TrackingConnection(
             max_bytes=max_bytes,
             parse=_record,
@@ -545,7 +556,7 @@ class RedisStore(_RedisRules):
 
     def cache_stats(self) -> CacheStats | None:
         """This process's record cache: hits, misses, notices, size; ``None`` when off."""
-        return None if self._tracked is None else self._tracked.cache.stats
+        return None if self._tracked is None else self._tracked.stats()
 
     def with_prefix(self, prefix: str) -> RedisStore:
         """A store on the same client and connections under another prefix (uncached)."""
@@ -570,7 +581,7 @@ class RedisStore(_RedisRules):
         process's cache of the records it read, kept correct by the server's
         invalidation notices: see :mod:`satchel.stores._tracking` and
         docs/performance.md for what it saves and the one gap it leaves. Off (0)
-        by default; one server only, not over TLS.
+        by default; on a Cluster, one tracking connection per primary; not over TLS.
 
         Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs, and
         ``redis+cluster://host:port`` (or ``rediss+cluster://``) for a Redis or
@@ -654,7 +665,7 @@ class RedisStore(_RedisRules):
         clients (a cluster, or one you configured) are called as they are,
         with their own policies.
         """
-        if self._tracked is not None:
+        if self._tracked is not None and not self._cluster:
             return self._tracked_call(args)
         try:
             if self._pool is None:
@@ -685,14 +696,16 @@ class RedisStore(_RedisRules):
         forget: tuple[str, ...] = (),
         derive: Derive | None = None,
         fence: bool = True,
+        route: str | None = None,
     ) -> Any:
-        """A command on the tracking connection (see :meth:`TrackingConnection.call`)."""
+        """A command on the tracking connection (see :meth:`TrackingConnection.call`);
+        on a Cluster, on the connection to the node of ``route``."""
         assert self._tracked is not None
         try:
             reply = self._tracked.call(
-                args, refresh=refresh, derive=derive, forget=forget, fence=fence
+                args, refresh=refresh, derive=derive, forget=forget, fence=fence, route=route
             )
-        except (OSError, self._protocol_error) as exc:
+        except (OSError, self._protocol_error, self._redis_error) as exc:
             raise self._unavailable(exc) from exc
         if isinstance(reply, RespError):
             raise self._unavailable(reply) from reply
@@ -714,10 +727,12 @@ class RedisStore(_RedisRules):
         :meth:`TrackingConnection.call`.
         """
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        tracked = self._tracked is not None and bool(keys)
+        route = keys[0] if keys else None
         try:
-            if self._tracked is None:
+            if not tracked:
                 return self._call(*command)
-            return self._tracked_call(command, refresh, forget, derive, fence)
+            return self._tracked_call(command, refresh, forget, derive, fence, route)
         except StoreUnavailable as exc:
             cause = exc.__cause__
             lost = isinstance(cause, self._no_script_error) or (
@@ -726,9 +741,9 @@ class RedisStore(_RedisRules):
             if not lost:
                 raise
         self._call("SCRIPT", "LOAD", script.source)  # a restarted or flushed server
-        if self._tracked is None:
+        if not tracked:
             return self._call(*command)
-        return self._tracked_call(command, refresh, forget, derive, fence)
+        return self._tracked_call(command, refresh, forget, derive, fence, route)
 
     def _perform(self, op: Op) -> Any:
         kind = op[0]
@@ -750,7 +765,7 @@ class RedisStore(_RedisRules):
             return _record(self._call("HGETALL", self._key(key)))
         try:
             return self._tracked.load(self._key(key))
-        except (OSError, RespError, self._protocol_error) as exc:
+        except (OSError, RespError, self._protocol_error, self._redis_error) as exc:
             raise self._unavailable(exc) from exc
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
@@ -795,6 +810,8 @@ class RedisStore(_RedisRules):
                 return None
 
         def perform(op: Op) -> Any:
+            if op[0] == "script" and op[1] is TAKE:  # a Cluster's move ends the old record
+                return self._run(op[1], op[2], op[3], forget=gone)
             if op[0] == "script" and op[1] is SAVE:
                 how = derive if change.replaces is None else None
                 fence = not create or change.replaces is not None  # a new key: nobody tracks it
