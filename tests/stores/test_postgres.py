@@ -14,6 +14,7 @@ from flask import Flask, session
 
 from satchel import ConfigError, Satchel
 from satchel.stores import from_url
+from satchel.stores.base import Change
 from satchel.stores.postgres import SCHEMA, PostgresStore
 
 from ..conftest import SECRET
@@ -84,6 +85,42 @@ def test_the_schema_is_created_once_by_workers_starting_together(
     assert errors == []
     for store in stores:
         store.close()
+
+
+def test_threads_of_one_worker_wait_for_the_schema_it_is_creating(
+    own_postgres: PostgresServer,
+) -> None:
+    """Eight threads of one store (one worker's first requests at once) on a new
+    database: none may run a statement before the schema the first one makes is there."""
+    for attempt in range(5):  # a fresh database each time: the race is at first use
+        name = f"threads{attempt}"
+        with psycopg.connect(own_postgres.url, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+        store = PostgresStore.from_url(own_postgres.url.rsplit("/", 1)[0] + "/" + name)
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def first_use(
+            n: int,
+            store: PostgresStore = store,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            now = time.time()
+            change = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
+            try:
+                store.save(f"{n:064d}", change, create=True)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=first_use, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        store.close()
+        assert errors == []
 
 
 def test_without_auto_creation_the_documented_schema_is_used(own_postgres: PostgresServer) -> None:

@@ -387,6 +387,8 @@ class PostgresStore(_PostgresRules):
             self._connect, close=lambda conn: conn.close(), max_idle=max_idle
         )
         self._schema_lock = threading.Lock()
+        #: The thread creating the schema, whose own statements must not wait for it.
+        self._creating_schema: int | None = None
         # What to_async() needs: a store built on a pool has no async twin.
         self._source = conninfo
 
@@ -422,7 +424,7 @@ class PostgresStore(_PostgresRules):
         """A connection for one call; failures become StoreUnavailable, broken ones are dropped."""
         if time.monotonic() < self._down_until:
             raise StoreUnavailable(repr(self), "it failed a moment ago; trying again shortly")
-        if not self._schema_ready:
+        if not self._schema_ready and self._creating_schema != threading.get_ident():
             self._ensure_schema()
         psycopg = self._psycopg
         if self.pool is not None:
@@ -481,14 +483,16 @@ class PostgresStore(_PostgresRules):
         with self._schema_lock:
             if self._schema_ready:
                 return
-            self._schema_ready = True  # _connection() below must not recurse
+            # Only this thread's _connection() below skips the check: the others wait
+            # on the lock until the schema is there (they used to see it ready early).
+            self._creating_schema = threading.get_ident()
             try:
                 with self._connection() as conn, conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext('satchel schema'))")
                     conn.execute(SCHEMA, prepare=False)  # several statements: not preparable
-            except BaseException:
-                self._schema_ready = False
-                raise
+            finally:
+                self._creating_schema = None
+            self._schema_ready = True
 
     # -- the Store protocol --------------------------------------------------
 
