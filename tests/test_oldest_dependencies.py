@@ -50,7 +50,7 @@ def oldest_python() -> Path:
     return python
 
 
-def test_the_tests_pass_on_the_oldest_dependencies() -> None:
+def test_the_tests_pass_on_the_oldest_dependencies(tmp_path: Path) -> None:
     """Every selected test passes on each lower bound (Flask 3.0.0: no SECRET_KEY_FALLBACKS)."""
     python = oldest_python()
     versions = subprocess.run(
@@ -61,7 +61,11 @@ def test_the_tests_pass_on_the_oldest_dependencies() -> None:
     ).stdout.split()  # fmt: skip
     assert versions == [OLDEST, "1.6.2", "2.2.0", "5.0.0", "0.40.0", "0.19.0"]
     result = subprocess.run(
+        # Its own --basetemp: a pytest given none tightens /tmp/pytest-of-<user> to 0o700,
+        # which cuts this run's PostgreSQL server (another user) off from its data folder,
+        # and that server shuts itself down at its next check of the folder.
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "--basetemp", str(tmp_path / "nested"),
          "tests/test_flask.py", "tests/test_hardening.py", "tests/test_config.py",
          "tests/test_signals.py", "tests/test_merge.py", "tests/test_flask_login.py",
          "tests/test_migration.py", "tests/stores/test_redis.py", "tests/stores/test_contract.py",
