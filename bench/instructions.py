@@ -1,6 +1,6 @@
 """CPU instructions per request, counted by valgrind: a cost that noise cannot move.
 
-    python bench/instructions.py BACKEND VALKEY_URL DIRECTORY REQUESTS
+    python bench/instructions.py BACKEND VALKEY_URL DIRECTORY REQUESTS [POSTGRES_URL]
 
 runs one backend's three workloads on a 2 KB session under ``valgrind
 --tool=callgrind`` (``bench/run.py --instructions`` starts it). Each workload
@@ -55,7 +55,8 @@ def main() -> None:
     from run import make_clients
 
     name, valkey_url, directory, requests = sys.argv[1:5]
-    factory = all_backends(valkey_url, Path(directory))[name]
+    postgres_url = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
+    factory = all_backends(valkey_url, Path(directory), postgres_url)[name]
     holder, fresh = make_clients(factory, 2_000)
     for workload in WORKLOADS:
         if name == "bare Flask":

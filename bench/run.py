@@ -476,9 +476,16 @@ def scale(directory: Path, valkey: ValkeyServer, sessions: int) -> dict[str, flo
 
 
 def instructions(
-    names: list[str], valkey: ValkeyServer, work: Path, requests: int
+    names: list[str],
+    valkey: ValkeyServer,
+    work: Path,
+    requests: int,
+    postgres_url: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """CPU instructions per request, 2 KB session, counted by callgrind (bench/instructions.py)."""
+    """CPU instructions per request, 2 KB session, counted by callgrind (bench/instructions.py).
+
+    ``postgres_url``: where the PostgreSQL rows' backends connect, when there are any.
+    """
     from instructions import CALLGRIND, WORKLOADS
 
     out_dir = work / "callgrind"
@@ -494,7 +501,7 @@ def instructions(
             command = [
                 *CALLGRIND, f"--callgrind-out-file={out_dir}/cg.{i}.%p",
                 sys.executable, str(ROOT / "bench" / "instructions.py"),
-                name, valkey.url, str(directory), str(requests),
+                name, valkey.url, str(directory), str(requests), postgres_url or "",
             ]  # fmt: skip
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             running.append((i, name, process))
@@ -874,7 +881,7 @@ def main() -> None:
                     "\ninstructions: skipped, valgrind is not installed (apt-get install valgrind)"
                 )
             else:
-                counts = instructions(list(backends), valkey, work, 100)
+                counts = instructions(list(backends), valkey, work, 100, pg_url)
                 report["instructions_per_request"] = counts
                 print("\nCPU instructions per request (valgrind), 2 KB session, x bare Flask:")
                 base = counts["bare Flask"]["read-only"]
