@@ -496,10 +496,20 @@ class ClusterTracking:
                 for name in names:
                     node.cache.drop(name)
 
+    def _node_for(self, name: str) -> TrackingConnection | None:
+        """The connection to ``name``'s node; None when the client cannot say (no node
+        covers the slot while the cluster fails over, say): the call goes through it."""
+        try:
+            return self._for(name)
+        except Exception:  # the client's layout is in flux: let the client answer
+            return None
+
     def load(self, name: str) -> Record | None:
         """As :meth:`TrackingConnection.load`, on the node that holds ``name``."""
+        node = self._node_for(name)
         try:
-            return self._for(name).load(name)
+            if node is not None:
+                return node.load(name)
         except RespError as exc:
             if not _redirected(exc):
                 raise
@@ -526,15 +536,14 @@ class ClusterTracking:
             raise ValueError("a Cluster call through the record cache needs a key to route by")
         if forget:
             self._forget(forget)  # a name may be cached by another node's connection
+        node = self._node_for(target)
         try:
-            reply = self._for(target).call(
-                args, refresh=refresh, derive=derive, forget=forget, fence=fence
-            )
+            if node is not None:
+                reply = node.call(args, refresh=refresh, derive=derive, forget=forget, fence=fence)
+                if not (isinstance(reply, RespError) and _redirected(reply)):
+                    return reply
         except (OSError, hiredis.ProtocolError):
-            reply = None
-        else:
-            if not (isinstance(reply, RespError) and _redirected(reply)):
-                return reply
+            pass
         # Redirected, or the node did not answer: the client follows the layout (and
         # retries a fail-over); nothing this call wrote is cached.
         self._relayout()

@@ -516,9 +516,20 @@ class RedisStore(_RedisRules):
         # Bound once: an import statement in every call costs a few microseconds.
         self._connection_error = redis.ConnectionError
         self._response_error = redis.ResponseError
-        self._redis_error = redis.RedisError
+        # A Cluster client's own failures (a slot no node covers, say) are not RedisErrors.
+        self._redis_error: tuple[type[Exception], ...] = (
+            redis.RedisError,
+            redis.exceptions.RedisClusterException,
+        )
         self._no_script_error = NoScriptError
-        self._protocol_error = hiredis.ProtocolError
+        #: What a call through the record cache can fail with: the socket, the parser,
+        #: an error reply, or the Cluster client a redirected call falls back to.
+        self._tracked_errors: tuple[type[Exception], ...] = (
+            OSError,
+            hiredis.ProtocolError,
+            RespError,
+            *self._redis_error,
+        )
 
     def _tracking(
         self, client: Any, cache: int | str
@@ -705,7 +716,7 @@ class RedisStore(_RedisRules):
             reply = self._tracked.call(
                 args, refresh=refresh, derive=derive, forget=forget, fence=fence, route=route
             )
-        except (OSError, self._protocol_error, self._redis_error) as exc:
+        except self._tracked_errors as exc:
             raise self._unavailable(exc) from exc
         if isinstance(reply, RespError):
             raise self._unavailable(reply) from reply
@@ -765,7 +776,7 @@ class RedisStore(_RedisRules):
             return _record(self._call("HGETALL", self._key(key)))
         try:
             return self._tracked.load(self._key(key))
-        except (OSError, RespError, self._protocol_error, self._redis_error) as exc:
+        except self._tracked_errors as exc:
             raise self._unavailable(exc) from exc
 
     def records(self, owner: str | None = None) -> Iterator[tuple[str, Record]]:
