@@ -306,9 +306,24 @@ class Lifecycle:
                 session._claim = None
                 yield ("settle", claim)
 
-    def _write_steps(self, session: Session) -> Steps[Outcome]:
+    def _settled(self, session: Session) -> Outcome | None:
+        """The save's outcome when it needs no store call (most requests): the session
+        was never used, or only read and its idle expiry is not due to move; else None."""
         if not session._loaded:
             return Outcome(delete_cookie=session._stale_cookie)
+        record = session.record
+        if (
+            record is not None
+            and not self._refresh_due(record, time.time())
+            and self._unchanged(session)
+        ):
+            return self._alive(session)
+        return None
+
+    def _write_steps(self, session: Session) -> Steps[Outcome]:
+        settled = self._settled(session)
+        if settled is not None:
+            return settled
         if self._unchanged(session):
             # Read, not written (most requests): at most refresh the idle expiry.
             assert session.record is not None
@@ -634,16 +649,11 @@ class SessionManager(Lifecycle):
     def save(self, session: Session) -> Outcome:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
         if session._lock_held is None and session._claim is None:
-            # The common cases, with no store call: the same rules as _write_steps.
-            if not session._loaded:
-                return Outcome(delete_cookie=session._stale_cookie)
-            record = session.record
-            if (
-                record is not None
-                and not self._refresh_due(record, time.time())
-                and self._unchanged(session)
-            ):
-                return self._alive(session)
+            # No lock to release and no import to settle: when the save needs no
+            # store call either, there are no steps to drive.
+            settled = self._settled(session)
+            if settled is not None:
+                return settled
         return self.run(self._save_steps(session))
 
     def create_record(self, session: Session, fields: dict[str, bytes]) -> tuple[str, str, Record]:
