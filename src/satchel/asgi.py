@@ -37,6 +37,7 @@ from ._config import (
 )
 from ._manager import AsyncSessionManager
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
+from .admin import stats as _stats
 from .errors import ConfigError, StoreUnavailable
 from .session import AsyncSession
 from .stores.aio import to_async
@@ -397,4 +398,4 @@ async def revoke_all(
 
 def stats(connection: HTTPConnection) -> dict[str, int]:
     """This process's counters for the app (see :class:`satchel.signals.Counters`)."""
-    return _manager(connection).counters.snapshot()
+    return _stats(_manager(connection))

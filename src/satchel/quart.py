@@ -33,6 +33,7 @@ from ._config import (
 )
 from ._manager import AsyncSessionManager, SessionManager
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
+from .admin import stats as _stats
 from .errors import ConfigError, StoreUnavailable
 from .flask import DEFAULT_SQLITE_NAME, _locked_endpoints, _migration, locked
 from .session import AsyncSession
@@ -254,7 +255,7 @@ class Satchel:
     @staticmethod
     def stats(app: Quart | None = None) -> dict[str, int]:
         """This process's counters for ``app`` (see :class:`satchel.signals.Counters`)."""
-        return _manager(app).counters.snapshot()
+        return _stats(_manager(app))
 
     def init_app(self, app: Quart, *, store: Store | None = None) -> None:
         """Check the configuration, build the store and install the session interface.
