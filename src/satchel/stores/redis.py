@@ -547,23 +547,20 @@ class RedisStore(_RedisRules):
             tls = "ssl" in client.connection_pool.connection_class.__name__.lower()
         if tls:
             raise ConfigError("the record cache (cache=) needs redis:// or unix://, not TLS")
-        if self._cluster:
+        settings: dict[str, Any] = {
+            "parse": _record,
+            "timeout": kwargs.get("socket_timeout"),
+            "connect_timeout": kwargs.get("socket_connect_timeout") or 0.5,
+        }
+        if self._cluster:  # each node's address comes from the cluster's layout
             return ClusterTracking(
                 client,
                 max_bytes=max_bytes,
-                parse=_record,
                 username=kwargs.get("username"),
                 password=kwargs.get("password"),
-                timeout=kwargs.get("socket_timeout"),
-                connect_timeout=kwargs.get("socket_connect_timeout") or 0.5,
+                **settings,
             )
-        return TrackingConnection(
-            max_bytes=max_bytes,
-            parse=_record,
-            **address(kwargs),
-            timeout=kwargs.get("socket_timeout"),
-            connect_timeout=kwargs.get("socket_connect_timeout") or 0.5,
-        )
+        return TrackingConnection(max_bytes=max_bytes, **address(kwargs), **settings)
 
     def cache_stats(self) -> CacheStats | None:
         """This process's record cache: hits, misses, notices, size; ``None`` when off."""
