@@ -35,6 +35,13 @@ def app(store: Store) -> Flask:
         session.regenerate()  # type: ignore[attr-defined]
         return "ok"
 
+    @app.get("/renew")
+    def renew() -> str:
+        if "user" not in session:  # logged out: a renewal never logs anyone back in
+            return "anonymous"
+        session.regenerate(owner=session["user"])  # type: ignore[attr-defined]
+        return "ok"
+
     @app.get("/mine")
     def mine() -> list[dict[str, Any]]:
         owner = session["user"]
@@ -148,3 +155,47 @@ def test_redis_owner_set_expires_by_itself(redis_store: RedisStore) -> None:
     assert 0 < redis_store.client.pttl(owner_key) <= 1000  # type: ignore[operator]
     time.sleep(1.2)
     assert redis_store.client.exists(owner_key) == 0
+
+
+def test_revoke_all_ends_devices_that_regenerate_throughout(app: Flask) -> None:
+    """Three devices regenerating in a loop while revoke_all runs: every one is logged out.
+
+    The review that found the old list-then-delete revoke missed a session that moved
+    between the two on every store but memory; the count returned must be exact too.
+    """
+    import threading
+
+    devices = [device(app, "spinner", f"agent {n}") for n in range(3)]
+    moving = [threading.Event() for _ in devices]
+    stop = threading.Event()
+    spins = [0] * len(devices)
+
+    def spin(n: int) -> None:
+        while not stop.is_set() and spins[n] < 5_000:
+            devices[n].get("/renew")
+            spins[n] += 1
+            if spins[n] == 3:
+                moving[n].set()
+
+    pool = [threading.Thread(target=spin, args=(n,)) for n in range(len(devices))]
+    for t in pool:
+        t.start()
+    try:
+        for event in moving:
+            assert event.wait(60)
+        with app.test_request_context():
+            before = list(spins)
+            ended = Satchel.revoke_all("spinner", keep_current=False)
+            during = list(spins)
+    finally:
+        stop.set()
+        for t in pool:
+            t.join()
+    assert all(after >= 3 for after in before)
+    # Each device either was live at the revoke (counted) or had its own regenerate
+    # refused after the revoke ended it; none is still logged in or listed.
+    assert ended == len(devices), (ended, before, during)
+    for client in devices:
+        assert client.get("/whoami").get_json()["user"] is None
+    with app.test_request_context():
+        assert Satchel.list_sessions("spinner") == []

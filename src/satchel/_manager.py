@@ -611,6 +611,8 @@ class SessionManager(Lifecycle):
             return store.save(op[1], op[2], create=op[3])
         if name == "sleep":
             return time.sleep(op[1])
+        if name == "revoke":
+            return store.revoke(op[1], owner=op[2], keep=op[3])
         if name == "migrate":
             assert self.migration is not None
             return self.migration.load(self, op[1])
@@ -706,6 +708,8 @@ class AsyncSessionManager(Lifecycle):
             return await store.save(op[1], op[2], create=op[3])
         if name == "sleep":
             return await asyncio.sleep(op[1])
+        if name == "revoke":
+            return await store.revoke(op[1], owner=op[2], keep=op[3])
         if name == "migrate":
             twin = self._blocking_twin()
             return await asyncio.to_thread(twin.load, op[1])

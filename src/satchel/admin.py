@@ -98,11 +98,19 @@ def list_sessions_steps(
     return sorted(infos, key=lambda info: info.last_seen, reverse=True)
 
 
+def _revoking(manager: Lifecycle) -> None:
+    if not isinstance(manager.store, manager._listing_protocol):
+        raise ConfigError(f"{manager.store!r} cannot list its sessions")
+
+
 def revoke_steps(manager: Lifecycle, reference: str) -> Steps[bool]:
-    """End the session ``reference`` names at once; ``False`` if it was not there."""
-    existed = (yield ("load", reference)) is not None
-    yield ("delete", reference)
-    return existed
+    """End the session ``reference`` names at once; ``False`` if it was not there.
+
+    A session that moved to a new ID (``regenerate()``) after its reference was
+    read is followed and ended too.
+    """
+    _revoking(manager)
+    return bool((yield ("revoke", (reference,), None, None)))
 
 
 def revoke_all_steps(
@@ -112,14 +120,13 @@ def revoke_all_steps(
 
     ``owner`` is a ``str`` or an ``int``, as given to ``regenerate(owner=...)``;
     anything else raises :class:`TypeError` (``None`` too: it would mean everyone).
+    Every session of the owner that was live when the call began is over when it
+    returns, whatever regenerates overlap it (see
+    :meth:`~satchel.stores.ListingStore.revoke`).
     """
     owner = owner_text(owner)
-    spare = current_reference(keep)
-    ended = 0
-    for reference, _record in (yield from _records_steps(manager, owner)):
-        if reference != spare:
-            yield ("delete", reference)
-            ended += 1
+    _revoking(manager)
+    ended: int = yield ("revoke", (), owner, current_reference(keep))
     return ended
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Collection, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -498,6 +498,70 @@ class ListingStoreContract(StoreContract):
         expected = [f"moved{i}" for i in range(150)] + [f"made{i}" for i in range(150)]
         assert listed == sorted(expected)
 
+    def test_revoke_ends_records_and_follows_moves(self, store: ListingStore) -> None:
+        """revoke() counts the live records it ended and follows a record to where it moved."""
+        store.save("r1", _change({"x": b"1"}), create=True)
+        store.save("r2", _change({"x": b"1"}), create=True)
+        assert store.save("r3", _change(replaces="r2"), create=True) == SaveResult.SAVED
+        assert store.save("r4", _change(replaces="r3"), create=True) == SaveResult.SAVED
+        assert store.revoke(["r1", "r2", "nothing"]) == 2
+        assert [store.load(k) for k in ("r1", "r2", "r3", "r4")] == [None] * 4
+        assert store.revoke(["r1", "r2"]) == 0
+        # An ended record can no longer move or be updated.
+        assert store.save("r5", _change(replaces="r4"), create=True) == SaveResult.REFUSED
+        assert store.save("r4", _change({"y": b"2"}), create=False) == SaveResult.REFUSED
+
+    def test_revoke_by_owner_keeps_one(self, store: ListingStore) -> None:
+        """revoke(owner=...) ends every record of that owner but ``keep``, and no one else's."""
+        for key in ("a1", "a2", "a3"):
+            store.save(key, _change({"x": b"1"}, owner="alice"), create=True)
+        store.save("b1", _change({"x": b"1"}, owner="bob"), create=True)
+        store.save("n1", _change({"x": b"1"}), create=True)
+        moved = _change(owner="alice", replaces="a3")
+        assert store.save("a4", moved, create=True) == SaveResult.SAVED
+        assert store.revoke(owner="alice", keep="a4") == 2
+        assert [k for k, _ in store.records("alice")] == ["a4"]
+        assert sorted(k for k, _ in store.records()) == ["a4", "b1", "n1"]
+        assert store.revoke(owner="alice") == 1
+        assert list(store.records("alice")) == []
+
+    def test_revoke_by_owner_misses_no_session_that_keeps_moving(self, store: ListingStore) -> None:
+        """Sessions that regenerate in a loop while revoke(owner=...) runs all end, exactly."""
+        devices = 4
+        moving = [threading.Event() for _ in range(devices)]
+        moves = [0] * devices
+        ends: list[SaveResult | None] = [None] * devices
+
+        def device(n: int) -> None:
+            key = f"dev{n}-0"
+            store.save(key, _change({"x": b"1"}, owner="mover"), create=True)
+            for i in range(1, 20_000):  # bounded: a device the revoke missed stops here
+                if i == 3:
+                    moving[n].set()  # and goes on moving
+                new = f"dev{n}-{i}"
+                result = store.save(new, _change(owner="mover", replaces=key), create=True)
+                if result != SaveResult.SAVED:
+                    ends[n] = result
+                    return
+                moves[n] += 1
+                key = new
+
+        pool = [threading.Thread(target=device, args=(n,)) for n in range(devices)]
+        for t in pool:
+            t.start()
+        for event in moving:
+            event.wait()
+        # Every device is in its loop of moves when the revoke starts.
+        assert ends == [None] * devices
+        ended = store.revoke(owner="mover")
+        for t in pool:
+            t.join()
+        assert all(m >= 2 for m in moves)
+        # Each device's next move after the revoke was refused: its session was over.
+        assert ends == [SaveResult.REFUSED] * devices
+        assert ended == devices
+        assert list(store.records("mover")) == []
+
 
 class NamespaceContract(StoreContract):
     """Prefixes: for stores with ``with_prefix(prefix)``, another namespace on the same data."""
@@ -591,6 +655,14 @@ class BlockingStore:
         """See :meth:`satchel.stores.ListingStore.records`."""
         store: Any = self.store
         return iter(self._wait(store.records(owner)))
+
+    def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """See :meth:`satchel.stores.ListingStore.revoke`."""
+        store: Any = self.store
+        ended: int = self._wait(store.revoke(keys, owner=owner, keep=keep))
+        return ended
 
     def references(self, start: str = "") -> Iterator[str]:
         """The async store's ``references``, as an iterator."""

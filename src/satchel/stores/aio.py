@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -124,6 +124,13 @@ class _Wrapper:
         """Every live ``(key, record)``, or only ``owner``'s, as one list."""
         listing = self._listing()
         return await self._call(lambda: list(listing.records(owner)))
+
+    async def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """See :meth:`satchel.stores.ListingStore.revoke`."""
+        listing = self._listing()
+        return await self._call(lambda: listing.revoke(keys, owner=owner, keep=keep))
 
     async def references(self, start: str = "") -> list[str]:
         """The keys of live records that begin with ``start``."""

@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 from ..errors import SessionTooLarge
 
 __all__ = [
+    "MOVE_NOTE_SECONDS",
     "AsyncListingStore",
     "AsyncLockingStore",
     "AsyncStore",
@@ -49,6 +50,12 @@ class Record:
     expires_at: float
     owner: str | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
+
+
+#: How long, in seconds, a record moved by ``regenerate()`` leaves a note at its old
+#: key naming its new one: a revoke that read the old key just before the move
+#: (a listing, an operator's reference) follows the note and still ends the session.
+MOVE_NOTE_SECONDS = 300.0
 
 
 def size_of(fields: Mapping[str, bytes]) -> int:
@@ -223,6 +230,20 @@ class ListingStore(Store, Protocol):
         """Yield ``(key, record)`` for every live record, or only ``owner``'s."""
         ...
 
+    def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End the records under ``keys`` and, with ``owner``, every record of that
+        owner, all but ``keep``'s; return how many live records ended.
+
+        A record that a move (``regenerate()``) took to a new key is followed
+        there (its old key keeps a note for :data:`MOVE_NOTE_SECONDS`), and a
+        move that has not finished is stopped, so every session that was live
+        when the call began is over when it returns, whatever regenerates
+        overlap it. ``keep`` stops the chase at that key.
+        """
+        ...
+
 
 @runtime_checkable
 class AsyncStore(Protocol):
@@ -277,6 +298,12 @@ class AsyncListingStore(AsyncStore, Protocol):
 
     async def records(self, owner: str | None = None) -> list[tuple[str, Record]]:
         """Every live ``(key, record)``, or only ``owner``'s."""
+        ...
+
+    async def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End records and follow their moves, as :meth:`ListingStore.revoke`."""
         ...
 
     async def references(self, start: str = "") -> list[str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 
-from .base import Change, Conflict, Record, SaveResult, apply_change
+from .base import MOVE_NOTE_SECONDS, Change, Conflict, Record, SaveResult, apply_change
 
 __all__ = ["MemoryStore"]
 
@@ -23,6 +23,8 @@ class MemoryStore:
         self.prefix = prefix
         self._records: dict[tuple[str, str], Record] = {}
         self._locks: dict[tuple[str, str], tuple[str, float]] = {}
+        # Where a moved record went, and until when that is worth knowing (see revoke()).
+        self._moves: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -32,6 +34,7 @@ class MemoryStore:
         """Another namespace on the same records (as two apps on one server would be)."""
         other = MemoryStore(prefix=prefix)
         other._records, other._locks, other._lock = self._records, self._locks, self._lock
+        other._moves = self._moves
         return other
 
     def _live(self, key: str, now: float) -> Record | None:
@@ -77,6 +80,8 @@ class MemoryStore:
             if result is None:
                 return SaveResult.DELETED
             self._records[(self.prefix, key)] = result
+            if source != key:
+                self._moves[(self.prefix, source)] = (key, now + MOVE_NOTE_SECONDS)
             return SaveResult.SAVED
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
@@ -119,6 +124,28 @@ class MemoryStore:
             live = self._mine(time.time())
         return len(live), len({r.owner for _, r in live if r.owner is not None})
 
+    def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End records, following moves: all under the store's lock, so nothing moves meanwhile."""
+        with self._lock:
+            now = time.time()
+            todo = list(keys)
+            if owner is not None:
+                todo += [key for key, record in self._mine(now) if record.owner == owner]
+            ended = 0
+            for key in todo:
+                while key != keep:
+                    if self._live(key, now) is not None:
+                        del self._records[(self.prefix, key)]
+                        ended += 1
+                        break
+                    move = self._moves.get((self.prefix, key))
+                    if move is None or move[1] <= now:
+                        break
+                    key = move[0]
+            return ended
+
     def delete(self, key: str) -> None:
         """Forget the record."""
         with self._lock:
@@ -133,6 +160,8 @@ class MemoryStore:
             ]
             for key in dead:
                 del self._records[key]
+            for key in [k for k, m in self._moves.items() if k[0] == self.prefix and m[1] <= now]:
+                del self._moves[key]
             return len(dead)
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
@@ -154,6 +183,6 @@ class MemoryStore:
     def close(self) -> None:
         """Drop this namespace's records and locks."""
         with self._lock:
-            for table in (self._records, self._locks):
+            for table in (self._records, self._locks, self._moves):
                 for name in [k for k in table if k[0] == self.prefix]:
                     del table[name]

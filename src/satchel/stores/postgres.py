@@ -34,7 +34,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,42 @@ CREATE TABLE IF NOT EXISTS satchel_locks (
     token text NOT NULL,
     expires_at double precision NOT NULL
 );
+-- Where a moved record went (regenerate()), for 300 s (MOVE_NOTE_SECONDS): see satchel_revoke.
+CREATE TABLE IF NOT EXISTS satchel_moves (
+    key text PRIMARY KEY,
+    target text NOT NULL,
+    expires_at double precision NOT NULL
+);
+-- End the rows under p_keys and, with p_owner, every row of that owner, but p_keep;
+-- a moved row is followed to its new key. Each statement sees what committed before
+-- it, and a move locks its old row: a move either finished before (and is followed)
+-- or finds its old row gone (and is refused). Returns how many live rows ended.
+CREATE OR REPLACE FUNCTION satchel_revoke(
+    p_keys text[], p_owner text, p_ns text, p_keep text, p_now double precision
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    todo text[] := p_keys;
+    name text;
+    ended bigint := 0;
+BEGIN
+    IF p_owner IS NOT NULL THEN
+        todo := todo || ARRAY(SELECT key FROM satchel_sessions
+            WHERE ns = p_ns AND owner = p_owner AND expires_at > p_now);
+    END IF;
+    FOREACH name IN ARRAY todo LOOP
+        WHILE name IS DISTINCT FROM p_keep LOOP
+            DELETE FROM satchel_sessions WHERE key = name AND expires_at > p_now;
+            IF FOUND THEN
+                ended := ended + 1;
+                EXIT;
+            END IF;
+            SELECT target INTO name FROM satchel_moves WHERE key = name AND expires_at > p_now;
+            IF NOT FOUND THEN EXIT; END IF;
+        END LOOP;
+    END LOOP;
+    RETURN ended;
+END
+$$;
 CREATE OR REPLACE FUNCTION satchel_value_size(value text) RETURNS bigint
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN left(value, 1) = '=' THEN octet_length(value) - 1
@@ -159,7 +195,12 @@ BEGIN
         -- A create racing another of the same key waits for it, then finds it live.
         GET DIAGNOSTICS inserted = ROW_COUNT;
         IF inserted = 0 THEN RETURN ARRAY[0]; END IF;
-        IF p_mode = 'm' THEN DELETE FROM satchel_sessions WHERE key = p_source; END IF;
+        IF p_mode = 'm' THEN
+            DELETE FROM satchel_sessions WHERE key = p_source;
+            INSERT INTO satchel_moves VALUES (p_source, p_key, p_now + 300)
+                ON CONFLICT (key) DO UPDATE SET target = excluded.target,
+                    expires_at = excluded.expires_at;
+        END IF;
     END IF;
     RETURN ARRAY[1];
 END
@@ -293,6 +334,16 @@ class _PostgresRules:
     def _delete_steps(self, key: str) -> Steps[None]:
         yield ("run", "DELETE FROM satchel_sessions WHERE key = %s", (self.prefix + key,))
 
+    def _revoke_steps(
+        self, keys: Collection[str], owner: str | None, keep: str | None
+    ) -> Steps[int]:
+        args = (
+            [self.prefix + key for key in keys], owner, self.prefix,
+            None if keep is None else self.prefix + keep, time.time(),
+        )  # fmt: skip
+        rows, _ = yield ("run", "SELECT satchel_revoke(%s::text[], %s, %s, %s, %s)", args)
+        return int(rows[0][0])
+
     def _acquire_steps(self, key: str, token: str, lease: float) -> Steps[bool]:
         now = time.time()
         _, changed = yield ("run", _ACQUIRE, (self.prefix + key, token, now + lease, now))
@@ -350,6 +401,7 @@ class _PostgresRules:
             (now, PURGE_BATCH),
         )
         yield ("run", "DELETE FROM satchel_locks WHERE expires_at <= %s", (now,))
+        yield ("run", "DELETE FROM satchel_moves WHERE expires_at <= %s", (now,))
         return int(removed)
 
     def _expired_steps(self, now: float) -> Steps[int]:
@@ -514,6 +566,12 @@ class PostgresStore(_PostgresRules):
     def delete(self, key: str) -> None:
         """Delete the row."""
         drive(self._delete_steps(key), self._perform)
+
+    def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End rows, following moves, with one statement: the satchel_revoke function."""
+        return drive(self._revoke_steps(keys, owner, keep), self._perform)
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Lease the lock row on ``key`` to ``token`` in one statement."""
@@ -741,6 +799,12 @@ class AsyncPostgresStore(_PostgresRules):
     async def release(self, key: str, token: str) -> None:
         """Delete the lock row if ``token`` holds it."""
         await drive_async(self._release_steps(key, token), self._perform)
+
+    async def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End rows, following moves, with one statement: the satchel_revoke function."""
+        return await drive_async(self._revoke_steps(keys, owner, keep), self._perform)
 
     async def records(self, owner: str | None = None) -> list[tuple[str, Record]]:
         """The live rows (of ``owner``), read in pages of 500 by key."""

@@ -26,7 +26,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from .. import _json
 from ..errors import StoreUnavailable
 from ._connections import ConnectionList
 from ._fieldtext import from_text, to_text
-from .base import Change, Conflict, Record, SaveResult, apply_change
+from .base import MOVE_NOTE_SECONDS, Change, Conflict, Record, SaveResult, apply_change
 
 __all__ = ["SQLiteStore"]
 
@@ -60,10 +60,18 @@ CREATE TABLE IF NOT EXISTS satchel_lock (
     token TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS satchel_moves (
+    key TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 #: What _SCHEMA makes; when the file has them all, opening it writes nothing.
-_SCHEMA_NAMES = {"satchel_sessions", "satchel_sessions_owner", "satchel_lock"}
+_SCHEMA_NAMES = {"satchel_sessions", "satchel_sessions_owner", "satchel_lock", "satchel_moves"}
+_NOTE_MOVE = "INSERT OR REPLACE INTO satchel_moves VALUES (?, ?, ?)"
+_DELETE_LIVE = "DELETE FROM satchel_sessions WHERE key = ? AND expires_at > ?"
+_MOVED_TO = "SELECT target FROM satchel_moves WHERE key = ? AND expires_at > ?"
 
 _COLUMNS = "created_at, touched_at, expires_at, data, owner, meta"
 _LOAD = f"SELECT {_COLUMNS} FROM satchel_sessions WHERE key = ? AND expires_at > ?"
@@ -373,6 +381,8 @@ class SQLiteStore:
                 conn.execute("DELETE FROM satchel_sessions WHERE key = ?", (moved or name,))
             if result is None:
                 return SaveResult.DELETED
+            if moved is not None:
+                conn.execute(_NOTE_MOVE, (moved, name, now + MOVE_NOTE_SECONDS))
             data = _encode({field: to_text(value) for field, value in result.fields.items()})
             if create:
                 meta = json.dumps(dict(result.meta), ensure_ascii=False)
@@ -393,6 +403,34 @@ class SQLiteStore:
         """Move the record's times in one statement."""
         args = (touched_at, expires_at, self.prefix + key, time.time())
         return self._run(_TOUCH, args)[1] == 1
+
+    def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End records, following moves, in one write transaction (no move runs meanwhile)."""
+        now = time.time()
+        cut = len(self.prefix)
+        spare = None if keep is None else self.prefix + keep
+        ended = 0
+        with self._transaction() as conn:
+            todo = [self.prefix + key for key in keys]
+            if owner is not None:
+                rows = conn.execute(
+                    "SELECT key FROM satchel_sessions"
+                    " WHERE owner = ? AND ns = ? AND expires_at > ?",
+                    (owner, self.prefix, now),
+                )
+                todo += [row[0] for row in rows if row[0][:cut] == self.prefix]
+            for name in todo:
+                while name != spare:
+                    if conn.execute(_DELETE_LIVE, (name, now)).rowcount == 1:
+                        ended += 1
+                        break
+                    row = conn.execute(_MOVED_TO, (name, now)).fetchone()
+                    if row is None:
+                        break
+                    name = row[0]
+        return ended
 
     def delete(self, key: str) -> None:
         """Remove the record."""
@@ -423,6 +461,7 @@ class SQLiteStore:
             (start, end, now),
         )
         self._run("DELETE FROM satchel_lock WHERE expires_at <= ?", (now,))
+        self._run("DELETE FROM satchel_moves WHERE expires_at <= ?", (now,))
         last = self._run("SELECT max(id) FROM satchel_sessions", ())[0][0][0]
         return (0 if last is None or end > last else end), removed
 
