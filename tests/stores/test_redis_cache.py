@@ -283,3 +283,85 @@ def test_a_store_that_is_down_answers_store_unavailable(url: str) -> None:
     with pytest.raises(StoreUnavailable):
         store.load("k")
     store.close()
+
+
+def stale_reads_after_uncached_writes(reader: RedisStore, write: Any, rounds: int) -> int:
+    """Write with ``write`` (a function of key and round), then read through the cached
+    ``reader`` at once; how many reads served what the write had replaced."""
+    stale = 0
+    for n in range(rounds):
+        key = f"f{n}"
+        now = time.time()
+        change = Change(set={"v": b"0"}, created_at=now, touched_at=now, expires_at=now + 60)
+        assert reader.save(key, change, create=True) == SaveResult.SAVED
+        assert fields_of(reader.load(key)) == {"v": b"0"}  # cached now
+        write(key, n)
+        if n % 2:
+            stale += reader.load(key) is not None
+        else:
+            stale += fields_of(reader.load(key)) != {"v": b"1"}
+    return stale
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_fenced_uncached_writer_never_leaves_a_cached_reader_stale(url: str, kind: str) -> None:
+    """Revokes and updates by an app without the cache but with ``?fence=1`` (sync, and
+    the ASGI adapters' async store) are never read stale by a cached worker."""
+    import asyncio
+
+    from satchel.stores.aio import to_async
+    from satchel.testing import BlockingStore
+
+    reader = RedisStore.from_url(url, cache="1MB")
+    sync = from_url(url + "?fence=1")
+    assert isinstance(sync, RedisStore) and sync.fence and reader._source is not None
+    writer: Any = sync if kind == "sync" else BlockingStore(to_async(sync))
+    try:
+
+        def write(key: str, n: int) -> None:
+            if n % 2:
+                assert writer.revoke([key]) == 1
+            else:
+                now = time.time()
+                change = Change(set={"v": b"1"}, touched_at=now, expires_at=now + 60)
+                assert writer.save(key, change, create=False) == SaveResult.SAVED
+
+        hits = reader.cache_stats().hits  # type: ignore[union-attr]
+        assert stale_reads_after_uncached_writes(reader, write, 400) == 0
+        assert reader.cache_stats().hits - hits >= 400  # type: ignore[union-attr]
+    finally:
+        writer.close()
+        if kind == "async":
+            sync.close()
+        reader.close()
+        asyncio.set_event_loop(None)
+
+
+def test_a_swapped_database_stops_being_served_within_the_trust_window(
+    url: str, redis_store: RedisStore
+) -> None:
+    """After SWAPDB (which sends no notice), a worker reading without pause serves the
+    old database's records no longer once the trust window has passed."""
+    reader = RedisStore.from_url(url, cache="1MB")
+    try:
+        create(reader, "swapped", v=b"1")
+        assert fields_of(reader.load("swapped")) == {"v": b"1"}
+        hits = reader.cache_stats().hits  # type: ignore[union-attr]
+        client = redis.Redis.from_url(url)
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        other = 15 if db != 15 else 14
+        client.execute_command("SELECT", other)
+        client.swapdb(db, other)
+        try:
+            # A busy worker: replies keep coming; none may renew its trust for good.
+            until = time.monotonic() + 1.5
+            while time.monotonic() < until:
+                reader.load("swapped")
+                reader.load("never-there")  # a miss: a round trip each time
+            assert reader.load("swapped") is None
+            assert reader.cache_stats().hits > hits  # it was served from memory at first
+        finally:
+            client.swapdb(db, other)
+            client.close()
+    finally:
+        reader.close()

@@ -23,7 +23,9 @@ take ``?timeout=SECONDS`` (how long to wait for a lock); ``postgresql`` URLs tak
 ``?timeout=SECONDS`` (the bound on each statement) and ``?create_schema=false``,
 and pass every other query parameter (``sslmode=...``) to libpq. ``redis`` URLs take
 ``?cache=64MB``: each process keeps the records it read, kept correct by the
-server's invalidation notices (off by default; see docs/performance.md), and pass
+server's invalidation notices (off by default; see docs/performance.md), and
+``?fence=1``: each write is followed by a PING, for an app that does not cache but
+shares its store with apps that do (a cached store always fences); they pass
 every other query parameter to redis-py. Third-party stores add
 schemes with :func:`register_scheme`; their factories receive the whole URL,
 ``prefix`` included.
@@ -131,6 +133,10 @@ def _redis(url: str) -> Store:
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name == "cache":
             options["cache"] = value
+        elif name == "fence":
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ConfigError(f"fence must be on or off in {url!r}")
+            options["fence"] = value.lower() in ("1", "true", "yes", "on")
         else:
             passed.append((name, value))
     if passed:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -74,6 +75,9 @@ LAG_LIMIT = 64 * 1024
 #: failure (a network partition, a server that froze) sends no notice and closes
 #: nothing; past this, the next read goes to the server, which checks the channel.
 TRUST = 1.0
+#: How long a connection's mark (see :meth:`TrackingConnection._check_mark`) outlives
+#: its last check, in milliseconds: a worker gone quiet leaves nothing behind.
+MARK_LIFETIME_MS = 60_000
 #: Sent before a read whose keys the server is to track (the connection is OPTIN).
 _CACHING = encode(("CLIENT", "CACHING", "YES"))
 _PING = encode(("PING",))
@@ -201,8 +205,14 @@ class TrackingConnection:
         timeout: float | None = 0.5,
         connect_timeout: float = 0.5,
         parse: Callable[[Any], Record | None],
+        mark: str | None = None,
     ) -> None:
         self.host, self.port, self.path = host, port, path
+        #: Where this connection's mark lives (a key name prefix; one server only: see
+        #: :meth:`_check_mark`); ``None``: every reply renews the trust instead.
+        self.mark_prefix = mark
+        self._mark: str | None = None
+        self._mark_n = 0
         self.username, self.password, self.db = username, password, db
         self.timeout, self.connect_timeout = timeout, connect_timeout
         #: Turns an HGETALL reply into a Record (None: missing, expired or unreadable).
@@ -245,6 +255,10 @@ class TrackingConnection:
         if self.db:
             commands.append(("SELECT", self.db))
         commands.append(("CLIENT", "TRACKING", "ON", "OPTIN", "NOLOOP"))
+        if self.mark_prefix is not None:
+            self._mark = self.mark_prefix + secrets.token_hex(8)  # this socket's own
+            self._mark_n = 0
+            commands.append(("SET", self._mark, 0, "PX", MARK_LIFETIME_MS))
         try:
             sock.sendall(b"".join(encode(command) for command in commands))
             for command in commands:
@@ -254,6 +268,7 @@ class TrackingConnection:
         except BaseException:
             self.close()
             raise
+        self._trusted_until = time.monotonic() + TRUST
         return sock
 
     def _socket(self) -> socket.socket:
@@ -342,7 +357,8 @@ class TrackingConnection:
                 sock = self._socket()
                 sock.sendall(data)
                 answers = [self._reply() for _ in range(replies)]
-                self._trusted_until = time.monotonic() + TRUST
+                if self._mark is None:
+                    self._trusted_until = time.monotonic() + TRUST
                 return answers
             except (OSError, hiredis.ProtocolError) as exc:
                 self.close()
@@ -423,15 +439,34 @@ class TrackingConnection:
         found = self.cache._entries.get(name)
         return None if found is None else found[0]
 
+    def _check_mark(self) -> None:
+        """Renew the trust, after checking that the database is still the one the cache
+        holds records of: empty the cache if it is not.
+
+        Some operator actions change what a database holds and notify nobody
+        (``SWAPDB``, a backup restored into another database and swapped in). Each
+        connection keeps a mark of its own in the database, a counter it sets to the
+        next number and reads back in one command (``SET ... GET``): any answer but
+        the number it last wrote means the data under the connection changed. A
+        busy worker pays one round trip a second for it.
+        """
+        assert self._mark is not None
+        expected = self._mark_n
+        self._mark_n += 1
+        command = ("SET", self._mark, self._mark_n, "PX", MARK_LIFETIME_MS, "GET")
+        reply = self._exchange(encode(command), 1)[0]
+        if reply != str(expected).encode():
+            self.cache.clear()
+        self._trusted_until = time.monotonic() + TRUST
+
     def load(self, name: str) -> Record | None:
         """The record under ``name``: from memory when the channel vouches for it and it
         has not expired, else read from the server (tracked) and cached."""
         with self.lock:
-            current = (
-                self._sock is not None
-                and self._generation == _connections._generation
-                and time.monotonic() < self._trusted_until
-            )
+            live = self._sock is not None and self._generation == _connections._generation
+            if live and self._mark is not None and time.monotonic() >= self._trusted_until:
+                self._check_mark()
+            current = live and time.monotonic() < self._trusted_until
             record = self.cache.get(name) if current and self._drain() else None
             if record is not None:
                 if record.expires_at > time.time():

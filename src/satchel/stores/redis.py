@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._connections import ConnectionList
 from ._resp import RespConnection, RespError, address
 from ._tracking import CacheStats, ClusterTracking, TrackingConnection, parse_size
-from .base import Change, Conflict, Record, SaveResult, apply_change
+from .base import MOVE_NOTE_SECONDS, Change, Conflict, Record, SaveResult, apply_change
 
 if TYPE_CHECKING:
     import redis
@@ -50,7 +50,8 @@ __all__ = ["AsyncRedisStore", "RedisStore"]
 _log = logging.getLogger("satchel")
 
 # KEYS: the record written; the record read (the same, but for a move: the old
-# one); the lock the fence names (the read record's); an owner's set, if any.
+# one); the lock the fence names (the read record's); the read record's move note
+# (see _KILL); an owner's set, if any.
 # ARGV: mode (u update, c create, m move), fence token or '', expiry (unix ms),
 # size limit or '', the set's member and deadline (unix ms), then counted lists:
 # the delete-if-only names (-1: none), the names to delete, the expectations
@@ -58,10 +59,12 @@ _log = logging.getLogger("satchel")
 # name/value pairs to set. Replies {code} or {9, size}: codes as SaveResult,
 # 9 too large.
 _SAVE = """
-local target, source, lock, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local target, source, lock, note, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local mode, fence = ARGV[1], ARGV[2]
 if fence ~= '' and redis.call('GET', lock) ~= fence then return {3} end
 if redis.call('EXISTS', target) == (mode == 'u' and 0 or 1) then return {0} end
+-- A create whose key a revoke ended first (a Cluster's move, half done) stays ended.
+if mode == 'c' and redis.call('EXISTS', note) == 1 then return {0} end
 if mode == 'm' and redis.call('EXISTS', source) == 0 then return {0} end
 local i = 7
 local only
@@ -142,6 +145,7 @@ if only then
     return {2}
   end
 end
+if mode == 'm' then redis.call('SET', note, target, 'PX', '@NOTE_MS@') end
 redis.call('PEXPIREAT', target, ARGV[3])
 if index then
   local now = redis.call('TIME')
@@ -156,13 +160,52 @@ return {1}
 """
 
 # A Cluster's half of a move, on the old record's slot: check the fence, then
-# return the whole hash and delete it. Replies {0} gone, {3} fenced, {1, hash}.
+# return the whole hash, delete it and leave a note of where it goes (ARGV[2]).
+# KEYS: the record, its lock, its note. Replies {0} gone, {3} fenced, {1, hash}.
 _TAKE = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {3} end
 local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return {0} end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[3], ARGV[2], 'PX', '@NOTE_MS@')
 return {1, all}
+"""
+
+# Puts back a record a Cluster's move took but could not finish, unless a revoke
+# ended it meanwhile (its note no longer names the move's target, ARGV[1]).
+# KEYS: the record, its note; ARGV: the target, the expiry (unix ms), the hash's pairs.
+_RESTORE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1
+"""
+
+# A Cluster's revoke ends records with this: KEYS are pairs of a record and its
+# note. Each record is deleted and its note set so that a move of it that is half
+# done cannot finish: '!' once it ended, '?' where nothing had arrived yet (the
+# create of a move under way, which the note now refuses). Replies per pair: {1}
+# it was live, {2, the target's name} it had moved there (the caller ends that
+# one too), {3} nothing had arrived, {0} it had ended already.
+_KILL = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local note = redis.call('GET', KEYS[i + 1])
+  if redis.call('DEL', KEYS[i]) == 1 then
+    redis.call('SET', KEYS[i + 1], '!', 'PX', '@NOTE_MS@')
+    out[#out + 1] = {1}
+  elseif note == '!' then
+    out[#out + 1] = {0}
+  elseif note and note ~= '?' then
+    redis.call('SET', KEYS[i + 1], '!', 'PX', '@NOTE_MS@')
+    out[#out + 1] = {2, note}
+  else
+    redis.call('SET', KEYS[i + 1], '?', 'PX', '@NOTE_MS@')
+    out[#out + 1] = {3}
+  end
+end
+return out
 """
 
 _TOUCH = """
@@ -173,15 +216,71 @@ redis.call('EXISTS', KEYS[1])  -- read last, as in _SAVE
 return 1
 """
 
-# Adds a session key to its owner's set (a Cluster's create, before the record).
+# Adds a session key to its owner's set (a Cluster's create, before the record)
+# and returns the owner's revocation epoch (see _BUMP); for a move (ARGV[3], the
+# moved record's epoch), refuses with -1 when a revoke of the owner began since
+# the record was stamped. ARGV: the member ('' for none), its deadline (unix ms),
+# the moved record's epoch ('' for a create).
 _INDEX = """
+local epoch = tonumber(redis.call('ZSCORE', KEYS[1], '@epoch') or '0')
+if ARGV[3] ~= '' and epoch > tonumber(ARGV[3]) then return -1 end
+if ARGV[1] == '' then return epoch end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
 local deadline = tonumber(ARGV[2])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 or now_ms + ttl < deadline then redis.call('PEXPIREAT', KEYS[1], deadline) end
+return epoch
+"""
+
+# A Cluster's revoke of an owner begins here, on their set's slot: the owner's
+# epoch (the set's member '@epoch') goes up, so no move of a record stamped
+# before it can finish (see _INDEX), and the members are returned, atomically:
+# every session that moved before is listed, every later move is refused.
+_BUMP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
+local epoch = redis.call('ZINCRBY', KEYS[1], 1, '@epoch')
+return {epoch, redis.call('ZRANGE', KEYS[1], 0, -1)}
+"""
+
+# Stamps a record with its owner's epoch (the session a revoke keeps, on a Cluster).
+_STAMP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'm:g', ARGV[1]) end
 return 1
+"""
+
+# One server's revoke, all in one script, so nothing moves meanwhile: the keys
+# in ARGV (from the 3rd) and, with KEYS[1], every member of that owner's set,
+# each followed through its move notes to where it lives, all but ARGV[2]'s.
+# ARGV[1] is the prefix. Replies {how many live records ended, their names}.
+_REVOKE = """
+local prefix, keep = ARGV[1], ARGV[2]
+local todo = {}
+for i = 3, #ARGV do todo[#todo + 1] = ARGV[i] end
+local members = {}
+if KEYS[1] then
+  members = redis.call('ZRANGE', KEYS[1], 0, -1)
+  for _, member in ipairs(members) do todo[#todo + 1] = member end
+end
+local ended, gone = 0, {}
+for _, key in ipairs(todo) do
+  while key ~= keep and key ~= '@epoch' do
+    local name = prefix .. 's:{' .. key .. '}'
+    if redis.call('DEL', name) == 1 then
+      ended = ended + 1
+      gone[#gone + 1] = name
+      break
+    end
+    local moved = redis.call('GET', prefix .. 'f:{' .. key .. '}')
+    if not moved or moved == '!' then break end
+    key = string.sub(moved, #prefix + 4, -2)
+  end
+end
+for _, member in ipairs(members) do
+  if member ~= keep and member ~= '@epoch' then redis.call('ZREM', KEYS[1], member) end
+end
+return {ended, gone}
 """
 
 _ACQUIRE = """
@@ -246,9 +345,17 @@ class _Script:
         self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
-SAVE, TAKE, TOUCH, INDEX, ACQUIRE, RELEASE = map(
-    _Script, (_SAVE, _TAKE, _TOUCH, _INDEX, _ACQUIRE, _RELEASE)
-)
+_NOTE_MS = str(int(MOVE_NOTE_SECONDS * 1000))
+SAVE, TAKE, RESTORE, KILL, TOUCH, INDEX, BUMP, STAMP, REVOKE, ACQUIRE, RELEASE = (
+    _Script(source.replace("@NOTE_MS@", _NOTE_MS))
+    for source in (
+        _SAVE, _TAKE, _RESTORE, _KILL, _TOUCH, _INDEX, _BUMP, _STAMP, _REVOKE, _ACQUIRE, _RELEASE
+    )
+)  # fmt: skip
+#: The scripts that change a session record: a fenced store pings after each.
+_WRITES = frozenset({SAVE, TAKE, RESTORE, KILL, TOUCH, REVOKE})
+#: The member of an owner's set that holds their revocation epoch (never a store key).
+EPOCH = "@epoch"
 
 #: How the cache works out a record after this process's write: (reply, cached before) → record.
 Derive = Callable[[Any, Record | None], Record | None]
@@ -304,6 +411,15 @@ class _RedisRules:
     def _owner_key(self, owner: str) -> str:
         return f"{self.prefix}i:{owner}"
 
+    def _note_key(self, key: str) -> str:
+        """Where a moved (or revoked) record's note lives, in its record's slot."""
+        return f"{self.prefix}f:{{{key}}}"
+
+    def _store_key(self, name: bytes | str) -> str:
+        """The store key in a record's name (``<prefix>s:{<key>}``)."""
+        text = name.decode() if isinstance(name, bytes) else name
+        return text[len(self.prefix) + 3 : -1]
+
     def __repr__(self) -> str:
         client: Any = self.client
         if self._cluster:
@@ -331,18 +447,23 @@ class _RedisRules:
                 pairs += ("m:o", change.owner)
                 until = _ms(max(change.ends_by, change.expires_at))
                 member = [key, until]
-                if self._cluster:  # another slot: indexed first, never pruned too early
-                    yield ("script", INDEX, [self._owner_key(change.owner)], member)
-                else:
+                if self._cluster and change.replaces is None:
+                    # Another slot: indexed first, never pruned too early.
+                    epoch = yield ("script", INDEX, [self._owner_key(change.owner)], [*member, ""])
+                    pairs += ("m:g", epoch)
+                elif not self._cluster:
                     index = [self._owner_key(change.owner)]
         if create and change.replaces is not None and self._cluster:
-            return (yield from self._move_across_slots_steps(key, change, pairs))
+            return (yield from self._move_across_slots_steps(key, change, pairs, member))
         pairs += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
         for name, value in change.set.items():
             pairs += ("d:" + name, value)
         source = change.replaces if create and change.replaces is not None else key
         mode = "u" if not create else "c" if change.replaces is None else "m"
-        keys = [self._key(key), self._key(source), self._lock_key(source), *index]
+        keys = [
+            self._key(key), self._key(source), self._lock_key(source), self._note_key(source),
+            *index,
+        ]  # fmt: skip
         args: list[Any] = [
             mode,
             change.fence or "",
@@ -366,18 +487,24 @@ class _RedisRules:
         return SaveResult(reply[0])
 
     def _move_across_slots_steps(
-        self, key: str, change: Change, pairs: list[Any]
+        self, key: str, change: Change, pairs: list[Any], member: list[Any]
     ) -> Steps[SaveResult]:
         """A Cluster's move: take the old record (one script on its slot), then create anew.
 
-        The take checks the fence and deletes the old record atomically, so a
-        session ended meanwhile is never recreated; what a request saved between
-        the take and the create is refused, as after any regenerate().
+        The take checks the fence and deletes the old record atomically, leaving
+        a note of where it goes, so a session ended meanwhile is never recreated
+        and a revoke that finds the old key follows it; what a request saved
+        between the take and the create is refused, as after any regenerate().
+        An owned record's move then asks its owner's set whether a revoke of the
+        owner began since the record was stamped (and is refused if so), and the
+        new key joins the new owner's set before it is created.
         """
         assert change.replaces is not None
         old = self._key(change.replaces)
         lock = self._lock_key(change.replaces)
-        reply = yield ("script", TAKE, [old, lock], [change.fence or ""])
+        note = self._note_key(change.replaces)
+        target = self._key(key)
+        reply = yield ("script", TAKE, [old, lock, note], [change.fence or "", target])
         if reply[0] != 1:
             return SaveResult(reply[0])
         base = _record(reply[1])
@@ -386,23 +513,92 @@ class _RedisRules:
         try:
             result = apply_change(base, change)
         except Conflict:
-            yield from self._restore_steps(old, reply[1], base.expires_at)
+            if not (yield from self._restore_steps(change.replaces, target, reply[1], base)):
+                return SaveResult.REFUSED  # revoked meanwhile
             return SaveResult.CONFLICT
         except SessionTooLarge:
-            yield from self._restore_steps(old, reply[1], base.expires_at)
+            yield from self._restore_steps(change.replaces, target, reply[1], base)
             raise
         if result is None:
             return SaveResult.DELETED
+        stamped = dict(zip(reply[1][::2], reply[1][1::2], strict=True)).get(b"m:g", b"0")
+        epoch = None
+        if base.owner is not None:
+            mine = [*member, stamped] if base.owner == change.owner else ["", 0, stamped]
+            epoch = yield ("script", INDEX, [self._owner_key(base.owner)], mine)
+            if epoch == -1:
+                return SaveResult.REFUSED  # its owner's sessions are being revoked
+        if change.owner is not None and change.owner != base.owner:
+            epoch = yield ("script", INDEX, [self._owner_key(change.owner)], [*member, ""])
+        if change.owner is not None:
+            pairs += ("m:g", epoch)
         pairs += ("m:t", repr(result.touched_at), "m:e", repr(result.expires_at))
         for name, value in result.fields.items():
             pairs += ("d:" + name, value)
-        keys = [self._key(key), self._key(key), self._lock_key(key)]
+        keys = [target, target, self._lock_key(key), self._note_key(key)]
         args: list[Any] = ["c", "", _ms(result.expires_at), "", "", 0, -1, 0, 0]
         return SaveResult((yield ("script", SAVE, keys, args + pairs))[0])
 
-    def _restore_steps(self, name: str, raw: list[bytes], expires_at: float) -> Steps[None]:
-        """Put back a record taken by a move that could not complete."""
-        yield ("pipe", [("HSET", name, *raw), ("PEXPIREAT", name, _ms(expires_at))])
+    def _restore_steps(self, key: str, target: str, raw: list[bytes], base: Record) -> Steps[bool]:
+        """Put back a record taken by a move that could not complete; False if revoked."""
+        keys = [self._key(key), self._note_key(key)]
+        return bool((yield ("script", RESTORE, keys, [target, _ms(base.expires_at), *raw])))
+
+    def _revoke_steps(
+        self, keys: Collection[str], owner: str | None, keep: str | None
+    ) -> Steps[int]:
+        """End records and follow their move notes to where they went.
+
+        On one server this is one script (:data:`_REVOKE`), so no move runs
+        meanwhile. On a Cluster a revoke of an owner first raises the owner's
+        epoch (:data:`_BUMP`), so every move of theirs that has not reached its
+        owner's set yet is refused and every one that has is listed; the kept
+        session is stamped with the new epoch; then every listed record (a
+        member without a record yet may be a create on its way: its note stops
+        it) is ended with :data:`_KILL`, and each note followed, round by round.
+        """
+        if not self._cluster:
+            index = [] if owner is None else [self._owner_key(owner)]
+            reply = yield ("revoke", index, [self.prefix, keep or "", *keys])
+            return int(reply[0])
+        todo = list(keys)
+        members: list[str] = []
+        if owner is not None:
+            epoch, found = yield ("script", BUMP, [self._owner_key(owner)], [])
+            members = [m.decode() for m in found if m != EPOCH.encode()]
+            todo += members
+            if keep is not None:
+                yield ("script", STAMP, [self._key(keep)], [epoch])
+        # A session counts once, where its chain ends: live there, or (reached
+        # through a note) caught between the two halves of its move.
+        ended: set[str] = set()
+        followed: set[str] = set()
+        while batch := [key for key in dict.fromkeys(todo) if key != keep]:
+            todo = []
+            for key, reply in zip(batch, (yield ("kill", batch)), strict=True):
+                if reply[0] == 1 or (reply[0] == 3 and key in followed):
+                    ended.add(key)
+                elif reply[0] == 2:
+                    target = self._store_key(reply[1])
+                    followed.add(target)
+                    todo.append(target)
+        gone = [member for member in members if member != keep]
+        if gone:
+            yield ("call", "ZREM", self._owner_key(owner or ""), *gone)
+        return len(ended)
+
+    def _kill_batches(self, keys: list[str]) -> list[tuple[list[str], list[str]]]:
+        """The KILL script's calls for ``keys``: (store keys, script keys) per call.
+
+        On one server, 500 records a call; on a Cluster, one (a call's keys share a slot).
+        """
+        size = 1 if self._cluster else 500
+        batches = []
+        for first in range(0, len(keys), size):
+            batch = keys[first : first + size]
+            names = [n for key in batch for n in (self._key(key), self._note_key(key))]
+            batches.append((batch, names))
+        return batches
 
     def _touch_op(self, key: str, touched_at: float, expires_at: float) -> Op:
         args = [repr(touched_at), repr(expires_at), _ms(expires_at)]
@@ -412,7 +608,7 @@ class _RedisRules:
         """An owner's live records, from their set; members with no record are pruned."""
         owner_key = self._owner_key(owner)
         members = _pairs((yield ("call", "ZRANGE", owner_key, 0, -1, "WITHSCORES")))
-        added = {member.decode(): score for member, score in members}
+        added = {member.decode(): score for member, score in members if member != EPOCH.encode()}
         old = time.time() * 1000 - self._prune_after_ms
         gone, found = [], []
         for key, record in (yield from self._fetch_steps(sorted(added))):
@@ -495,6 +691,7 @@ class RedisStore(_RedisRules):
         *,
         prefix: str = "satchel:",
         cache: int | str = 0,
+        fence: bool = False,
     ) -> None:
         self._cluster = _check_client(client)
         self.client = client
@@ -503,6 +700,9 @@ class RedisStore(_RedisRules):
         #: With ``cache``: the connection single commands go through, whose
         #: notices keep this process's records correct (see satchel.stores._tracking).
         self._tracked = self._tracking(client, cache)
+        #: Whether every write is followed by a PING (see :meth:`_fence_after`): always
+        #: with the cache on, and with ``fence`` for an app that shares a store with one.
+        self.fence = fence or self._tracked is not None
         #: Set by :meth:`from_url`: calls then borrow from ``_connections``.
         self._pool: redis.ConnectionPool | None = None
         # Set by from_url: the URL and timeouts, for to_async().
@@ -560,7 +760,8 @@ class RedisStore(_RedisRules):
                 password=kwargs.get("password"),
                 **settings,
             )
-        return TrackingConnection(max_bytes=max_bytes, **address(kwargs), **settings)
+        mark = f"{self.prefix}c:"  # each connection's mark: see TrackingConnection
+        return TrackingConnection(max_bytes=max_bytes, **address(kwargs), mark=mark, **settings)
 
     def cache_stats(self) -> CacheStats | None:
         """This process's record cache: hits, misses, notices, size; ``None`` when off."""
@@ -582,6 +783,7 @@ class RedisStore(_RedisRules):
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
         cache: int | str = 0,
+        fence: bool = False,
     ) -> RedisStore:
         """Build a store on a new client for ``url`` with short timeouts.
 
@@ -590,6 +792,10 @@ class RedisStore(_RedisRules):
         invalidation notices: see :mod:`satchel.stores._tracking` and
         docs/performance.md for what it saves and the one gap it leaves. Off (0)
         by default; on a Cluster, one tracking connection per primary; not over TLS.
+        ``fence`` (in a URL ``?fence=1``) is for an app that does not cache but shares
+        the store with apps that do: each of its writes is followed by a PING, so
+        that the others' caches have the server's notice before the write's request
+        ends (a cached store always does this).
 
         Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs, and
         ``redis+cluster://host:port`` (or ``rediss+cluster://``) for a Redis or
@@ -622,6 +828,7 @@ class RedisStore(_RedisRules):
                 ),
                 prefix=prefix,
                 cache=cache,
+                fence=fence,
             )
         else:
             client = redis.Redis.from_url(
@@ -631,7 +838,7 @@ class RedisStore(_RedisRules):
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 decode_responses=False,
             )
-            store = cls(client, prefix=prefix, cache=cache)
+            store = cls(client, prefix=prefix, cache=cache, fence=fence)
             store._pool = client.connection_pool
         store._source = (given, socket_timeout, connect_timeout)
         return store
@@ -640,13 +847,18 @@ class RedisStore(_RedisRules):
         """An :class:`AsyncRedisStore` on the same server (or Cluster), prefix and timeouts.
 
         Only for a store :meth:`from_url` made; one built on your client cannot
-        tell how to make an async twin of it. The twin does not cache records.
+        tell how to make an async twin of it. The twin does not cache records, and
+        fences its writes when this store caches or fences (see :meth:`from_url`).
         """
         if self._source is None:
             raise ConfigError(f"{self!r} was built on a client: build its async twin yourself")
         url, socket_timeout, connect_timeout = self._source
         return AsyncRedisStore.from_url(
-            url, prefix=self.prefix, socket_timeout=socket_timeout, connect_timeout=connect_timeout
+            url,
+            prefix=self.prefix,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+            fence=self.fence,
         )
 
     @contextmanager
@@ -753,12 +965,48 @@ class RedisStore(_RedisRules):
             return self._call(*command)
         return self._tracked_call(command, refresh, forget, derive, fence, route)
 
+    def _fence_after(self, name: str) -> None:
+        """Without the cache (whose connection fences itself), when ``fence`` is on: a
+        PING to the node of ``name`` after a write's reply, read in a later turn of the
+        server's loop than the write, so the server has sent every other worker's cache
+        its notice of the write (see :mod:`satchel.stores._tracking`)."""
+        if not self.fence or self._tracked is not None:
+            return
+        if not self._cluster:
+            self._call("PING")
+            return
+        with self._errors():
+            client: Any = self.client
+            client.execute_command("PING", target_nodes=client.get_node_from_key(name))
+
     def _perform(self, op: Op) -> Any:
         kind = op[0]
         if kind == "script":
-            return self._run(op[1], op[2], op[3])
+            reply = self._run(op[1], op[2], op[3])
+            if op[1] in _WRITES:
+                self._fence_after(op[2][0])
+            return reply
         if kind == "call":
             return self._call(*op[1:])
+        if kind == "revoke":  # one server's REVOKE script: forget what it ended, then fence
+            if self._tracked is None:
+                reply = self._run(REVOKE, op[1], op[2])
+                self._fence_after("")
+                return reply
+            reply = self._run(REVOKE, op[1], op[2], forget=(self._key(""),))
+            tracked = self._tracked
+            assert isinstance(tracked, TrackingConnection)  # one server's
+            with tracked.lock:
+                for name in reply[1]:
+                    tracked.cache.drop(name.decode())
+            return reply
+        if kind == "kill":
+            replies = []
+            for batch, names in self._kill_batches(op[1]):
+                forget = tuple(self._key(key) for key in batch)
+                replies += self._run(KILL, names, [], forget=forget)
+                self._fence_after(names[0])
+            return replies
         with self._errors():
             if kind == "pipe":
                 pipe = self.client.pipeline(transaction=False)
@@ -834,7 +1082,9 @@ class RedisStore(_RedisRules):
         """Move the record's times with one script call."""
         _, script, keys, args = self._touch_op(key, touched_at, expires_at)
         if self._tracked is None:
-            return bool(self._run(script, keys, args))
+            touched = bool(self._run(script, keys, args))
+            self._fence_after(keys[0])
+            return touched
 
         def derive(reply: Any, cached: Record | None) -> Record | None:
             if reply != 1 or cached is None:
@@ -844,11 +1094,22 @@ class RedisStore(_RedisRules):
         return bool(self._run(script, keys, args, refresh=self._key(key), derive=derive))
 
     def delete(self, key: str) -> None:
-        """Delete the hash."""
-        if self._tracked is None:
+        """Delete the hash (on a Cluster, and note that it ended: see :data:`_KILL`)."""
+        if self._cluster:
+            names = [self._key(key), self._note_key(key)]
+            self._run(KILL, names, [], forget=(self._key(key),))
+            self._fence_after(names[0])
+        elif self._tracked is None:
             self._call("DEL", self._key(key))
+            self._fence_after("")
         else:
             self._tracked_call(("DEL", self._key(key)), forget=(self._key(key),))
+
+    def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End records, following moves: one script call per 500 (on a Cluster, per record)."""
+        return drive(self._revoke_steps(keys, owner, keep), self._perform)
 
     def acquire(self, key: str, token: str, lease: float) -> bool:
         """Set the lock key with a lease unless another token holds it: one script call."""
@@ -912,10 +1173,13 @@ class AsyncRedisStore(_RedisRules):
         client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster,
         *,
         prefix: str = "satchel:",
+        fence: bool = False,
     ) -> None:
         self._cluster = _check_client(client)
         self.client = client
         self.prefix = prefix
+        #: Whether every write is followed by a PING: see :meth:`RedisStore.from_url`.
+        self.fence = fence
         self._prune_after_ms = CLUSTER_PRUNE_AFTER_MS if self._cluster else 0
         # Stores made by with_prefix() share the client, and leave closing it to this one.
         self._owns_client = True
@@ -935,7 +1199,7 @@ class AsyncRedisStore(_RedisRules):
 
     def with_prefix(self, prefix: str) -> AsyncRedisStore:
         """A store on the same client under another prefix (closing it leaves the client open)."""
-        other = AsyncRedisStore(self.client, prefix=prefix)
+        other = AsyncRedisStore(self.client, prefix=prefix, fence=self.fence)
         other._owns_client = False
         other._fast = self._fast
         return other
@@ -948,6 +1212,7 @@ class AsyncRedisStore(_RedisRules):
         prefix: str = "satchel:",
         socket_timeout: float = 0.5,
         connect_timeout: float = 0.5,
+        fence: bool = False,
     ) -> AsyncRedisStore:
         """A store on a new ``redis.asyncio`` client: see :meth:`RedisStore.from_url`."""
         try:
@@ -978,7 +1243,7 @@ class AsyncRedisStore(_RedisRules):
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                 decode_responses=False,
             )
-        store = cls(client, prefix=prefix)
+        store = cls(client, prefix=prefix, fence=fence)
         if not cluster and url.split("://", 1)[0] in ("redis", "unix"):  # not TLS
             from redis.connection import parse_url
 
@@ -1033,12 +1298,39 @@ class AsyncRedisStore(_RedisRules):
                 raise self._unavailable(exc) from exc
         return await self._call("EVALSHA", script.sha, len(keys), *keys, *args)
 
+    async def _fence_after(self, name: str) -> None:
+        """With ``fence`` on, a PING to the node of ``name`` after a write's reply: see
+        :meth:`RedisStore._fence_after`."""
+        if not self.fence:
+            return
+        if not self._cluster:
+            await self._call("PING")
+            return
+        try:
+            client: Any = self.client
+            await client.execute_command("PING", target_nodes=client.get_node_from_key(name))
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+
     async def _perform(self, op: Op) -> Any:
         kind = op[0]
         if kind == "script":
-            return await self._run(op[1], op[2], op[3])
+            reply = await self._run(op[1], op[2], op[3])
+            if op[1] in _WRITES:
+                await self._fence_after(op[2][0])
+            return reply
         if kind == "call":
             return await self._call(*op[1:])
+        if kind == "revoke":
+            reply = await self._run(REVOKE, op[1], op[2])
+            await self._fence_after("")
+            return reply
+        if kind == "kill":
+            batches = self._kill_batches(op[1])
+            calls = [self._run(KILL, names, []) for _, names in batches]
+            replies = [reply for each in await asyncio.gather(*calls) for reply in each]
+            await asyncio.gather(*(self._fence_after(names[0]) for _, names in batches))
+            return replies
         try:
             if not self._ready:
                 await self._layout()
@@ -1064,8 +1356,18 @@ class AsyncRedisStore(_RedisRules):
         return bool(await self._perform(self._touch_op(key, touched_at, expires_at)))
 
     async def delete(self, key: str) -> None:
-        """Delete the hash."""
-        await self._call("DEL", self._key(key))
+        """Delete the hash (on a Cluster, and note that it ended: see :data:`_KILL`)."""
+        if self._cluster:
+            await self._run(KILL, [self._key(key), self._note_key(key)], [])
+        else:
+            await self._call("DEL", self._key(key))
+        await self._fence_after(self._key(key))
+
+    async def revoke(
+        self, keys: Collection[str] = (), *, owner: str | None = None, keep: str | None = None
+    ) -> int:
+        """End records, following moves: one script call per 500 (on a Cluster, per record)."""
+        return await drive_async(self._revoke_steps(keys, owner, keep), self._perform)
 
     async def acquire(self, key: str, token: str, lease: float) -> bool:
         """Set the lock key with a lease unless another token holds it: one script call."""
