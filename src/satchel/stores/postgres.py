@@ -127,7 +127,8 @@ DECLARE
     src satchel_sessions%ROWTYPE;
     base jsonb := '{}';
     merged jsonb;
-    name text;
+    deleted jsonb := '{}';
+    dropped bigint;
     before bigint := 0;
     after bigint;
     inserted bigint;
@@ -151,26 +152,30 @@ BEGIN
             base := src.data;
         END IF;
     END IF;
-    IF p_expect IS NOT NULL THEN
-        FOR name IN SELECT jsonb_object_keys(p_expect) LOOP
-            IF p_expect -> name = 'null'::jsonb THEN
-                IF base ? name THEN RETURN ARRAY[4]; END IF;
-            ELSIF (base -> name) IS DISTINCT FROM (p_expect -> name) THEN
-                RETURN ARRAY[4];
-            END IF;
-        END LOOP;
+    -- Set-based from here on, so a save is linear in the record's size: base is
+    -- detoasted once (|| makes a fresh value), and each lookup in it or in the
+    -- deleted names (an object, for ?) is a binary search, never a scan.
+    base := base || '{}';
+    IF cardinality(p_delete) > 0 THEN
+        SELECT jsonb_object_agg(k, true) INTO deleted FROM unnest(p_delete) AS k;
     END IF;
-    merged := (base - p_delete) || p_set;
+    IF p_expect IS NOT NULL AND (
+        EXISTS (SELECT 1 FROM jsonb_each(base) AS b
+            WHERE p_expect ? b.key AND (p_expect -> b.key) IS DISTINCT FROM b.value)
+        OR EXISTS (SELECT 1 FROM jsonb_each(p_expect) AS e
+            WHERE e.value <> 'null'::jsonb AND NOT base ? e.key)) THEN
+        RETURN ARRAY[4];
+    END IF;
+    SELECT COALESCE(jsonb_object_agg(b.key, b.value), '{}'::jsonb) INTO merged
+        FROM jsonb_each(base) AS b WHERE NOT deleted ? b.key;
+    merged := merged || p_set;
     IF p_mode <> 'c' THEN
         before := COALESCE(src.size, satchel_size(base));
     END IF;
     -- Only the fields this save names change the size: no need to walk the rest.
-    after := before + satchel_size(p_set);
-    FOR name IN SELECT jsonb_object_keys(p_set) UNION SELECT unnest(p_delete) LOOP
-        IF base ? name THEN
-            after := after - octet_length(name) - satchel_value_size(base ->> name);
-        END IF;
-    END LOOP;
+    SELECT COALESCE(sum(octet_length(b.key) + satchel_value_size(b.value)), 0) INTO dropped
+        FROM jsonb_each_text(base) AS b WHERE p_set ? b.key OR deleted ? b.key;
+    after := before + satchel_size(p_set) - dropped;
     IF p_max IS NOT NULL AND after > p_max AND after > before THEN
         RETURN ARRAY[9, after];
     END IF;
