@@ -59,8 +59,11 @@ def _as_user() -> dict[str, object]:
 class PostgresServer:
     """One server on 127.0.0.1 with its data in ``directory``; database ``satchel``."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, port: int | None = None, max_connections: int = 200
+    ) -> None:
         self.directory = directory
+        self.max_connections = max_connections
         self.data = directory / "pgdata"
         self.port = port or free_port()
         self.bin = bin_dir()
@@ -102,7 +105,8 @@ class PostgresServer:
             self.process = subprocess.Popen(
                 [self.bin / "postgres", "-D", self.data, "-p", str(self.port), "-k", sockets,
                  "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                 "-c", "max_connections=200", "-c", "log_min_messages=fatal"],
+                 "-c", f"max_connections={self.max_connections}",
+                 "-c", "log_min_messages=fatal"],
                 stdout=subprocess.DEVNULL, stderr=stderr, **self._user,  # type: ignore[call-overload]
             )  # fmt: skip
         deadline = time.monotonic() + 30

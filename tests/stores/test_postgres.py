@@ -254,3 +254,39 @@ def test_purge_deletes_expired_rows_in_batches(postgres_store: PostgresStore) ->
     assert steps[-1][:2] == (2500, 2500)
     assert postgres_store.load("live") is not None
     assert postgres_store.count() == (1, 0)
+
+
+def test_a_full_server_is_back_pressure_not_an_outage(tmp_path: Path) -> None:
+    """40 threads on a 12-connection server: calls wait for a connection, none fails."""
+    server = PostgresServer(tmp_path, max_connections=12)
+    server.start()
+    store = PostgresStore.from_url(server.url, timeout=5)
+    try:
+        store.save("warm", Change(set={"a": b"1"}, expires_at=time.time() + 60), create=True)
+        threads = 40
+        barrier = threading.Barrier(threads)
+        failures: list[BaseException] = []
+
+        def work(n: int) -> None:
+            barrier.wait()
+            try:
+                for i in range(15):
+                    now = time.time()
+                    change = Change(set={"n": str(i).encode()}, touched_at=now, expires_at=now + 60)
+                    store.save(f"k{n}", change, create=i == 0)
+                    assert store.load(f"k{n}") is not None
+            except BaseException as exc:
+                failures.append(exc)
+
+        pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        # The server really ran out of slots meanwhile, and every call still succeeded.
+        log = (tmp_path / "server.log").read_text(errors="replace")
+        assert "too many clients" in log
+        assert failures == []
+    finally:
+        store.close()
+        server.kill()

@@ -491,14 +491,7 @@ class PostgresStore(_PostgresRules):
             except (psycopg.Error, self._pool_errors()) as exc:
                 raise self._unavailable(exc) from exc
             return
-        try:
-            conn = self._connections.take()
-            while _closed_by_server(conn):  # a restart ended it while it sat idle
-                self._drop(conn, all_idle=False)
-                conn = self._connections.take()
-        except psycopg.Error as exc:
-            self._down_until = time.monotonic() + BREAKER_SECONDS
-            raise self._unavailable(exc) from exc
+        conn = self._take_waiting()
         try:
             yield conn
         except psycopg.OperationalError as exc:
@@ -517,6 +510,33 @@ class PostgresStore(_PostgresRules):
             raise
         else:
             self._connections.give(conn)
+
+    def _take_waiting(self) -> Any:
+        """A connection; while the server has no slot free, wait (up to ``timeout``).
+
+        Running out of connections is back-pressure, not an outage: this thread
+        waits for another one to give a connection back (or a slot to free up),
+        and only a server that does not answer trips the breaker.
+        """
+        psycopg = self._psycopg
+        deadline = pause = 0.0
+        while True:
+            try:
+                conn = self._connections.take()
+                while _closed_by_server(conn):  # a restart ended it while it sat idle
+                    self._drop(conn, all_idle=False)
+                    conn = self._connections.take()
+                return conn
+            except psycopg.Error as exc:
+                now = time.monotonic()
+                if not _server_full(exc):
+                    self._down_until = now + BREAKER_SECONDS
+                    raise self._unavailable(exc) from exc
+                deadline = deadline or now + self.timeout
+                if now >= deadline:
+                    raise self._unavailable(exc) from exc
+                pause = min(max(pause * 2, 0.002), 0.05, deadline - now)
+                time.sleep(pause)
 
     def _pool_errors(self) -> type[Exception]:
         from psycopg_pool import PoolTimeout
@@ -680,14 +700,27 @@ class AsyncPostgresStore(_PostgresRules):
         return conn
 
     async def _take(self) -> Any:
+        """A connection; while the server has no slot free, wait (see PostgresStore)."""
         if self._pid != os.getpid():  # forked: the parent's connections stay the parent's
             self._free, self._pid = [], os.getpid()
-        while self._free:
-            conn = self._free.pop()
-            if not _closed_by_server(conn):
-                return conn
-            await conn.close()
-        return await asyncio.wait_for(self._connect(), max(2, int(self.timeout)) + 0.5)
+        deadline = pause = 0.0
+        while True:
+            while self._free:
+                conn = self._free.pop()
+                if not _closed_by_server(conn):
+                    return conn
+                await conn.close()
+            try:
+                return await asyncio.wait_for(self._connect(), max(2, int(self.timeout)) + 0.5)
+            except self._psycopg.Error as exc:
+                now = time.monotonic()
+                if not _server_full(exc):
+                    raise
+                deadline = deadline or now + self.timeout
+                if now >= deadline:
+                    raise _Full(exc) from exc
+                pause = min(max(pause * 2, 0.002), 0.05, deadline - now)
+                await asyncio.sleep(pause)
 
     async def _give(self, conn: Any) -> None:
         if len(self._free) < self.max_idle and not conn.closed:
@@ -720,6 +753,8 @@ class AsyncPostgresStore(_PostgresRules):
                 raise
         try:
             conn = await self._take()
+        except _Full as full:  # back-pressure: no breaker
+            raise self._unavailable(full.error) from full.error
         except (psycopg.Error, TimeoutError, OSError) as exc:
             self._down_until = time.monotonic() + BREAKER_SECONDS
             raise self._unavailable(exc) from exc
@@ -843,6 +878,24 @@ class AsyncPostgresStore(_PostgresRules):
         free, self._free = self._free, []
         for conn in free:
             await conn.close()
+
+
+def _server_full(exc: BaseException) -> bool:
+    """Whether a connection failed because the server has no slot free (SQLSTATE 53300)."""
+    text = str(exc)
+    return (
+        getattr(exc, "sqlstate", None) == "53300"
+        or "too many clients" in text
+        or "remaining connection slots are reserved" in text
+    )
+
+
+class _Full(Exception):
+    """The server stayed full for a whole ``timeout``: back-pressure, not an outage."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _closed_by_server(conn: Any) -> bool:
