@@ -525,6 +525,34 @@ def test_overlapping_first_requests_with_a_cookie_after_set(store: Store, old_va
     assert seen is not None and seen["name"] == "Ada" and seen["a"] and seen["b"]
 
 
+def test_two_spellings_of_one_flask_session_id_import_one_session(
+    store: Store, old_valkey: str
+) -> None:
+    """``sid.sig`` and the bare ``sid`` name one old session: overlapping first requests
+    with each spelling make one satchel session (the claim is keyed on the record)."""
+    signed = cookie_after_set(flask_session_app(old_valkey, SESSION_USE_SIGNER=True))
+    bare = signed.split(".")[0]
+    app = migrating_from_flask_session(store, old_valkey)  # SESSION_USE_SIGNER unset: both
+    results: dict[str, str | None] = {}
+
+    def one(name: str, cookie: str) -> None:
+        results[name] = visit(app, cookie, f"/overlap/{name}")[1]
+
+    threads = [
+        threading.Thread(target=one, args=("a", signed)),
+        threading.Thread(target=one, args=("b", bare)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Both requests were inside the view at once (the barrier), and joined one session.
+    assert results["a"] is not None and results["a"] == results["b"]
+    assert len(stored_keys(store)) == 1 and counters(app)["migrated"] == 1
+    seen, _ = visit(app, results["a"])
+    assert seen is not None and seen["name"] == "Ada" and seen["a"] and seen["b"]
+
+
 def test_the_old_store_down_answers_503(own_valkey: ValkeyServer) -> None:
     """The old records cannot be read: 503, not a logout that would lose them."""
     old = flask_session_app(own_valkey.url)

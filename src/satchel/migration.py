@@ -128,6 +128,15 @@ class Source:
         """
         raise NotImplementedError
 
+    def identity(self, token: Any, cookie: str) -> str:
+        """The old session ``token`` (from ``cookie``) names, whatever spelling carried it.
+
+        Two cookies naming one old session (Flask-Session's signed ``sid.sig``
+        and its bare ``sid``) must claim one import, so the claim is keyed on
+        this. The cookie itself by default: it holds the whole session.
+        """
+        return cookie
+
     def fetch(self, token: Any) -> Found | None:
         """The session ``token`` names; ``None`` if it has ended.
 
@@ -291,6 +300,10 @@ class FlaskSessionSource(Source):
     def _unavailable(self, exc: Exception) -> StoreUnavailable:
         return StoreUnavailable(repr(self), f"{type(exc).__name__}: {exc}")
 
+    def identity(self, token: Any, cookie: str) -> str:
+        """The record's key: ``sid.sig`` and the bare ``sid`` name one session."""
+        return f"{self.name}\0{self.prefix}{token}"
+
     def fetch(self, token: Any) -> Found | None:
         """Read and decode the record; a pickle is refused before anything reads it."""
         key = self.prefix + token
@@ -357,6 +370,11 @@ class _Pending:
     cookie: str
     token: Any
 
+    @property
+    def identity(self) -> str:
+        """What the once-only claim is keyed on: the old session, however spelt."""
+        return self.source.identity(self.token, self.cookie)
+
 
 class Migration:
     """Recognises old cookies, imports their sessions once, and lets overlaps join.
@@ -403,7 +421,8 @@ class Migration:
 
     @staticmethod
     def claim_key(cookie: str) -> str:
-        """Where the claim of an old cookie is filed: a hash, never the cookie."""
+        """Where the claim of an old session (its :meth:`Source.identity`) is filed:
+        a hash, never the cookie."""
         return hashlib.sha256(b"satchel.migration\0" + cookie.encode("utf-8")).hexdigest()
 
     def _pad(self, cookie: str) -> bytes:
@@ -442,7 +461,7 @@ class Migration:
         pending = session._migrating
         assert isinstance(pending, _Pending)
         session._migrating = None
-        claim = self.claim_key(pending.cookie)
+        claim = self.claim_key(pending.identity)
         claimed, joined = self._join(manager, session, pending, claim)
         if claimed:
             return joined
@@ -466,7 +485,7 @@ class Migration:
         taken = self.claims.save(
             claim,
             Change(
-                set={"to": self._seal(session_id, pending.cookie), "src": source.name.encode()},
+                set={"to": self._seal(session_id, pending.identity), "src": source.name.encode()},
                 created_at=now,
                 touched_at=now,
                 expires_at=expires_at,
@@ -531,7 +550,7 @@ class Migration:
                 pending.source.name,
             )
             return True, None
-        session_id = self._unseal(held.fields.get("to", b""), pending.cookie)
+        session_id = self._unseal(held.fields.get("to", b""), pending.identity)
         if session_id is None:
             return True, None
         session.session_id = session_id
