@@ -607,3 +607,18 @@ def test_a_websocket_with_the_store_down_is_closed_with_1011(own_valkey: ValkeyS
             assert sent[0]["code"] == 1011
 
     run(check)
+
+
+def test_a_quoted_cookie_value_is_read_as_werkzeug_and_starlette_read_it(store: Store) -> None:
+    """``session="<value>"`` (a client that quotes cookie values) keeps its session."""
+
+    async def check() -> None:
+        async with browser(store) as (client, _):
+            cookie = cookie_of(await client.get("/set/k/v"))
+            assert cookie is not None
+            client.cookies.clear()
+            quoted = await client.get("/", headers=as_cookie(f'"{cookie}"'))
+            assert quoted.json() == {"k": "v"}
+            assert cookie_of(quoted) is None  # the same session: nothing to set
+
+    run(check)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -67,6 +68,17 @@ DEFAULT_MAX_AGE = 14 * 24 * 60 * 60
 DEFAULT_SQLITE_PATH = "satchel-sessions.sqlite3"
 _SAME_SITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
 _EXPIRED = "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+_ESCAPE = re.compile(r"\\(?:([0-3][0-7][0-7])|(.))")
+
+
+def _unquote(value: str) -> str:
+    """A cookie value as Werkzeug and Starlette read it: a ``"quoted"`` value loses its
+    quotes and backslash escapes (``\\"``, ``\\\\``, octal ``\\073``)."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)) if m.group(1) else m.group(2), value[1:-1])
 
 
 class SessionMiddleware:
@@ -210,7 +222,7 @@ class SessionMiddleware:
                 for part in value.split(b";"):
                     part = part.strip()
                     if part.startswith(prefix):
-                        found.append(part[len(prefix) :].decode("latin-1"))
+                        found.append(_unquote(part[len(prefix) :].decode("latin-1")))
         return found
 
     async def _commit(self, session: AsyncSession, *, vary: bool) -> list[tuple[bytes, bytes]]:
