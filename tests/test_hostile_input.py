@@ -213,3 +213,35 @@ def test_raw_cookie_bytes_over_a_socket(target: tuple[Flask, str]) -> None:
         httpd.shutdown()
         thread.join(10)
     assert statuses[200] >= RAW_SOCKET_COOKIES * 0.9
+
+
+def test_a_nul_in_a_key_is_refused_at_the_assignment_on_every_store(
+    make_app: Any, store: Store
+) -> None:
+    """Every store refuses a key with NUL the same way: SerializationError, never a 503."""
+    from satchel.errors import SerializationError
+
+    app = make_app()
+
+    @app.get("/draft/<path:name>")
+    def draft(name: str) -> str:
+        session["other"] = "kept"
+        try:
+            session["draft:" + name.replace("NUL", "\x00")] = "text"
+        except SerializationError as exc:
+            return f"refused: {exc}"
+        return "stored"
+
+    @app.get("/")
+    def show() -> dict[str, Any]:
+        return dict(session)
+
+    client = app.test_client()
+    for _ in range(3):
+        response = client.get("/draft/aNULb")
+        assert response.status_code == 200
+        assert response.text.startswith("refused") and "NUL" in response.text
+    assert client.get("/draft/plain").text == "stored"
+    assert client.get("/").get_json() == {"other": "kept", "draft:plain": "text"}
+    with app.app_context():
+        assert Satchel.stats(app)["store_errors"] == 0

@@ -232,3 +232,34 @@ def test_a_key_that_is_not_valid_text_fails_at_the_assignment(app: Flask) -> Non
     response = client.get("/bad-key")
     assert (response.status_code, response.data) == (200, b"refused")
     assert client.get("/good-key").data == b"1"
+
+
+def test_str_subclass_keys_are_filed_under_their_text() -> None:
+    """A StrEnum member works as a session key and as a nested dict key, as in Flask."""
+    import enum
+
+    from flask import Flask, session
+
+    from satchel import Satchel
+    from satchel.stores import MemoryStore
+
+    class Step(enum.StrEnum):
+        NAME = "name"
+
+    app = Flask("keys")
+    app.config.update(SECRET_KEY="test-secret-key-that-is-long-enough-0123456789")
+    Satchel(app, store=MemoryStore())
+
+    @app.get("/set")
+    def set_() -> str:
+        session[Step.NAME] = {Step.NAME: "Ada"}
+        return "ok"
+
+    @app.get("/get")
+    def get() -> dict[str, object]:
+        return {"keys": [type(k).__name__ for k in session], "value": session["name"]}
+
+    client = app.test_client()
+    assert client.get("/set").status_code == 200
+    body = client.get("/get").get_json()
+    assert body == {"keys": ["str"], "value": {"name": "Ada"}}

@@ -85,7 +85,11 @@ def _tag(value: Any, key: str | None, depth: int = 0) -> Any:
         out = {}
         for name, item in value.items():
             if type(name) is not str:
-                raise SerializationError(key, type(name), "dict keys must be strings, as in JSON")
+                if not isinstance(name, str):
+                    raise SerializationError(
+                        key, type(name), "dict keys must be strings, as in JSON"
+                    )
+                name = str.__str__(name)  # a StrEnum member, say: its text, as json writes it
             out[name] = _tag(item, key, depth)
         if len(out) == 1 and next(iter(out)) in _TAGS:
             if depth >= MAX_DEPTH:

@@ -220,12 +220,16 @@ class Session(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if type(key) is not str:
-            raise SerializationError(repr(key), type(key), "session keys must be str")
+            if not isinstance(key, str):
+                raise SerializationError(repr(key), type(key), "session keys must be str")
+            key = str.__str__(key)  # a StrEnum member, say: filed under its text, as Flask does
         if not key.isascii():  # stores file keys as UTF-8, which a lone surrogate is not
             try:
                 key.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise SerializationError(repr(key), str, "the key is not valid text") from exc
+        if "\x00" in key:  # PostgreSQL's text cannot hold NUL: refused alike on every store
+            raise SerializationError(repr(key), str, "a session key cannot contain NUL (\\x00)")
         raw = dumps(value, key)  # fail here, at the assignment, not when the view ends
         self._load()
         held = self._data.get(key, _MISSING)
