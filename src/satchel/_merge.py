@@ -6,36 +6,51 @@ first request's change, the manager derives what its own request did
 (:func:`diff`, from the value as loaded to the value as left) and replays that
 onto the value as stored now (:func:`patch`):
 
-* a session value that is a list, changed in place so that it only lost some
-  items and gained items at its end: remove those items (each by its first
-  equal, if still there) and append the new ones, so overlapping ``append``,
-  ``extend``, ``+=`` and ``remove`` all survive;
+* a session value that is a list, changed in place: a three-way merge of the
+  two requests' edits, each found from its states (the list as loaded, as left,
+  and as stored now), by position. Edits to different parts of the list both
+  land: ``append``, ``extend``, ``+=``, ``insert``, ``pop()``, ``pop(i)``,
+  ``remove``, ``del``, slice and item assignment, from both requests. Where
+  both requests changed the same part, the rules are: two sets of items added at
+  one place land in save order (the earlier save's first); an item both removed
+  is removed once; a part one request removed and the other only added to loses
+  the removed items and keeps the added ones; any other change of one part by
+  both (two item assignments of one index, say) is the later save's. ``sort()``
+  and ``reverse()`` (and ``sort(reverse=True)``) are replayed as such onto the
+  list stored now; a reorder of another kind (a sort by a key) keeps every item
+  either request left, in the reordering request's order, the other request's
+  new items at the end;
 * a dict, at any depth: the keys the request set or deleted, each replayed the
   same way, so ``session["prefs"]["theme"] = ...`` from two requests both
   survive; a dict new inside a dict (``prefs.setdefault("inner", {})``) merges its
   keys the same way;
 * anything else is a leaf: the request's value replaces the stored one, so the
   last save wins, as it would if the requests had run one after another in save
-  order. Leaves are numbers, strings, tuples and the like, a list reordered or
-  changed in its middle, a list given anew (``session["cart"] = [...]``, which
-  the session tells from an in-place change), and any list inside a dict
-  (whether it was appended to or assigned anew cannot be told apart there).
+  order. Leaves are numbers, strings, tuples and the like, a list given anew
+  (``session["cart"] = [...]``, which the session tells from an in-place
+  change), and any list inside a dict (whether it was changed in place or
+  assigned anew cannot be told apart there).
 
 At the top level the manager knows more: a key absent when the request loaded
 merges as a container when its first value in the request was an empty list or
 dict (``session.setdefault("cart", []).append(item)``: two first additions to
 one cart both survive), and is a leaf otherwise (``session["cart"] = [item]``).
 
-The result equals running the requests one after another in the order they
-saved, for every change described above. Pure functions; values are compared
+The result equals running the requests one after another, in the order they
+saved where the states tell the edits apart, for every change described above:
+two states cannot tell ``pop()`` from ``remove(x)`` of the last item, nor an
+``append`` from an ``insert`` at the end, so where they differ the rules above
+choose the reading that neither drops an item nobody removed nor loses one
+somebody added. Pure functions; values are compared
 with their types all the way down, so ``1``, ``1.0`` and ``True`` stay distinct.
 """
 
 from __future__ import annotations
 
+from difflib import SequenceMatcher
 from typing import Any
 
-__all__ = ["ABSENT", "Patch", "diff", "patch"]
+__all__ = ["ABSENT", "Patch", "diff", "merge_list", "patch"]
 
 
 class _Absent:
@@ -46,7 +61,7 @@ class _Absent:
 #: A key that is not in the session (before a request set it, or after it deleted it).
 ABSENT: Any = _Absent()
 
-#: ("set", value) | ("del",) | ("list", removed, appended, value) | ("dict", {key: Patch}, value)
+#: ("set", value) | ("del",) | ("list", old, new) | ("dict", {key: Patch}, value)
 Patch = tuple[Any, ...]
 
 
@@ -64,19 +79,177 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _list_change(old: list[Any], new: list[Any]) -> tuple[list[Any], list[Any]] | None:
-    """The items ``new`` lost from ``old`` and the items appended, or None if not that shape."""
-    removed: list[Any] = []
-    j = 0
-    for item in old:
-        if j < len(new) and _same(item, new[j]):
-            j += 1
+def _canon(value: Any) -> Any:
+    """A hashable stand-in for ``value``, equal only for values :func:`_same` calls equal."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return (kind.__name__, tuple(map(_canon, value)))
+    if kind is dict:
+        return ("dict", tuple(sorted((name, _canon(item)) for name, item in value.items())))
+    try:
+        hash(value)
+    except TypeError:  # nothing the serialiser stores, but never fail a merge on it
+        return (kind.__name__, id(value))
+    return (kind.__name__, value)
+
+
+#: (tag, i1, i2, j1, j2) as difflib gives them: old[i1:i2] became new[j1:j2].
+_Op = tuple[str, int, int, int, int]
+
+
+def _opcodes(old: list[Any], new: list[Any]) -> list[_Op]:
+    """How ``new`` differs from ``old``, by position; a change that reaches the end of
+    both is split into a removal and an insertion at the end (an append)."""
+    ops: list[_Op] = []
+    n_old, n_new = len(old), len(new)
+    matcher = SequenceMatcher(None, old, new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "replace" and i2 == n_old and j2 == n_new:
+            ops += [("delete", i1, i2, j1, j1), ("insert", i2, i2, j1, j2)]
         else:
-            removed.append(item)
-    appended = new[j:]
-    if any(_same(gone, added) for gone in removed for added in appended):
-        return None  # a reorder or a change in the middle: not an append or a removal
-    return removed, appended
+            ops.append((tag, i1, i2, j1, j2))
+    return ops
+
+
+def _part(
+    new: list[Any], ops: list[_Op], members: list[_Op], low: int, high: int
+) -> list[tuple[Any, int | None]]:
+    """One side's version of ``old[low:high]``: its items there, each with the index in
+    the old list it was kept from (``None`` for an item the side added). Only the
+    side's edits in the cluster (``members``) count; around them, what it kept."""
+    found: list[tuple[Any, int | None]] = []
+    for op in ops:
+        tag, i1, i2, j1, j2 = op
+        if tag == "equal":
+            first, last = max(i1, low), min(i2, high)
+            found += [(new[j1 + i - i1], i) for i in range(first, last)]
+        elif op in members:
+            found += [(item, None) for item in new[j1:j2]]
+    return found
+
+
+def _overlap(a: _Op, b: _Op) -> bool:
+    """Whether two edits touch the same part of the old list (or insert at one place)."""
+    _, a1, a2, _, _ = a
+    _, b1, b2, _, _ = b
+    if a1 == a2 and b1 == b2:
+        return a1 == b1
+    if a1 == a2:
+        return b1 < a1 < b2
+    if b1 == b2:
+        return a1 < b1 < a2
+    return a1 < b2 and b1 < a2
+
+
+def _reordered(old: list[Any], new: list[Any], current: list[Any]) -> list[Any] | None:
+    """``current`` put in the order ``new`` put ``old`` in, when ``new`` is a reorder of
+    ``old`` (the same items): sort(), sort(reverse=True) and reverse() are replayed as
+    such; another reorder keeps every item of ``current``, those it shares with
+    ``new`` in ``new``'s order and the rest after them. None if not a reorder."""
+    keys_new = [_canon(item) for item in new]
+    if sorted(map(repr, keys_new)) != sorted(repr(_canon(item)) for item in old):
+        return None
+    for descending in (False, True):  # a sort first: it may look like a reverse too
+        try:
+            if keys_new == [_canon(item) for item in sorted(old, reverse=descending)]:
+                return sorted(current, reverse=descending)
+        except TypeError:  # items of kinds that do not order: not a plain sort
+            break
+    if keys_new == [_canon(item) for item in reversed(old)]:
+        return current[::-1]
+    left: dict[Any, int] = {}
+    for item in current:
+        left[_canon(item)] = left.get(_canon(item), 0) + 1
+    out = []
+    for item in new:
+        key = _canon(item)
+        if left.get(key, 0):
+            left[key] -= 1
+            out.append(item)
+    for item in current:
+        key = _canon(item)
+        if left.get(key, 0):
+            left[key] -= 1
+            out.append(item)
+    return out
+
+
+def merge_list(old: list[Any], mine: list[Any], current: list[Any]) -> list[Any]:
+    """The list after this request's change (``old`` to ``mine``) is replayed onto
+    ``current``, which another request changed from ``old`` meanwhile and saved first.
+
+    See the module's docstring for the rules.
+    """
+    k_old = [_canon(item) for item in old]
+    k_mine = [_canon(item) for item in mine]
+    k_current = [_canon(item) for item in current]
+    if k_mine == k_old:
+        return current
+    if k_current == k_old:
+        return mine
+    replayed = _reordered(old, mine, current)
+    if replayed is not None:
+        return replayed
+    theirs = _opcodes(k_old, k_current)
+    if _reordered(old, current, old) is not None:
+        # The other request reordered: replay this one's removals by value and its
+        # additions at their places (at the end for an append).
+        edited = list(current)
+        steps = _opcodes(k_old, k_mine)
+        for tag, i1, i2, _j1, _j2 in steps:
+            for gone in old[i1:i2] if tag != "equal" else ():
+                for n, item in enumerate(edited):
+                    if _same(item, gone):
+                        del edited[n]
+                        break
+        for tag, i1, _i2, j1, j2 in steps:
+            if tag in ("insert", "replace"):
+                where = len(edited) if i1 == len(old) else min(j1, len(edited))
+                edited[where:where] = mine[j1:j2]
+        return edited
+    ours = _opcodes(k_old, k_mine)
+    edits = [(op, 0) for op in ours if op[0] != "equal"]
+    edits += [(op, 1) for op in theirs if op[0] != "equal"]
+    edits.sort(key=lambda edit: (edit[0][1], edit[0][2], edit[1]))
+    clusters: list[list[tuple[_Op, int]]] = []
+    for edit in edits:
+        if clusters and any(_overlap(edit[0], other[0]) for other in clusters[-1]):
+            clusters[-1].append(edit)
+        else:
+            clusters.append([edit])
+    out: list[Any] = []
+    done = 0
+    for cluster in clusters:
+        low = min(op[1] for op, _ in cluster)
+        high = max(op[2] for op, _ in cluster)
+        out += old[done:low]
+        done = high
+        mine_part = _part(mine, ours, [op for op, side in cluster if side == 0], low, high)
+        their_part = _part(current, theirs, [op for op, side in cluster if side == 1], low, high)
+        sides = {side for _, side in cluster}
+        if sides == {0}:
+            out += [item for item, _ in mine_part]
+        elif sides == {1}:
+            out += [item for item, _ in their_part]
+        elif low == high:  # both added at one place: in save order, theirs first
+            out += [item for item, _ in their_part + mine_part]
+        elif [_canon(i) for i, _ in mine_part] == [_canon(i) for i, _ in their_part]:
+            out += [item for item, _ in mine_part]  # the same items changed alike: once
+        elif all(origin is not None for _, origin in mine_part + their_part):
+            # Removals only: an item either removed is gone (once).
+            kept = {origin for _, origin in their_part}
+            out += [item for item, origin in mine_part if origin in kept]
+        elif all(origin is not None for _, origin in mine_part):
+            # This side only removed, the other added too: every removal and addition lands.
+            kept = {origin for _, origin in mine_part}
+            out += [item for item, origin in their_part if origin is None or origin in kept]
+        elif all(origin is not None for _, origin in their_part):
+            kept = {origin for _, origin in their_part}
+            out += [item for item, origin in mine_part if origin is None or origin in kept]
+        else:  # both changed the same items: the later save's part, as in save order
+            out += [item for item, _ in mine_part]
+    out += old[done:]
+    return out
 
 
 def diff(old: Any, new: Any, *, nested: bool = False) -> Patch:
@@ -87,9 +260,7 @@ def diff(old: Any, new: Any, *, nested: bool = False) -> Patch:
     if new is ABSENT:
         return ("del",)
     if type(new) is list and type(old) is list and not nested:
-        change = _list_change(old, new)
-        if change is not None:
-            return ("list", change[0], change[1], new)
+        return ("list", old, new)
     if type(new) is dict and (type(old) is dict or old is ABSENT):
         before: dict[str, Any] = {} if old is ABSENT else old
         keys: dict[str, Patch] = {}
@@ -115,14 +286,8 @@ def patch(current: Any, change: Patch) -> Any:
         if current is ABSENT:
             current = []
         elif type(current) is not list:
-            return change[3]  # its type changed meanwhile: this request's value wins
-        out = list(current)
-        for gone in change[1]:
-            for i, item in enumerate(out):
-                if _same(item, gone):
-                    del out[i]
-                    break
-        return out + list(change[2])
+            return change[2]  # its type changed meanwhile: this request's value wins
+        return merge_list(change[1], change[2], current)
     if current is ABSENT:
         current = {}
     elif type(current) is not dict:
