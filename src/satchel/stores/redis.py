@@ -1000,6 +1000,8 @@ class RedisStore(_RedisRules):
                 for name in reply[1]:
                     tracked.cache.drop(name.decode())
             return reply
+        if kind == "kill" and self._cluster and self._tracked is None:
+            return self._kill_pipelined(op[1])
         if kind == "kill":
             replies = []
             for batch, names in self._kill_batches(op[1]):
@@ -1014,6 +1016,21 @@ class RedisStore(_RedisRules):
                     pipe.execute_command(*command)
                 return pipe.execute()
             return list(self.client.scan_iter(op[1], count=1000))
+
+    def _kill_pipelined(self, keys: list[str]) -> list[Any]:
+        """A Cluster's KILL calls for ``keys`` in one pipeline (each node's in one batch)."""
+        client: Any = self.client
+        with self._errors():
+            client.script_load(KILL.source)  # every primary knows it before the batch
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.execute_command("EVALSHA", KILL.sha, 2, self._key(key), self._note_key(key))
+            replies = [reply[0] for reply in pipe.execute()]
+            if self.fence:  # one PING per node written to
+                nodes = {client.get_node_from_key(self._key(key)).name: key for key in keys}
+                for key in nodes.values():
+                    self._fence_after(self._key(key))
+        return replies
 
     def load(self, key: str) -> Record | None:
         """Fetch the whole hash in one round trip (with the cache on: none, when it holds it)."""
