@@ -75,7 +75,7 @@ def postgres_store(postgres: PostgresServer) -> Iterator[Store]:
     from satchel.stores.postgres import PostgresStore
 
     store = PostgresStore.from_url(postgres.url)
-    store._run("TRUNCATE satchel_sessions, satchel_locks")
+    store._run("TRUNCATE satchel_sessions, satchel_locks, satchel_moves")
     yield store
     store.close()
 

@@ -330,14 +330,21 @@ def test_activity_slides_the_idle_window(make_app: AppFactory) -> None:
         assert client.get("/read").json == {"data": {"a": "1"}}
 
 
-def test_absolute_timeout_ends_even_an_active_session(make_app: AppFactory) -> None:
-    """However active, a session ends SATCHEL_ABSOLUTE_TIMEOUT after it began."""
+def test_absolute_timeout_ends_even_an_active_session(make_app: AppFactory, store: Store) -> None:
+    """However active, a session ends SATCHEL_ABSOLUTE_TIMEOUT after it began: exactly
+    then (the stored expiry, read from the store), and for good once it is past."""
     app = add_views(make_app(SATCHEL_IDLE_TIMEOUT=10, SATCHEL_ABSOLUTE_TIMEOUT=1.0))
     client = app.test_client()
     client.get("/set/a/1")
-    time.sleep(0.6)
+    time.sleep(0.2)
     assert client.get("/set/b/2").status_code == 200
-    time.sleep(0.6)
+    (key,) = stored_keys(store)
+    record = store.load(key)
+    assert record is not None and set(record.fields) == {"a", "b"}  # the same session
+    # The write moved the last-seen time but not the deadline: created + 1.0 s exactly.
+    assert record.expires_at == record.created_at + 1.0
+    assert record.touched_at > record.created_at
+    time.sleep(max(0.0, record.expires_at - time.time()) + 0.05)
     assert client.get("/read").json == {"data": {}}
 
 

@@ -133,8 +133,21 @@ def test_expired_sessions_leave_the_listing(store: Store) -> None:
         assert Satchel.list_sessions("carol") == []
         assert Satchel.list_sessions() == []
     if isinstance(store, RedisStore):
-        # The owner's set was pruned by the listing and had expired by itself anyway.
-        assert store.client.exists(store.prefix + "o:carol") == 0
+        # The owner's set expired by itself with its last member's deadline.
+        assert store.client.exists(store._owner_key("carol")) == 0
+
+
+def test_redis_listing_prunes_members_without_a_record(redis_store: RedisStore) -> None:
+    """A member of an owner's set whose record is gone is removed when the set is listed."""
+    from satchel.testing import _change
+
+    for key in ("dave1", "dave2"):
+        redis_store.save(key, _change({"x": b"1"}, owner="dave"), create=True)
+    index = redis_store._owner_key("dave")
+    assert sorted(redis_store.client.zrange(index, 0, -1)) == [b"dave1", b"dave2"]
+    redis_store.client.delete(redis_store._key("dave1"))  # gone without the store knowing
+    assert [key for key, _ in redis_store.records("dave")] == ["dave2"]
+    assert redis_store.client.zrange(index, 0, -1) == [b"dave2"]
 
 
 def test_redis_owner_set_expires_by_itself(redis_store: RedisStore) -> None:

@@ -15,7 +15,7 @@ import redis
 from satchel.errors import ConfigError
 from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store, aio
 from satchel.stores.aio import InlineStore, SQLiteLoopStore, ThreadedStore, is_async, to_async
-from satchel.stores.base import AsyncStore, Change
+from satchel.stores.base import AsyncStore, Change, SaveResult
 from satchel.stores.postgres import AsyncPostgresStore, PostgresStore
 from satchel.stores.redis import AsyncRedisStore
 from satchel.testing import AsyncStoreContract
@@ -90,7 +90,7 @@ def test_what_one_side_writes_the_other_reads(redis_store: RedisStore) -> None:
     native = to_async(redis_store)
     now = time.time()
     change = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
-    assert redis_store.save("k", change, create=True)
+    assert redis_store.save("k", change, create=True) == SaveResult.SAVED
 
     async def read_and_write() -> Any:
         record = await native.load("k")

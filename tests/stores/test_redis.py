@@ -12,7 +12,7 @@ import redis
 
 from satchel.errors import StoreUnavailable
 from satchel.stores import RedisStore
-from satchel.stores.base import Change
+from satchel.stores.base import Change, SaveResult
 
 from ..conftest import true_in_a_forked_child
 from ..valkey import ValkeyServer
@@ -23,7 +23,7 @@ KEY = "a" * 64
 def create(store: RedisStore, key: str = KEY, value: bytes = b'"v"') -> None:
     now = time.time()
     change = Change(set={"x": value}, created_at=now, touched_at=now, expires_at=now + 60)
-    assert store.save(key, change, create=True)
+    assert store.save(key, change, create=True) == SaveResult.SAVED
 
 
 def connections_received(server: ValkeyServer) -> int:
@@ -42,7 +42,7 @@ def test_scripts_lost_by_the_server_are_loaded_again(redis_store: RedisStore) ->
     redis_store.client.script_flush()
     now = time.time()
     change = Change(set={"x": b'"w"'}, touched_at=now, expires_at=now + 60)
-    assert redis_store.save(KEY, change, create=False)
+    assert redis_store.save(KEY, change, create=False) == SaveResult.SAVED
     record = redis_store.load(KEY)
     assert record is not None and record.fields["x"] == b'"w"'
 

@@ -13,7 +13,7 @@ from flask import Flask, session
 
 from satchel import Satchel
 from satchel.stores import SQLiteStore
-from satchel.stores.base import Change
+from satchel.stores.base import Change, SaveResult
 
 from ..conftest import SECRET, true_in_a_forked_child
 
@@ -142,7 +142,7 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.sqlite3")
     now = time.time()
     change = Change(set={"x": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
-    assert store.save("k" * 64, change, create=True)
+    assert store.save("k" * 64, change, create=True) == SaveResult.SAVED
     with store._connection() as parent_conn:
         pass
     assert true_in_a_forked_child(

@@ -83,6 +83,11 @@ class _Wrapper:
         return store
 
     @property
+    def expires_by_itself(self) -> bool:
+        """Whether the wrapped store's server expires records itself (purging finds none)."""
+        return bool(getattr(self.wrapped, "expires_by_itself", False))
+
+    @property
     def can_lock(self) -> bool:
         """Whether the wrapped store can take strict mode's locks."""
         return isinstance(self.wrapped, LockingStore)

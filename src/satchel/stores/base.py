@@ -64,7 +64,11 @@ def size_of(fields: Mapping[str, bytes]) -> int:
 
 
 class SaveResult(enum.IntEnum):
-    """What :meth:`Store.save` did. Only ``REFUSED`` and ``FENCED`` are false."""
+    """What :meth:`Store.save` did. True when the change was applied (``SAVED``,
+    ``DELETED``); false when nothing was written (``REFUSED``, ``FENCED``, ``CONFLICT``)."""
+
+    def __bool__(self) -> bool:
+        return self is SaveResult.SAVED or self is SaveResult.DELETED
 
     #: The record was (create: already) there or (update, move: no longer) there;
     #: nothing was written.

@@ -398,6 +398,9 @@ class _RedisRules:
     client: Any
     _cluster: bool
     _prune_after_ms: int
+    #: The server expires records itself (each key carries its expiry), so
+    #: :meth:`purge_expired` has nothing to remove.
+    expires_by_itself = True
 
     # Three namespaces under the prefix: s: session hashes, l: strict-mode
     # locks, i: each owner's sorted set of session keys.
