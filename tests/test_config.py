@@ -153,9 +153,16 @@ def test_register_scheme() -> None:
         made.append(url)
         return MemoryStore()
 
+    from satchel import stores
+
     register_scheme("custom", factory)
-    assert isinstance(from_url("custom://anything"), MemoryStore)
-    assert made == ["custom://anything"]
+    try:
+        assert isinstance(from_url("custom://anything"), MemoryStore)
+        assert made == ["custom://anything"]
+    finally:  # the registry is process-wide: leave it as the other tests expect it
+        del stores._SCHEMES["custom"]
+    with pytest.raises(ConfigError):
+        from_url("custom://anything")
 
 
 def test_redis_client_must_not_decode() -> None:

@@ -21,8 +21,6 @@ from satchel.demo import create_app
 
 from .valkey import free_port
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: The servers running the ASGI demo: their screenshots are named asgi-*.png.
 ASGI_SERVERS: set[str] = set()
@@ -33,6 +31,12 @@ if not Path(CHROMIUM).exists():
     if os.environ.get("CI"):
         raise RuntimeError("CI must run the browser tests: install Debian's chromium")
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+# After the CI guard: under CI a missing Playwright is a failure (an ImportError), never a skip.
+if os.environ.get("CI"):
+    import playwright.sync_api as playwright_sync
+else:
+    playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module", params=["flask", "asgi"])
