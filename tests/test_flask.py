@@ -454,14 +454,18 @@ def test_overlapping_requests_keep_both_keys(make_app: AppFactory) -> None:
 
 
 def test_overlapping_writes_of_one_key_last_wins(make_app: AppFactory) -> None:
-    """Same key from two overlapping requests: one value wins whole, nothing errors."""
+    """Same key from two overlapping requests: the value of the one that saved last wins
+    whole, as in a serial run in save order, and nothing errors."""
     app = make_app()
     barrier = threading.Barrier(2, timeout=10)
+    first_saved = threading.Event()
 
     @app.get("/slow/<value>")
     def slow(value: str) -> str:
         dict(session)
-        barrier.wait()
+        barrier.wait()  # both loaded "start" before either writes
+        if value == "two":
+            assert first_saved.wait(10)  # "one" has saved: "two" saves last
         session["k"] = value
         return "ok"
 
@@ -475,13 +479,17 @@ def test_overlapping_writes_of_one_key_last_wins(make_app: AppFactory) -> None:
         c = app.test_client()
         c.set_cookie("session", cookie)
         assert c.get(f"/slow/{value}").status_code == 200
+        if value == "one":
+            first_saved.set()
 
     threads = [threading.Thread(target=request, args=(v,)) for v in ("one", "two")]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert client.get("/read").json["data"]["k"] in ("one", "two")
+    assert client.get("/read").json["data"]["k"] == "two"
+    with app.app_context():
+        assert Satchel.stats(app)["merges"] >= 1  # "two" found "one"'s write and replayed
 
 
 def test_clear_during_another_request_is_not_undone(make_app: AppFactory, store: Store) -> None:

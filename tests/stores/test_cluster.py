@@ -305,7 +305,7 @@ def test_a_cached_store_after_a_failover_reads_what_was_written(cluster: ValkeyC
                 try:
                     now = time.time()
                     change = Change(set={"v": b"new"}, touched_at=now, expires_at=now + 600)
-                    if plain.save(key, change, create=False):
+                    if plain.save(key, change, create=False) == SaveResult.SAVED:
                         written.add(key)
                     break
                 except StoreUnavailable:
@@ -320,8 +320,13 @@ def test_a_cached_store_after_a_failover_reads_what_was_written(cluster: ValkeyC
                 except StoreUnavailable:
                     assert time.monotonic() < deadline, "the cached store did not recover"
                     time.sleep(0.2)
-            stale += key in written and _fields(record) != {"v": b"new"}
-        assert written and stale == 0
+            if key in written:
+                stale += _fields(record) != {"v": b"new"}
+            else:  # lost in the fail-over: gone for every worker, never served from memory
+                assert plain.load(key) is None
+                stale += record is not None
+        # Every key counts: read anew, or gone everywhere; the fail-over kept most of them.
+        assert stale == 0 and len(written) >= len(keys) // 2
     finally:
         cached.close()
         plain.close()

@@ -130,6 +130,7 @@ def test_revoke_clear_and_move_elsewhere_are_seen_at_once(
 ) -> None:
     one, two = workers
     stale = 0
+    before = hits(two)
     for n in range(300):
         create(one, f"r{n}", a=b"1")
         assert two.load(f"r{n}") is not None and two.load(f"r{n}") is not None
@@ -146,6 +147,7 @@ def test_revoke_clear_and_move_elsewhere_are_seen_at_once(
             stale += two.load(f"m{n}") is None
         stale += two.load(f"r{n}") is not None
     assert stale == 0
+    assert hits(two) - before >= 300  # each record was served from two's cache before it ended
 
 
 def test_a_server_side_expiry_or_flush_is_not_served(
