@@ -100,7 +100,7 @@ def create_app() -> Flask:
 
         @app.get("/stats")
         def stats() -> dict[str, int]:
-            return Satchel.stats()
+            return {**Satchel.stats(), "pid": os.getpid()}  # which worker answered
 
     @app.get("/clear")
     def clear() -> str:
