@@ -53,6 +53,20 @@ async def _set(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+async def _incr_slow(request: Request) -> PlainTextResponse:
+    n = request.session.get("n", 0)
+    await asyncio.sleep(0.01)  # other requests run meanwhile: they overlap for real
+    request.session["n"] = n + 1
+    return PlainTextResponse(str(n + 1))
+
+
+async def _cart_slow(request: Request) -> PlainTextResponse:
+    cart = request.session.setdefault("cart", [])
+    await asyncio.sleep(0.01)
+    cart.append(request.path_params["item"])
+    return PlainTextResponse("ok")
+
+
 async def _cart(request: Request) -> PlainTextResponse:
     request.session.setdefault("cart", []).append(request.path_params["item"])
     return PlainTextResponse("ok")
@@ -111,6 +125,8 @@ async def _socket(websocket: WebSocket) -> None:
 ROUTES = [
     Route("/", _json),
     Route("/incr", _incr),
+    Route("/incr-slow", _incr_slow),
+    Route("/cart-slow/{item}", _cart_slow),
     Route("/set/{key}/{value}", _set),
     Route("/cart/{item}", _cart),
     Route("/prefs/{name}", _nested),
@@ -204,10 +220,12 @@ def test_nested_changes_and_overlapping_requests_all_survive(store: Store) -> No
         async with browser(store) as (client, _):
             await client.get("/set/start/1")
             items = [f"i{n}" for n in range(12)]
-            await asyncio.gather(*(client.get(f"/cart/{item}") for item in items))
+            await asyncio.gather(*(client.get(f"/cart-slow/{item}") for item in items))
             await asyncio.gather(*(client.get(f"/prefs/p{n}") for n in range(6)))
             data = (await client.get("/")).json()
+            merges = (await client.get("/stats")).json()["merges"]
         assert sorted(data["cart"]) == sorted(items)
+        assert merges > 0  # the appends overlapped for real, and merged
         assert data["prefs"] == {f"p{n}": "on" for n in range(6)}
 
     run(check)
@@ -216,9 +234,11 @@ def test_nested_changes_and_overlapping_requests_all_survive(store: Store) -> No
 def test_strict_mode_serialises_read_modify_write(store: Store) -> None:
     async def check() -> None:
         async with browser(store, locking=True) as (client, _):
-            await client.get("/incr")
-            await asyncio.gather(*(client.get("/incr") for _ in range(15)))
+            await client.get("/incr-slow")
+            await asyncio.gather(*(client.get("/incr-slow") for _ in range(15)))
             assert (await client.get("/")).json() == {"n": 16}
+            # They contended for the lock: without it these overlapping increments lose.
+            assert (await client.get("/stats")).json()["lock_waits"] > 0
 
     run(check)
 

@@ -38,6 +38,22 @@ def make_quart(store: Any, **config: Any) -> Quart:
 
     app.add_url_rule("/incr-locked", "incr_locked", locked(incr))
 
+    @app.get("/incr-slow")
+    async def incr_slow() -> str:
+        n = session.get("n", 0)
+        await asyncio.sleep(0.01)  # other requests run meanwhile: they overlap for real
+        session["n"] = n + 1
+        return str(n + 1)
+
+    app.add_url_rule("/incr-slow-locked", "incr_slow_locked", locked(incr_slow))
+
+    @app.get("/cart-slow/<item>")
+    async def cart_slow(item: str) -> str:
+        cart = session.setdefault("cart", [])
+        await asyncio.sleep(0.01)
+        cart.append(item)
+        return "ok"
+
     @app.get("/cart/<item>")
     async def cart(item: str) -> str:
         session.setdefault("cart", []).append(item)
@@ -105,10 +121,12 @@ def test_writes_persist_and_merge_under_overlap(store: Store) -> None:
             assert "HttpOnly" in set_cookie_of(first) and "SameSite=Lax" in set_cookie_of(first)
             assert await (await client.get("/incr")).get_data(as_text=True) == "2"
             items = [f"i{n}" for n in range(10)]
-            await asyncio.gather(*(client.get(f"/cart/{item}") for item in items))
+            await asyncio.gather(*(client.get(f"/cart-slow/{item}") for item in items))
             data = await (await client.get("/")).get_json()
             assert data["n"] == 2 and sorted(data["cart"]) == items
             assert len(stored_keys(store)) == 1
+            # The requests overlapped: saves found others' appends and merged with them.
+            assert Satchel.stats(app)["merges"] > 0
         finally:
             await closed(app)
 
@@ -121,9 +139,12 @@ def test_locked_views_and_strict_mode(store: Store) -> None:
     async def check() -> None:
         client = app.test_client()
         try:
-            await client.get("/incr-locked")
-            await asyncio.gather(*(client.get("/incr-locked") for _ in range(12)))
+            await client.get("/incr-slow-locked")
+            await asyncio.gather(*(client.get("/incr-slow-locked") for _ in range(12)))
             assert (await (await client.get("/")).get_json()) == {"n": 13}
+            # They contended for the lock (a locked() that did nothing would lose updates
+            # here, and wait for nothing).
+            assert Satchel.stats(app)["lock_waits"] > 0
         finally:
             await closed(app)
 
