@@ -107,33 +107,39 @@ def test_sessions_survive_an_app_restart(app_server: Gunicorn) -> None:
 
 
 def test_emptying_requests_never_delete_overlapping_writes(
-    app_server: Gunicorn, capsys: Any
+    app_server: Gunicorn, capsys: Any, tmp_path: Path
 ) -> None:
     """300 rounds: one request pops the only flash while another stores a cart.
 
-    Every acknowledged cart is in the session the browser holds afterwards: the
-    old one, or (when the emptying save came first) the new one its response
-    set. The only carts not kept would be those whose request loaded the
-    session before the emptying save removed it and saved after: that request
-    is told (its response expires the cookie), as for any session that ended
-    while a request used it.
+    The order is made, not hoped for: the emptying request loads and empties its
+    view, then the cart is written and acknowledged, and only then does the
+    emptying request save (it waits for a marker file the test creates). Every
+    acknowledged cart must be in the session the browser holds afterwards: the
+    emptying save deletes only the keys its request removed. (A request told its
+    session ended, by an expired cookie, would not count as acknowledged.)
     """
     rounds = 300
 
     def one_round(n: int) -> tuple[int, str | None, bool]:
         status, cookie, _ = request(app_server.port, f"/flash/hello{n}")
         assert status == 200 and cookie
-        popper = threading.Thread(
-            target=request, args=(app_server.port, "/show-flashes-slowly", cookie)
-        )
+        popped, go = tmp_path / f"popped{n}", tmp_path / f"go{n}"
+        path = f"/show-flashes-slowly?popped={popped}&go={go}"
+        popper = threading.Thread(target=request, args=(app_server.port, path, cookie))
         popper.start()
-        time.sleep(0.015)  # the popper has loaded and emptied its view by now
+        deadline = time.monotonic() + 30
+        while not popped.exists():  # the popper has loaded and emptied its view
+            assert time.monotonic() < deadline, "the emptying request never ran"
+            time.sleep(0.001)
         written, set_cookie, _ = request(app_server.port, f"/write/cart{n}", cookie)
+        go.touch()  # only now may the emptying request save
         popper.join()
         held = set_cookie or cookie  # what a browser holds after this response
         return written, set_cookie, f"cart{n}" in read_session(app_server.port, held)
 
-    with ThreadPoolExecutor(8) as pool:
+    # Three rounds at a time: a waiting emptying request holds a worker's thread, and
+    # fewer of them than a worker has threads (4) can never leave a write stuck behind.
+    with ThreadPoolExecutor(3) as pool:
         outcomes = list(pool.map(one_round, range(rounds)))
     assert all(status == 200 for status, _, _ in outcomes)
     kept_cookie = [kept for _, set_cookie, kept in outcomes if set_cookie != ""]

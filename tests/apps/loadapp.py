@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, flash, get_flashed_messages, session
+from flask import Flask, flash, get_flashed_messages, request, session
 
 SECRET = "load-test-secret-key-0123456789abcdef-xyz"
 
@@ -117,7 +118,14 @@ def create_app() -> Flask:
         # Popping the only flash empties this request's view of the session; the
         # pause lets an overlapping request store something before this one saves.
         messages = get_flashed_messages()
-        time.sleep(0.05)
+        popped, go = request.args.get("popped"), request.args.get("go")
+        if popped and go:  # the test says when: it writes between these two events
+            Path(popped).touch()
+            deadline = time.monotonic() + 10
+            while not Path(go).exists() and time.monotonic() < deadline:
+                time.sleep(0.001)
+        else:
+            time.sleep(0.05)
         return ",".join(messages)
 
     return app

@@ -7,6 +7,7 @@ import multiprocessing
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask, session
@@ -65,15 +66,16 @@ def _app(path: str) -> Flask:
     return app
 
 
-def _worker(path: str, cookie: str, name: str, start: float) -> None:
+def _worker(path: str, cookie: str, name: str, ready: Any, spans: Any) -> None:
     app = _app(path)
     client = app.test_client()
     client.set_cookie("session", cookie)
-    while time.time() < start:  # both processes begin together
-        time.sleep(0.001)
+    ready.wait(60)  # both processes begin together, however long each took to start
+    first = time.time()
     for i in range(WRITES_PER_PROCESS):
         response = client.get(f"/write/{name}-{i}")
         assert response.status_code == 200, response.data
+    spans.put((first, time.time()))
 
 
 def test_two_processes_share_one_file(tmp_path: Path) -> None:
@@ -85,16 +87,18 @@ def test_two_processes_share_one_file(tmp_path: Path) -> None:
     cookie = client.get_cookie("session")
     assert cookie is not None
     context = multiprocessing.get_context("spawn")
-    start = time.time() + 1.5
+    ready, spans = context.Barrier(2), context.Queue()
     workers = [
-        context.Process(target=_worker, args=(path, cookie.value, name, start))
+        context.Process(target=_worker, args=(path, cookie.value, name, ready, spans))
         for name in ("left", "right")
     ]
     for worker in workers:
         worker.start()
+    (a_start, a_end), (b_start, b_end) = spans.get(timeout=120), spans.get(timeout=120)
     for worker in workers:
         worker.join(60)
         assert worker.exitcode == 0
+    assert a_start < b_end and b_start < a_end  # their writes did overlap in time
     data = client.get("/read").json
     assert data is not None
     written = {f"{n}-{i}" for n in ("left", "right") for i in range(WRITES_PER_PROCESS)}
