@@ -106,38 +106,44 @@ def test_what_one_side_writes_the_other_reads(redis_store: RedisStore) -> None:
 
 
 class SlowStore(MemoryStore):
-    """A memory store whose every load takes half a second: a store under strain."""
+    """A memory store whose every load waits until the event loop has ticked: a store
+    under strain, which a store call made on the loop itself would wait for in vain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticked = threading.Event()
 
     def load(self, key: str) -> Any:
-        time.sleep(0.5)
+        if not self.ticked.wait(30):
+            raise AssertionError("the loop never ticked while a store call waited")
         return super().load(key)
 
 
 def test_a_slow_store_call_never_stalls_the_event_loop() -> None:
-    """While a threaded store call takes 0.5 s, the loop keeps ticking every few ms."""
-    store = ThreadedStore(SlowStore())
+    """While threaded store calls wait, the loop keeps running: the calls wait for the
+    loop itself to tick 20 times, which it could not do if a call blocked it."""
+    slow = SlowStore()
+    store = ThreadedStore(slow)
 
-    async def measure() -> float:
-        gaps: list[float] = []
-        done = asyncio.Event()
+    async def check() -> int:
+        ticks = 0
 
         async def tick() -> None:
-            last = time.monotonic()
-            while not done.is_set():
-                await asyncio.sleep(0.005)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
+            nonlocal ticks
+            while not slow.ticked.is_set():
+                await asyncio.sleep(0.001)
+                ticks += 1
+                if ticks == 20:
+                    slow.ticked.set()
 
         ticker = asyncio.create_task(tick())
-        await asyncio.gather(*(store.load(f"k{n}") for n in range(4)))
-        done.set()
+        found = await asyncio.gather(*(store.load(f"k{n}") for n in range(4)))
         await ticker
         await store.close()
-        assert len(gaps) > 50  # it kept ticking through the 0.5 s calls
-        return max(gaps)
+        assert found == [None] * 4
+        return ticks
 
-    assert asyncio.run(measure()) < 0.2
+    assert asyncio.run(check()) == 20
 
 
 def test_threads_belong_to_the_process() -> None:
@@ -227,25 +233,26 @@ def test_sqlite_calls_that_would_wait_go_to_a_thread_and_the_loop_runs_on(tmp_pa
     async def check() -> None:
         assert await _saved(store, "a", x=b"1")
         blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.4, blocker.execute, "ROLLBACK")  # lets go while the save waits
-        gaps: list[float] = []
+        saving = asyncio.Event()
+        ticks = 0
 
-        async def tick() -> None:
-            last = loop.time()
-            for _ in range(60):
-                await asyncio.sleep(0.005)
-                gaps.append(loop.time() - last)
-                last = loop.time()
+        async def release_after_ticks() -> None:
+            # The lock is let go only by the loop, 20 ticks into the save: a save that
+            # blocked the loop would never see it go, and fail after its 2 s timeout.
+            nonlocal ticks
+            await saving.wait()
+            while ticks < 20:
+                await asyncio.sleep(0.001)
+                ticks += 1
+            blocker.execute("ROLLBACK")
 
-        ticker = asyncio.create_task(tick())
+        releaser = asyncio.create_task(release_after_ticks())
         record = await store.load("a")  # WAL: a reader never waits for the writer
         assert record is not None and record.fields["x"] == b"1"
-        started = loop.time()
+        saving.set()
         assert await _saved(store, "b", x=b"2")  # waited on a thread for the lock
-        assert loop.time() - started >= 0.3
-        await ticker
-        assert max(gaps) < 0.2  # the loop ticked all along
+        await releaser
+        assert ticks == 20
         await store.close()
 
     asyncio.run(check())
