@@ -561,11 +561,9 @@ def test_the_old_store_down_answers_503(own_valkey: ValkeyServer) -> None:
     own_valkey.kill()
     client = app.test_client()
     client.set_cookie("session", cookie)
-    started = time.monotonic()
     response = client.get("/")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
-    assert time.monotonic() - started < 3
     assert counters(app)["store_errors"] == 1
 
 

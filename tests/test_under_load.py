@@ -195,7 +195,7 @@ def faulty_run(
     return app, markers, jobs, (result, cookies)
 
 
-def recovered(port: int, cookie: str, within: float = 3.0) -> None:
+def recovered(port: int, cookie: str, within: float = 30.0) -> None:
     """Wait until every worker answers 200 again (a store's breaker lets a retry in soon)."""
     deadline = time.monotonic() + within
     answered = 0
