@@ -452,19 +452,20 @@ def test_a_session_over_a_lowered_limit_stays_readable_and_shrinkable(store: Sto
 # -- 8. strict mode's lease ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("store", ["memory", "sqlite", "redis"], indirect=True)
 def test_a_view_outliving_its_lease_cannot_overwrite(store: Store) -> None:
     """Item 8: the slow request's lease lapses and another takes the lock: 503, no loss."""
     app = owner_app(store, "x")
     change_settings(app, lock_lease=0.3)
-    started = threading.Event()
+    started, fast_done = threading.Event(), threading.Event()
 
     @app.get("/slow")
     @locked
     def slow() -> str:
         session["count"] = session.get("count", 0) + 100
         started.set()
-        time.sleep(0.8)
+        # The other request gets the lock only once this one's lease has lapsed; this
+        # view outlives its lease for sure by waiting for that request to finish.
+        assert fast_done.wait(30)
         return "ok"
 
     @app.get("/fast")
@@ -477,7 +478,9 @@ def test_a_view_outliving_its_lease_cannot_overwrite(store: Store) -> None:
 
     def second() -> Any:
         assert started.wait(10)
-        return client_with(app, cookie).get("/fast")
+        response = client_with(app, cookie).get("/fast")
+        fast_done.set()
+        return response
 
     slow_r, fast_r = run_together(lambda: client_with(app, cookie).get("/slow"), second)
     assert fast_r.status_code == 200
