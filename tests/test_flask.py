@@ -14,7 +14,7 @@ import pytest
 from flask import Flask, make_response, request, session
 from werkzeug.http import parse_cookie
 
-from satchel import Satchel
+from satchel import Satchel, current_session
 from satchel.signing import store_key
 from satchel.stores import MemoryStore, Store
 
@@ -524,6 +524,59 @@ def test_clear_during_another_request_is_not_undone(make_app: AppFactory, store:
     thread.join()
     assert "Max-Age=0" in responses[0].headers["Set-Cookie"]
     assert stored_keys(store) == []
+
+
+@pytest.mark.parametrize("ending", ["regenerate", "revoke", "expire"])
+def test_a_session_ended_another_way_while_a_request_runs_stays_ended(
+    make_app: AppFactory, store: Store, ending: str
+) -> None:
+    """Regenerated, revoked or expired while another request of it runs: that request's
+    changes are dropped, its response expires the cookie, and nothing comes back."""
+    app = make_app(SATCHEL_IDLE_TIMEOUT=600 if ending != "expire" else 1)
+    loaded, ended = threading.Event(), threading.Event()
+
+    @app.get("/late-write")
+    def late_write() -> str:
+        dict(session)
+        loaded.set()
+        assert ended.wait(30)
+        session["late"] = "write"
+        return "ok"
+
+    @app.get("/renew")
+    def renew() -> str:
+        current_session().regenerate()
+        return "ok"
+
+    add_views(app)
+    client = app.test_client()
+    client.get("/set/a/1")
+    cookie = cookie_value(client)
+    assert cookie is not None
+    other = app.test_client()
+    other.set_cookie("session", cookie)
+    responses: list[Any] = []
+    thread = threading.Thread(target=lambda: responses.append(other.get("/late-write")))
+    thread.start()
+    assert loaded.wait(10)
+    if ending == "regenerate":
+        client.get("/renew")
+    elif ending == "revoke":
+        with app.app_context():
+            assert Satchel.revoke(store_key(session_id_of(cookie))) is True
+    else:
+        (key,) = stored_keys(store)
+        record = store.load(key)
+        assert record is not None
+        time.sleep(max(0.0, record.expires_at - time.time()) + 0.05)  # past its expiry
+    ended.set()
+    thread.join()
+    assert "Max-Age=0" in responses[0].headers["Set-Cookie"]
+    for key in stored_keys(store):
+        record = store.load(key)
+        assert record is None or "late" not in record.fields  # the late write is nowhere
+    if ending == "regenerate":
+        assert client.get("/read").json["data"] == {"a": "1"}  # the renewed session lives
 
 
 # -- cookies ------------------------------------------------------------------------------
