@@ -490,3 +490,50 @@ def test_overlapping_list_operations_equal_a_serial_order(
         serial.append(cart)
     event("checked against every serial order")
     assert manager.open(cookie)["cart"] in serial
+
+
+class AlwaysOverlapped(MemoryStore):
+    """A store where another request always changed the key first: every save that
+    expects a value is refused (CONFLICT), as under an endless stream of overlaps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conflicts = 0
+
+    def save(self, key: str, change: Any, *, create: bool) -> Any:
+        from satchel.stores.base import SaveResult
+
+        if change.expect:
+            self.conflicts += 1
+            return SaveResult.CONFLICT
+        return super().save(key, change, create=create)
+
+
+def test_a_save_that_keeps_losing_the_merge_race_answers_503() -> None:
+    """A save that never wins its compare-and-set answers 503 after the lock timeout,
+    never overwrites, and leaves the stored session as it was."""
+    store = AlwaysOverlapped()
+    app = Flask("race")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_LOCK_TIMEOUT=0.2)
+    Satchel(app, store=store)
+
+    @app.get("/start")
+    def start() -> str:
+        session["cart"] = ["first"]
+        return "ok"
+
+    @app.get("/add")
+    def add() -> str:
+        session["cart"].append("second")
+        return "ok"
+
+    client = app.test_client()
+    assert client.get("/start").status_code == 200
+    response = client.get("/add")
+    assert response.status_code == 503
+    assert store.conflicts > 1  # it replayed its change and tried again, then gave up
+    (key,) = [k for _, k in store._records]
+    record = store.load(key)
+    assert record is not None and record.fields["cart"] == b'["first"]'
+    with app.app_context():
+        assert Satchel.stats(app)["merges"] == 1

@@ -184,3 +184,24 @@ def test_a_regenerate_counts_one_save_and_one_delete(app: Flask) -> None:
         if after[name] != before[name] and not name.startswith("cache_")  # the cache's own
     }
     assert changed == {"loads": 1, "saves": 1, "deletes": 1}
+
+
+def test_session_expired_fires_for_a_record_that_really_expired(
+    app: Flask, store: Store, received: list[tuple[str, Any, str]]
+) -> None:
+    """A genuine cookie whose record ran past its idle expiry: session_expired, once."""
+    import time
+
+    client = app.test_client()
+    client.get("/set")
+    mine = fingerprint(client)
+    key = store_key(session_id_of(client.get_cookie("session").value))  # type: ignore[union-attr]
+    record = store.load(key)
+    assert record is not None
+    # Expire it at the store as idleness would (no clear, no revoke): its expiry in the past.
+    now = time.time()
+    store.touch(key, now, now + 0.05)
+    time.sleep(0.1)
+    assert store.load(key) is None
+    assert client.get("/read").json == {}
+    assert received == [("created", app, mine), ("expired", app, mine)]

@@ -309,3 +309,23 @@ def test_a_full_server_is_back_pressure_not_an_outage(tmp_path: Path) -> None:
     finally:
         store.close()
         server.kill()
+
+
+def test_saves_purge_expired_rows_now_and_then(postgres: PostgresServer) -> None:
+    """A save past purge_interval removes a batch of expired rows (every namespace's)."""
+    store = PostgresStore.from_url(postgres.url, purge_interval=0.0, prefix="purge:")
+    store._run("DELETE FROM satchel_sessions WHERE ns = 'purge:'")
+    try:
+        now = time.time()
+        for n in range(5):
+            old = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 0.1)
+            store.save(f"old{n}", old, create=True)
+        time.sleep(0.2)
+        rows, _ = store._run("SELECT count(*) FROM satchel_sessions WHERE ns = 'purge:'")
+        assert rows[0][0] == 5  # expired, but still stored until something purges them
+        live = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
+        store.save("live", live, create=True)  # a save: the interval is due, a batch runs
+        rows, _ = store._run("SELECT key FROM satchel_sessions WHERE ns = 'purge:'")
+        assert [row[0] for row in rows] == ["purge:live"]
+    finally:
+        store.close()
