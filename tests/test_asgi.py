@@ -634,6 +634,6 @@ def test_a_quoted_cookie_value_is_read_as_werkzeug_and_starlette_read_it(store: 
             client.cookies.clear()
             quoted = await client.get("/", headers=as_cookie(f'"{cookie}"'))
             assert quoted.json() == {"k": "v"}
-            assert cookie_of(quoted) is None  # the same session: nothing to set
+            assert cookie_of(quoted) in (None, cookie)  # the same session, not a new one
 
     run(check)
