@@ -330,3 +330,39 @@ def test_a_cached_store_after_a_failover_reads_what_was_written(cluster: ValkeyC
     finally:
         cached.close()
         plain.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_fenced_uncached_writer_never_leaves_a_cached_reader_stale_on_a_cluster(
+    cluster_store: RedisStore, cluster: ValkeyCluster, kind: str
+) -> None:
+    """On a Cluster too: updates and revokes by an uncached writer with ?fence=1 (sync,
+    and its async twin) are never read stale by a cached worker, which did serve them."""
+    reader = RedisStore.from_url(cluster.url, cache="16MB")
+    sync = from_url(cluster.url + "?fence=1")
+    assert isinstance(sync, RedisStore) and sync.fence
+    writer: Any = sync if kind == "sync" else BlockingStore(to_async(sync))
+    try:
+        stats = reader.cache_stats()
+        assert stats is not None
+        hits, stale = stats.hits, 0
+        for n in range(200):
+            key, now = f"f{n}", time.time()
+            first = Change(set={"v": b"0"}, created_at=now, touched_at=now, expires_at=now + 60)
+            assert reader.save(key, first, create=True) == SaveResult.SAVED
+            assert _fields(reader.load(key)) == {"v": b"0"}  # cached now
+            if n % 2:
+                assert writer.revoke([key]) == 1
+                stale += reader.load(key) is not None
+            else:
+                change = Change(set={"v": b"1"}, touched_at=now, expires_at=now + 60)
+                assert writer.save(key, change, create=False) == SaveResult.SAVED
+                stale += _fields(reader.load(key)) != {"v": b"1"}
+        assert stale == 0
+        after = reader.cache_stats()
+        assert after is not None and after.hits - hits >= 200  # each was served from memory
+    finally:
+        writer.close()
+        if kind == "async":
+            sync.close()
+        reader.close()
