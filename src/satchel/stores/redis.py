@@ -771,8 +771,9 @@ class RedisStore(_RedisRules):
         return None if self._tracked is None else self._tracked.stats()
 
     def with_prefix(self, prefix: str) -> RedisStore:
-        """A store on the same client and connections under another prefix (uncached)."""
-        other = RedisStore(self.client, prefix=prefix)
+        """A store on the same client and connections under another prefix (uncached, and
+        fenced when this one caches or fences: its writes may be read by cached workers)."""
+        other = RedisStore(self.client, prefix=prefix, fence=self.fence)
         other._pool, other._connections = self._pool, self._connections
         other._source = self._source
         return other
