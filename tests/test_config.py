@@ -76,8 +76,10 @@ def test_factory_pattern(tmp_path: Path) -> None:
         ("SATCHEL_IDLE_TIMEOUT", -5, "positive"),
         ("SATCHEL_ABSOLUTE_TIMEOUT", timedelta(0), "positive"),
         ("SATCHEL_ABSOLUTE_TIMEOUT", True, "SATCHEL_ABSOLUTE_TIMEOUT"),
-        ("SATCHEL_MAX_SIZE", "1MB", "SATCHEL_MAX_SIZE"),
+        ("SATCHEL_MAX_SIZE", "1 megabyte", "SATCHEL_MAX_SIZE"),
         ("SATCHEL_MAX_SIZE", 0, "SATCHEL_MAX_SIZE"),
+        ("SATCHEL_MAX_SIZE", "-1MB", "SATCHEL_MAX_SIZE"),
+        ("SATCHEL_MAX_SIZE", 1.5, "SATCHEL_MAX_SIZE"),
         ("SATCHEL_STORE", "mysql://x", "unknown store URL scheme 'mysql'"),
         ("SATCHEL_STORE", "postgresql://h/db?create_schema=maybe", "create_schema must be"),
         ("SATCHEL_STORE", "not a url", "store URL"),
@@ -91,6 +93,24 @@ def test_bad_settings(key: str, value: Any, message: str) -> None:
     app.config.update({"SECRET_KEY": SECRET, "SATCHEL_STORE": "memory://", key: value})
     with pytest.raises(ConfigError, match=message):
         Satchel(app)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (65536, 65536),
+        ("64kB", 64_000),
+        ("1MB", 1_000_000),
+        ("1 MiB", 1 << 20),
+        ("512KiB", 512 << 10),
+    ],
+)
+def test_sizes_take_bytes_or_a_unit_as_the_cache_does(value: Any, size: int) -> None:
+    """SATCHEL_MAX_SIZE, like ?cache=, takes a byte count or a size with its unit."""
+    app = Flask("sizes")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE="memory://", SATCHEL_MAX_SIZE=value)
+    Satchel(app)
+    assert app.extensions["satchel"].settings.max_size == size
 
 
 def test_durations_accept_timedelta_and_seconds() -> None:

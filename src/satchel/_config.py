@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ._manager import Settings, security_log
+from ._sizes import parse_size
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .migration import DEFAULT_OVERLAP
 from .signing import CookieSigner, weak_secret
@@ -168,12 +169,21 @@ def make_settings(
     names: Callable[[str], str] = lambda name: name,
 ) -> Settings:
     """Checked :class:`Settings`; ``names`` turns an argument's name into the one users set."""
-    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size <= 0:
-        raise ConfigError(f"{names('max_size')} must be a positive int, not {max_size!r}")
+    try:
+        if isinstance(max_size, bool) or not isinstance(max_size, int | str):
+            raise ValueError(max_size)
+        size = parse_size(max_size)
+    except ValueError:
+        size = 0
+    if size <= 0:
+        raise ConfigError(
+            f"{names('max_size')} must be a positive size (bytes, or '1MB', '512KiB'),"
+            f" not {max_size!r}"
+        )
     return Settings(
         idle_timeout=seconds(idle_timeout, names("idle_timeout")),
         absolute_timeout=seconds(absolute_timeout, names("absolute_timeout")),
-        max_size=max_size,
+        max_size=size,
         locking=bool(locking),
         lock_timeout=seconds(lock_timeout, names("lock_timeout")),
         lock_lease=seconds(lock_lease, names("lock_lease")),

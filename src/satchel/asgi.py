@@ -124,7 +124,7 @@ class SessionMiddleware:
         secret_key_fallbacks: Sequence[str | bytes] = (),
         idle_timeout: float | timedelta | None = None,
         absolute_timeout: float | timedelta = DEFAULT_ABSOLUTE_TIMEOUT,
-        max_size: int = DEFAULT_MAX_SIZE,
+        max_size: int | str = DEFAULT_MAX_SIZE,
         key_prefix: str | None = None,
         locking: bool = False,
         lock_timeout: float | timedelta = 5.0,

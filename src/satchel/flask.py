@@ -17,7 +17,7 @@ key                                 meaning (default)
                                     ``PERMANENT_SESSION_LIFETIME``)
 ``SATCHEL_ABSOLUTE_TIMEOUT``        end a session this long after it began, however active (90
                                     days)
-``SATCHEL_MAX_SIZE``                largest serialised session in bytes (1 MiB)
+``SATCHEL_MAX_SIZE``                largest serialised session: bytes, or "512KiB" (1 MiB)
 ``SATCHEL_STRICT_SECRET``           refuse to start with a weak secret key instead of logging a
                                     warning (``False``)
 ``SATCHEL_LOCKING``                 strict mode for every request: one request of a session at a

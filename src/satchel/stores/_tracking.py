@@ -46,7 +46,6 @@ the figures.
 from __future__ import annotations
 
 import collections
-import re
 import secrets
 import socket
 import struct
@@ -57,6 +56,7 @@ from typing import Any
 
 import hiredis
 
+from .._sizes import parse_size
 from . import _connections
 from ._resp import RespError, encode
 from .base import Record
@@ -81,24 +81,6 @@ MARK_LIFETIME_MS = 60_000
 #: Sent before a read whose keys the server is to track (the connection is OPTIN).
 _CACHING = encode(("CLIENT", "CACHING", "YES"))
 _PING = encode(("PING",))
-
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
-_UNITS.update({"kib": 1024, "mib": 1024**2, "gib": 1024**3})
-
-
-def parse_size(text: str | int) -> int:
-    """A byte count from ``65536``, ``"64MB"``, ``"64 MiB"`` or ``"0"`` (off)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
-    else:
-        found = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(text))
-        unit = found.group(2).lower() if found else ""
-        if found is None or unit not in _UNITS:
-            raise ValueError(f"a size looks like 65536, 64MB or 64MiB, not {text!r}")
-        value = int(found.group(1)) * _UNITS[unit]
-    if value < 0:
-        raise ValueError(f"a size cannot be negative: {text!r}")
-    return value
 
 
 def entry_size(record: Record) -> int:
