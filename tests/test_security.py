@@ -140,8 +140,15 @@ def test_signature_check_is_constant_time(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.parametrize(
     "key",
-    ["dev", "short-key", b'_5#y2L"F4Q8z\n\xec]/', "a" * 64, "changeme"],
-    ids=["dev", "short", "flask-docs-sample", "one-character", "changeme"],
+    [
+        "dev",
+        "short-key",
+        b'_5#y2L"F4Q8z\n\xec]/',
+        "a" * 64,
+        "changeme",
+        "an-example-key-of-32-random-bytes-or-more!",
+    ],
+    ids=["dev", "short", "flask-docs-sample", "one-character", "changeme", "satchel-docs-sample"],
 )
 def test_weak_secret_key_warns_and_strict_refuses(
     key: str | bytes, caplog: pytest.LogCaptureFixture

@@ -62,6 +62,8 @@ _SAMPLE_KEYS = frozenset(
         b"supersecretkey",
         b"mysecretkey",
         b"replace-me",
+        # satchel's own README and docs use this one in their examples.
+        b"an-example-key-of-32-random-bytes-or-more!",
     }
 )
 
