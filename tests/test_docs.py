@@ -44,6 +44,29 @@ def test_block_runs_as_written(
     runpy.run_path(str(script), run_name="example")
 
 
+def test_the_first_example_runs_and_says_what_to_do_without_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's first example serves its pages (home, login, logout), and without
+    FLASK_SECRET_KEY it stops with a message that says what to set, not a KeyError."""
+    where, code = next(block for block in BLOCKS if block[0].startswith("README.md"))
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    monkeypatch.delenv("FLASK_SECRET_KEY", raising=False)
+    with pytest.raises(SystemExit, match="FLASK_SECRET_KEY"):
+        runpy.run_path(str(script), run_name="example")
+    monkeypatch.setenv("FLASK_SECRET_KEY", os.urandom(32).hex())
+    app = runpy.run_path(str(script), run_name="example")["app"]
+    client = app.test_client()
+    assert client.get("/").text == "Not logged in."
+    login = client.post("/login", data={"username": "ada", "password": "correct horse"})
+    assert login.status_code == 302 and login.headers["Location"] == "/"
+    assert client.get("/").text == "Logged in as user 1."
+    assert client.post("/logout").status_code == 302
+    assert client.get("/").text == "Not logged in.", where
+
+
 def test_api_reference_builds_without_a_warning(tmp_path: Path) -> None:
     """docs/api (Sphinx autodoc of every public module) builds with warnings as errors."""
     import subprocess
