@@ -15,12 +15,13 @@ from satchel import Satchel
 from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
 
 from .postgres import PostgresServer
-from .valkey import ValkeyServer
+from .valkey import ValkeyCluster, ValkeyServer
 
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
 #: Every kind of store the Flask-level tests run on; "redis_cached" is the Redis store
-#: with its record cache on (``?cache=``), so every guarantee is checked with it too.
-STORE_KINDS = ["memory", "sqlite", "redis", "redis_cached", "postgres"]
+#: with its record cache on (``?cache=``), so every guarantee is checked with it too;
+#: "cluster" is the Redis store on a 3-primary Valkey Cluster.
+STORE_KINDS = ["memory", "sqlite", "redis", "redis_cached", "postgres", "cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +58,26 @@ def redis_cached_store(valkey: ValkeyServer) -> Iterator[RedisStore]:
     client.flushdb()
     client.close()
     store = RedisStore.from_url(valkey.url, cache="16MB")
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """One real 3-primary Valkey Cluster for the app-level tests (test_cluster.py, whose
+    fail-over test changes its cluster, starts one of its own)."""
+    cluster = ValkeyCluster(tmp_path_factory.mktemp("shared-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_store(shared_cluster: ValkeyCluster) -> Iterator[RedisStore]:
+    from redis.cluster import RedisCluster
+
+    store = RedisStore.from_url(shared_cluster.url)
+    store.client.flushall(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
     yield store
     store.close()
 

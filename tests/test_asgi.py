@@ -637,3 +637,23 @@ def test_a_quoted_cookie_value_is_read_as_werkzeug_and_starlette_read_it(store: 
             assert cookie_of(quoted) in (None, cookie)  # the same session, not a new one
 
     run(check)
+
+
+def test_key_errors_and_warnings_speak_the_middlewares_own_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """secret_key=, secret_key_fallbacks= and strict_secret= are named as such, never
+    Flask's SECRET_KEY (which an ASGI app does not have)."""
+    with pytest.raises(ConfigError, match=r"^secret_key is not set.*pass secret_key="):
+        SessionMiddleware(Starlette(), secret_key=None, store=MemoryStore())
+    with pytest.raises(ConfigError, match="secret_key_fallbacks must be a list"):
+        SessionMiddleware(
+            Starlette(), secret_key=SECRET, secret_key_fallbacks="old", store=MemoryStore()
+        )
+    with caplog.at_level(logging.WARNING, logger="satchel.security"):
+        SessionMiddleware(Starlette(), secret_key="dev", store=MemoryStore())
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("secret_key is a sample key") for m in messages), messages
+    assert not any("SECRET_KEY" in m for m in messages)
+    with pytest.raises(ConfigError, match=r"secret_key is .*\(strict_secret is set\)"):
+        SessionMiddleware(Starlette(), secret_key="dev", strict_secret=True, store=MemoryStore())

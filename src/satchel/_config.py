@@ -78,26 +78,44 @@ def seconds(value: Any, name: str) -> float:
     return seconds
 
 
-def signer_for(secret: Any, fallbacks: Any, *, strict: bool) -> CookieSigner:
-    """A signer for the app's keys, after checking them (weak keys: a warning, or refused)."""
+#: The names the Flask and Quart adapters' errors give the keys and the strict switch.
+FLASK_KEY_NAMES = ("SECRET_KEY", "SECRET_KEY_FALLBACKS", "SATCHEL_STRICT_SECRET")
+#: ... and the ASGI middleware's (its own arguments).
+ASGI_KEY_NAMES = ("secret_key", "secret_key_fallbacks", "strict_secret")
+
+
+def signer_for(
+    secret: Any,
+    fallbacks: Any,
+    *,
+    strict: bool,
+    names: tuple[str, str, str] = FLASK_KEY_NAMES,
+) -> CookieSigner:
+    """A signer for the app's keys, after checking them (weak keys: a warning, or refused).
+
+    ``names`` are what the errors and warnings call the key, the fallbacks and the
+    strict switch, in the words of the adapter's own settings.
+    """
+    key_name, fallbacks_name, strict_name = names
     if not secret or not isinstance(secret, str | bytes):
-        raise ConfigError(
-            "SECRET_KEY is not set: satchel signs session cookies with it "
-            "(set app.config['SECRET_KEY'], e.g. from an environment variable)"
-        )
+        if key_name == "SECRET_KEY":
+            how = "set app.config['SECRET_KEY'], e.g. from an environment variable"
+        else:
+            how = f"pass {key_name}=..., e.g. from an environment variable"
+        raise ConfigError(f"{key_name} is not set: satchel signs session cookies with it ({how})")
     fallbacks = fallbacks or []
     if isinstance(fallbacks, str | bytes) or not all(
         isinstance(k, str | bytes) and k for k in fallbacks
     ):
-        raise ConfigError("SECRET_KEY_FALLBACKS must be a list of keys")
-    for name, key in [("SECRET_KEY", secret)] + [
-        (f"SECRET_KEY_FALLBACKS[{i}]", k) for i, k in enumerate(fallbacks)
+        raise ConfigError(f"{fallbacks_name} must be a list of keys")
+    for name, key in [(key_name, secret)] + [
+        (f"{fallbacks_name}[{i}]", k) for i, k in enumerate(fallbacks)
     ]:
         weakness = weak_secret(key)
         if weakness is None:
             continue
         if strict:
-            raise ConfigError(f"{name} is {weakness} (SATCHEL_STRICT_SECRET is set)")
+            raise ConfigError(f"{name} is {weakness} ({strict_name} is set)")
         security_log.warning(
             "%s is %s: anyone who guesses it can forge session cookies", name, weakness
         )

@@ -28,6 +28,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from ._config import (
+    ASGI_KEY_NAMES,
     DEFAULT_ABSOLUTE_TIMEOUT,
     DEFAULT_MAX_SIZE,
     build_store,
@@ -138,7 +139,10 @@ class SessionMiddleware:
         self.app = app
         if secret_key is not None and not isinstance(secret_key, str | bytes):
             secret_key = str(secret_key)  # Starlette's Secret
-        signer = signer_for(secret_key, list(secret_key_fallbacks), strict=strict_secret)
+        fallbacks = secret_key_fallbacks
+        if not isinstance(fallbacks, str | bytes):  # one key given bare is refused, not split
+            fallbacks = list(fallbacks)
+        signer = signer_for(secret_key, fallbacks, strict=strict_secret, names=ASGI_KEY_NAMES)
         if not isinstance(session_cookie, str) or not _is_token(session_cookie):
             raise ConfigError(f"session_cookie must be a cookie name, not {session_cookie!r}")
         if max_age is not None and (
