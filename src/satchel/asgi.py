@@ -93,7 +93,9 @@ class SessionMiddleware:
     * ``store``: a store URL (``sqlite:///…``, ``redis://…``, ``valkey://…``,
       ``redis+cluster://…``, ``postgresql://…``, ``memory://``), a
       :class:`~satchel.stores.Store` or an :class:`~satchel.stores.AsyncStore`;
-      ``None`` is a SQLite file in the working directory;
+      ``None`` (the default) is the SQLite file ``satchel-sessions.sqlite3`` in the
+      process's working directory, created on first use (pass ``store=`` to choose
+      where; every worker of the app must name the same file or server);
     * ``secret_key_fallbacks``: older keys still accepted, as Flask's
       ``SECRET_KEY_FALLBACKS``;
     * ``idle_timeout`` (default ``max_age``, or two weeks), ``absolute_timeout``
