@@ -81,3 +81,28 @@ def test_sdist_contents(dist: Path) -> None:
                  ".ruff_cache", "instance/", "bench/results", "build/", ".git/")  # fmt: skip
     assert not [n for n in names if any(f in n for f in forbidden)]
     assert not [n for n in names if n.endswith((".sqlite3", ".db", ".pyc"))]
+
+
+def test_the_readme_install_line_works_in_a_fresh_environment(tmp_path: Path, dist: Path) -> None:
+    """`pip install <checkout>` (the README's line until satchel is on the index) in a new
+    virtual environment: satchel imports, its command runs, and Flask is there."""
+    import venv
+
+    env = tmp_path / "fresh"
+    venv.create(env, with_pip=True)
+    python = env / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    version = subprocess.run(
+        [str(env / "bin" / "satchel"), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0 and satchel.__version__ in version.stdout, version.stderr
+    check = subprocess.run(
+        [str(python), "-c", "import satchel, flask; print(satchel.__version__)"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.stdout.strip() == satchel.__version__, check.stderr
