@@ -219,3 +219,75 @@ def test_columns_fit_wide_characters(hostile: Flask) -> None:
     assert len(created) == 2 and all(created)  # the CREATED column of both rows
     assert len(starts) == 1
     assert width(lines[0][: lines[0].index("CREATED")]) in starts
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A store URL of each server kind, its namespace emptied, for `satchel sessions`."""
+    kind = request.param
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'admin.sqlite3'}"
+    if kind == "redis":
+        valkey = request.getfixturevalue("valkey")
+        return f"{valkey.url}?prefix=admin{time.monotonic_ns()}:"
+    postgres = request.getfixturevalue("postgres")
+    return f"{postgres.url}?prefix=admin{time.monotonic_ns()}:"
+
+
+@pytest.mark.parametrize("store_url", ["sqlite", "redis", "postgres"], indirect=True)
+def test_satchel_sessions_administers_a_store_without_an_app(store_url: str) -> None:
+    """`satchel sessions --store URL ...`: the same answers as `flask satchel`, with
+    no app at all (what an ASGI or Quart team runs)."""
+
+    app = Flask("writer")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE=store_url, SATCHEL_TRACK_CLIENT=True)
+    Satchel(app)
+
+    @app.get("/login/<user>")
+    def login(user: str) -> str:
+        session.regenerate(owner=user)  # type: ignore[attr-defined]
+        session["user"] = user
+        return "ok"
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, Any]:
+        return {"user": session.get("user")}
+
+    try:
+        check_the_commands(app, store_url)
+    finally:
+        app.extensions["satchel"].store.close()
+
+
+def check_the_commands(app: Flask, store_url: str) -> None:
+    from click.testing import CliRunner
+
+    from satchel.cli import main
+
+    devices = [app.test_client() for _ in range(3)]
+    for client, user in zip(devices, ("alice", "alice", "bob"), strict=True):
+        client.get(f"/login/{user}")
+    runner = CliRunner()
+
+    def sessions(*args: str) -> Any:
+        result = runner.invoke(main, ["sessions", "--store", store_url, *args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    assert json.loads(sessions("stats", "--json").output)["live_sessions"] == 3
+    listed = json.loads(sessions("list", "--owner", "alice", "--json").output)
+    assert [s["owner"] for s in listed] == ["alice", "alice"]
+    with app.app_context():
+        as_flask_lists = sorted(s.reference for s in Satchel.list_sessions("alice"))
+    assert sorted(s["reference"] for s in listed) == as_flask_lists
+    ref = listed[0]["reference"]
+    assert json.loads(sessions("show", ref[:10], "--json").output)["reference"] == ref
+    assert json.loads(sessions("revoke", ref[:10], "--json").output) == {"revoked": [ref]}
+    ended = json.loads(sessions("revoke-all", "alice", "--json").output)
+    assert ended == {"owner": "alice", "revoked": 1}
+    assert [c.get("/whoami").get_json()["user"] for c in devices] == [None, None, "bob"]
+    assert "removed" in sessions("purge").output
+    table = sessions("list")
+    assert table.output.splitlines()[0].split()[:2] == ["REF", "OWNER"]
+    missing = runner.invoke(main, ["sessions", "list"], env={"SATCHEL_STORE": ""})
+    assert missing.exit_code == 2 and "--store" in missing.output

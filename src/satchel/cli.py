@@ -10,9 +10,14 @@ each prints a readable table, or JSON with ``--json``:
 ``list [--owner X]``        live sessions, most recent first
 ``show REF``                one session: times, owner, client, its keys
 ``revoke REF``              end one session now
-``revoke-owner X``          end every session of owner X
+``revoke-owner X``          end every session of owner X (also
+                            ``revoke-all X``)
 ``purge``                   remove expired records, batch by batch
 ==========================  ==============================================
+
+``satchel sessions --store URL [--prefix P] COMMAND`` takes the same commands
+without an app, for ASGI and Quart apps and scripts: the store is the one the URL
+names (``$SATCHEL_STORE`` and ``$SATCHEL_KEY_PREFIX`` work too).
 
 A REF is a session's reference (shown by ``list``), or any unique start of it,
 found through the store's key index. Owners and user agents are printed with
@@ -106,7 +111,47 @@ admin = AppGroup("satchel", help="Inspect and revoke the app's satchel sessions.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
 
 
+class _Standalone:
+    """A store named on the command line (``satchel sessions --store URL``), and a
+    manager on it for the admin functions: no app, no secret key (nothing is signed)."""
+
+    def __init__(self, url: str, prefix: str | None) -> None:
+        self.url, self.prefix = url, prefix
+        self._manager: SessionManager | None = None
+
+    def manager(self) -> SessionManager:
+        if self._manager is None:
+            import secrets
+
+            from ._config import DEFAULT_MAX_SIZE, make_settings
+            from ._manager import SessionManager
+            from .signing import CookieSigner
+            from .stores import from_url
+
+            store: Any = _run(lambda: from_url(self.url))
+            if self.prefix is not None:
+                with_prefix = getattr(store, "with_prefix", None)
+                if with_prefix is None:
+                    raise click.UsageError(f"{store!r} has no namespaces: drop --prefix")
+                store = with_prefix(self.prefix)
+            settings = make_settings(
+                idle_timeout=3600, absolute_timeout=3600, max_size=DEFAULT_MAX_SIZE,
+                locking=False, lock_timeout=5, lock_lease=30,
+            )  # fmt: skip
+            self._manager = SessionManager(store, CookieSigner(secrets.token_urlsafe(32)), settings)
+        return self._manager
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.store.close()
+
+
 def _manager() -> SessionManager:
+    """The manager of ``satchel sessions --store URL``, or else of the Flask app."""
+    context = click.get_current_context(silent=True)
+    standalone = context.find_object(_Standalone) if context is not None else None
+    if standalone is not None:
+        return standalone.manager()
     return flask_manager(None)
 
 
@@ -339,3 +384,44 @@ def purge_command(as_json: bool) -> None:
         _echo_json({"removed": removed})
         return
     click.echo(f"removed {removed} expired record(s)")
+
+
+@main.group("sessions")
+@click.option(
+    "--store",
+    "url",
+    required=True,
+    envvar="SATCHEL_STORE",
+    metavar="URL",
+    help="The store's URL, as the app names it (or $SATCHEL_STORE).",
+)
+@click.option(
+    "--prefix",
+    default=None,
+    envvar="SATCHEL_KEY_PREFIX",
+    help="The app's key prefix, if it sets one (or $SATCHEL_KEY_PREFIX).",
+)
+@click.pass_context
+def sessions(context: click.Context, url: str, prefix: str | None) -> None:
+    """Inspect and revoke the sessions in a store, without an app (ASGI, Quart, cron).
+
+    The same commands, output and safety as ``flask satchel``: sessions are named
+    by their references, never their IDs.
+    """
+    standalone = _Standalone(url, prefix)
+    context.obj = standalone
+    context.call_on_close(standalone.close)
+    # The commands are flask satchel's, which run in an app context: an empty one
+    # here (they take the store from the command line, never from an app).
+    from flask import Flask
+
+    context.with_resource(Flask("satchel-sessions").app_context())
+
+
+for _command in (
+    stats_command, list_command, show_command, revoke_command, revoke_owner_command,
+    purge_command,
+):  # fmt: skip
+    sessions.add_command(_command)
+sessions.add_command(revoke_owner_command, "revoke-all")
+admin.add_command(revoke_owner_command, "revoke-all")
