@@ -141,7 +141,14 @@ def stored_keys(store: Store) -> list[str]:
         rows, _ = store._run("SELECT key FROM satchel_sessions WHERE ns = ?", (store.prefix,))
         return [row[0][len(store.prefix) :] for row in rows]
     if isinstance(store, RedisStore):
-        keys = store.client.keys(store.prefix + "s:*")
+        if store._cluster:  # every primary's keys
+            from redis.cluster import RedisCluster
+
+            keys = store.client.keys(  # type: ignore[call-arg]
+                store.prefix + "s:*", target_nodes=RedisCluster.PRIMARIES
+            )
+        else:
+            keys = store.client.keys(store.prefix + "s:*")
         return [k.decode()[len(store.prefix) + 3 : -1] for k in keys]  # type: ignore[union-attr]
     from satchel.stores.postgres import PostgresStore
 
