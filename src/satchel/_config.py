@@ -40,6 +40,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "SATCHEL_TRACK_CLIENT": False,
     "SATCHEL_KEY_PREFIX": None,
     "SATCHEL_STRICT_STORE": False,
+    "SATCHEL_CHECK_STORE": False,
     "SATCHEL_MIGRATE_FROM": None,
     "SATCHEL_MIGRATE_UNTIL": None,
     "SATCHEL_MIGRATE_OVERLAP": DEFAULT_OVERLAP,
@@ -170,6 +171,20 @@ def check_store(store: Store, *, strict: bool) -> None:
         log.warning("%r: %s", store, problem)
 
 
+def require_working_store(store: Any, setting: str) -> None:
+    """At start-up (``setting`` is on): try the store as the app will, and refuse to start,
+    with the cause and what to do, when it fails (see :mod:`satchel.check`)."""
+    from .check import check, failures
+
+    if not isinstance(store, Store):  # an async store object: checked by its own calls
+        log.warning("%s: %r is an async store object; pass its URL to check it", setting, store)
+        return
+    failed = failures(check(store, reads=1))
+    if failed:
+        causes = "; ".join(f"{finding.what}: {finding.detail}" for finding in failed)
+        raise ConfigError(f"the session store {store!r} failed its check ({setting}): {causes}")
+
+
 def config_defaults(config: Any) -> None:
     """Give a Flask or Quart config every satchel key it does not set."""
     for key, value in CONFIG_DEFAULTS.items():
@@ -234,4 +249,6 @@ def read_config(
         store or config["SATCHEL_STORE"], config["SATCHEL_KEY_PREFIX"], default_path
     )
     check_store(chosen, strict=bool(config["SATCHEL_STRICT_STORE"]))
+    if config["SATCHEL_CHECK_STORE"]:
+        require_working_store(chosen, "SATCHEL_CHECK_STORE")
     return signer, settings, chosen

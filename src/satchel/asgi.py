@@ -34,6 +34,7 @@ from ._config import (
     build_store,
     check_store,
     make_settings,
+    require_working_store,
     signer_for,
     unavailable,
 )
@@ -101,7 +102,7 @@ class SessionMiddleware:
     * ``idle_timeout`` (default ``max_age``, or two weeks), ``absolute_timeout``
       (90 days), ``max_size`` (1 MiB), ``key_prefix``, ``locking``,
       ``lock_timeout``, ``lock_lease``, ``track_client``, ``strict_secret``,
-      ``strict_store``: as the Flask adapter's ``SATCHEL_*`` settings of the
+      ``strict_store``, ``check_store``: as the Flask adapter's ``SATCHEL_*`` settings of the
       same names;
     * ``partitioned``: add the cookie's ``Partitioned`` attribute;
     * ``cookie_name``: a function of the ASGI scope that returns the cookie's
@@ -135,6 +136,7 @@ class SessionMiddleware:
         track_client: bool = False,
         strict_secret: bool = False,
         strict_store: bool = False,
+        check_store: bool = False,
         partitioned: bool = False,
         cookie_name: Callable[[Scope], str] | None = None,
     ) -> None:
@@ -161,7 +163,7 @@ class SessionMiddleware:
             lock_timeout=lock_timeout,
             lock_lease=lock_lease,
         )
-        self.store = _async_store(store, key_prefix, strict=strict_store)
+        self.store = _async_store(store, key_prefix, strict=strict_store, check=check_store)
         #: The session lifecycle, on the store; its ``counters`` are this app's figures.
         self.manager = AsyncSessionManager(self.store, signer, settings, AsyncSession, self)
         self.session_cookie = session_cookie
@@ -337,11 +339,13 @@ def _header(scope: Scope, wanted: bytes) -> str:
     return ""
 
 
-def _async_store(store: Any, prefix: Any, *, strict: bool) -> AsyncStore:
+def _async_store(store: Any, prefix: Any, *, strict: bool, check: bool = False) -> AsyncStore:
     """The async store ``store`` names (a URL, a sync or async store, or the SQLite default)."""
     default = os.path.abspath(DEFAULT_SQLITE_PATH)
     chosen = build_store(store, prefix, default, ("store", "key_prefix"))
     check_store(chosen, strict=strict)
+    if check:  # before any request: the blocking check runs in the constructor, once
+        require_working_store(chosen, "check_store")
     return to_async(chosen)
 
 

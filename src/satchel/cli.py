@@ -15,7 +15,8 @@ each prints a readable table, or JSON with ``--json``:
 ``purge``                   remove expired records, batch by batch
 ==========================  ==============================================
 
-``satchel sessions --store URL [--prefix P] COMMAND`` takes the same commands
+``satchel check --store URL`` tries a store as an app will and says what fails and
+what to do. ``satchel sessions --store URL [--prefix P] COMMAND`` takes the same commands
 without an app, for ASGI and Quart apps and scripts: the store is the one the URL
 names (``$SATCHEL_STORE`` and ``$SATCHEL_KEY_PREFIX`` work too).
 
@@ -425,3 +426,40 @@ for _command in (
     sessions.add_command(_command)
 sessions.add_command(revoke_owner_command, "revoke-all")
 admin.add_command(revoke_owner_command, "revoke-all")
+
+
+@main.command("check")
+@click.option(
+    "--store", "url", required=True, envvar="SATCHEL_STORE", metavar="URL",
+    help="The store's URL, as the app names it (or $SATCHEL_STORE).",
+)  # fmt: skip
+@click.option("--prefix", default=None, envvar="SATCHEL_KEY_PREFIX", help="The app's key prefix.")
+@json_option
+def check_command(url: str, prefix: str | None, as_json: bool) -> None:
+    """Try a store as an app will: write, read back and delete a record; its server,
+    configuration and latency. Exits 1, with the cause and what to do, if it fails."""
+    from .check import check, failures
+
+    standalone = _Standalone(url, prefix)
+    try:
+        store = standalone.manager().store
+        findings = check(store)
+    finally:
+        standalone.close()
+    failed = failures(findings)
+    if as_json:
+        _echo_json(
+            {
+                "store": repr(store),
+                "ok": not failed,
+                "findings": [{"what": f.what, "ok": f.ok, "detail": f.detail} for f in findings],
+            }
+        )
+    else:
+        click.echo(f"store: {_printable(repr(store))}")
+        _table(
+            [[f.what, "ok" if f.ok else "FAILED", f.detail] for f in findings],
+            ["CHECK", "RESULT", "DETAIL"],
+        )
+    if failed:
+        raise SystemExit(1)

@@ -32,6 +32,9 @@ key                                 meaning (default)
 ``SATCHEL_STRICT_STORE``            refuse to start when the store's configuration can lose
                                     sessions (a Redis eviction policy) instead of logging a
                                     warning (``False``)
+``SATCHEL_CHECK_STORE``             try the store at start-up (write, read and delete a
+                                    record) and refuse to start, with the cause, if it
+                                    fails (``False``; see ``satchel check``)
 ``SATCHEL_MIGRATE_FROM``            import sessions of the app's previous session layer:
                                     ``"flask-cookie"``, ``"flask-session"`` or a list of both
                                     (``None``; see :mod:`satchel.migration`)
