@@ -150,3 +150,103 @@ def test_track_logins_needs_satchel_first() -> None:
     """Calling it on an app without satchel is a clear ConfigError."""
     with pytest.raises(ConfigError, match="Satchel"):
         track_logins(Flask("bare"))
+
+
+# -- the README's recipe, switched on under a live app ----------------------------------
+
+
+def old_app() -> Flask:
+    """The app before the switch: Flask's cookie session, get_id() without a version."""
+    app = Flask("before")
+    app.config.update(SECRET_KEY=SECRET, TESTING=True)
+    manager = LoginManager(app)
+
+    class OldUser(UserMixin):
+        def __init__(self, user_id: int) -> None:
+            self.id = user_id
+
+    @manager.user_loader
+    def load(token: str) -> OldUser | None:
+        return OldUser(int(token))
+
+    @app.post("/login/<int:user_id>")
+    def log_in(user_id: int) -> str:
+        login_user(OldUser(user_id), remember=True)
+        return "ok"
+
+    return app
+
+
+def new_app(store: Store, versions: dict[int, int]) -> Flask:
+    """The same app after the switch, as the README's Flask-Login section writes it."""
+    app = Flask("after")
+    app.config.update(SECRET_KEY=SECRET, TESTING=True, SATCHEL_MIGRATE_FROM="flask-cookie")
+    Satchel(app, store=store)
+    manager = LoginManager(app)
+
+    class NewUser(UserMixin):
+        def __init__(self, user_id: int) -> None:
+            self.id = user_id
+
+        def get_id(self) -> str:
+            return f"{self.id}:{versions[self.id]}"
+
+    @manager.user_loader
+    def load(token: str) -> NewUser | None:
+        user_id, _, version = token.partition(":")
+        if not user_id.isdigit() or not (version.isdigit() or version == ""):
+            return None
+        if versions.get(int(user_id)) != int(version or 0):
+            return None
+        return NewUser(int(user_id))
+
+    track_logins(app, owner=lambda user: user.id, existing=True)
+
+    @app.get("/me")
+    def me() -> dict[str, Any]:
+        return {"user": current_user.id if current_user.is_authenticated else None}
+
+    @app.post("/logout-everywhere")
+    @login_required
+    def everywhere() -> str:
+        versions[current_user.id] += 1
+        Satchel.revoke_all(current_user.id, keep_current=False)
+        logout()
+        return "ok"
+
+    return app
+
+
+def browser_of(app: Flask, cookies: dict[str, str]) -> Any:
+    client = app.test_client()
+    for name, value in cookies.items():
+        client.set_cookie(name, value)
+    return client
+
+
+def test_the_recipe_switched_on_under_a_live_app_logs_nobody_out(store: Store) -> None:
+    """Sessions and remember cookies the old app made ("42", no version) keep their
+    users logged in, owned under the stable ID; none answers 500; a later "log out
+    everywhere" ends them all, and a refused remember cookie lists no device."""
+    before = old_app()
+    client = before.test_client()
+    assert client.post("/login/42").status_code == 200
+    session_cookie, remember = client.get_cookie("session"), client.get_cookie("remember_token")
+    assert session_cookie is not None and remember is not None
+    versions = {42: 0}
+    after = new_app(store, versions)
+    # A browser with both cookies (its old session is imported) and one with only the
+    # remember cookie (its session had expired): both logged in, both owned by 42.
+    both = browser_of(after, {"session": session_cookie.value, "remember_token": remember.value})
+    only_remember = browser_of(after, {"remember_token": remember.value})
+    assert both.get("/me").get_json() == {"user": 42}
+    assert only_remember.get("/me").get_json() == {"user": 42}
+    with after.app_context():
+        assert len(Satchel.list_sessions(42)) == 2
+        assert Satchel.list_sessions("42:0") == []  # never the token as owner
+    assert both.post("/logout-everywhere").status_code == 200
+    assert only_remember.get("/me").get_json() == {"user": None}
+    stale = browser_of(after, {"remember_token": remember.value})  # refused: version 0 < 1
+    assert stale.get("/me").get_json() == {"user": None}
+    with after.app_context():
+        assert Satchel.list_sessions(42) == []  # no phantom device for a refused cookie

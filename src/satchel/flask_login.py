@@ -36,14 +36,22 @@ __all__ = ["logout", "track_logins"]
 OwnerOf = Callable[[Any], "str | int"]
 
 
-def track_logins(app: Flask, *, owner: OwnerOf | None = None) -> None:
+def track_logins(app: Flask, *, owner: OwnerOf | None = None, existing: bool = False) -> None:
     """Regenerate the session with its user as owner at every Flask-Login login of ``app``.
 
     ``owner`` maps the user object to the owner to file the session under
     (``str`` or ``int``); by default ``user.get_id()``. Give the stable user ID
     when ``get_id()`` carries a version (an alternative token).
+
+    With ``existing``, a session that already holds a login but no owner (imported
+    by ``SATCHEL_MIGRATE_FROM``, or made before ``track_logins`` was set up) gets
+    its owner too, on its first request: only once Flask-Login has accepted the
+    user (so a remember cookie the user loader refuses never becomes a listed
+    device), and under ``owner(user)``, never the raw token. That reads the session
+    on each request, as views that use ``current_user`` do anyway.
     """
     try:
+        from flask_login import current_user
         from flask_login.signals import user_loaded_from_cookie, user_logged_in
     except ImportError as exc:
         raise ConfigError("satchel.flask_login needs Flask-Login: pip install flask-login") from exc
@@ -58,6 +66,19 @@ def track_logins(app: Flask, *, owner: OwnerOf | None = None) -> None:
     app.extensions["satchel.flask_login"] = owned
     user_logged_in.connect(owned, sender=app)
     user_loaded_from_cookie.connect(owned, sender=app)
+    if not existing:
+        return
+
+    def own_existing_login() -> None:
+        session = current_session()
+        if "_user_id" not in session or session.owner is not None:
+            return
+        # Flask-Login's user loader accepted it (a remember-cookie login is owned
+        # by the signal above while current_user loads).
+        if current_user.is_authenticated and session.owner is None:
+            session.regenerate(owner=owner_of(current_user._get_current_object()))
+
+    app.before_request(own_existing_login)
 
 
 def logout() -> None:
