@@ -37,12 +37,18 @@ def ensure_venv(extra: str) -> None:
     stamp = VENV / f".installed-{extra}"
     if stamp.exists() and stamp.read_text() == digest:
         return
+    print(
+        f"Setting up {VENV} with satchel[{extra}]: the first time this downloads and"
+        " installs the dependencies (a minute or two); pip's progress follows.",
+        flush=True,
+    )
     if not PYTHON.exists():
         print(f"+ creating {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
     run(PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    run(PYTHON, "-m", "pip", "install", "--quiet", "-e", f".[{extra}]")
+    run(PYTHON, "-m", "pip", "install", "--progress-bar", "off", "-e", f".[{extra}]")
     stamp.write_text(digest)
+    print(f"{VENV} is ready.", flush=True)
 
 
 def demo(args: list[str]) -> None:

@@ -300,3 +300,42 @@ def test_workers_racing_for_the_key_file_agree(tmp_path: Path) -> None:
     ) as pool:
         keys = list(pool.map(load_secret_key, [tmp_path] * 8))
     assert len({key for key, _ in keys}) == 1
+
+
+def test_the_footer_speaks_to_people_not_to_python(demo: Flask) -> None:
+    """Every key under a readable name, no raw key or Python repr: after a stale tab's
+    submit the waiting message reads as text; the CSRF token has a name."""
+    from satchel.demo import footer_rows
+
+    client = demo.test_client()
+    fill_in(client)
+    page = footer(client)
+    held = page[page.index('id="session-contents"') : page.index("</dl>")]
+    assert "Form token (against forged forms)" in held and "csrf_token" not in held
+    rows = footer_rows({"_flashes": [("message", "That form had expired.")], "csrf_token": "ab"})
+    assert rows == [
+        ("Messages waiting to be shown", "That form had expired."),
+        ("Form token (against forged forms)", "ab… (random)"),
+    ]
+    assert "[(" not in held and "_flashes" not in held
+
+
+def test_the_session_page_says_what_happens_to_each_kind_of_dead_cookie(demo: Flask) -> None:
+    """A tampered cookie is ignored (and still sent), an ended one is deleted: the page
+    says which, as it happens."""
+    client = demo.test_client()
+    fill_in(client)
+    cookie = client.get_cookie("session-1")
+    assert cookie is not None
+    forged = cookie.value[:-2] + ("A" if cookie.value[-2] != "A" else "B") + cookie.value[-1]
+    client.set_cookie("session-1", forged)
+    page = client.get("/s/1/session")
+    assert "fails its signature check" in text(page) and "ignored, not deleted" in text(page)
+    assert "Set-Cookie" not in page.headers  # and indeed not deleted
+    client.set_cookie("session-1", cookie.value)
+    store = demo.extensions["satchel"].store
+    for key in stored_keys(store):
+        store.delete(key)  # the session ends on the server
+    page = client.get("/s/1/session")
+    assert "has ended or expired: this page's answer deletes it" in text(page)
+    assert "Max-Age=0" in page.headers["Set-Cookie"]

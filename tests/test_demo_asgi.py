@@ -170,3 +170,21 @@ def test_satchel_demo_asgi_serves_the_questionnaire(tmp_path: Path) -> None:
         process.terminate()
         output = process.communicate(timeout=10)[0]
     assert "No FLASK_SECRET_KEY set" in output and "FastAPI on uvicorn" in output
+
+
+def test_the_session_page_names_the_store_as_the_flask_demo_does(tmp_path: Path) -> None:
+    """The store itself (SQLiteStore(...)), not the ASGI wrapper around it; the footer
+    gives the form token its readable name."""
+    app = create_app(instance_path=tmp_path)
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=ORIGIN, follow_redirects=True
+        ) as client:
+            await client.get("/s/1/page1")  # stores the form token: a session exists
+            page = await client.get("/s/1/session")
+            assert "SQLiteStore(" in page.text and "SQLiteLoopStore" not in page.text
+            assert "Form token (against forged forms)" in footer(page)
+
+    asyncio.run(go())

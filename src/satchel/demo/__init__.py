@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,45 @@ from ..session import Session
 from ..signing import store_key
 from ..stores import MemoryStore, Store
 
-__all__ = ["FIELDS", "SLOTS", "create_app", "describe_session", "load_secret_key"]
+__all__ = [
+    "FIELDS",
+    "SLOTS",
+    "create_app",
+    "describe_session",
+    "footer_rows",
+    "load_secret_key",
+]
 
 #: The questionnaire's form fields, in the order the pages ask for them.
 FIELDS = {"firstName": "First name", "lastName": "Last name", "favoriteColor": "Favourite colour"}
+#: What the footer calls the keys the framework keeps in the session.
+INTERNAL = {
+    "csrf_token": "Form token (against forged forms)",
+    "_flashes": "Messages waiting to be shown",
+    "_permanent": "Kept after the browser closes",
+}
+
+
+def footer_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the footer shows of a session: each key under a readable name, the answers
+    first, each value as a person reads it (never a Python repr). Both demos use it."""
+    rows = [(label, str(data[key])) for key, label in FIELDS.items() if key in data]
+    for key in sorted(data):
+        if key in FIELDS:
+            continue
+        value = data[key]
+        if key == "_flashes":
+            shown = "; ".join(str(message) for _category, message in value)
+        elif key == "csrf_token":
+            shown = f"{str(value)[:8]}… (random)"
+        elif key == "_permanent":
+            shown = "yes" if value else "no"
+        else:
+            shown = str(value)
+        rows.append((INTERNAL.get(key, key), shown))
+    return rows
+
+
 #: How many independent session slots the demo offers.
 SLOTS = 3
 DEAD_COOKIE = "demo-ended-{slot}"
@@ -211,7 +247,8 @@ def describe_session(
         "cookie_name": cookie_name,
         "cookie_sent": cookie is not None,
         "data": dict(current),
-        "store": store,
+        "store": getattr(store, "wrapped", store),  # the store itself, not its async wrapper
+        "cookie_genuine": cookie is not None and manager.signer.unsign(cookie) is not None,
         "persistent": not isinstance(getattr(store, "wrapped", store), MemoryStore),
         "idle": timedelta(seconds=manager.settings.idle_timeout),
         "absolute": timedelta(seconds=manager.settings.absolute_timeout),
@@ -297,11 +334,8 @@ def create_app(
 
     @app.context_processor
     def footer() -> dict[str, Any]:
-        held = dict(session)
-        ordered = [(key, held.pop(key)) for key in FIELDS if key in held]
         return {
-            "fields": FIELDS,
-            "held": ordered + sorted(held.items()),
+            "held": footer_rows(session),
             "slot": g.get("slot", 1),
             "slots": range(1, SLOTS + 1),
             "persistent": not isinstance(app.extensions["satchel"].store, MemoryStore),

@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..asgi import Scope, SessionMiddleware, get_session
 from ..signing import store_key
 from ..stores import MemoryStore, Store
-from . import DEAD_COOKIE, FIELDS, SLOTS, describe_session, fingerprint, load_secret_key
+from . import DEAD_COOKIE, SLOTS, describe_session, fingerprint, footer_rows, load_secret_key
 
 __all__ = ["create_app"]
 
@@ -124,8 +124,6 @@ def create_app(
     def render(request: Request, slot: int, endpoint: str, template: str, **extra: Any) -> Response:
         session = get_session(request)
         manager = request.scope["satchel"]
-        held = dict(session)
-        ordered = [(key, held.pop(key)) for key in FIELDS if key in held]
         context = {
             "request": _Page(endpoint, request),
             "session": session,
@@ -136,8 +134,7 @@ def create_app(
                 if with_categories
                 else [message for _, message in _flashes(request)]
             ),
-            "fields": FIELDS,
-            "held": ordered + sorted(held.items()),
+            "held": footer_rows(session),
             "slot": slot,
             "slots": range(1, SLOTS + 1),
             "persistent": not isinstance(getattr(manager.store, "wrapped", None), MemoryStore),
