@@ -4,6 +4,7 @@
     python3 tasks.py demo [ARGS...]   run the questionnaire demo (SQLite store)
     python3 tasks.py test [ARGS...]   ruff, mypy --strict and the whole pytest suite
     python3 tasks.py bench [ARGS...]  the benchmark (bench/run.py; wrk for end to end)
+    python3 tasks.py docs             the documentation site, into build/docs
 
 Only the standard library is used here, so this works on a fresh machine with
 Python 3.11+. The environment lives in ``.venv`` and is reinstalled whenever
@@ -69,10 +70,17 @@ def bench(args: list[str]) -> None:
     run(PYTHON, "bench/run.py", *args)
 
 
+def docs(args: list[str]) -> None:
+    ensure_venv("dev")
+    out = ROOT / "build" / "docs"
+    run(PYTHON, "-m", "sphinx", "-W", "--keep-going", "-b", "html", ROOT / "docs", out, *args)
+    print(f"The documentation site is in {out}: open {out / 'index.html'}", flush=True)
+
+
 def main() -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - runs before anything is installed
         sys.exit(f"satchel needs Python 3.11 or newer, this is {sys.version.split()[0]}")
-    commands = {"demo": demo, "test": test, "bench": bench}
+    commands = {"demo": demo, "test": test, "bench": bench, "docs": docs}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(__doc__)
     commands[sys.argv[1]](sys.argv[2:])

@@ -1,7 +1,7 @@
 """Flask's own session tests, from the sdist of the installed Flask, run on satchel.
 
 A Flask release that changes how sessions behave shows up here: the test
-fails unless exactly the documented differences fail (README, "Differences from
+fails unless exactly the documented differences fail (docs/configuration.md, "Differences from
 Flask's own session"). The sdist is fetched with pip once and kept in ``build/``.
 """
 
