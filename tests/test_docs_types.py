@@ -1,0 +1,34 @@
+"""Every Python example in the README and docs/ passes mypy --strict, as an app's would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from .test_docs import BLOCKS
+
+
+def test_every_example_type_checks_strictly(tmp_path: Path) -> None:
+    """mypy --strict on each block as its own module. Flask-Login ships no types, so
+    subclassing its UserMixin and its untyped decorators are allowed, and nothing else."""
+    package = tmp_path / "examples"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    for n, (where, code) in enumerate(BLOCKS):
+        name = where.replace("/", "_").replace(".", "_").replace(":", "_")
+        (package / f"example_{n:02d}_{name}.py").write_text(code, encoding="utf-8")
+    config = tmp_path / "mypy.ini"
+    config.write_text(
+        "[mypy]\nstrict = True\n"
+        "[mypy-flask_login.*]\nignore_missing_imports = True\n"
+        "[mypy-examples.*]\ndisallow_subclassing_any = False\ndisallow_untyped_decorators = False\n"
+        "[mypy-prometheus_client.*]\nignore_missing_imports = True\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir",
+         str(tmp_path / ".mypy_cache"), "-p", "examples"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:]
