@@ -32,3 +32,34 @@ def test_every_example_type_checks_strictly(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_every_example_passes_pyright_strict(tmp_path: Path) -> None:
+    """basedpyright in strict mode on each block. Flask-Login ships no types: the blocks
+    that import it are checked strictly too, but for the rules about its unknown types."""
+    import json
+    import shutil
+
+    pyright = shutil.which("basedpyright", path=str(Path(sys.executable).parent))
+    assert pyright is not None, "basedpyright is in the dev extra"
+    typed, untyped = tmp_path / "typed", tmp_path / "flask_login_users"
+    for folder in (typed, untyped):
+        folder.mkdir()
+    for n, (_where, code) in enumerate(BLOCKS):
+        folder = untyped if "flask_login" in code else typed
+        (folder / f"example_{n:02d}.py").write_text(code, encoding="utf-8")
+    relaxed = dict.fromkeys(
+        ["reportMissingTypeStubs", "reportUnknownMemberType", "reportUnknownVariableType",
+         "reportUntypedFunctionDecorator", "reportUntypedBaseClass", "reportUnknownArgumentType"],
+        False,
+    )  # fmt: skip
+    for folder, rules in ((typed, {}), (untyped, relaxed)):
+        (folder / "pyrightconfig.json").write_text(
+            json.dumps({"typeCheckingMode": "strict", "pythonVersion": "3.11", **rules}),
+            encoding="utf-8",
+        )
+        result = subprocess.run(
+            [pyright, "--pythonpath", sys.executable, "--project", str(folder), str(folder)],
+            capture_output=True, text=True, timeout=600, cwd=folder,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-4000:]
