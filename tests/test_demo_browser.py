@@ -310,6 +310,27 @@ def test_phone_screen_and_keyboard(browser: Any, server: str) -> None:
     person.page.keyboard.press("Enter")
     person.page.wait_for_url("**/s/1/page2")
     person.shot("phone-page2")
+    # The footer's labels ("Form token (against forged forms)", ...) break only between
+    # words: no word of a label is split over two lines.
+    split = person.page.evaluate(
+        """() => [...document.querySelectorAll('#session-contents dt')].filter(dt => {
+            const range = document.createRange();
+            const words = [];
+            const text = dt.firstChild;
+            let start = 0;
+            for (const word of text.textContent.split(' ')) {
+                range.setStart(text, start);
+                range.setEnd(text, start + word.length);
+                if (range.getClientRects().length > 1) words.push(word);
+                start += word.length + 1;
+            }
+            return words.length > 0;
+        }).map(dt => dt.textContent)"""
+    )
+    assert person.page.locator("#session-contents dt").count() >= 2
+    assert split == []
+    person.go("/s/1/session")
+    person.shot("phone-session")
     assert person.errors() == []
     person.context.close()
 
