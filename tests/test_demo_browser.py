@@ -331,6 +331,20 @@ def test_phone_screen_and_keyboard(browser: Any, server: str) -> None:
     assert split == []
     person.go("/s/1/session")
     person.shot("phone-session")
+    # The stored record's key names ("csrf_token", "lastName") stay whole, each one line.
+    broken = person.page.evaluate(
+        """() => [...document.querySelectorAll('#record td.key code')].filter(code => {
+            const range = document.createRange();
+            range.selectNodeContents(code);
+            return range.getClientRects().length > 1;
+        }).map(code => code.textContent)"""
+    )
+    assert person.page.locator("#record td.key").count() >= 3
+    assert broken == []
+    overflow = person.page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0
     assert person.errors() == []
     person.context.close()
 
