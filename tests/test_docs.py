@@ -9,22 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-
-
-def python_blocks() -> list[tuple[str, str]]:
-    """(where, code) for each fenced ```python block of every document."""
-    found = []
-    for document in DOCUMENTS:
-        text = document.read_text(encoding="utf-8")
-        for match in re.finditer(r"^```python\n(.*?)^```", text, re.M | re.S):
-            line = text.count("\n", 0, match.start()) + 1
-            found.append((f"{document.relative_to(ROOT)}:{line}", match.group(1)))
-    return found
-
-
-BLOCKS = python_blocks()
+from .support.docs import BLOCKS, ROOT
 
 
 def test_the_documents_have_python_blocks() -> None:

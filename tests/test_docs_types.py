@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .test_docs import BLOCKS
+from .support.docs import BLOCKS
 
 
 def test_every_example_type_checks_strictly(tmp_path: Path) -> None:

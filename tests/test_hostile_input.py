@@ -25,6 +25,7 @@ from satchel.signing import CookieSigner
 from satchel.stores import SQLiteStore, Store
 
 from .conftest import SECRET
+from .support.values import same
 from .valkey import free_port
 
 GENERATED_COOKIES = 10_000
@@ -50,17 +51,6 @@ values = st.recursive(
     ),
     max_leaves=25,
 )
-
-
-def same(a: Any, b: Any) -> bool:
-    """Equal and of the same type all the way down."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return bool(a == b)
 
 
 @contextmanager

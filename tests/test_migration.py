@@ -12,7 +12,6 @@ import pickle
 import secrets
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,6 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, session
-from markupsafe import Markup
 
 from satchel import Satchel
 from satchel.errors import ConfigError
@@ -32,40 +30,15 @@ from satchel.signing import CookieSigner
 from satchel.stores import MemoryStore, Store
 
 from .conftest import SECRET, stored_keys
-from .test_hostile_input import same
+from .support.old_sessions import TYPED, cookie_after_set, cookie_session
+from .support.values import same
 from .valkey import ValkeyServer
 
 OLD_KEY = "the-key-the-app-used-before-its-rotation-0123456789"
 FOREIGN_KEY = "another-app-entirely-signed-this-cookie-0123456789"
 
 #: What the old app stored: every type Flask's tagged JSON keeps.
-TYPED = {
-    "tuple": (1, "two", (3.0,)),
-    "bytes": b"\x00\xffraw",
-    "when": datetime(2026, 11, 1, 12, 30, 5, tzinfo=UTC),
-    "markup": Markup("<b>bold</b>"),
-    "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
-    "nested": {"cart": [{"sku": "A-1", "qty": 2}], " di": "a key that looks like a tag"},
-    "list": [1, [2, [3]], None, True],
-    "name": "Ada",
-}
-
-
 # -- the apps before and after ---------------------------------------------------
-
-
-def cookie_session(key: str = SECRET, data: dict[str, Any] | None = None) -> str:
-    """A genuine Flask cookie session, made by a plain Flask app signing with ``key``."""
-    old = Flask("before_satchel")
-    old.config["SECRET_KEY"] = key
-
-    @old.get("/set")
-    def set_() -> str:
-        session.update(TYPED if data is None else data)
-        session.permanent = True
-        return "ok"
-
-    return cookie_after_set(old)
 
 
 def flask_session_app(url: str, **config: Any) -> Flask:
@@ -98,15 +71,6 @@ def flask_session_app(url: str, **config: Any) -> Flask:
         return repr(dict(session))
 
     return old
-
-
-def cookie_after_set(old: Flask) -> str:
-    """The session cookie the old app sets on ``/set``."""
-    client = old.test_client()
-    client.get("/set")
-    cookie = client.get_cookie("session")
-    assert cookie is not None
-    return cookie.value
 
 
 def satchel_app(store: Store, **config: Any) -> Flask:

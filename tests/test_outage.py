@@ -15,6 +15,7 @@ from satchel.stores import RedisStore, SQLiteStore, Store
 from satchel.stores._tracking import TRUST
 
 from .conftest import SECRET, stored_keys
+from .support.responses import assert_clean_503
 from .valkey import ValkeyServer
 
 
@@ -48,14 +49,6 @@ def own_store(request: pytest.FixtureRequest, own_valkey: ValkeyServer) -> Itera
     store = RedisStore.from_url(own_valkey.url, cache="8MB" if request.param == "cached" else 0)
     yield store
     store.close()
-
-
-def assert_clean_503(response: object, caplog: pytest.LogCaptureFixture) -> None:
-    assert response.status_code == 503  # type: ignore[attr-defined]
-    assert response.mimetype == "text/plain"  # type: ignore[attr-defined]
-    assert b"session store" in response.data  # type: ignore[attr-defined]
-    assert b"Traceback" not in response.data  # type: ignore[attr-defined]
-    assert not any(r.exc_info for r in caplog.records), "no traceback is logged"
 
 
 def test_store_down_gives_503_then_recovers(

@@ -298,7 +298,7 @@ def test_config_is_checked_as_the_flask_adapter_does() -> None:
 
 def test_a_flask_cookie_session_is_imported_once(store: Store) -> None:
     """SATCHEL_MIGRATE_FROM on Quart: the old cookie's data, a new cookie, once only."""
-    from .test_migration import cookie_session
+    from .support.old_sessions import cookie_session
 
     old_cookie = cookie_session(SECRET, {"user": "ada", "cart": ["tea"]})
     app = make_quart(store, SATCHEL_MIGRATE_FROM="flask-cookie", SATCHEL_MIGRATE_OVERLAP=0)

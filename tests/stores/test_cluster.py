@@ -206,29 +206,6 @@ def test_failover_under_load(cluster: ValkeyCluster, capsys: Any) -> None:
     store.close()
 
 
-def test_revoke_all_ends_every_login_made_during_listings_on_a_cluster(
-    cluster_store: RedisStore,
-) -> None:
-    """Hardening item 1 on a Cluster: 300 logins racing listings, all ended by revoke_all."""
-    from ..test_hardening import client_with, logins_race_listings, owner_app
-
-    app = owner_app(cluster_store, "mallory")
-    cookies = logins_race_listings(app, "mallory")
-    with app.app_context():
-        assert len(Satchel.list_sessions("mallory")) == 300
-        assert Satchel.revoke_all("mallory", keep_current=False) == 300
-    assert [c for c in cookies if client_with(app, c).get("/read").json != {}] == []
-
-
-def test_regenerate_in_flight_does_not_revive_a_cleared_session_on_a_cluster(
-    cluster_store: RedisStore,
-) -> None:
-    """Hardening item 5 on a Cluster, where the move takes the old record across slots."""
-    from ..test_hardening import test_regenerate_in_flight_does_not_revive_a_cleared_session
-
-    test_regenerate_in_flight_does_not_revive_a_cleared_session(cluster_store)
-
-
 def test_cluster_eviction_policy_is_read_on_every_primary(cluster_store: RedisStore) -> None:
     """The start-up check asks each primary; a default cluster reports nothing."""
     assert cluster_store.config_problems() == []
@@ -239,45 +216,6 @@ def test_cluster_eviction_policy_is_read_on_every_primary(cluster_store: RedisSt
         assert "allkeys-lru" in problem and node.name in problem
     finally:
         cluster_store.client.config_set("maxmemory-policy", "noeviction", target_nodes=node)  # type: ignore[call-arg]
-
-
-def test_admin_commands_on_a_cluster(cluster_store: RedisStore) -> None:
-    """stats counts across every primary; show finds a reference prefix; revoke-owner ends all."""
-    import json
-
-    from ..test_hardening import owner_app
-
-    app = owner_app(cluster_store, "ada")
-    for _ in range(12):
-        app.test_client().get("/login")
-    runner = app.test_cli_runner()
-    stats = json.loads(runner.invoke(args=["satchel", "stats", "--json"]).output)
-    assert (stats["live_sessions"], stats["owners"]) == (12, 1)
-    ref = next(iter(cluster_store.references()))
-    shown = runner.invoke(args=["satchel", "show", ref[:10], "--json"])
-    assert json.loads(shown.output)["reference"] == ref
-    ended = runner.invoke(args=["satchel", "revoke-owner", "ada", "--json"])
-    assert json.loads(ended.output) == {"owner": "ada", "revoked": 12}
-
-
-def test_overlapping_appends_merge_on_a_cluster(cluster_store: RedisStore) -> None:
-    """Same-key merges on a Cluster: 40 requests all load, then all append: 40 kept."""
-    from ..test_merge import forty_overlapping_appends
-
-    forty_overlapping_appends(cluster_store)
-
-
-def test_migration_on_a_cluster(cluster_store: RedisStore) -> None:
-    """Old cookies are imported once on a Cluster too; overlapping first requests share one."""
-    from ..test_migration import cookie_session, overlapping_first_visits, satchel_app, visit
-
-    app = satchel_app(cluster_store)
-    results = overlapping_first_visits(app, cookie_session())
-    assert results["a"] is not None and results["a"] == results["b"]
-    assert Satchel.stats(app)["migrated"] == 1
-    seen, _ = visit(app, results["a"])
-    assert seen is not None and seen["name"] == "Ada" and seen["a"] and seen["b"]
-    assert len(list(cluster_store.references())) == 1
 
 
 def test_a_cached_store_after_a_failover_reads_what_was_written(cluster: ValkeyCluster) -> None:

@@ -20,7 +20,7 @@ from satchel.stores.postgres import SCHEMA, PostgresStore
 
 from ..conftest import SECRET
 from ..postgres import PostgresServer
-from ..test_outage import assert_clean_503
+from ..support.responses import assert_clean_503
 
 
 def report(line: str) -> None:
