@@ -199,9 +199,10 @@ def test_writes_persist_with_starlettes_cookie(store: Store) -> None:
         ):
             first = await client.get("/incr")
             header = first.headers["set-cookie"]
-            assert "Max-Age=3600" in header and "HttpOnly" in header and "Secure" in header
-            assert "SameSite=Lax" in header and "Path=/" in header
-            assert "Domain=testserver" in header
+            # Starlette's own format, attribute for attribute and in its order.
+            assert header.split("=", 1)[1].split("; ", 1)[1] == (
+                "path=/; Max-Age=3600; httponly; samesite=lax; secure; domain=testserver"
+            )
             cookie = cookie_of(first)
             assert cookie is not None
             for n in (2, 3):
@@ -462,7 +463,7 @@ def test_bad_settings_are_refused_at_start() -> None:
     with pytest.raises(ConfigError, match="same_site"):
         SessionMiddleware(inner, secret_key=SECRET, same_site="sideways", store="memory://")
     with pytest.raises(ConfigError, match="max_age"):
-        SessionMiddleware(inner, secret_key=SECRET, max_age=0, store="memory://")
+        SessionMiddleware(inner, secret_key=SECRET, max_age="a week", store="memory://")
     with pytest.raises(ConfigError, match="session_cookie"):
         SessionMiddleware(inner, secret_key=SECRET, session_cookie="a b", store="memory://")
     with pytest.raises(ConfigError, match="idle_timeout"):
@@ -657,3 +658,91 @@ def test_key_errors_and_warnings_speak_the_middlewares_own_words(
     assert not any("SECRET_KEY" in m for m in messages)
     with pytest.raises(ConfigError, match=r"secret_key is .*\(strict_secret is set\)"):
         SessionMiddleware(Starlette(), secret_key="dev", strict_secret=True, store=MemoryStore())
+
+
+async def _untouched(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("no session used")
+
+
+def _starlette_style_app(store: Any, **options: Any) -> Any:
+    routes = [*ROUTES, Route("/untouched", _untouched)]
+    return SessionMiddleware(Starlette(routes=routes), secret_key=SECRET, store=store, **options)
+
+
+def test_set_cookie_and_vary_only_when_starlette_would(store: Store) -> None:
+    """A cookie on a create, a change, a regenerate, an end, or when the idle refresh is
+    due, and on no other response; Vary: Cookie only when the view used the session."""
+    import time as clock
+
+    async def check() -> None:
+        app = _starlette_style_app(store, idle_timeout=10)  # refreshes at most every 1 s
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+            created = await client.get("/set/a/1")
+            assert cookie_of(created) is not None and created.headers["vary"] == "Cookie"
+            read = await client.get("/")
+            assert read.json() == {"a": "1"}
+            assert "set-cookie" not in read.headers and read.headers["vary"] == "Cookie"
+            untouched = await client.get("/untouched")
+            assert "set-cookie" not in untouched.headers and "vary" not in untouched.headers
+            changed = await client.get("/set/b/2")
+            assert cookie_of(changed) == cookie_of(created)  # renewed, same ID
+            clock.sleep(1.1)  # the idle refresh is due now
+            refreshed = await client.get("/")
+            assert cookie_of(refreshed) == cookie_of(created)
+            assert "set-cookie" not in (await client.get("/")).headers  # and not again
+            renewed = await client.get("/login/ada")
+            assert cookie_of(renewed) not in (None, "", cookie_of(created))
+            ended = await client.get("/clear")
+            assert "Max-Age=0" in ended.headers["set-cookie"]
+        await app.store.close()
+
+    run(check)
+
+
+@pytest.mark.parametrize("max_age", [0, -10])
+def test_max_age_zero_and_negative_mean_what_they_mean_to_starlette(max_age: int) -> None:
+    """max_age=0 sends the cookie with Max-Age=0, a negative one an already expired cookie,
+    as Starlette's own middleware does; neither is a ConfigError."""
+
+    async def check() -> None:
+        app = _starlette_style_app(MemoryStore(), max_age=max_age)
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+            header = (await client.get("/set/a/1")).headers["set-cookie"]
+            assert f"; path=/; Max-Age={max_age}; httponly; samesite=lax" in header
+        await app.store.close()
+
+    run(check)
+
+
+def test_an_apps_own_starlette_style_cookie_assertions_pass() -> None:
+    """What a FastAPI app's tests written against Starlette's middleware read, unchanged."""
+
+    async def check() -> None:
+        api = FastAPI()
+        api.add_middleware(
+            SessionMiddleware, secret_key=SECRET, store="memory://", https_only=True,
+            domain="example.com", same_site="strict",
+        )  # fmt: skip
+
+        @api.get("/login")
+        async def login(request: Request) -> dict[str, str]:
+            request.session["user"] = "ada"
+            return {"ok": "yes"}
+
+        @api.get("/health")
+        async def health() -> dict[str, str]:
+            return {"status": "ok"}
+
+        transport = httpx.ASGITransport(api)
+        async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
+            response = await client.get("/login")
+            cookie = response.headers["set-cookie"]
+            for expected in ("path=/", "httponly", "samesite=strict", "secure",
+                             "domain=example.com", "Max-Age=1209600"):  # fmt: skip
+                assert expected in cookie.split("; "), (expected, cookie)
+            health = await client.get("/health")
+            assert "set-cookie" not in health.headers and "vary" not in health.headers
+
+    run(check)

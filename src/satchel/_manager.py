@@ -84,6 +84,10 @@ class Outcome:
     alive: bool = False
     #: The browser holds a cookie that no longer names a session: expire it.
     delete_cookie: bool = False
+    #: The save wrote this request's changes to the record (same ID).
+    wrote: bool = False
+    #: The save moved the record's idle expiry (an unchanged session, refresh due).
+    refreshed: bool = False
 
 
 _ALIVE = Outcome(alive=True)
@@ -375,7 +379,8 @@ class Lifecycle:
         )
         result, _ = yield from self._merging_save_steps(session, key, change, False, key)
         self.counters.add("saves")
-        return self._saved(session, result)
+        outcome = self._saved(session, result)
+        return replace(outcome, wrote=True) if outcome.alive else outcome
 
     def _merging_save_steps(
         self, session: Session, key: str, change: Change, create: bool, source: str
@@ -548,7 +553,8 @@ class Lifecycle:
         assert session.session_id is not None
         ok = yield ("touch", store_key(session.session_id), now, self._expiry(record, now))
         self.counters.add("touches")
-        return self._saved(session, int(ok))
+        outcome = self._saved(session, int(ok))
+        return replace(outcome, refreshed=True) if outcome.alive else outcome
 
     def _refresh_due(self, record: Record, now: float) -> bool:
         """Whether an unchanged session's idle expiry is old enough to move now."""

@@ -68,7 +68,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 DEFAULT_MAX_AGE = 14 * 24 * 60 * 60
 #: Where sessions live when no store is given: a SQLite file in the working directory.
 DEFAULT_SQLITE_PATH = "satchel-sessions.sqlite3"
-_SAME_SITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+_SAME_SITE = ("lax", "strict", "none")
 _EXPIRED = "Thu, 01 Jan 1970 00:00:00 GMT"
 
 
@@ -149,14 +149,16 @@ class SessionMiddleware:
         signer = signer_for(secret_key, fallbacks, strict=strict_secret, names=ASGI_KEY_NAMES)
         if not isinstance(session_cookie, str) or not _is_token(session_cookie):
             raise ConfigError(f"session_cookie must be a cookie name, not {session_cookie!r}")
-        if max_age is not None and (
-            not isinstance(max_age, int) or isinstance(max_age, bool) or max_age <= 0
-        ):
-            raise ConfigError(f"max_age must be a positive int or None, not {max_age!r}")
+        if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool)):
+            raise ConfigError(f"max_age must be an int (seconds) or None, not {max_age!r}")
         if not isinstance(same_site, str) or same_site.lower() not in _SAME_SITE:
             raise ConfigError(f"same_site must be 'lax', 'strict' or 'none', not {same_site!r}")
         settings = make_settings(
-            idle_timeout=idle_timeout if idle_timeout is not None else max_age or DEFAULT_MAX_AGE,
+            # As long as the cookie lives; a cookie Starlette would send already expired
+            # (max_age 0 or less) leaves the server's record the default two weeks.
+            idle_timeout=idle_timeout
+            if idle_timeout is not None
+            else (max_age if max_age is not None and max_age > 0 else DEFAULT_MAX_AGE),
             absolute_timeout=absolute_timeout,
             max_size=max_size,
             locking=locking,
@@ -169,18 +171,20 @@ class SessionMiddleware:
         self.session_cookie = session_cookie
         self.max_age = max_age
         self.track_client = bool(track_client)
-        attributes = [f"Path={path}"]
-        if domain:
-            attributes.append(f"Domain={domain}")
-        attributes += ["HttpOnly", f"SameSite={_SAME_SITE[same_site.lower()]}"]
+        # Written as Starlette's own middleware writes its cookie (lower-case attributes,
+        # in its order), so an app's tests that read the header keep passing.
+        flags = f"httponly; samesite={same_site.lower()}"
         if https_only:
-            attributes.append("Secure")
+            flags += "; secure"
+        if domain:
+            flags += f"; domain={domain}"
         if partitioned:
-            attributes.append("Partitioned")
-        tail = "; " + "; ".join(attributes)
-        lifetime = "" if max_age is None else f"; Max-Age={max_age}"
-        self._set_tail = (lifetime + tail).encode("latin-1")
-        self._delete_tail = f"; Max-Age=0; Expires={_EXPIRED}{tail}".encode("latin-1")
+            flags += "; partitioned"
+        lifetime = "" if max_age is None else f"Max-Age={max_age}; "
+        self._set_tail = f"; path={path}; {lifetime}{flags}".encode("latin-1")
+        self._delete_tail = f"; path={path}; expires={_EXPIRED}; Max-Age=0; {flags}".encode(
+            "latin-1"
+        )
         self._prefix = session_cookie.encode("latin-1") + b"="
         #: A function of the scope that names the request's cookie (several
         #: independent sessions in one browser); ``session_cookie`` when ``None``.
@@ -241,12 +245,18 @@ class SessionMiddleware:
         if outcome.delete_cookie:
             headers.append((b"set-cookie", name + self._delete_tail))
         elif outcome.new_cookie is not None or (
-            outcome.alive and self.max_age is not None and session.session_id is not None
+            # Same ID: the cookie goes out again only to renew its Max-Age, when the save
+            # wrote or moved the idle expiry (at most once a refresh interval), not on
+            # every response, so shared caches can keep responses that send none.
+            outcome.alive
+            and self.max_age is not None
+            and session.session_id is not None
+            and (outcome.wrote or outcome.refreshed)
         ):
             assert session.session_id is not None
             value = outcome.new_cookie or session._cookie or self.manager.sign(session.session_id)
             headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
-        if vary and (headers or session.accessed):
+        if vary and session.accessed:  # as Starlette: only a response that used the session
             headers.append((b"vary", b"Cookie"))
         return headers
 
