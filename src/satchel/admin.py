@@ -103,18 +103,28 @@ def _revoking(manager: Lifecycle) -> None:
         raise ConfigError(f"{manager.store!r} cannot list its sessions")
 
 
-def revoke_steps(manager: Lifecycle, reference: str) -> Steps[bool]:
+def revoke_steps(
+    manager: Lifecycle, reference: str, current: Session | None = None
+) -> Steps[bool]:
     """End the session ``reference`` names at once; ``False`` if it was not there.
 
     A session that moved to a new ID (``regenerate()``) after its reference was
-    read is followed and ended too.
+    read is followed and ended too. When ``reference`` is the requester's own
+    session (``current``), the request goes on without it: the view sees an empty
+    session and the response expires the cookie, on every adapter.
     """
     _revoking(manager)
-    return bool((yield ("revoke", (reference,), None, None)))
+    ended = bool((yield ("revoke", (reference,), None, None)))
+    if current is not None and current_reference(current) == reference:
+        current._ended_elsewhere()
+    return ended
 
 
 def revoke_all_steps(
-    manager: Lifecycle, owner: str | int, keep: Session | None = None
+    manager: Lifecycle,
+    owner: str | int,
+    keep: Session | None = None,
+    current: Session | None = None,
 ) -> Steps[int]:
     """End every session of ``owner`` except ``keep``'s; return how many ended.
 
@@ -122,11 +132,22 @@ def revoke_all_steps(
     anything else raises :class:`TypeError` (``None`` too: it would mean everyone).
     Every session of the owner that was live when the call began is over when it
     returns, whatever regenerates overlap it (see
-    :meth:`~satchel.stores.ListingStore.revoke`).
+    :meth:`~satchel.stores.ListingStore.revoke`). When the requester's own session
+    (``current``, not kept) was one of them, the request goes on without it, as
+    after :func:`revoke_steps` of it.
     """
     owner = owner_text(owner)
     _revoking(manager)
+    mine = current is not None and keep is None and current.session_id is not None
+    if mine:
+        assert current is not None
+        if not current._loaded:  # a lazily loaded (Flask) session: whose is it?
+            yield from manager._fill_steps(current)
+        mine = current.record is not None and current._owner == owner
     ended: int = yield ("revoke", (), owner, current_reference(keep))
+    if mine:
+        assert current is not None
+        current._ended_elsewhere()
     return ended
 
 
@@ -137,18 +158,29 @@ def list_sessions(
     return manager.run(list_sessions_steps(manager, owner, current))
 
 
-def revoke(manager: SessionManager, reference: str) -> bool:
-    """End the session ``reference`` names at once; ``False`` if it was not there."""
-    return manager.run(revoke_steps(manager, reference))
+def revoke(
+    manager: SessionManager, reference: str, current: Session | None = None
+) -> bool:
+    """End the session ``reference`` names at once; ``False`` if it was not there.
+
+    See :func:`revoke_steps` for ``current``.
+    """
+    return manager.run(revoke_steps(manager, reference, current))
 
 
-def revoke_all(manager: SessionManager, owner: str | int, keep: Session | None = None) -> int:
+def revoke_all(
+    manager: SessionManager,
+    owner: str | int,
+    keep: Session | None = None,
+    current: Session | None = None,
+) -> int:
     """End every session of ``owner`` except ``keep``'s; return how many ended.
 
     ``owner`` is a ``str`` or an ``int``, as given to ``regenerate(owner=...)``;
     anything else raises :class:`TypeError` (``None`` too: it would mean everyone).
+    See :func:`revoke_all_steps` for ``current``.
     """
-    return manager.run(revoke_all_steps(manager, owner, keep))
+    return manager.run(revoke_all_steps(manager, owner, keep, current))
 
 
 def stats(manager: Lifecycle) -> dict[str, int]:

@@ -413,7 +413,7 @@ async def list_sessions(
 async def revoke(connection: HTTPConnection, reference: str) -> bool:
     """End the session ``reference`` names; ``False`` if it did not exist."""
     manager = _manager(connection)
-    return await manager.run(revoke_steps(manager, reference))
+    return await manager.run(revoke_steps(manager, reference, get_session(connection)))
 
 
 async def revoke_all(
@@ -424,8 +424,9 @@ async def revoke_all(
     With ``keep_current`` the requester's own session lives on.
     """
     manager = _manager(connection)
-    keep = get_session(connection) if keep_current else None
-    return await manager.run(revoke_all_steps(manager, owner, keep))
+    current = get_session(connection)
+    keep = current if keep_current else None
+    return await manager.run(revoke_all_steps(manager, owner, keep, current))
 
 
 def stats(connection: HTTPConnection) -> dict[str, int]:

@@ -480,7 +480,7 @@ class Satchel:
     @staticmethod
     def revoke(reference: str, app: Flask | None = None) -> bool:
         """End the session ``reference`` names; ``False`` if it did not exist."""
-        return revoke(_manager(app), reference)
+        return revoke(_manager(app), reference, _current())
 
     @staticmethod
     def revoke_all(owner: str | int, keep_current: bool = True, app: Flask | None = None) -> int:
@@ -490,7 +490,8 @@ class Satchel:
 
         With ``keep_current`` (inside a request) the visitor's own session lives on.
         """
-        return revoke_all(_manager(app), owner, _current() if keep_current else None)
+        current = _current()
+        return revoke_all(_manager(app), owner, current if keep_current else None, current)
 
     @staticmethod
     def stats(app: Flask | None = None) -> dict[str, int]:

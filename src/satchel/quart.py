@@ -241,7 +241,7 @@ class Satchel:
     async def revoke(reference: str, app: Quart | None = None) -> bool:
         """End the session ``reference`` names; ``False`` if it did not exist."""
         manager = _manager(app)
-        return await manager.run(revoke_steps(manager, reference))
+        return await manager.run(revoke_steps(manager, reference, _current()))
 
     @staticmethod
     async def revoke_all(
@@ -249,8 +249,9 @@ class Satchel:
     ) -> int:
         """End ``owner``'s sessions; with ``keep_current`` the requester's own lives on."""
         manager = _manager(app)
-        keep = _current() if keep_current else None
-        return await manager.run(revoke_all_steps(manager, owner, keep))
+        current = _current()
+        keep = current if keep_current else None
+        return await manager.run(revoke_all_steps(manager, owner, keep, current))
 
     @staticmethod
     def stats(app: Quart | None = None) -> dict[str, int]:

@@ -310,6 +310,25 @@ class Session(MutableMapping[str, Any]):
         self._regenerating = False  # clearing ends the session, whatever came before
         self._drop_old = self.session_id is not None or self._drop_old
 
+    def _ended_elsewhere(self) -> None:
+        """The stored record was ended by a revoke this request made (its own session, or
+        all of its owner's): forget it at once, as a clear() would, but with nothing left
+        to delete. The view sees an empty session, the response expires the cookie, and
+        anything stored afterwards goes into a new session with a new ID."""
+        self.accessed = True
+        self._loaded = True
+        self._migrating = None
+        for held in (self._data, self._raw, self._pending, self._fresh):
+            held.clear()
+        self._touched.clear()
+        self._deleted.clear()
+        self._replaced.clear()
+        self.record = self._origin = None
+        self._owner = None
+        self._regenerating = self._drop_old = False
+        self._stale_cookie = self.session_id is not None or self._stale_cookie
+        self.session_id = None
+
     def regenerate(self, owner: str | int | None = None) -> None:
         """Keep the data but move it to a new ID, deleting the old record.
 
@@ -415,6 +434,10 @@ class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
     def clear(self) -> None:
         """Forget everything: see :meth:`Session.clear`."""
         super().clear()
+        dict.clear(self)
+
+    def _ended_elsewhere(self) -> None:
+        super()._ended_elsewhere()
         dict.clear(self)
 
     #: ``name=`` of the cookie this session came in (and goes out) under.
