@@ -103,9 +103,7 @@ def _revoking(manager: Lifecycle) -> None:
         raise ConfigError(f"{manager.store!r} cannot list its sessions")
 
 
-def revoke_steps(
-    manager: Lifecycle, reference: str, current: Session | None = None
-) -> Steps[bool]:
+def revoke_steps(manager: Lifecycle, reference: str, current: Session | None = None) -> Steps[bool]:
     """End the session ``reference`` names at once; ``False`` if it was not there.
 
     A session that moved to a new ID (``regenerate()``) after its reference was
@@ -158,9 +156,7 @@ def list_sessions(
     return manager.run(list_sessions_steps(manager, owner, current))
 
 
-def revoke(
-    manager: SessionManager, reference: str, current: Session | None = None
-) -> bool:
+def revoke(manager: SessionManager, reference: str, current: Session | None = None) -> bool:
     """End the session ``reference`` names at once; ``False`` if it was not there.
 
     See :func:`revoke_steps` for ``current``.
