@@ -590,18 +590,9 @@ class _RedisRules:
             yield ("call", "ZREM", self._owner_key(owner or ""), *gone)
         return len(ended)
 
-    def _kill_batches(self, keys: list[str]) -> list[tuple[list[str], list[str]]]:
-        """The KILL script's calls for ``keys``: (store keys, script keys) per call.
-
-        On one server, 500 records a call; on a Cluster, one (a call's keys share a slot).
-        """
-        size = 1 if self._cluster else 500
-        batches = []
-        for first in range(0, len(keys), size):
-            batch = keys[first : first + size]
-            names = [n for key in batch for n in (self._key(key), self._note_key(key))]
-            batches.append((batch, names))
-        return batches
+    def _kill_names(self, key: str) -> list[str]:
+        """The KILL script's keys for one record: the record and its note (one slot)."""
+        return [self._key(key), self._note_key(key)]
 
     def _touch_op(self, key: str, touched_at: float, expires_at: float) -> Op:
         args = [repr(touched_at), repr(expires_at), _ms(expires_at)]
@@ -1008,9 +999,9 @@ class RedisStore(_RedisRules):
             return self._kill_pipelined(op[1])
         if kind == "kill":
             replies = []
-            for batch, names in self._kill_batches(op[1]):
-                forget = tuple(self._key(key) for key in batch)
-                replies += self._run(KILL, names, [], forget=forget)
+            for key in op[1]:  # a Cluster's, with the cache on: each by its node's connection
+                names = self._kill_names(key)
+                replies += self._run(KILL, names, [], forget=(names[0],))
                 self._fence_after(names[0])
             return replies
         with self._errors():
@@ -1117,8 +1108,8 @@ class RedisStore(_RedisRules):
     def delete(self, key: str) -> None:
         """Delete the hash (on a Cluster, and note that it ended: see :data:`_KILL`)."""
         if self._cluster:
-            names = [self._key(key), self._note_key(key)]
-            self._run(KILL, names, [], forget=(self._key(key),))
+            names = self._kill_names(key)
+            self._run(KILL, names, [], forget=(names[0],))
             self._fence_after(names[0])
         elif self._tracked is None:
             self._call("DEL", self._key(key))
@@ -1347,10 +1338,9 @@ class AsyncRedisStore(_RedisRules):
             await self._fence_after("")
             return reply
         if kind == "kill":
-            batches = self._kill_batches(op[1])
-            calls = [self._run(KILL, names, []) for _, names in batches]
+            calls = [self._run(KILL, self._kill_names(key), []) for key in op[1]]
             replies = [reply for each in await asyncio.gather(*calls) for reply in each]
-            await asyncio.gather(*(self._fence_after(names[0]) for _, names in batches))
+            await asyncio.gather(*(self._fence_after(self._key(key)) for key in op[1]))
             return replies
         try:
             if not self._ready:
@@ -1379,7 +1369,7 @@ class AsyncRedisStore(_RedisRules):
     async def delete(self, key: str) -> None:
         """Delete the hash (on a Cluster, and note that it ended: see :data:`_KILL`)."""
         if self._cluster:
-            await self._run(KILL, [self._key(key), self._note_key(key)], [])
+            await self._run(KILL, self._kill_names(key), [])
         else:
             await self._call("DEL", self._key(key))
         await self._fence_after(self._key(key))
