@@ -81,9 +81,14 @@ def records(
     return _listing(manager).records(None if owner is None else owner_text(owner))
 
 
-def _records_steps(manager: Lifecycle, owner: str | int | None) -> Steps[list[tuple[str, Record]]]:
+def _require_listing(manager: Lifecycle) -> None:
+    """Refuse a store that cannot list (sync or async, as the manager's protocol says)."""
     if not isinstance(manager.store, manager._listing_protocol):
         raise ConfigError(f"{manager.store!r} cannot list its sessions")
+
+
+def _records_steps(manager: Lifecycle, owner: str | int | None) -> Steps[list[tuple[str, Record]]]:
+    _require_listing(manager)
     found = yield ("records", None if owner is None else owner_text(owner))
     return list(found)
 
@@ -98,11 +103,6 @@ def list_sessions_steps(
     return sorted(infos, key=lambda info: info.last_seen, reverse=True)
 
 
-def _revoking(manager: Lifecycle) -> None:
-    if not isinstance(manager.store, manager._listing_protocol):
-        raise ConfigError(f"{manager.store!r} cannot list its sessions")
-
-
 def revoke_steps(manager: Lifecycle, reference: str, current: Session | None = None) -> Steps[bool]:
     """End the session ``reference`` names at once; ``False`` if it was not there.
 
@@ -111,7 +111,7 @@ def revoke_steps(manager: Lifecycle, reference: str, current: Session | None = N
     session (``current``), the request goes on without it: the view sees an empty
     session and the response expires the cookie, on every adapter.
     """
-    _revoking(manager)
+    _require_listing(manager)
     ended = bool((yield ("revoke", (reference,), None, None)))
     if current is not None and current_reference(current) == reference:
         current._ended_elsewhere()
@@ -135,7 +135,7 @@ def revoke_all_steps(
     after :func:`revoke_steps` of it.
     """
     owner = owner_text(owner)
-    _revoking(manager)
+    _require_listing(manager)
     mine = current is not None and keep is None and current.session_id is not None
     if mine:
         assert current is not None

@@ -288,36 +288,15 @@ class Session(MutableMapping[str, Any]):
         self.update(other)
         return self
 
-    def clear(self) -> None:
-        """Forget everything: the stored record is deleted when the request ends.
-
-        The old cookie is dead from then on; anything stored after this call
-        goes into a new session with a new ID.
-        """
+    def _forget(self) -> None:
+        """Drop everything held, as if nothing had been loaded: what :meth:`clear` and a
+        revoke of this session (:meth:`_ended_elsewhere`) share."""
         self.accessed = True
         if self._migrating is not None:
             # Never imported, and must not be later: the old cookie is expired instead.
             self._migrating = None
             self._stale_cookie = True
         self._loaded = True
-        self._data.clear()
-        self._raw.clear()
-        self._pending.clear()
-        self._touched.clear()
-        self._deleted.clear()
-        self.record = self._origin = None
-        self._owner = None
-        self._regenerating = False  # clearing ends the session, whatever came before
-        self._drop_old = self.session_id is not None or self._drop_old
-
-    def _ended_elsewhere(self) -> None:
-        """The stored record was ended by a revoke this request made (its own session, or
-        all of its owner's): forget it at once, as a clear() would, but with nothing left
-        to delete. The view sees an empty session, the response expires the cookie, and
-        anything stored afterwards goes into a new session with a new ID."""
-        self.accessed = True
-        self._loaded = True
-        self._migrating = None
         for held in (self._data, self._raw, self._pending, self._fresh):
             held.clear()
         self._touched.clear()
@@ -325,7 +304,24 @@ class Session(MutableMapping[str, Any]):
         self._replaced.clear()
         self.record = self._origin = None
         self._owner = None
-        self._regenerating = self._drop_old = False
+        self._regenerating = False  # ending the session, whatever came before
+
+    def clear(self) -> None:
+        """Forget everything: the stored record is deleted when the request ends.
+
+        The old cookie is dead from then on; anything stored after this call
+        goes into a new session with a new ID.
+        """
+        self._forget()
+        self._drop_old = self.session_id is not None or self._drop_old
+
+    def _ended_elsewhere(self) -> None:
+        """The stored record was ended by a revoke this request made (its own session, or
+        all of its owner's): forget it at once, as a clear() would, but with nothing left
+        to delete. The view sees an empty session, the response expires the cookie, and
+        anything stored afterwards goes into a new session with a new ID."""
+        self._forget()
+        self._drop_old = False
         self._stale_cookie = self.session_id is not None or self._stale_cookie
         self.session_id = None
 
@@ -431,13 +427,8 @@ class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
-    def clear(self) -> None:
-        """Forget everything: see :meth:`Session.clear`."""
-        super().clear()
-        dict.clear(self)
-
-    def _ended_elsewhere(self) -> None:
-        super()._ended_elsewhere()
+    def _forget(self) -> None:
+        super()._forget()
         dict.clear(self)
 
     #: ``name=`` of the cookie this session came in (and goes out) under.
