@@ -544,7 +544,7 @@ class _RedisRules:
 
     def _restore_steps(self, key: str, target: str, raw: list[bytes], base: Record) -> Steps[bool]:
         """Put back a record taken by a move that could not complete; False if revoked."""
-        keys = [self._key(key), self._note_key(key)]
+        keys = self._record_and_note(key)
         return bool((yield ("script", RESTORE, keys, [target, _ms(base.expires_at), *raw])))
 
     def _revoke_steps(
@@ -590,8 +590,8 @@ class _RedisRules:
             yield ("call", "ZREM", self._owner_key(owner or ""), *gone)
         return len(ended)
 
-    def _kill_names(self, key: str) -> list[str]:
-        """The KILL script's keys for one record: the record and its note (one slot)."""
+    def _record_and_note(self, key: str) -> list[str]:
+        """A record's name and its note's (one slot): the keys of KILL and RESTORE."""
         return [self._key(key), self._note_key(key)]
 
     def _touch_op(self, key: str, touched_at: float, expires_at: float) -> Op:
@@ -1000,7 +1000,7 @@ class RedisStore(_RedisRules):
         if kind == "kill":
             replies = []
             for key in op[1]:  # a Cluster's, with the cache on: each by its node's connection
-                names = self._kill_names(key)
+                names = self._record_and_note(key)
                 replies += self._run(KILL, names, [], forget=(names[0],))
                 self._fence_after(names[0])
             return replies
@@ -1108,7 +1108,7 @@ class RedisStore(_RedisRules):
     def delete(self, key: str) -> None:
         """Delete the hash (on a Cluster, and note that it ended: see :data:`_KILL`)."""
         if self._cluster:
-            names = self._kill_names(key)
+            names = self._record_and_note(key)
             self._run(KILL, names, [], forget=(names[0],))
             self._fence_after(names[0])
         elif self._tracked is None:
@@ -1338,7 +1338,7 @@ class AsyncRedisStore(_RedisRules):
             await self._fence_after("")
             return reply
         if kind == "kill":
-            calls = [self._run(KILL, self._kill_names(key), []) for key in op[1]]
+            calls = [self._run(KILL, self._record_and_note(key), []) for key in op[1]]
             replies = [reply for each in await asyncio.gather(*calls) for reply in each]
             await asyncio.gather(*(self._fence_after(self._key(key)) for key in op[1]))
             return replies
@@ -1369,7 +1369,7 @@ class AsyncRedisStore(_RedisRules):
     async def delete(self, key: str) -> None:
         """Delete the hash (on a Cluster, and note that it ended: see :data:`_KILL`)."""
         if self._cluster:
-            await self._run(KILL, self._kill_names(key), [])
+            await self._run(KILL, self._record_and_note(key), [])
         else:
             await self._call("DEL", self._key(key))
         await self._fence_after(self._key(key))
