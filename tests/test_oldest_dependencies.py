@@ -3,7 +3,8 @@
 The rest of the suite runs on the newest versions the install resolves (the
 upper bounds in pyproject.toml are what it has been tested with). This builds a
 second environment, once, in ``build/oldest``, with each lower bound exactly:
-Flask 3.0.0 (and the blinker 1.6.2 it needs), itsdangerous 2.2.0, redis-py
+Flask 3.0.0 (and the blinker 1.6.2 it needs), itsdangerous 2.2.0, click 8.1.3,
+MarkupSafe 2.1.2, redis-py
 5.0.0, whose connection classes and ``send_command`` the Redis store drives,
 Starlette 0.40.0 (with the FastAPI of its day) and Quart 0.19.0. It runs the
 Flask, hardening, config, signals, merge, Flask-Login, migration, ASGI and Quart
@@ -28,6 +29,8 @@ PINS = [
     "werkzeug==3.0.0",
     "blinker==1.6.2",
     "itsdangerous==2.2.0",
+    "click==8.1.3",
+    "markupsafe==2.1.2",
     "redis[hiredis]==5.0.0",
     "starlette==0.40.0",
     "fastapi==0.115.2",

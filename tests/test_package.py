@@ -48,8 +48,9 @@ def test_wheel_metadata(dist: Path) -> None:
     assert meta["License-Expression"] == "MIT"
     assert meta["Requires-Python"] == ">=3.11"
     requires = meta.get_all("Requires-Dist") or []
-    assert any(r.startswith("flask>=") for r in requires)
-    assert {"redis", "postgres", "demo"} <= set(meta.get_all("Provides-Extra") or [])
+    assert not any(r.startswith("flask") and "extra ==" not in r for r in requires), requires
+    assert any(r.startswith("flask>=") and "extra == 'flask'" in r for r in requires)
+    assert {"flask", "asgi", "quart", "redis", "postgres", "demo"} <= set(meta.get_all("Provides-Extra") or [])
     classifiers = set(meta.get_all("Classifier") or [])
     assert {"Framework :: Flask", "Typing :: Typed", "Development Status :: 3 - Alpha"} <= (
         classifiers
@@ -83,26 +84,95 @@ def test_sdist_contents(dist: Path) -> None:
     assert not [n for n in names if n.endswith((".sqlite3", ".db", ".pyc"))]
 
 
-def test_the_readme_install_line_works_in_a_fresh_environment(tmp_path: Path, dist: Path) -> None:
-    """`pip install <checkout>` (the README's line until satchel is on the index) in a new
-    virtual environment: satchel imports, its command runs, and Flask is there."""
+def _fresh(tmp_path: Path, name: str, target: str) -> Path:
+    """A new virtual environment with ``pip install target``; its python."""
     import venv
 
-    env = tmp_path / "fresh"
+    env = tmp_path / name
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         str(ROOT)],
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", target],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    return python
+
+
+def test_the_readme_install_line_works_in_a_fresh_environment(tmp_path: Path, dist: Path) -> None:
+    """`pip install '<checkout>[flask]'` (the README's line until satchel is on the index) in
+    a new virtual environment: satchel imports, its command runs, and Flask is there."""
+    python = _fresh(tmp_path, "fresh", f"{ROOT}[flask]")
     version = subprocess.run(
-        [str(env / "bin" / "satchel"), "--version"], capture_output=True, text=True, timeout=60
+        [str(python.parent / "satchel"), "--version"], capture_output=True, text=True, timeout=60
     )
     assert version.returncode == 0 and satchel.__version__ in version.stdout, version.stderr
     check = subprocess.run(
-        [str(python), "-c", "import satchel, flask; print(satchel.__version__)"],
+        [str(python), "-c", "import satchel, flask; print(satchel.Satchel.__module__)"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert check.stdout.strip() == satchel.__version__, check.stderr
+    assert check.stdout.strip() == "satchel.flask", check.stderr
+
+
+#: Run in an ASGI-only environment: the middleware serves two requests of one session,
+#: the admin command reads the store, and Flask is neither installed nor imported.
+ASGI_ONLY = """
+import asyncio, importlib.util, subprocess, sys
+assert importlib.util.find_spec("flask") is None, "flask is installed"
+import satchel, satchel.asgi, satchel.stores.aio
+from satchel.asgi import SessionMiddleware
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+async def count(request):
+    request.session["n"] = request.session.get("n", 0) + 1
+    return PlainTextResponse(str(request.session["n"]))
+
+store = sys.argv[1]
+app = SessionMiddleware(Starlette(routes=[Route("/", count)]), secret_key="k" * 40, store=store)
+
+async def call(cookie):
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    async def send(message):
+        sent.append(message)
+    headers = [(b"cookie", cookie)] if cookie else []
+    scope = {"type": "http", "method": "GET", "path": "/", "raw_path": b"/", "headers": headers,
+             "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+             "server": ("t", 80), "client": ("127.0.0.1", 1), "asgi": {"version": "3.0"}}
+    await app(scope, receive, send)
+    start = sent[0]
+    cookies = [v for k, v in start["headers"] if k == b"set-cookie"]
+    return sent[1]["body"], cookies
+
+async def main():
+    body, cookies = await call(None)
+    assert body == b"1", body
+    cookie = cookies[0].split(b";")[0]
+    body, _ = await call(cookie)
+    assert body == b"2", body
+
+asyncio.run(main())
+assert "flask" not in sys.modules and "werkzeug" not in sys.modules, "flask was imported"
+import os
+command = os.path.join(os.path.dirname(sys.executable), "satchel")
+listing = subprocess.run([command, "sessions", "--store", store, "list", "--json"],
+                         capture_output=True, text=True)
+assert listing.returncode == 0 and '"keys": 1' in listing.stdout, listing.stdout + listing.stderr
+print("ok")
+"""
+
+
+def test_an_asgi_only_install_has_no_flask(tmp_path: Path, dist: Path) -> None:
+    """`pip install '<checkout>[asgi]'`: no Flask is installed, `import satchel.asgi` imports
+    none, and a Starlette app and `satchel sessions` work on the default store."""
+    python = _fresh(tmp_path, "asgi-only", f"{ROOT}[asgi]")
+    script = tmp_path / "asgi_only.py"
+    script.write_text(ASGI_ONLY)
+    store = f"sqlite:///{tmp_path / 'asgi-only.sqlite3'}"
+    run = subprocess.run(
+        [str(python), str(script), store], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr

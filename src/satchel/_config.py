@@ -13,15 +13,27 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from ._manager import Settings, security_log
+from ._manager import SessionManager, Settings, security_log
 from ._sizes import parse_size
 from .errors import ConfigError, LockTimeout, StoreUnavailable
-from .migration import DEFAULT_OVERLAP
+from .migration import (
+    CLAIM_PREFIX,
+    DEFAULT_OVERLAP,
+    SOURCES,
+    FlaskCookieSource,
+    FlaskSessionSource,
+    Migration,
+    Source,
+    parse_until,
+)
 from .signing import CookieSigner, weak_secret
 from .stores import Store, from_url, url_prefix
 from .stores.sqlite import SQLiteStore
 
 log = logging.getLogger("satchel")
+
+#: The SQLite file, in the app's instance folder, that Flask and Quart apps use by default.
+DEFAULT_SQLITE_NAME = "satchel-sessions.sqlite3"
 
 #: A session ends this long after it began, however active (``SATCHEL_ABSOLUTE_TIMEOUT``).
 DEFAULT_ABSOLUTE_TIMEOUT = timedelta(days=90)
@@ -252,3 +264,65 @@ def read_config(
     if config["SATCHEL_CHECK_STORE"]:
         require_working_store(chosen, "SATCHEL_CHECK_STORE")
     return signer, settings, chosen
+
+
+def migration_from_config(config: Any, store: Store, manager: SessionManager) -> Migration | None:
+    """The import of old sessions ``SATCHEL_MIGRATE_FROM`` asks for, or ``None``."""
+    chosen = config["SATCHEL_MIGRATE_FROM"]
+    if chosen is None:
+        if config["SATCHEL_MIGRATE_UNTIL"] is not None:
+            raise ConfigError("SATCHEL_MIGRATE_UNTIL is set but SATCHEL_MIGRATE_FROM is not")
+        return None
+    names = [chosen] if isinstance(chosen, str) else chosen
+    if not isinstance(names, list | tuple) or not names:
+        raise ConfigError(
+            f"SATCHEL_MIGRATE_FROM must be a source or a list of them, not {chosen!r}"
+        )
+    for name in names:
+        if name not in SOURCES:
+            known = ", ".join(repr(s) for s in SOURCES)
+            raise ConfigError(f"SATCHEL_MIGRATE_FROM names {name!r}; the sources are {known}")
+    secret = config["SECRET_KEY"]
+    fallbacks = list(config.get("SECRET_KEY_FALLBACKS") or ())
+    lifetime = seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
+    sources: list[Source] = []
+    if "flask-cookie" in names:
+        sources.append(FlaskCookieSource(secret, fallbacks, int(lifetime)))
+    if "flask-session" in names:
+        url = config["SATCHEL_MIGRATE_FLASK_SESSION_STORE"]
+        if url is None:
+            raise ConfigError(
+                "SATCHEL_MIGRATE_FROM names 'flask-session': set "
+                "SATCHEL_MIGRATE_FLASK_SESSION_STORE to the Redis/Valkey URL it used"
+            )
+        prefix = config["SATCHEL_MIGRATE_FLASK_SESSION_PREFIX"]
+        if not isinstance(prefix, str):
+            raise ConfigError(f"SATCHEL_MIGRATE_FLASK_SESSION_PREFIX must be a str, not {prefix!r}")
+        signed = config.get("SESSION_USE_SIGNER")  # Flask-Session's own setting, if still set
+        sources.append(
+            FlaskSessionSource.from_url(
+                url,
+                prefix,
+                secret,
+                fallbacks,
+                use_signer=None if signed is None else bool(signed),
+                lifetime=lifetime,
+            )
+        )
+    with_prefix = getattr(store, "with_prefix", None)
+    if with_prefix is None:
+        raise ConfigError(
+            f"SATCHEL_MIGRATE_FROM keeps its claims in the store under another prefix, "
+            f"through with_prefix(), which {store!r} does not have"
+        )
+    claims = with_prefix(getattr(store, "prefix", "") + CLAIM_PREFIX)
+    overlap = config["SATCHEL_MIGRATE_OVERLAP"]
+    if overlap != 0:  # 0: only while the importing request runs
+        overlap = seconds(overlap, "SATCHEL_MIGRATE_OVERLAP")
+    return Migration(
+        sources,
+        claims,
+        parse_until(config["SATCHEL_MIGRATE_UNTIL"]),
+        lambda: manager.signer.derived_key(),
+        float(overlap),
+    )

@@ -58,30 +58,23 @@ import contextvars
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from flask import current_app, has_request_context
 from flask.sessions import SessionInterface, SessionMixin
 
 from ._config import (
+    DEFAULT_SQLITE_NAME,
     config_defaults,
+    migration_from_config,
     read_config,
-    seconds,
     signer_for,
     unavailable,
 )
 from ._manager import SessionManager
+from ._views import locked, locked_endpoints
 from .admin import SessionInfo, list_sessions, revoke, revoke_all, stats
 from .errors import ConfigError, StoreUnavailable
-from .migration import (
-    CLAIM_PREFIX,
-    SOURCES,
-    FlaskCookieSource,
-    FlaskSessionSource,
-    Migration,
-    Source,
-    parse_until,
-)
 from .session import Session
 from .stores import Store
 
@@ -93,29 +86,10 @@ __all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface", "current_sessio
 
 _log = logging.getLogger("satchel")
 
-DEFAULT_SQLITE_NAME = "satchel-sessions.sqlite3"
-
-ViewT = TypeVar("ViewT", bound=Callable[..., Any])
 
 # Flask 3.0 has no SESSION_COOKIE_PARTITIONED (and no SECRET_KEY_FALLBACKS, which
 # is read with .get); everything else satchel uses is there.
 _PARTITIONED = hasattr(SessionInterface, "get_cookie_partitioned")
-
-
-def locked(view: ViewT) -> ViewT:
-    """Run this view in strict mode: one request of a session at a time.
-
-    The view's session is locked from its first use until the response is
-    saved, so a read-modify-write of one key (a counter) loses nothing to an
-    overlapping request. Waiting longer than ``SATCHEL_LOCK_TIMEOUT`` gives 503.
-    Put it below the route decorator::
-
-        @app.post("/vote")
-        @locked
-        def vote(): ...
-    """
-    view._satchel_locked = True  # type: ignore[attr-defined]
-    return view
 
 
 CookieNamer = Callable[["Request"], str]
@@ -140,7 +114,7 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[override]
     def _lock_wanted(self) -> bool:
         if self._app is None or self._request is None:
             return False
-        endpoints = _locked_endpoints(self._app)
+        endpoints = locked_endpoints(self._app.view_functions, self._app.extensions)
         return bool(endpoints) and self._request.endpoint in endpoints
 
     def _on_lock(self) -> None:
@@ -177,20 +151,6 @@ def _current() -> FlaskSession | None:
         return current_session()
     except ConfigError:
         return None
-
-
-def _locked_endpoints(app: Flask) -> frozenset[str]:
-    """The endpoints whose views carry @locked, found once per app."""
-    state = app.extensions.get("satchel.locked")
-    if state is None or state[0] != len(app.view_functions):
-        found = frozenset(
-            name
-            for name, view in app.view_functions.items()
-            if getattr(view, "_satchel_locked", False)
-        )
-        state = (len(app.view_functions), found)
-        app.extensions["satchel.locked"] = state
-    return state[1]
 
 
 def _vary_on_cookie(response: BaseResponse) -> None:
@@ -244,68 +204,6 @@ def _refuse_other_frameworks(app: Any) -> None:
             "use the Quart adapter: from satchel.quart import Satchel"
         )
     raise ConfigError(f"satchel.Satchel needs a Flask app, not {kind}")
-
-
-def _migration(config: Any, store: Store, manager: SessionManager) -> Migration | None:
-    """The import of old sessions ``SATCHEL_MIGRATE_FROM`` asks for, or ``None``."""
-    chosen = config["SATCHEL_MIGRATE_FROM"]
-    if chosen is None:
-        if config["SATCHEL_MIGRATE_UNTIL"] is not None:
-            raise ConfigError("SATCHEL_MIGRATE_UNTIL is set but SATCHEL_MIGRATE_FROM is not")
-        return None
-    names = [chosen] if isinstance(chosen, str) else chosen
-    if not isinstance(names, list | tuple) or not names:
-        raise ConfigError(
-            f"SATCHEL_MIGRATE_FROM must be a source or a list of them, not {chosen!r}"
-        )
-    for name in names:
-        if name not in SOURCES:
-            known = ", ".join(repr(s) for s in SOURCES)
-            raise ConfigError(f"SATCHEL_MIGRATE_FROM names {name!r}; the sources are {known}")
-    secret = config["SECRET_KEY"]
-    fallbacks = list(config.get("SECRET_KEY_FALLBACKS") or ())
-    lifetime = seconds(config["PERMANENT_SESSION_LIFETIME"], "PERMANENT_SESSION_LIFETIME")
-    sources: list[Source] = []
-    if "flask-cookie" in names:
-        sources.append(FlaskCookieSource(secret, fallbacks, int(lifetime)))
-    if "flask-session" in names:
-        url = config["SATCHEL_MIGRATE_FLASK_SESSION_STORE"]
-        if url is None:
-            raise ConfigError(
-                "SATCHEL_MIGRATE_FROM names 'flask-session': set "
-                "SATCHEL_MIGRATE_FLASK_SESSION_STORE to the Redis/Valkey URL it used"
-            )
-        prefix = config["SATCHEL_MIGRATE_FLASK_SESSION_PREFIX"]
-        if not isinstance(prefix, str):
-            raise ConfigError(f"SATCHEL_MIGRATE_FLASK_SESSION_PREFIX must be a str, not {prefix!r}")
-        signed = config.get("SESSION_USE_SIGNER")  # Flask-Session's own setting, if still set
-        sources.append(
-            FlaskSessionSource.from_url(
-                url,
-                prefix,
-                secret,
-                fallbacks,
-                use_signer=None if signed is None else bool(signed),
-                lifetime=lifetime,
-            )
-        )
-    with_prefix = getattr(store, "with_prefix", None)
-    if with_prefix is None:
-        raise ConfigError(
-            f"SATCHEL_MIGRATE_FROM keeps its claims in the store under another prefix, "
-            f"through with_prefix(), which {store!r} does not have"
-        )
-    claims = with_prefix(getattr(store, "prefix", "") + CLAIM_PREFIX)
-    overlap = config["SATCHEL_MIGRATE_OVERLAP"]
-    if overlap != 0:  # 0: only while the importing request runs
-        overlap = seconds(overlap, "SATCHEL_MIGRATE_OVERLAP")
-    return Migration(
-        sources,
-        claims,
-        parse_until(config["SATCHEL_MIGRATE_UNTIL"]),
-        lambda: manager.signer.derived_key(),
-        float(overlap),
-    )
 
 
 class SatchelSessionInterface(SessionInterface):
@@ -524,14 +422,14 @@ class Satchel:
             os.path.join(app.instance_path, DEFAULT_SQLITE_NAME),
         )
         manager = SessionManager(chosen, signer, settings, FlaskSession, sender=app)
-        manager.migration = _migration(config, chosen, manager)
+        manager.migration = migration_from_config(config, chosen, manager)
         app.extensions["satchel"] = manager
         interface = SatchelSessionInterface(
             manager, cookie_name or self.cookie_name, bool(config["SATCHEL_TRACK_CLIENT"])
         )
         interface._remember_keys(config)
         app.session_interface = interface
-        from .cli import admin
+        from ._flask_cli import admin
 
         app.cli.add_command(admin)
         app.register_error_handler(StoreUnavailable, unavailable)

@@ -11,7 +11,7 @@ settings share their sessions.
 One difference follows from ``quart.session`` being a plain mapping that a
 view reads without awaiting: a request with a session cookie loads its
 session before the view runs (one round trip; a request without one touches
-no store). ``@locked`` views (:func:`satchel.flask.locked`), ``SATCHEL_LOCKING``
+no store). ``@locked`` views (:func:`satchel.quart.locked`), ``SATCHEL_LOCKING``
 and ``SATCHEL_MIGRATE_FROM`` work as on Flask; an import of an old session
 (once per visitor) runs on a worker thread, through the sync store.
 """
@@ -26,16 +26,18 @@ from quart import has_request_context
 from quart.sessions import SessionInterface, SessionMixin
 
 from ._config import (
+    DEFAULT_SQLITE_NAME,
     config_defaults,
+    migration_from_config,
     read_config,
     signer_for,
     unavailable,
 )
 from ._manager import AsyncSessionManager, SessionManager
+from ._views import locked, locked_endpoints
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
 from .admin import stats as _stats
 from .errors import ConfigError, StoreUnavailable
-from .flask import DEFAULT_SQLITE_NAME, _locked_endpoints, _migration, locked
 from .session import AsyncSession
 from .stores.aio import is_async, to_async
 from .stores.base import Store
@@ -147,7 +149,7 @@ class SatchelSessionInterface(SessionInterface):
                 "ip": request.remote_addr or "",
             }
         if not session._loaded:
-            endpoints = _locked_endpoints(app)  # type: ignore[arg-type]
+            endpoints = locked_endpoints(app.view_functions, app.extensions)
             if endpoints and _endpoint(app, request) in endpoints:
                 session._wants_lock = True
             try:
@@ -278,7 +280,7 @@ class Satchel:
                     "(or a URL), not an async one"
                 )
             blocking = SessionManager(chosen, signer, settings, QuartSession, app)
-            manager.migration = _migration(config, chosen, blocking)
+            manager.migration = migration_from_config(config, chosen, blocking)
             manager.blocking = blocking
         app.extensions["satchel"] = manager
         interface = SatchelSessionInterface(manager, bool(config["SATCHEL_TRACK_CLIENT"]))

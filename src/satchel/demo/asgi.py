@@ -23,7 +23,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..asgi import Scope, SessionMiddleware, get_session
 from ..signing import store_key
 from ..stores import MemoryStore, Store
-from . import DEAD_COOKIE, SLOTS, describe_session, fingerprint, footer_rows, load_secret_key
+from ._shared import (
+    DEAD_COOKIE,
+    SLOTS,
+    describe_session,
+    fingerprint,
+    footer_rows,
+    load_secret_key,
+)
 
 __all__ = ["create_app"]
 
