@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 #: The release, as SemVer (see CHANGELOG.md for what the public API is).
 __version__ = "0.1.0"
 
+from ._views import locked
 from .errors import (
     ConfigError,
     LockLost,
@@ -20,7 +21,6 @@ from .errors import (
     SessionTooLarge,
     StoreUnavailable,
 )
-from ._views import locked
 from .session import Session
 
 if TYPE_CHECKING:

@@ -7,7 +7,6 @@ ready, then set or delete the cookie as the returned :class:`Outcome` says.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import secrets
@@ -16,6 +15,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _async
 from ._merge import ABSENT, Patch, diff, patch
 from ._steps import Steps, drive, drive_async
 from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
@@ -713,15 +713,15 @@ class AsyncSessionManager(Lifecycle):
         if name == "save":
             return await store.save(op[1], op[2], create=op[3])
         if name == "sleep":
-            return await asyncio.sleep(op[1])
+            return await _async.sleep(op[1])
         if name == "revoke":
             return await store.revoke(op[1], owner=op[2], keep=op[3])
         if name == "migrate":
             twin = self._blocking_twin()
-            return await asyncio.to_thread(twin.load, op[1])
+            return await _async.to_thread(twin.load, op[1])
         if name == "settle":
             assert self.migration is not None
-            return await asyncio.to_thread(self.migration.settle, op[1])
+            return await _async.to_thread(self.migration.settle, op[1])
         return await getattr(store, name)(*op[1:])
 
     def _blocking_twin(self) -> SessionManager:

@@ -9,9 +9,11 @@ the session for good. With the same secret key, store, prefix and cookie name
 as a Flask app using :class:`satchel.flask.Satchel`, both apps share their
 sessions: the rules are the same code (:class:`satchel._manager.Lifecycle`).
 
-Nothing blocks the event loop: the store is an
-:class:`~satchel.stores.AsyncStore` (:func:`satchel.stores.aio.to_async`
-wraps a sync one). A request without a session cookie touches no store; one
+Nothing blocks the event loop, from construction on: built on a running loop
+(as Starlette builds its middleware, lazily), the middleware builds its store
+on a worker thread at the lifespan start-up or the first request; the store is
+an :class:`~satchel.stores.AsyncStore` (:func:`satchel.stores.aio.to_async`
+wraps a sync one). It runs on asyncio and on trio. A request without a session cookie touches no store; one
 with a cookie loads its session before the view runs, one round trip, since
 ``request.session`` is a plain mapping a view reads without awaiting.
 """
@@ -21,12 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from . import _async
 from ._config import (
     ASGI_KEY_NAMES,
     DEFAULT_ABSOLUTE_TIMEOUT,
@@ -41,9 +45,9 @@ from ._config import (
 from ._manager import AsyncSessionManager
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
 from .admin import stats as _stats
-from .errors import ConfigError, StoreUnavailable
+from .errors import ConfigError, SatchelError, StoreUnavailable
 from .session import AsyncSession
-from .stores.aio import to_async
+from .stores.aio import _Wrapper, to_async
 from .stores.base import AsyncStore, Store
 
 __all__ = [
@@ -165,9 +169,17 @@ class SessionMiddleware:
             lock_timeout=lock_timeout,
             lock_lease=lock_lease,
         )
-        self.store = _async_store(store, key_prefix, strict=strict_store, check=check_store)
-        #: The session lifecycle, on the store; its ``counters`` are this app's figures.
-        self.manager = AsyncSessionManager(self.store, signer, settings, AsyncSession, self)
+        self._signer, self._settings = signer, settings
+        self._store_args = (store, key_prefix, bool(strict_store), bool(check_store))
+        self._sync_store: Store | AsyncStore | None = None
+        self._manager: AsyncSessionManager | None = None
+        self._native = False  # whether the manager's store is an asyncio-only twin
+        #: The manager requests use, once checked against the loop serving them.
+        self._serving: AsyncSessionManager | None = None
+        self._building = threading.Lock()
+        if not _async.running():
+            # Built here, off any event loop: a bad store fails at start-up.
+            self._make_manager(True)
         self.session_cookie = session_cookie
         self.max_age = max_age
         self.track_client = bool(track_client)
@@ -190,12 +202,78 @@ class SessionMiddleware:
         #: independent sessions in one browser); ``session_cookie`` when ``None``.
         self.cookie_name = cookie_name
 
+    def _build(self) -> Store | AsyncStore:
+        """Build and check the store (blocking: file and network I/O), once."""
+        with self._building:
+            if self._sync_store is None:
+                store, prefix, strict, check = self._store_args
+                self._sync_store = _sync_store(store, prefix, strict=strict, check=check)
+            return self._sync_store
+
+    async def _ready(self) -> AsyncSessionManager:
+        """The manager requests use, made at the first request (or lifespan) when the
+        middleware was built on the event loop, as Starlette builds it: the store's I/O
+        (and its clients' set-up, which reads files) runs on a thread. On trio, a store
+        whose async twin speaks asyncio runs its sync self on threads instead."""
+        native = _async.on_asyncio()
+        manager = self._manager
+        if manager is None or (self._native and not native):
+            manager = await _async.to_thread(self._make_manager, native)
+        self._serving = manager
+        return manager
+
+    def _make_manager(self, native: bool) -> AsyncSessionManager:
+        """Build the store and the manager on it (blocking), once; again if it must
+        give up its asyncio twin. ``native``: the store may use its asyncio twin."""
+        store = self._build()
+        with self._building:
+            manager = self._manager
+            if manager is None or (self._native and not native):
+                chosen = to_async(store, native=native)
+                manager = AsyncSessionManager(
+                    chosen, self._signer, self._settings, AsyncSession, self
+                )
+                self._native = native and chosen is not store and not isinstance(chosen, _Wrapper)
+                self._manager = manager
+            return manager
+
+    async def _start(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """At the app's start-up, build the store; if it fails, the server is told so."""
+        try:
+            await self._ready()
+        except SatchelError as exc:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            raise
+        await self.app(scope, receive, send)
+
+    @property
+    def manager(self) -> AsyncSessionManager:
+        """The session lifecycle on the store; its ``counters`` are this app's figures.
+
+        Read outside the event loop (a test, a script); the first request makes it
+        if the middleware was built on the loop.
+        """
+        return self._manager or self._make_manager(True)
+
+    @property
+    def store(self) -> AsyncStore:
+        """The async store sessions live in (see :attr:`manager`)."""
+        return self.manager.store
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
+            if kind == "lifespan" and self._serving is None:
+                await self._start(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
-        manager = self.manager
+        manager = self._serving
+        if manager is None:
+            manager = await self._ready()
         prefix = self._prefix if self.cookie_name is None else self._named(scope)
         session: Any = manager.open(self._cookies(scope, prefix))
         session._cookie_prefix = prefix
@@ -349,14 +427,14 @@ def _header(scope: Scope, wanted: bytes) -> str:
     return ""
 
 
-def _async_store(store: Any, prefix: Any, *, strict: bool, check: bool = False) -> AsyncStore:
-    """The async store ``store`` names (a URL, a sync or async store, or the SQLite default)."""
+def _sync_store(store: Any, prefix: Any, *, strict: bool, check: bool) -> Store | AsyncStore:
+    """The store ``store`` names (a URL, a sync or async store, or the SQLite default)."""
     default = os.path.abspath(DEFAULT_SQLITE_PATH)
     chosen = build_store(store, prefix, default, ("store", "key_prefix"))
     check_store(chosen, strict=strict)
-    if check:  # before any request: the blocking check runs in the constructor, once
+    if check:  # before any request: the blocking check runs once, off the loop
         require_working_store(chosen, "check_store")
-    return to_async(chosen)
+    return chosen
 
 
 async def _release(manager: AsyncSessionManager, session: AsyncSession) -> None:

@@ -72,7 +72,7 @@ def test_to_async_picks_the_native_twin_or_a_wrapper(
     memory = MemoryStore()
     assert isinstance(to_async(memory), InlineStore)
     sqlite = SQLiteStore(tmp_path / "x.sqlite3")
-    assert isinstance(to_async(sqlite), SQLiteLoopStore)
+    assert isinstance(to_async(sqlite), ThreadedStore)
     native = to_async(redis_store)
     assert isinstance(native, AsyncRedisStore) and native.prefix == redis_store.prefix
     assert to_async(native) is native and is_async(native) and not is_async(redis_store)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .. import _async
 from ..errors import ConfigError, StoreUnavailable
 from .base import AsyncStore, Change, ListingStore, LockingStore, Record, SaveResult, Store
 from .memory import MemoryStore
@@ -187,8 +188,8 @@ class ThreadedStore(_Wrapper):
         return executor
 
     async def _call(self, method: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool(), method, *args)
+        # On asyncio, this store's own threads; on another loop (trio), AnyIO's.
+        return await _async.to_thread(method, *args, executor=self._pool())
 
     async def close(self) -> None:
         """Close the wrapped store, then stop the threads."""
@@ -316,26 +317,26 @@ def is_async(store: object) -> bool:
     return inspect.iscoroutinefunction(getattr(store, "load", None))
 
 
-def to_async(store: Store | AsyncStore) -> AsyncStore:
+def to_async(store: Store | AsyncStore, *, native: bool = True) -> AsyncStore:
     """``store`` as an :class:`~satchel.stores.AsyncStore`.
 
     An async store (one whose ``load`` is a coroutine function) is returned as
-    it is; the memory store is called inline; a SQLite store becomes a
-    :class:`SQLiteLoopStore`; a store with a native async twin
+    it is; the memory store is called inline; a store with a native async twin
     (:meth:`RedisStore.to_async <satchel.stores.redis.RedisStore.to_async>`, for
-    a store built from a URL) becomes it; any other sync store runs its calls
-    on worker threads.
+    a store built from a URL) becomes it, unless ``native`` is false (the twins
+    speak asyncio: on trio, the sync store runs on threads); any other sync
+    store, SQLite included, runs its calls on worker threads, so the event loop
+    never waits on a file or a socket. (:class:`SQLiteLoopStore`, which reads a
+    local file on the loop itself, is there for apps that choose it.)
     """
     if is_async(store):
         return store  # type: ignore[return-value]
     if isinstance(store, MemoryStore):
         return InlineStore(store)
-    if isinstance(store, SQLiteStore):
-        return SQLiteLoopStore(store)
     twin = getattr(store, "to_async", None)  # a store that has a native async twin
-    if twin is not None and getattr(store, "_source", None) is not None:
-        native: AsyncStore = twin()
-        return native
+    if native and twin is not None and getattr(store, "_source", None) is not None:
+        answer: AsyncStore = twin()
+        return answer
     if isinstance(store, Store):
         return ThreadedStore(store)
     raise ConfigError(f"a store must be a satchel Store or AsyncStore, not {store!r}")

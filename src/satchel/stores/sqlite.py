@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from ._connections import ConnectionList
 from ._fieldtext import from_text, to_text
 from .base import MOVE_NOTE_SECONDS, Change, Conflict, Record, SaveResult, apply_change
@@ -152,7 +152,12 @@ class SQLiteStore:
         self._identity: tuple[int, int] | None = None
         self._next_check = 0.0
         self._lost: str | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot make the folder of the SQLite file {str(self.path)!r}: {exc}"
+            ) from exc
         with self._errors(), self._connection() as conn:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(satchel_sessions)")}
             if columns and "owner" not in columns:  # a file from before owners existed
