@@ -711,6 +711,9 @@ def test_max_age_zero_and_negative_mean_what_they_mean_to_starlette(max_age: int
         async with httpx.AsyncClient(transport=transport, base_url=ORIGIN) as client:
             header = (await client.get("/set/a/1")).headers["set-cookie"]
             assert f"; path=/; Max-Age={max_age}; httponly; samesite=lax" in header
+            # The browser drops that cookie at once: the session does not outlive the
+            # response, so a replay of the cookie opens nothing.
+            assert await app.store.records() == []
         await app.store.close()
 
     run(check)

@@ -50,7 +50,9 @@ def test_wheel_metadata(dist: Path) -> None:
     requires = meta.get_all("Requires-Dist") or []
     assert not any(r.startswith("flask") and "extra ==" not in r for r in requires), requires
     assert any(r.startswith("flask>=") and "extra == 'flask'" in r for r in requires)
-    assert {"flask", "asgi", "quart", "redis", "postgres", "demo"} <= set(meta.get_all("Provides-Extra") or [])
+    assert {"flask", "asgi", "quart", "redis", "postgres", "demo"} <= set(
+        meta.get_all("Provides-Extra") or []
+    )
     classifiers = set(meta.get_all("Classifier") or [])
     assert {"Framework :: Flask", "Typing :: Typed", "Development Status :: 3 - Alpha"} <= (
         classifiers

@@ -752,3 +752,7 @@ class AsyncSessionManager(Lifecycle):
     def save(self, session: Session) -> Awaitable[Outcome]:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
         return drive_async(self._save_steps(session), self._perform)
+
+    def end(self, session: Session) -> Awaitable[None]:
+        """Delete the record behind ``session`` and forget its ID (it was saved)."""
+        return drive_async(self._delete_steps(session), self._perform)

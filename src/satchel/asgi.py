@@ -13,9 +13,9 @@ Nothing blocks the event loop, from construction on: built on a running loop
 (as Starlette builds its middleware, lazily), the middleware builds its store
 on a worker thread at the lifespan start-up or the first request; the store is
 an :class:`~satchel.stores.AsyncStore` (:func:`satchel.stores.aio.to_async`
-wraps a sync one). It runs on asyncio and on trio. A request without a session cookie touches no store; one
-with a cookie loads its session before the view runs, one round trip, since
-``request.session`` is a plain mapping a view reads without awaiting.
+wraps a sync one). It runs on asyncio and on trio. A request without a session
+cookie touches no store; one with a cookie loads its session before the view
+runs, one round trip, since ``request.session`` is a plain mapping a view reads without awaiting.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ class SessionMiddleware:
 
     The first seven arguments are those of Starlette's ``SessionMiddleware``:
     ``max_age`` is the cookie's lifetime in seconds, renewed by each response
-    that loaded the session (``None``: the cookie ends with the browser);
+    that loaded the session (``None``: the cookie ends with the browser; 0 or less: the
+    cookie is sent already expired, as Starlette sends it, and the session ends
+    with the response);
     ``https_only`` marks it ``Secure``. The rest are satchel's:
 
     * ``store``: a store URL (``sqlite:///…``, ``redis://…``, ``valkey://…``,
@@ -159,7 +161,7 @@ class SessionMiddleware:
             raise ConfigError(f"same_site must be 'lax', 'strict' or 'none', not {same_site!r}")
         settings = make_settings(
             # As long as the cookie lives; a cookie Starlette would send already expired
-            # (max_age 0 or less) leaves the server's record the default two weeks.
+            # (max_age 0 or less) ends the session with its response.
             idle_timeout=idle_timeout
             if idle_timeout is not None
             else (max_age if max_age is not None and max_age > 0 else DEFAULT_MAX_AGE),
@@ -182,6 +184,7 @@ class SessionMiddleware:
             self._make_manager(True)
         self.session_cookie = session_cookie
         self.max_age = max_age
+        self._dies_at_once = max_age is not None and max_age <= 0
         self.track_client = bool(track_client)
         # Written as Starlette's own middleware writes its cookie (lower-case attributes,
         # in its order), so an app's tests that read the header keep passing.
@@ -320,6 +323,16 @@ class SessionMiddleware:
         outcome = await self.manager.save(session)
         headers: list[tuple[bytes, bytes]] = []
         name = session._cookie_prefix
+        if self._dies_at_once and session.session_id is not None and outcome.alive:
+            # max_age 0 or less: Starlette sends a cookie the browser drops at once, so the
+            # session cannot outlive this response; a replay of the cookie opens nothing.
+            value = outcome.new_cookie or session._cookie or self.manager.sign(session.session_id)
+            await self.manager.end(session)
+            if outcome.new_cookie is not None or outcome.wrote:
+                headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
+            if vary and session.accessed:
+                headers.append((b"vary", b"Cookie"))
+            return headers
         if outcome.delete_cookie:
             headers.append((b"set-cookie", name + self._delete_tail))
         elif outcome.new_cookie is not None or (
