@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from backends import all_backends  # noqa: E402
+from clients import make_clients  # noqa: E402
 
 WORKLOADS = ["read-only", "read-modify-write", "first request"]
 WARM_UP = 20
@@ -52,8 +53,6 @@ def counted(call: Callable[[], Any], n: int) -> None:
 
 
 def main() -> None:
-    from run import make_clients
-
     name, valkey_url, directory, requests = sys.argv[1:5]
     postgres_url = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
     factory = all_backends(valkey_url, Path(directory), postgres_url)[name]

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from ._manager import SessionManager, Settings, security_log
+from ._manager import SessionManager, Settings
 from ._sizes import parse_size
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .migration import (
@@ -26,6 +26,7 @@ from .migration import (
     Source,
     parse_until,
 )
+from .signals import security_log
 from .signing import CookieSigner, weak_secret
 from .stores import Store, from_url, url_prefix
 from .stores.sqlite import SQLiteStore

@@ -7,7 +7,6 @@ ready, then set or delete the cookie as the returned :class:`Outcome` says.
 
 from __future__ import annotations
 
-import logging
 import random
 import secrets
 import time
@@ -17,12 +16,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _async
 from ._merge import ABSENT, Patch, diff, patch
-from ._steps import Steps, drive, drive_async
+from ._ops import (
+    Acquire,
+    Delete,
+    LifeSteps,
+    Load,
+    Migrate,
+    Op,
+    Release,
+    Save,
+    Settle,
+    Sleep,
+    Touch,
+)
+from ._state import EMPTY_BUT
+from ._steps import drive, drive_async
 from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
 from .serialization import dumps, loads
 from .session import Session
 from .signals import (
     Counters,
+    security_log,
     session_created,
     session_destroyed,
     session_expired,
@@ -45,14 +59,11 @@ from .stores.base import (
 if TYPE_CHECKING:
     from .migration import Migration
 
-security_log = logging.getLogger("satchel.security")
 
 #: Never rewrite a record's idle expiry more often than this many seconds.
 REFRESH_AT_MOST_EVERY = 60.0
 #: ... nor more often than this fraction of the idle window.
 REFRESH_FRACTION = 0.1
-#: A session holding nothing but these keys is not worth keeping.
-_EMPTY_BUT = frozenset({"_permanent"})
 #: A save replays its changes onto what overlapping requests stored meanwhile
 #: at most this many times (and for at most ``lock_timeout`` seconds); past
 #: that it answers 503 (LockTimeout) rather than overwrite anyone.
@@ -94,17 +105,13 @@ _ALIVE = Outcome(alive=True)
 
 T = TypeVar("T")
 
-#: One call a lifecycle step needs made: a store method's name and its arguments
-#: (``("save", key, change, create)``), ``("sleep", seconds)``, or the migration's
-#: ``("migrate", session)`` and ``("settle", claim)``.
-Op = tuple[Any, ...]
-
 
 class Lifecycle:
     """Every rule of a session's life, with no I/O: what the sync and async managers share.
 
     Each operation that needs the store is a generator that yields the calls
-    it needs (:data:`Op`) and is sent back their results. :class:`SessionManager`
+    it needs (:data:`satchel._ops.Op`, typed values) and is sent back their
+    results. :class:`SessionManager`
     runs those steps against a :class:`~satchel.stores.Store`, calling it;
     :class:`AsyncSessionManager` against an :class:`~satchel.stores.AsyncStore`,
     awaiting it. So the merges, expiries, moves and fences are written once,
@@ -157,16 +164,16 @@ class Lifecycle:
             session_id = signer.unsign(value)
             if session_id is not None:
                 session = self.session_class(self, session_id)
-                session._resign = signer.signed_by_fallback(value)
-                session._cookie = value
+                session.state.resign = signer.signed_by_fallback(value)
+                session.state.cookie = value
                 return session
         migration = self.migration
         if migration is not None:
             pending = migration.recognise(values)
             if pending is not None:  # a genuine old cookie: imported when first used
                 session = self.session_class(self, None)
-                session._loaded = False
-                session._migrating = pending
+                session.state.loaded = False
+                session.state.migrating = pending
                 return session
         self.counters.add("rejected_cookies")
         security_log.warning(
@@ -175,21 +182,25 @@ class Lifecycle:
         )
         return self.session_class(self, None)
 
+    def fill(self, session: Session) -> Any:
+        """Load ``session`` and hand it its data: each driver does (see its own)."""
+        raise NotImplementedError
+
     def sign(self, session_id: str) -> str:
         """Return the cookie value for ``session_id``."""
         return self.signer.sign(session_id)
 
-    def _load_steps(self, session: Session) -> Steps[Record | None]:
+    def _load_steps(self, session: Session) -> LifeSteps[Record | None]:
         """Read the record behind ``session`` (on its first use).
 
         In strict mode the session's lock is taken first, so that requests of
         one session run their view one at a time. A session opened from an old
         cookie (``SATCHEL_MIGRATE_FROM``) is imported here.
         """
-        if session._migrating is not None:
+        if session.state.migrating is not None:
             assert self.migration is not None
             try:
-                record: Record | None = yield ("migrate", session)
+                record: Record | None = yield Migrate(session)
             except StoreUnavailable:
                 self.counters.add("store_errors")
                 raise
@@ -199,7 +210,7 @@ class Lifecycle:
         try:
             if self.settings.locking or session._lock_wanted():
                 yield from self._lock_steps(session, key)
-            record = yield ("load", key)
+            record = yield Load(key)
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise
@@ -215,32 +226,20 @@ class Lifecycle:
     def _one_call_load(self, session: Session) -> bool:
         """Whether loading ``session`` is a single store call: no import, no lock."""
         return (
-            session._migrating is None
+            session.state.migrating is None
             and not self.settings.locking
             and session.session_id is not None
             and not session._lock_wanted()
         )
 
-    def _unchanged(self, session: Session) -> bool:
-        """Whether ``session`` was loaded and only read (most requests): its save at most
-        moves the idle expiry."""
-        return (
-            session.record is not None
-            and session.session_id is not None
-            and not session._touched
-            and not session._deleted
-            and not session._drop_old
-            and len(session._data) > ("_permanent" in session._data)  # not empty
-        )
-
-    def _fill_steps(self, session: Session) -> Steps[None]:
+    def _fill_steps(self, session: Session) -> LifeSteps[None]:
         """Load ``session`` and hand it its data: what its first use does."""
         record = yield from self._load_steps(session)
-        error = session._fill(record)
+        error = session.state.fill(record)
         if error is not None:
             yield from self._unreadable_steps(session, error)
 
-    def _unreadable_steps(self, session: Session, error: Exception) -> Steps[None]:
+    def _unreadable_steps(self, session: Session, error: Exception) -> LifeSteps[None]:
         """A stored record that does not load back counts as absent, and is deleted.
 
         Whatever wrote it (an older version, a hand edit), failing every request
@@ -254,7 +253,7 @@ class Lifecycle:
             type(error).__name__,
         )
         try:
-            yield ("delete", key)
+            yield Delete(key)
         except StoreUnavailable as exc:
             self.counters.add("store_errors")
             security_log.warning("could not delete the unreadable session %s: %s", key[:8], exc)
@@ -265,33 +264,33 @@ class Lifecycle:
             raise ConfigError(f"strict mode needs a store that can lock; {store!r} cannot")
         return store
 
-    def _lock_steps(self, session: Session, key: str) -> Steps[None]:
+    def _lock_steps(self, session: Session, key: str) -> LifeSteps[None]:
         self._locking_store()
         token = secrets.token_hex(16)
         start = time.monotonic()
         pause = 0.002
         waiting = False
-        while not (yield ("acquire", key, token, self.settings.lock_lease)):
+        while not (yield Acquire(key, token, self.settings.lock_lease)):
             if not waiting:  # count requests that waited, not retries
                 waiting = True
                 self.counters.add("lock_waits")
             waited = time.monotonic() - start
             if waited >= self.settings.lock_timeout:
                 raise LockTimeout(repr(self.store), waited)
-            yield ("sleep", min(pause, self.settings.lock_timeout - waited))
+            yield Sleep(min(pause, self.settings.lock_timeout - waited))
             pause = min(pause * 2, 0.05)
-        session._lock_held = (key, token)
-        session._locked_at = time.monotonic()
+        session.state.lock_held = (key, token)
+        session.state.locked_at = time.monotonic()
         session._on_lock()
 
-    def _release_steps(self, session: Session) -> Steps[None]:
+    def _release_steps(self, session: Session) -> LifeSteps[None]:
         """Drop the session's lock, if it holds one; safe to run more than once."""
-        held, session._lock_held = session._lock_held, None
+        held, session.state.lock_held = session.state.lock_held, None
         if held is not None:
             self._locking_store()
-            yield ("release", *held)
+            yield Release(*held)
 
-    def _save_steps(self, session: Session) -> Steps[Outcome]:
+    def _save_steps(self, session: Session) -> LifeSteps[Outcome]:
         """Write what the request changed, as one atomic change set.
 
         Raises :class:`SessionTooLarge` before writing anything when the
@@ -305,43 +304,38 @@ class Lifecycle:
             raise
         finally:
             yield from self._release_steps(session)
-            claim = session._claim
+            claim = session.state.claim
             if claim is not None and self.migration is not None:
-                session._claim = None
-                yield ("settle", claim)
+                session.state.claim = None
+                yield Settle(claim)
 
     def _settled(self, session: Session) -> Outcome | None:
         """The save's outcome when it needs no store call (most requests): the session
         was never used, or only read and its idle expiry is not due to move; else None."""
-        if not session._loaded:
-            return Outcome(delete_cookie=session._stale_cookie)
+        if not session.state.loaded:
+            return Outcome(delete_cookie=session.state.stale_cookie)
         record = session.record
         if (
             record is not None
             and not self._refresh_due(record, time.time())
-            and self._unchanged(session)
+            and session.state.unchanged()
         ):
             return self._alive(session)
         return None
 
-    def _write_steps(self, session: Session) -> Steps[Outcome]:
+    def _write_steps(self, session: Session) -> LifeSteps[Outcome]:
         settled = self._settled(session)
         if settled is not None:
             return settled
-        if self._unchanged(session):
+        if session.state.unchanged():
             # Read, not written (most requests): at most refresh the idle expiry.
             assert session.record is not None
             return (yield from self._refresh_steps(session, session.record))
-        data, loaded, pending = session._data, session._raw, session._pending
-        changed: dict[str, bytes] = {}
-        for key in session._touched:
-            if key in data:
-                raw = pending.get(key) or dumps(data[key], key)
-                if loaded.get(key) != raw:
-                    changed[key] = raw
-        deleted = [key for key in session._deleted if key in loaded]
-        had_cookie = session.session_id is not None or session._stale_cookie
-        empty = all(key in _EMPTY_BUT for key in data)
+        state = session.state
+        data, loaded = state.data, state.raw
+        changed, deleted = state.changes()
+        had_cookie = state.session_id is not None or state.stale_cookie
+        empty = state.empty()
         limit = self.settings.max_size
         if not empty:
             # Checked on this request's view before any write, so that a refused
@@ -350,10 +344,10 @@ class Lifecycle:
             if size > limit and size > size_of(loaded):
                 raise SessionTooLarge(size, limit)
 
-        if session._drop_old and session.session_id is not None:
+        if session.state.drop_old and session.session_id is not None:
             yield from self._delete_steps(session)  # clear(): ended, whatever it holds now
-        origin = session._origin
-        if session._regenerating and origin is not None and session.session_id is not None:
+        origin = session.state.origin
+        if session.state.regenerating and origin is not None and session.session_id is not None:
             return (yield from self._move_steps(session, origin, changed, deleted))
         if session.record is None or session.session_id is None:
             if empty:  # nothing worth keeping: never store an empty session
@@ -372,7 +366,7 @@ class Lifecycle:
             delete=deleted,
             touched_at=now,
             expires_at=self._expiry(session.record, now),
-            delete_if_only=_EMPTY_BUT if deleted else None,
+            delete_if_only=EMPTY_BUT if deleted else None,
             max_size=limit,
             fence=self._fence(session),
             expect={name: loaded.get(name) for name in changed},
@@ -384,7 +378,7 @@ class Lifecycle:
 
     def _merging_save_steps(
         self, session: Session, key: str, change: Change, create: bool, source: str
-    ) -> Steps[tuple[int, Change]]:
+    ) -> LifeSteps[tuple[int, Change]]:
         """Save ``change``, each changed field compared with what the request loaded.
 
         When an overlapping request changed one of those fields meanwhile, the
@@ -395,9 +389,9 @@ class Lifecycle:
         patches: dict[str, Patch] = {}
         started = time.monotonic()
         for attempt in range(MERGE_ATTEMPTS):
-            result = int((yield ("save", key, change, create)))
+            result = int((yield Save(key, change, create)))
             if result == SaveResult.FENCED:
-                held = time.monotonic() - session._locked_at
+                held = time.monotonic() - session.state.locked_at
                 raise LockLost(repr(self.store), held)
             if result != SaveResult.CONFLICT:
                 return result, change
@@ -407,8 +401,8 @@ class Lifecycle:
             if waited >= self.settings.lock_timeout:
                 break
             if attempt >= 2:  # many requests at once: spread the retries out a little
-                yield ("sleep", random.uniform(0, min(0.001 * attempt, 0.02)))
-            current = yield ("load", source)
+                yield Sleep(random.uniform(0, min(0.001 * attempt, 0.02)))
+            current = yield Load(source)
             if current is None:
                 return SaveResult.REFUSED, change  # ended meanwhile
             change = self._rebase(session, change, current, patches)
@@ -425,34 +419,38 @@ class Lifecycle:
             if stored == expect[name]:
                 continue
             if name not in patches:
-                loaded = session._raw.get(name)
-                mine = loads(values[name]) if name not in session._data else session._data[name]
+                loaded = session.state.raw.get(name)
+                mine = (
+                    loads(values[name])
+                    if name not in session.state.data
+                    else session.state.data[name]
+                )
                 if loaded is not None:
                     before = loads(loaded)
-                elif session._fresh.get(name):  # setdefault(name, []) and friends
+                elif session.state.fresh.get(name):  # setdefault(name, []) and friends
                     before = type(mine)()
                 else:
                     before = ABSENT
                 # A new key given a non-empty value, or a key given a new object, is a
                 # leaf: the last save wins, as in save order.
-                leaf = before is ABSENT or name in session._replaced
+                leaf = before is ABSENT or name in session.state.replaced
                 patches[name] = ("set", mine) if leaf else diff(before, mine)
             merged = patch(ABSENT if stored is None else loads(stored), patches[name])
             values[name] = dumps(merged, name)
             expect[name] = stored
-            session._merged(name, merged)  # what the view's session holds now
+            session.state.merged(name, merged)  # what the view's session holds now
         return replace(change, set=values, expect=expect)
 
     def _fence(self, session: Session) -> str | None:
         """The lock token a save must still hold, in strict mode."""
-        held = session._lock_held
+        held = session.state.lock_held
         if held is None or session.session_id is None or held[0] != store_key(session.session_id):
             return None
         return held[1]
 
     def _create_record_steps(
         self, session: Session, fields: dict[str, bytes]
-    ) -> Steps[tuple[str, str, Record]]:
+    ) -> LifeSteps[tuple[str, str, Record]]:
         """Store ``fields`` as a new session under a new ID: the ID, its key, the record."""
         now = time.time()
         change = Change(
@@ -460,7 +458,7 @@ class Lifecycle:
             created_at=now,
             touched_at=now,
             expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
-            owner=session._owner,
+            owner=session.state.owner,
             meta=session.client_meta,
             ends_by=now + self.settings.absolute_timeout,
             max_size=self.settings.max_size,
@@ -468,14 +466,14 @@ class Lifecycle:
         while True:
             session_id = new_id()
             key = store_key(session_id)
-            if (yield ("save", key, change, True)):
+            if (yield Save(key, change, True)):
                 break
         record = Record(fields, now, now, change.expires_at, change.owner, dict(change.meta))
         return session_id, key, record
 
     def _move_steps(
         self, session: Session, origin: Record, changed: dict[str, bytes], deleted: list[str]
-    ) -> Steps[Outcome]:
+    ) -> LifeSteps[Outcome]:
         """regenerate(): move the stored record, with this request's changes, to a new ID.
 
         One atomic step in the store, conditional on the old record still being
@@ -492,14 +490,14 @@ class Lifecycle:
             created_at=origin.created_at,
             touched_at=now,
             expires_at=min(now + self.settings.idle_timeout, ends_by),
-            owner=session._owner,
+            owner=session.state.owner,
             meta=session.client_meta or origin.meta,
             ends_by=ends_by,
             replaces=old,
-            delete_if_only=_EMPTY_BUT,
+            delete_if_only=EMPTY_BUT,
             max_size=self.settings.max_size,
             fence=self._fence(session),
-            expect={name: session._raw.get(name) for name in changed},
+            expect={name: session.state.raw.get(name) for name in changed},
         )
         session_id = new_id()
         key = store_key(session_id)
@@ -509,7 +507,7 @@ class Lifecycle:
             return self._saved(session, result)
         self.counters.add("deletes")  # the old record, gone with the move
         # The bytes saved: what a merge with an overlapping request made, if it made any.
-        fields = {k: change.set.get(k) or session._raw[k] for k in session._data}
+        fields = {k: change.set.get(k) or session.state.raw[k] for k in session.state.data}
         record = Record(
             fields, origin.created_at, now, change.expires_at, change.owner, dict(change.meta)
         )
@@ -519,23 +517,16 @@ class Lifecycle:
         self, session: Session, session_id: str, key: str, record: Record, signal: Any
     ) -> Outcome:
         """Bookkeeping after a session was stored under a new ID."""
-        session.session_id = session_id
-        session.record = session._origin = record
-        session._raw = dict(record.fields)
-        session._pending.clear()
-        session._touched.clear()
-        session._deleted.clear()
-        session._drop_old = session._regenerating = False
-        session._wrote = True
+        session.state.born(session_id, record)
         self.counters.add("saves")
         signal.send(self.sender, session=session, fingerprint=key[:8])
         return Outcome(new_cookie=self.sign(session_id), alive=True)
 
-    def _delete_steps(self, session: Session) -> Steps[None]:
+    def _delete_steps(self, session: Session) -> LifeSteps[None]:
         """clear(): delete the record under the session's current ID, and forget the ID."""
         assert session.session_id is not None
         old = store_key(session.session_id)
-        yield ("delete", old)
+        yield Delete(old)
         self.counters.add("deletes")
         session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
         session.session_id = None
@@ -545,13 +536,13 @@ class Lifecycle:
             now + self.settings.idle_timeout, record.created_at + self.settings.absolute_timeout
         )
 
-    def _refresh_steps(self, session: Session, record: Record) -> Steps[Outcome]:
+    def _refresh_steps(self, session: Session, record: Record) -> LifeSteps[Outcome]:
         """Move an unchanged session's idle expiry, if the last move is old enough."""
         now = time.time()
         if not self._refresh_due(record, now):
             return self._alive(session)
         assert session.session_id is not None
-        ok = yield ("touch", store_key(session.session_id), now, self._expiry(record, now))
+        ok = yield Touch(store_key(session.session_id), now, self._expiry(record, now))
         self.counters.add("touches")
         outcome = self._saved(session, int(ok))
         return replace(outcome, refreshed=True) if outcome.alive else outcome
@@ -562,8 +553,8 @@ class Lifecycle:
 
     def _alive(self, session: Session) -> Outcome:
         """The session lives on; a cookie signed with a fallback key is signed anew."""
-        if session._resign and session.session_id is not None:
-            session._resign = False
+        if session.state.resign and session.session_id is not None:
+            session.state.resign = False
             return Outcome(new_cookie=self.sign(session.session_id), alive=True)
         return _ALIVE
 
@@ -574,8 +565,8 @@ class Lifecycle:
             self.counters.add("deletes")
             fingerprint = store_key(session.session_id)[:8]
             session_destroyed.send(self.sender, session=session, fingerprint=fingerprint)
-            session.session_id = session.record = session._origin = None
-            session._wrote = True
+            session.state.ended()
+            session.state.wrote = True
             return Outcome(delete_cookie=True)
         if not result:
             # Cleared, revoked or expired by another request meanwhile: the
@@ -583,9 +574,11 @@ class Lifecycle:
             security_log.info(
                 "session ended while a request was using it; its changes were dropped"
             )
-            session.session_id = session.record = session._origin = None
+            session.state.ended()
             return Outcome(delete_cookie=True)
-        session._wrote = session._wrote or bool(session._touched or session._deleted)
+        session.state.wrote = session.state.wrote or bool(
+            session.state.touched or session.state.deleted
+        )
         return self._alive(session)
 
 
@@ -604,28 +597,22 @@ class SessionManager(Lifecycle):
     ) -> None:
         super().__init__(store, signer, settings, session_class, sender)
 
-    def run(self, steps: Steps[T]) -> T:
+    def run(self, steps: LifeSteps[T]) -> T:
         """Run lifecycle steps to their answer, making each call they yield."""
         return drive(steps, self._perform)
 
     def _perform(self, op: Op) -> Any:
-        name = op[0]
-        store: Any = self.store
-        if name == "load":
-            return store.load(op[1])
-        if name == "save":
-            return store.save(op[1], op[2], create=op[3])
-        if name == "sleep":
-            return time.sleep(op[1])
-        if name == "revoke":
-            return store.revoke(op[1], owner=op[2], keep=op[3])
-        if name == "migrate":
-            assert self.migration is not None
-            return self.migration.load(self, op[1])
-        if name == "settle":
-            assert self.migration is not None
-            return self.migration.settle(op[1])
-        return getattr(store, name)(*op[1:])
+        match op:
+            case Sleep(seconds):
+                return time.sleep(seconds)
+            case Migrate(session):
+                assert self.migration is not None
+                return self.migration.load(self, session)
+            case Settle(claim):
+                assert self.migration is not None
+                return self.migration.settle(claim)
+            case _:
+                return op.on(self.store)
 
     def load(self, session: Session) -> Record | None:
         """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""
@@ -646,7 +633,7 @@ class SessionManager(Lifecycle):
             self.counters.add("store_errors")
             raise
         self._loaded(session, key, record)
-        error = session._fill(record)
+        error = session.state.fill(record)
         if error is not None:
             self.run(self._unreadable_steps(session, error))
 
@@ -656,7 +643,7 @@ class SessionManager(Lifecycle):
 
     def save(self, session: Session) -> Outcome:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
-        if session._lock_held is None and session._claim is None:
+        if session.state.lock_held is None and session.state.claim is None:
             # No lock to release and no import to settle: when the save needs no
             # store call either, there are no steps to drive.
             settled = self._settled(session)
@@ -701,28 +688,21 @@ class AsyncSessionManager(Lifecycle):
     ) -> None:
         super().__init__(store, signer, settings, session_class, sender)
 
-    def run(self, steps: Steps[T]) -> Awaitable[T]:
+    def run(self, steps: LifeSteps[T]) -> Awaitable[T]:
         """Run lifecycle steps to their answer, awaiting each call they yield."""
         return drive_async(steps, self._perform)
 
     async def _perform(self, op: Op) -> Any:
-        name = op[0]
-        store: Any = self.store
-        if name == "load":
-            return await store.load(op[1])
-        if name == "save":
-            return await store.save(op[1], op[2], create=op[3])
-        if name == "sleep":
-            return await _async.sleep(op[1])
-        if name == "revoke":
-            return await store.revoke(op[1], owner=op[2], keep=op[3])
-        if name == "migrate":
-            twin = self._blocking_twin()
-            return await _async.to_thread(twin.load, op[1])
-        if name == "settle":
-            assert self.migration is not None
-            return await _async.to_thread(self.migration.settle, op[1])
-        return await getattr(store, name)(*op[1:])
+        match op:
+            case Sleep(seconds):
+                return await _async.sleep(seconds)
+            case Migrate(session):  # an import reads the old layer with its sync client
+                return await _async.to_thread(self._blocking_twin().load, session)
+            case Settle(claim):
+                assert self.migration is not None
+                return await _async.to_thread(self.migration.settle, claim)
+            case _:
+                return await op.on(self.store)
 
     def _blocking_twin(self) -> SessionManager:
         """The sync manager an import runs on, in a worker thread, sharing this one's state.

@@ -15,12 +15,13 @@ from typing import Any, TypeVar
 __all__ = ["Steps", "drive", "drive_async"]
 
 T = TypeVar("T")
+OpT = TypeVar("OpT")
 
 #: Steps that yield calls (tuples whose first item names the call) and return a T.
 Steps = Generator[tuple[Any, ...], Any, T]
 
 
-def drive(steps: Steps[T], perform: Callable[[tuple[Any, ...]], Any]) -> T:
+def drive(steps: Generator[OpT, Any, T], perform: Callable[[OpT], Any]) -> T:
     """Run ``steps`` to their answer, making each call they yield with ``perform``."""
     value: Any = None
     error: BaseException | None = None
@@ -37,7 +38,7 @@ def drive(steps: Steps[T], perform: Callable[[tuple[Any, ...]], Any]) -> T:
             error = exc
 
 
-async def drive_async(steps: Steps[T], perform: Callable[[tuple[Any, ...]], Awaitable[Any]]) -> T:
+async def drive_async(steps: Generator[OpT, Any, T], perform: Callable[[OpT], Awaitable[Any]]) -> T:
     """Run ``steps`` to their answer, awaiting each call they yield with ``perform``."""
     value: Any = None
     error: BaseException | None = None

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._ops import LifeSteps, Records, Revoke
 from .errors import ConfigError
 from .session import owner_text
 from .signing import store_key
@@ -20,7 +21,6 @@ from .stores.base import ListingStore, Record
 
 if TYPE_CHECKING:
     from ._manager import Lifecycle, SessionManager
-    from ._steps import Steps
     from .session import Session
 
 __all__ = ["SessionInfo", "list_sessions", "revoke", "revoke_all", "stats"]
@@ -87,15 +87,17 @@ def _require_listing(manager: Lifecycle) -> None:
         raise ConfigError(f"{manager.store!r} cannot list its sessions")
 
 
-def _records_steps(manager: Lifecycle, owner: str | int | None) -> Steps[list[tuple[str, Record]]]:
+def _records_steps(
+    manager: Lifecycle, owner: str | int | None
+) -> LifeSteps[list[tuple[str, Record]]]:
     _require_listing(manager)
-    found = yield ("records", None if owner is None else owner_text(owner))
+    found = yield Records(None if owner is None else owner_text(owner))
     return list(found)
 
 
 def list_sessions_steps(
     manager: Lifecycle, owner: str | int | None = None, current: Session | None = None
-) -> Steps[list[SessionInfo]]:
+) -> LifeSteps[list[SessionInfo]]:
     """The live sessions of ``owner`` (all of them when ``None``), most recent first."""
     mine = current_reference(current)
     found = yield from _records_steps(manager, owner)
@@ -103,7 +105,9 @@ def list_sessions_steps(
     return sorted(infos, key=lambda info: info.last_seen, reverse=True)
 
 
-def revoke_steps(manager: Lifecycle, reference: str, current: Session | None = None) -> Steps[bool]:
+def revoke_steps(
+    manager: Lifecycle, reference: str, current: Session | None = None
+) -> LifeSteps[bool]:
     """End the session ``reference`` names at once; ``False`` if it was not there.
 
     A session that moved to a new ID (``regenerate()``) after its reference was
@@ -112,9 +116,9 @@ def revoke_steps(manager: Lifecycle, reference: str, current: Session | None = N
     session and the response expires the cookie, on every adapter.
     """
     _require_listing(manager)
-    ended = bool((yield ("revoke", (reference,), None, None)))
+    ended = bool((yield Revoke((reference,))))
     if current is not None and current_reference(current) == reference:
-        current._ended_elsewhere()
+        current.state.ended_elsewhere()
     return ended
 
 
@@ -123,7 +127,7 @@ def revoke_all_steps(
     owner: str | int,
     keep: Session | None = None,
     current: Session | None = None,
-) -> Steps[int]:
+) -> LifeSteps[int]:
     """End every session of ``owner`` except ``keep``'s; return how many ended.
 
     ``owner`` is a ``str`` or an ``int``, as given to ``regenerate(owner=...)``;
@@ -139,13 +143,13 @@ def revoke_all_steps(
     mine = current is not None and keep is None and current.session_id is not None
     if mine:
         assert current is not None
-        if not current._loaded:  # a lazily loaded (Flask) session: whose is it?
+        if not current.state.loaded:  # a lazily loaded (Flask) session: whose is it?
             yield from manager._fill_steps(current)
-        mine = current.record is not None and current._owner == owner
-    ended: int = yield ("revoke", (), owner, current_reference(keep))
+        mine = current.record is not None and current.state.owner == owner
+    ended: int = yield Revoke((), owner, current_reference(keep))
     if mine:
         assert current is not None
-        current._ended_elsewhere()
+        current.state.ended_elsewhere()
     return ended
 
 

@@ -279,7 +279,6 @@ class SessionMiddleware:
             manager = await self._ready()
         prefix = self._prefix if self.cookie_name is None else self._named(scope)
         session: Any = manager.open(self._cookies(scope, prefix))
-        session._cookie_prefix = prefix
         if self.track_client:
             client = scope.get("client")
             session.client_meta = {
@@ -288,16 +287,16 @@ class SessionMiddleware:
             }
         scope["session"] = session
         scope["satchel"] = manager
-        if not session._loaded:
+        if not session.state.loaded:
             try:
                 await manager.fill(session)
             except StoreUnavailable as exc:
                 await _refuse(kind, send, exc)
                 return
         if kind == "http":
-            await self._http(scope, receive, send, session)
+            await self._http(scope, receive, send, session, prefix)
         else:
-            await self._websocket(scope, receive, send, session)
+            await self._websocket(scope, receive, send, session, prefix)
 
     def _named(self, scope: Scope) -> bytes:
         """``name=`` for the cookie the ``cookie_name`` function picks for this request."""
@@ -318,15 +317,18 @@ class SessionMiddleware:
                         found.append(_unquote(part[len(prefix) :].decode("latin-1")))
         return found
 
-    async def _commit(self, session: AsyncSession, *, vary: bool) -> list[tuple[bytes, bytes]]:
+    async def _commit(
+        self, session: AsyncSession, name: bytes, *, vary: bool
+    ) -> list[tuple[bytes, bytes]]:
         """Save ``session``; the headers the response needs for its cookie."""
         outcome = await self.manager.save(session)
         headers: list[tuple[bytes, bytes]] = []
-        name = session._cookie_prefix
         if self._dies_at_once and session.session_id is not None and outcome.alive:
             # max_age 0 or less: Starlette sends a cookie the browser drops at once, so the
             # session cannot outlive this response; a replay of the cookie opens nothing.
-            value = outcome.new_cookie or session._cookie or self.manager.sign(session.session_id)
+            value = (
+                outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id)
+            )
             await self.manager.end(session)
             if outcome.new_cookie is not None or outcome.wrote:
                 headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
@@ -345,13 +347,22 @@ class SessionMiddleware:
             and (outcome.wrote or outcome.refreshed)
         ):
             assert session.session_id is not None
-            value = outcome.new_cookie or session._cookie or self.manager.sign(session.session_id)
+            value = (
+                outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id)
+            )
             headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
         if vary and session.accessed:  # as Starlette: only a response that used the session
             headers.append((b"vary", b"Cookie"))
         return headers
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, session: Any) -> None:
+    def _cookie_of(self, session: AsyncSession) -> str:
+        """The cookie value of the session's ID: the one it came in, or signed anew."""
+        assert session.session_id is not None
+        return session.state.cookie or self.manager.sign(session.session_id)
+
+    async def _http(
+        self, scope: Scope, receive: Receive, send: Send, session: Any, name: bytes
+    ) -> None:
         started = replaced = False
 
         async def send_with_cookie(message: Message) -> None:
@@ -361,7 +372,7 @@ class SessionMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 try:
-                    headers = await self._commit(session, vary=True)
+                    headers = await self._commit(session, name, vary=True)
                 except StoreUnavailable as exc:
                     replaced = True
                     await _refuse("http", send, exc)
@@ -378,10 +389,12 @@ class SessionMiddleware:
                 raise
             await _refuse("http", send, exc)
         finally:
-            if session._lock_held is not None:  # the view failed before any save
+            if session.state.lock_held is not None:  # the view failed before any save
                 await _release(self.manager, session)
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send, session: Any) -> None:
+    async def _websocket(
+        self, scope: Scope, receive: Receive, send: Send, session: Any, name: bytes
+    ) -> None:
         """Save at the accept (its cookie goes with it) and again when the socket ends."""
         accepted = refused = False
 
@@ -391,13 +404,13 @@ class SessionMiddleware:
                 return  # closed with 1011 already: the app's later messages go nowhere
             if message["type"] == "websocket.accept" and not accepted:
                 try:
-                    headers = await self._commit(session, vary=False)
+                    headers = await self._commit(session, name, vary=False)
                 except StoreUnavailable as exc:
                     refused = True
                     await _refuse("websocket", send, exc)
                     return
                 accepted = True
-                session._settle()
+                session.state.settle()
                 if headers:
                     message = dict(message)
                     message["headers"] = [*message.get("headers", ()), *headers]
@@ -410,9 +423,9 @@ class SessionMiddleware:
 
     async def _after_socket(self, session: Any, accepted: bool) -> None:
         """Store what the socket changed after its accept (no cookie can go out now)."""
-        if session._lock_held is not None:
+        if session.state.lock_held is not None:
             await _release(self.manager, session)
-        if not (accepted and session.modified and session._loaded):
+        if not (accepted and session.modified and session.state.loaded):
             return
         if session.session_id is None:
             _log.warning(

@@ -262,7 +262,7 @@ class SatchelSessionInterface(SessionInterface):
         ``session.permanent`` either way always resends.
         """
         assert isinstance(session, FlaskSession)
-        if "_permanent" in session._touched or "_permanent" in session._deleted:
+        if "_permanent" in session.state.touched or "_permanent" in session.state.deleted:
             return True
         return bool(
             session.permanent and (session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"])
@@ -317,7 +317,7 @@ class SatchelSessionInterface(SessionInterface):
             _vary_on_cookie(response)
         response.set_cookie(
             session.cookie_name,
-            outcome.new_cookie or session._cookie or self.manager.sign(session.session_id),
+            outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id),
             expires=self.get_expiration_time(app, session),
             **self._cookie_attributes(app),
         )

@@ -36,20 +36,39 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from itsdangerous import BadSignature, Signer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 
-from ._manager import security_log
 from .errors import ConfigError, StoreUnavailable
 from .serialization import dumps
-from .signals import session_migrated
+from .signals import security_log, session_migrated
 from .stores.base import Change, Record, SaveResult, Store, size_of
 
 if TYPE_CHECKING:
-    from ._manager import SessionManager
     from .session import Session
+    from .signals import Counters
+
+
+class _Manager(Protocol):
+    """What an import needs of the sync lifecycle (:class:`satchel._manager.SessionManager`)."""
+
+    store: Store
+    counters: Counters
+    sender: object
+
+    @property
+    def settings(self) -> Any: ...
+
+    def create_record(
+        self, session: Session, fields: dict[str, bytes]
+    ) -> tuple[str, str, Record]: ...
+
+    def locked_load(self, session: Session, key: str, record: Record) -> Record: ...
+
+    def load(self, session: Session) -> Record | None: ...
+
 
 __all__ = [
     "CLAIM_PREFIX",
@@ -456,11 +475,11 @@ class Migration:
 
     # -- the import --------------------------------------------------------------
 
-    def load(self, manager: SessionManager, session: Session) -> Record | None:
+    def load(self, manager: _Manager, session: Session) -> Record | None:
         """The record of the session an old cookie becomes: imported, joined, or none."""
-        pending = session._migrating
+        pending = session.state.migrating
         assert isinstance(pending, _Pending)
-        session._migrating = None
+        session.state.migrating = None
         claim = self.claim_key(pending.identity)
         claimed, joined = self._join(manager, session, pending, claim)
         if claimed:
@@ -499,8 +518,8 @@ class Migration:
             return self._join(manager, session, pending, claim)[1]
         source.forget(pending.token)
         session.session_id = session_id
-        session._resign = True  # send the new cookie even if nothing else changes
-        session._claim = (claim, expires_at)
+        session.state.resign = True  # send the new cookie even if nothing else changes
+        session.state.claim = (claim, expires_at)
         manager.counters.add("migrated")
         manager.counters.add("creates")
         session_migrated.send(
@@ -524,7 +543,7 @@ class Migration:
         return fields
 
     def _join(
-        self, manager: SessionManager, session: Session, pending: _Pending, claim: str
+        self, manager: _Manager, session: Session, pending: _Pending, claim: str
     ) -> tuple[bool, Record | None]:
         """Whether the cookie was claimed, and the imported session's record to join.
 
@@ -554,11 +573,11 @@ class Migration:
         if session_id is None:
             return True, None
         session.session_id = session_id
-        session._resign = True
+        session.state.resign = True
         record = manager.load(session)
         if record is None:
             session.session_id = None
-            session._resign = False
+            session.state.resign = False
         return True, record
 
     def settle(self, claim: tuple[str, float]) -> None:

@@ -120,7 +120,7 @@ class SatchelSessionInterface(SessionInterface):
     def should_set_cookie(self, app: Quart, session: SessionMixin) -> bool:
         """Resend an unchanged ID only when its cookie's lifetime must move (as on Flask)."""
         assert isinstance(session, QuartSession)
-        if "_permanent" in session._touched or "_permanent" in session._deleted:
+        if "_permanent" in session.state.touched or "_permanent" in session.state.deleted:
             return True
         return bool(
             session.permanent and (session.modified or app.config["SESSION_REFRESH_EACH_REQUEST"])
@@ -148,7 +148,7 @@ class SatchelSessionInterface(SessionInterface):
                 "user_agent": request.headers.get("User-Agent", "")[:256],
                 "ip": request.remote_addr or "",
             }
-        if not session._loaded:
+        if not session.state.loaded:
             endpoints = locked_endpoints(app.view_functions, app.extensions)
             if endpoints and _endpoint(app, request) in endpoints:
                 session._wants_lock = True
@@ -158,7 +158,7 @@ class SatchelSessionInterface(SessionInterface):
                 # Quart opens the session outside its error handling: the request's
                 # first hook raises this again, so the app's handler answers (a 503).
                 session._failed = exc
-                session._loaded = True
+                session.state.loaded = True
         return session
 
     async def save_session(
@@ -212,7 +212,7 @@ class SatchelSessionInterface(SessionInterface):
         response.vary.add("Cookie")
         response.set_cookie(
             name,
-            outcome.new_cookie or session._cookie or self.manager.sign(session.session_id),
+            outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id),
             expires=self.get_expiration_time(app, session),
             **attributes,
         )
@@ -305,7 +305,7 @@ class Satchel:
             from quart.globals import request_ctx
 
             held = request_ctx.session
-            if isinstance(held, QuartSession) and held._lock_held is not None:
+            if isinstance(held, QuartSession) and held.state.lock_held is not None:
                 try:
                     await manager.release(held)
                 except StoreUnavailable as error:

@@ -10,17 +10,23 @@ request ends, so ``session["cart"].append(item)`` is saved without
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 from uuid import UUID
 
 from markupsafe import Markup
 
+from ._state import State
 from .errors import SerializationError
-from .serialization import dumps, loads
+from .serialization import dumps
 from .stores.base import Record
 
-if TYPE_CHECKING:
-    from ._manager import Lifecycle
+
+class Loader(Protocol):
+    """What a session needs of the lifecycle that made it: its lazy load."""
+
+    def fill(self, session: Session) -> Any:
+        """Load ``session`` and hand it its data."""
+
 
 __all__ = ["AsyncSession", "Session", "owner_text"]
 
@@ -50,95 +56,24 @@ class Session(MutableMapping[str, Any]):
 
     A mutable mapping like Flask's own session; every method goes through the
     lazy load and the change tracking. ``dict(session)`` gives a plain copy.
+    Its bookkeeping lives in :attr:`state`, which the lifecycle drives.
     """
 
-    # An old cookie to import on first use, and the claim of one imported
-    # (see satchel.migration); class defaults, so most requests never set them.
-    _migrating: Any = None
-    _claim: tuple[str, float] | None = None
-    # The verified cookie the session was opened from: resent as it is when only its
-    # lifetime must move (the same ID signed with the same key gives the same value).
-    _cookie: str | None = None
-
-    def __init__(self, manager: Lifecycle, session_id: str | None) -> None:
-        self._data: dict[str, Any] = {}
+    def __init__(self, manager: Loader, session_id: str | None) -> None:
+        #: The lifecycle's bookkeeping for this request (:class:`satchel._state.State`):
+        #: what was loaded, what changed, what the cookie must do. Views never need it.
+        self.state = State(session_id)
+        self._data = self.state.data  # the same dict, for the hot paths below
         self._manager: Any = manager
-        #: The verified ID from the cookie, or the new one once saved.
-        self.session_id = session_id
-        self.record: Record | None = None
-        # The record as loaded; None once clear() ended it.
-        self._origin: Record | None = None
-        self.accessed = False
-        self._loaded = session_id is None
-        self._raw: dict[str, bytes] = {}
-        self._touched: set[str] = set()
-        # Serialised form of values set in this request that cannot change in place.
-        self._pending: dict[str, bytes] = {}
-        self._deleted: set[str] = set()
-        # Keys absent at load, and whether their first value here was an empty list or dict.
-        self._fresh: dict[str, bool] = {}
-        # Loaded keys given a new object (session[k] = [...]) rather than changed in place.
-        self._replaced: set[str] = set()
-        # clear() was called: the stored record is deleted whatever it holds.
-        self._drop_old = False
-        # regenerate() was called on a stored session: it moves to a new ID.
-        self._regenerating = False
-        # A save wrote this request's changes (``modified`` stays true after it).
-        self._wrote = False
-        self._stale_cookie = False
-        self._owner: str | None = None
-        #: Client details stored when the record is created (user agent, IP).
-        self.client_meta: dict[str, str] = {}
-        self._lock_held: tuple[str, str] | None = None
-        self._locked_at = 0.0
-        # The cookie was signed with a fallback key: send it signed with the current one.
-        self._resign = False
 
     # -- loading -------------------------------------------------------------
 
     def _load(self) -> None:
-        self.accessed = True
-        if self._loaded:
+        state = self.state
+        state.accessed = True
+        if state.loaded:
             return
         self._manager.fill(self)
-
-    def _fill(self, record: Record | None) -> Exception | None:
-        """Take the data of ``record`` (just loaded); the error if it does not read back."""
-        self._loaded = True
-        if record is None:
-            # A genuine ID whose record is gone: expire the cookie. An old cookie
-            # that imported nothing is left alone, as any invalid cookie is: the
-            # browser may hold a new one by now, from an overlapping request.
-            self._stale_cookie = self.session_id is not None
-            return None
-        try:
-            values = {name: loads(raw) for name, raw in record.fields.items()}
-        except Exception as exc:  # whatever it is, it must not fail every request for good
-            self._stale_cookie = True
-            return exc
-        self.record = self._origin = record
-        self._owner = record.owner
-        self._raw = dict(record.fields)
-        self._data.update(values)
-        return None
-
-    def _settle(self) -> None:
-        """What the last save stored becomes what was loaded: a later save writes only
-        what changes after it (a websocket saves at its accept and again at its end)."""
-        pending = self._pending
-        self._raw = {
-            key: pending.get(key) or dumps(value, key) for key, value in self._data.items()
-        }
-        self._touched.clear()
-        self._deleted.clear()
-        pending.clear()
-        self._fresh.clear()
-        self._replaced.clear()
-        self._wrote = False
-
-    def _merged(self, key: str, value: Any) -> None:
-        """Hold ``value``, what a save merged with an overlapping request's, under ``key``."""
-        self._data.__setitem__(key, value)
 
     def _lock_wanted(self) -> bool:
         """Whether this request asks for strict mode; adapters override it."""
@@ -147,13 +82,51 @@ class Session(MutableMapping[str, Any]):
     def _on_lock(self) -> None:
         """Called once the session's lock is held; adapters note it for clean-up."""
 
+    # -- what the lifecycle reads, as attributes ---------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The verified ID from the cookie, or the new one once saved."""
+        return self.state.session_id
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        self.state.session_id = value
+
+    @property
+    def record(self) -> Record | None:
+        """The stored record behind the session, as loaded or last saved."""
+        return self.state.record
+
+    @record.setter
+    def record(self, value: Record | None) -> None:
+        self.state.record = value
+
+    @property
+    def accessed(self) -> bool:
+        """Whether the view used the session (a response that did varies on the cookie)."""
+        return self.state.accessed
+
+    @accessed.setter
+    def accessed(self, value: bool) -> None:
+        self.state.accessed = value
+
+    @property
+    def client_meta(self) -> dict[str, str]:
+        """Client details stored when the record is created (user agent, IP)."""
+        return self.state.client_meta
+
+    @client_meta.setter
+    def client_meta(self, value: dict[str, str]) -> None:
+        self.state.client_meta = value
+
     # -- reading -------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
         self._load()
         value = self._data.__getitem__(key)
         if type(value) not in _IMMUTABLE:
-            self._touched.add(key)
+            self.state.touched.add(key)
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -163,7 +136,7 @@ class Session(MutableMapping[str, Any]):
         if value is _MISSING:
             return default
         if type(value) not in _IMMUTABLE:
-            self._touched.add(key)
+            self.state.touched.add(key)
         return value
 
     def __contains__(self, key: object) -> bool:
@@ -188,7 +161,7 @@ class Session(MutableMapping[str, Any]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        if not self._loaded:
+        if not self.state.loaded:
             return f"<{type(self).__name__} (not loaded)>"
         return f"<{type(self).__name__} {self._data!r}>"
 
@@ -214,7 +187,7 @@ class Session(MutableMapping[str, Any]):
 
     def _touch_all(self) -> None:
         self._load()
-        self._touched.update(self._data.keys())
+        self.state.touched.update(self._data.keys())
 
     # -- writing -------------------------------------------------------------
 
@@ -232,27 +205,29 @@ class Session(MutableMapping[str, Any]):
             raise SerializationError(repr(key), str, "a session key cannot contain NUL (\\x00)")
         raw = dumps(value, key)  # fail here, at the assignment, not when the view ends
         self._load()
+        state = self.state
         held = self._data.get(key, _MISSING)
-        if held is _MISSING and key not in self._raw and key not in self._fresh:
+        if held is _MISSING and key not in state.raw and key not in state.fresh:
             # A new key's first value: an empty container (setdefault(key, [])) merges
             # with an overlapping request's, anything else replaces it (see _merge).
-            self._fresh[key] = type(value) in (list, dict) and not value
-        elif held is not value and key in self._raw:
-            self._replaced.add(key)  # a new object, not the loaded one changed in place
+            state.fresh[key] = type(value) in (list, dict) and not value
+        elif held is not value and key in state.raw:
+            state.replaced.add(key)  # a new object, not the loaded one changed in place
         self._data.__setitem__(key, value)
         if type(value) in _IMMUTABLE:
-            self._pending[key] = raw
+            state.pending[key] = raw
         else:
-            self._pending.pop(key, None)
-        self._touched.add(key)
-        self._deleted.discard(key)
+            state.pending.pop(key, None)
+        state.touched.add(key)
+        state.deleted.discard(key)
 
     def __delitem__(self, key: str) -> None:
         self._load()
         self._data.__delitem__(key)
-        self._touched.discard(key)
-        self._pending.pop(key, None)
-        self._deleted.add(key)
+        state = self.state
+        state.touched.discard(key)
+        state.pending.pop(key, None)
+        state.deleted.add(key)
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """Return ``self[key]``, first storing ``default`` there if it is missing."""
@@ -288,42 +263,15 @@ class Session(MutableMapping[str, Any]):
         self.update(other)
         return self
 
-    def _forget(self) -> None:
-        """Drop everything held, as if nothing had been loaded: what :meth:`clear` and a
-        revoke of this session (:meth:`_ended_elsewhere`) share."""
-        self.accessed = True
-        if self._migrating is not None:
-            # Never imported, and must not be later: the old cookie is expired instead.
-            self._migrating = None
-            self._stale_cookie = True
-        self._loaded = True
-        for held in (self._data, self._raw, self._pending, self._fresh):
-            held.clear()
-        self._touched.clear()
-        self._deleted.clear()
-        self._replaced.clear()
-        self.record = self._origin = None
-        self._owner = None
-        self._regenerating = False  # ending the session, whatever came before
-
     def clear(self) -> None:
         """Forget everything: the stored record is deleted when the request ends.
 
         The old cookie is dead from then on; anything stored after this call
         goes into a new session with a new ID.
         """
-        self._forget()
-        self._drop_old = self.session_id is not None or self._drop_old
-
-    def _ended_elsewhere(self) -> None:
-        """The stored record was ended by a revoke this request made (its own session, or
-        all of its owner's): forget it at once, as a clear() would, but with nothing left
-        to delete. The view sees an empty session, the response expires the cookie, and
-        anything stored afterwards goes into a new session with a new ID."""
-        self._forget()
-        self._drop_old = False
-        self._stale_cookie = self.session_id is not None or self._stale_cookie
-        self.session_id = None
+        state = self.state
+        state.forget()
+        state.drop_old = state.session_id is not None or state.drop_old
 
     def regenerate(self, owner: str | int | None = None) -> None:
         """Keep the data but move it to a new ID, deleting the old record.
@@ -341,29 +289,30 @@ class Session(MutableMapping[str, Any]):
         if owner is not None:
             owner = owner_text(owner)
         self._load()
+        state = self.state
         if owner is not None:
-            self._owner = owner
-        self._regenerating = self._origin is not None
-        self.record = None
+            state.owner = owner
+        state.regenerating = state.origin is not None
+        state.record = None
 
     # -- state ----------------------------------------------------------------
 
     @property
     def loaded(self) -> bool:
         """Whether the store has been read (or there was nothing to read)."""
-        return self._loaded
+        return self.state.loaded
 
     @property
     def owner(self) -> str | None:
         """The user this session belongs to, as given to :meth:`regenerate`."""
         self._load()
-        return self._owner
+        return self.state.owner
 
     @property
     def new(self) -> bool:
         """True when no stored record backs this session (yet)."""
         self._load()
-        return self.record is None
+        return self.state.record is None
 
     @property
     def modified(self) -> bool:
@@ -373,9 +322,7 @@ class Session(MutableMapping[str, Any]):
         True makes the save compare every value, as a view that changed
         something the tracking cannot see would want.
         """
-        return bool(
-            self._touched or self._deleted or self._drop_old or self._regenerating or self._wrote
-        )
+        return self.state.modified
 
     @modified.setter
     def modified(self, value: bool) -> None:
@@ -406,15 +353,9 @@ class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
     and C code that reads a dict directly (``json``, ``orjson``) see the data.
     """
 
-    def _fill(self, record: Record | None) -> Exception | None:
-        error = super()._fill(record)
-        dict.clear(self)
-        dict.update(self, self._data)
-        return error
-
-    def _merged(self, key: str, value: Any) -> None:
-        super()._merged(key, value)
-        dict.__setitem__(self, key, value)
+    def __init__(self, manager: Loader, session_id: str | None) -> None:
+        super().__init__(manager, session_id)
+        self.state.mirror = self  # the dict this session also is, kept equal to its data
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, value)
@@ -427,16 +368,10 @@ class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
-    def _forget(self) -> None:
-        super()._forget()
-        dict.clear(self)
-
-    #: ``name=`` of the cookie this session came in (and goes out) under.
-    _cookie_prefix = b"session="
-
     def _load(self) -> None:
-        self.accessed = True
-        if not self._loaded:
+        state = self.state
+        state.accessed = True
+        if not state.loaded:
             raise RuntimeError(
                 "this session was not loaded: await its manager's fill() before using it"
             )

@@ -27,10 +27,15 @@ signal                   sent when
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, fields
 
 from blinker import Namespace
+
+#: Where security events are logged (a rejected cookie, an ended session used):
+#: the ``satchel.security`` logger, never with a session ID.
+security_log = logging.getLogger("satchel.security")
 
 __all__ = [
     "Counters",
