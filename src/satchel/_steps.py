@@ -12,13 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["Steps", "drive", "drive_async"]
+__all__ = ["drive", "drive_async"]
 
 T = TypeVar("T")
 OpT = TypeVar("OpT")
-
-#: Steps that yield calls (tuples whose first item names the call) and return a T.
-Steps = Generator[tuple[Any, ...], Any, T]
 
 
 def drive(steps: Generator[OpT, Any, T], perform: Callable[[OpT], Any]) -> T:

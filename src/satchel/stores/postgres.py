@@ -292,3 +292,8 @@ class PostgresStore(_PostgresRules):
         """Close the connections this store opened (a pool you passed stays yours)."""
         for conn in self._connections.drain():
             conn.close()
+
+
+# Defined in private modules; documented and imported from here.
+for _public in (AsyncPostgresStore,):
+    _public.__module__ = __name__

@@ -576,3 +576,8 @@ class RedisStore(_RedisRules):
         if self._tracked is not None:
             self._tracked.close()
         self.client.close()
+
+
+# Defined in private modules; documented and imported from here.
+for _public in (AsyncRedisStore,):
+    _public.__module__ = __name__
