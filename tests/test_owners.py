@@ -139,7 +139,7 @@ def test_expired_sessions_leave_the_listing(store: Store) -> None:
 
 def test_redis_listing_prunes_members_without_a_record(redis_store: RedisStore) -> None:
     """A member of an owner's set whose record is gone is removed when the set is listed."""
-    from satchel.testing import _change
+    from satchel._contract import _change
 
     for key in ("dave1", "dave2"):
         redis_store.save(key, _change({"x": b"1"}, owner="dave"), create=True)

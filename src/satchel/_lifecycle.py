@@ -29,7 +29,7 @@ from ._ops import (
     Sleep,
     Touch,
 )
-from ._state import EMPTY_BUT
+from ._state import EMPTY_BUT, State
 from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
 from .serialization import dumps, loads
 from .session import Session
@@ -159,8 +159,9 @@ class Lifecycle:
             session_id = signer.unsign(value)
             if session_id is not None:
                 session = self.session_class(self, session_id)
-                session.state.resign = signer.signed_by_fallback(value)
-                session.state.cookie = value
+                state = session.state
+                state.resign = signer.signed_by_fallback(value)
+                state.cookie = value
                 return session
         migration = self.migration
         if migration is not None:
@@ -181,6 +182,11 @@ class Lifecycle:
         """Load ``session`` and hand it its data: each driver does (see its own)."""
         raise NotImplementedError
 
+    def cookie_of(self, state: State) -> str:
+        """The cookie value of the session's ID: the one it came in, or signed anew."""
+        assert state.session_id is not None
+        return state.cookie or self.signer.sign(state.session_id)
+
     def sign(self, session_id: str) -> str:
         """Return the cookie value for ``session_id``."""
         return self.signer.sign(session_id)
@@ -200,8 +206,8 @@ class Lifecycle:
                 self.counters.add("store_errors")
                 raise
             return record
-        assert session.session_id is not None
-        key = store_key(session.session_id)
+        assert session.state.session_id is not None
+        key = store_key(session.state.session_id)
         try:
             if self.settings.locking or session._lock_wanted():
                 yield from self._lock_steps(session, key)
@@ -220,10 +226,11 @@ class Lifecycle:
 
     def _one_call_load(self, session: Session) -> bool:
         """Whether loading ``session`` is a single store call: no import, no lock."""
+        state = session.state
         return (
-            session.state.migrating is None
+            state.migrating is None
             and not self.settings.locking
-            and session.session_id is not None
+            and state.session_id is not None
             and not session._lock_wanted()
         )
 
@@ -240,8 +247,8 @@ class Lifecycle:
         Whatever wrote it (an older version, a hand edit), failing every request
         of the session for good would be worse than ending it.
         """
-        assert session.session_id is not None
-        key = store_key(session.session_id)
+        assert session.state.session_id is not None
+        key = store_key(session.state.session_id)
         security_log.warning(
             "session %s holds a value that cannot be read back (%s); it counts as ended",
             key[:8],
@@ -307,13 +314,14 @@ class Lifecycle:
     def _settled(self, session: Session) -> Outcome | None:
         """The save's outcome when it needs no store call (most requests): the session
         was never used, or only read and its idle expiry is not due to move; else None."""
-        if not session.state.loaded:
-            return Outcome(delete_cookie=session.state.stale_cookie)
-        record = session.record
+        state = session.state
+        if not state.loaded:
+            return Outcome(delete_cookie=state.stale_cookie)
+        record = state.record
         if (
             record is not None
-            and not self._refresh_due(record, time.time())
-            and session.state.unchanged()
+            and time.time() - record.touched_at < self._refresh_after  # not _refresh_due()
+            and state.unchanged()
         ):
             return self._alive(session)
         return None
@@ -324,8 +332,8 @@ class Lifecycle:
             return settled
         if session.state.unchanged():
             # Read, not written (most requests): at most refresh the idle expiry.
-            assert session.record is not None
-            return (yield from self._refresh_steps(session, session.record))
+            assert session.state.record is not None
+            return (yield from self._refresh_steps(session, session.state.record))
         state = session.state
         data, loaded = state.data, state.raw
         changed, deleted = state.changes()
@@ -339,29 +347,34 @@ class Lifecycle:
             if size > limit and size > size_of(loaded):
                 raise SessionTooLarge(size, limit)
 
-        if session.state.drop_old and session.session_id is not None:
+        if session.state.drop_old and session.state.session_id is not None:
             yield from self._delete_steps(session)  # clear(): ended, whatever it holds now
         origin = session.state.origin
-        if session.state.regenerating and origin is not None and session.session_id is not None:
+        if (
+            session.state.regenerating
+            and origin is not None
+            and session.state.session_id is not None
+        ):
             return (yield from self._move_steps(session, origin, changed, deleted))
-        if session.record is None or session.session_id is None:
+        if session.state.record is None or session.state.session_id is None:
             if empty:  # nothing worth keeping: never store an empty session
-                session.session_id = session.record = None
+                session.state.session_id = session.state.record = None
                 return Outcome(delete_cookie=had_cookie)
             fields = {key: changed.get(key) or loaded[key] for key in data}
             session_id, key, record = yield from self._create_record_steps(session, fields)
             self.counters.add("creates")
             return self._born(session, session_id, key, record, session_created)
         if not (changed or deleted):
-            return (yield from self._refresh_steps(session, session.record))
+            return (yield from self._refresh_steps(session, session.state.record))
         now = time.time()
-        key = store_key(session.session_id)
+        key = store_key(session.state.session_id)
         change = Change(
             set=changed,
             delete=deleted,
             touched_at=now,
-            expires_at=self._expiry(session.record, now),
-            delete_if_only=EMPTY_BUT if deleted else None,
+            expires_at=self._expiry(session.state.record, now),
+            # An owned session stays, emptied or not: it still says who logged in.
+            delete_if_only=EMPTY_BUT if deleted and state.owner is None else None,
             max_size=limit,
             fence=self._fence(session),
             expect={name: loaded.get(name) for name in changed},
@@ -439,7 +452,11 @@ class Lifecycle:
     def _fence(self, session: Session) -> str | None:
         """The lock token a save must still hold, in strict mode."""
         held = session.state.lock_held
-        if held is None or session.session_id is None or held[0] != store_key(session.session_id):
+        if (
+            held is None
+            or session.state.session_id is None
+            or held[0] != store_key(session.state.session_id)
+        ):
             return None
         return held[1]
 
@@ -454,7 +471,7 @@ class Lifecycle:
             touched_at=now,
             expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
             owner=session.state.owner,
-            meta=session.client_meta,
+            meta=session.state.client_meta,
             ends_by=now + self.settings.absolute_timeout,
             max_size=self.settings.max_size,
         )
@@ -475,8 +492,8 @@ class Lifecycle:
         there, so a session ended meanwhile stays ended. The creation time moves
         along, so the absolute timeout still counts from the session's start.
         """
-        assert session.session_id is not None
-        old = store_key(session.session_id)
+        assert session.state.session_id is not None
+        old = store_key(session.state.session_id)
         now = time.time()
         ends_by = origin.created_at + self.settings.absolute_timeout
         change = Change(
@@ -486,10 +503,10 @@ class Lifecycle:
             touched_at=now,
             expires_at=min(now + self.settings.idle_timeout, ends_by),
             owner=session.state.owner,
-            meta=session.client_meta or origin.meta,
+            meta=session.state.client_meta or origin.meta,
             ends_by=ends_by,
             replaces=old,
-            delete_if_only=EMPTY_BUT,
+            delete_if_only=EMPTY_BUT if session.state.owner is None else None,
             max_size=self.settings.max_size,
             fence=self._fence(session),
             expect={name: session.state.raw.get(name) for name in changed},
@@ -519,12 +536,12 @@ class Lifecycle:
 
     def _delete_steps(self, session: Session) -> LifeSteps[None]:
         """clear(): delete the record under the session's current ID, and forget the ID."""
-        assert session.session_id is not None
-        old = store_key(session.session_id)
+        assert session.state.session_id is not None
+        old = store_key(session.state.session_id)
         yield Delete(old)
         self.counters.add("deletes")
         session_destroyed.send(self.sender, session=session, fingerprint=old[:8])
-        session.session_id = None
+        session.state.session_id = None
 
     def _expiry(self, record: Record, now: float) -> float:
         return min(
@@ -536,8 +553,8 @@ class Lifecycle:
         now = time.time()
         if not self._refresh_due(record, now):
             return self._alive(session)
-        assert session.session_id is not None
-        ok = yield Touch(store_key(session.session_id), now, self._expiry(record, now))
+        assert session.state.session_id is not None
+        ok = yield Touch(store_key(session.state.session_id), now, self._expiry(record, now))
         self.counters.add("touches")
         outcome = self._saved(session, int(ok))
         return replace(outcome, refreshed=True) if outcome.alive else outcome
@@ -548,17 +565,18 @@ class Lifecycle:
 
     def _alive(self, session: Session) -> Outcome:
         """The session lives on; a cookie signed with a fallback key is signed anew."""
-        if session.state.resign and session.session_id is not None:
-            session.state.resign = False
-            return Outcome(new_cookie=self.sign(session.session_id), alive=True)
+        state = session.state
+        if state.resign and state.session_id is not None:
+            state.resign = False
+            return Outcome(new_cookie=self.sign(state.session_id), alive=True)
         return _ALIVE
 
     def _saved(self, session: Session, result: int) -> Outcome:
         if result == SaveResult.DELETED:
             # Emptied at the store too (no other request stored anything meanwhile).
-            assert session.session_id is not None
+            assert session.state.session_id is not None
             self.counters.add("deletes")
-            fingerprint = store_key(session.session_id)[:8]
+            fingerprint = store_key(session.state.session_id)[:8]
             session_destroyed.send(self.sender, session=session, fingerprint=fingerprint)
             session.state.ended()
             session.state.wrote = True

@@ -77,15 +77,16 @@ class SessionManager(Lifecycle):
             return
         # The common case, one store call: the same rules as _fill_steps, without
         # driving steps (a few thousand instructions on every request that reads).
-        assert session.session_id is not None
-        key = store_key(session.session_id)
+        state = session.state
+        assert state.session_id is not None
+        key = store_key(state.session_id)
         try:
             record = self.store.load(key)
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise
         self._loaded(session, key, record)
-        error = session.state.fill(record)
+        error = state.fill(record)
         if error is not None:
             self.run(self._unreadable_steps(session, error))
 
@@ -95,7 +96,8 @@ class SessionManager(Lifecycle):
 
     def save(self, session: Session) -> Outcome:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
-        if session.state.lock_held is None and session.state.claim is None:
+        state = session.state
+        if state.lock_held is None and state.claim is None:
             # No lock to release and no import to settle: when the save needs no
             # store call either, there are no steps to drive.
             settled = self._settled(session)

@@ -9,6 +9,8 @@ few facts they need (``loaded``, ``lock_held``, ``cookie``) through the state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from .serialization import dumps, loads
@@ -18,52 +20,29 @@ __all__ = ["EMPTY_BUT", "State"]
 
 #: A session holding nothing but these keys is not worth keeping.
 EMPTY_BUT = frozenset({"_permanent"})
+#: The client details of a session whose adapter records none.
+_NO_CLIENT: Mapping[str, str] = MappingProxyType({})
 
 
 class State:
     """The bookkeeping of one request's session (see the module docstring)."""
 
     __slots__ = (
-        "accessed",
-        "claim",
-        "client_meta",
-        "cookie",
-        "data",
-        "deleted",
-        "drop_old",
-        "fresh",
-        "loaded",
-        "lock_held",
-        "locked_at",
-        "migrating",
-        "mirror",
-        "origin",
-        "owner",
-        "pending",
-        "raw",
-        "record",
-        "regenerating",
-        "replaced",
-        "resign",
-        "session_id",
-        "stale_cookie",
-        "touched",
-        "wrote",
-    )
+        "accessed", "claim", "client_meta", "cookie", "data", "deleted", "drop_old", "fresh",
+        "loaded", "lock_held", "locked_at", "migrating", "mirror", "origin", "owner",
+        "pending", "raw", "record", "regenerating", "replaced", "resign", "session_id",
+        "stale_cookie", "touched", "wrote",
+    )  # fmt: skip
 
     def __init__(self, session_id: str | None) -> None:
+        # Slots, every one set here: each request reads most of them, and a slot is the
+        # cheapest attribute to read.
         #: The verified ID from the cookie, or the new one once saved.
         self.session_id = session_id
-        #: The values the view sees, by key.
-        self.data: dict[str, Any] = {}
-        #: The stored record behind the session (``None``: new, or ended).
-        self.record: Record | None = None
-        #: The record as loaded; ``None`` once clear() ended it.
-        self.origin: Record | None = None
         #: The store was read (or there was nothing to read).
         self.loaded = session_id is None
-        #: The view used the session (for ``Vary: Cookie``).
-        self.accessed = False
+        #: The values the view sees, by key.
+        self.data: dict[str, Any] = {}
         #: The serialised values as loaded (or as last saved).
         self.raw: dict[str, bytes] = {}
         #: Keys the view set, or read as a value that can change in place.
@@ -76,6 +55,12 @@ class State:
         self.fresh: dict[str, bool] = {}
         #: Loaded keys given a new object (``session[k] = [...]``), not changed in place.
         self.replaced: set[str] = set()
+        #: The stored record behind the session (``None``: new, or ended).
+        self.record: Record | None = None
+        #: The record as loaded; ``None`` once clear() ended it.
+        self.origin: Record | None = None
+        #: The view used the session (for ``Vary: Cookie``).
+        self.accessed = False
         #: clear() was called: the stored record is deleted whatever it holds.
         self.drop_old = False
         #: regenerate() was called on a stored session: it moves to a new ID.
@@ -86,8 +71,6 @@ class State:
         self.stale_cookie = False
         #: The user the session belongs to.
         self.owner: str | None = None
-        #: Client details stored when the record is created (user agent, IP).
-        self.client_meta: dict[str, str] = {}
         #: Strict mode's lock, as ``(key, token)``, while this request holds it.
         self.lock_held: tuple[str, str] | None = None
         #: When the lock was taken (``time.monotonic()``).
@@ -103,6 +86,9 @@ class State:
         self.claim: tuple[str, float] | None = None
         #: A dict kept equal to ``data`` (an ASGI session is itself a dict), or ``None``.
         self.mirror: dict[str, Any] | None = None
+        #: Client details stored when the record is created (user agent, IP); adapters
+        #: that track clients assign a dict of their own, never change this shared one.
+        self.client_meta: Mapping[str, str] = _NO_CLIENT
 
     # -- what the lifecycle does to the state ---------------------------------
 
@@ -212,8 +198,11 @@ class State:
         )
 
     def empty(self) -> bool:
-        """Nothing worth keeping: no keys but those of :data:`EMPTY_BUT`."""
-        return all(key in EMPTY_BUT for key in self.data)
+        """Nothing worth keeping: no owner, and no keys but those of :data:`EMPTY_BUT`.
+
+        A session given an owner (a login) is kept with no data, so the login holds.
+        """
+        return self.owner is None and all(key in EMPTY_BUT for key in self.data)
 
     def changes(self) -> tuple[dict[str, bytes], list[str]]:
         """The fields this request changed (serialised, only those that differ from what

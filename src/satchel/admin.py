@@ -69,9 +69,9 @@ def _listing(manager: SessionManager) -> ListingStore:
 
 def current_reference(session: Session | None) -> str | None:
     """The reference of ``session``, if it is stored."""
-    if session is None or session.session_id is None:
+    if session is None or session.state.session_id is None:
         return None
-    return store_key(session.session_id)
+    return store_key(session.state.session_id)
 
 
 def records(
@@ -140,12 +140,12 @@ def revoke_all_steps(
     """
     owner = owner_text(owner)
     _require_listing(manager)
-    mine = current is not None and keep is None and current.session_id is not None
+    mine = current is not None and keep is None and current.state.session_id is not None
     if mine:
         assert current is not None
         if not current.state.loaded:  # a lazily loaded (Flask) session: whose is it?
             yield from manager._fill_steps(current)
-        mine = current.record is not None and current.state.owner == owner
+        mine = current.state.record is not None and current.state.owner == owner
     ended: int = yield Revoke((), owner, current_reference(keep))
     if mine:
         assert current is not None

@@ -281,7 +281,7 @@ class SessionMiddleware:
         session: Any = manager.open(self._cookies(scope, prefix))
         if self.track_client:
             client = scope.get("client")
-            session.client_meta = {
+            session.state.client_meta = {
                 "user_agent": _header(scope, b"user-agent")[:256],
                 "ip": client[0] if client else "",
             }
@@ -323,16 +323,14 @@ class SessionMiddleware:
         """Save ``session``; the headers the response needs for its cookie."""
         outcome = await self.manager.save(session)
         headers: list[tuple[bytes, bytes]] = []
-        if self._dies_at_once and session.session_id is not None and outcome.alive:
+        if self._dies_at_once and session.state.session_id is not None and outcome.alive:
             # max_age 0 or less: Starlette sends a cookie the browser drops at once, so the
             # session cannot outlive this response; a replay of the cookie opens nothing.
-            value = (
-                outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id)
-            )
+            value = outcome.new_cookie or self.manager.cookie_of(session.state)
             await self.manager.end(session)
             if outcome.new_cookie is not None or outcome.wrote:
                 headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
-            if vary and session.accessed:
+            if vary and session.state.accessed:
                 headers.append((b"vary", b"Cookie"))
             return headers
         if outcome.delete_cookie:
@@ -343,22 +341,14 @@ class SessionMiddleware:
             # every response, so shared caches can keep responses that send none.
             outcome.alive
             and self.max_age is not None
-            and session.session_id is not None
+            and session.state.session_id is not None
             and (outcome.wrote or outcome.refreshed)
         ):
-            assert session.session_id is not None
-            value = (
-                outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id)
-            )
+            value = outcome.new_cookie or self.manager.cookie_of(session.state)
             headers.append((b"set-cookie", name + value.encode("latin-1") + self._set_tail))
-        if vary and session.accessed:  # as Starlette: only a response that used the session
+        if vary and session.state.accessed:  # as Starlette: only a response that used the session
             headers.append((b"vary", b"Cookie"))
         return headers
-
-    def _cookie_of(self, session: AsyncSession) -> str:
-        """The cookie value of the session's ID: the one it came in, or signed anew."""
-        assert session.session_id is not None
-        return session.state.cookie or self.manager.sign(session.session_id)
 
     async def _http(
         self, scope: Scope, receive: Receive, send: Send, session: Any, name: bytes
@@ -427,7 +417,7 @@ class SessionMiddleware:
             await _release(self.manager, session)
         if not (accepted and session.modified and session.state.loaded):
             return
-        if session.session_id is None:
+        if session.state.session_id is None:
             _log.warning(
                 "a websocket stored data in a session that had no cookie at its accept; "
                 "the browser cannot be given one now, so it was not saved"

@@ -112,10 +112,15 @@ class FlaskSession(Session, SessionMixin):  # type: ignore[override]
     _request: Request | None = None
 
     def _lock_wanted(self) -> bool:
-        if self._app is None or self._request is None:
+        app, request = self._app, self._request
+        if app is None or request is None:
             return False
-        endpoints = locked_endpoints(self._app.view_functions, self._app.extensions)
-        return bool(endpoints) and self._request.endpoint in endpoints
+        known = app.extensions.get("satchel.locked")  # locked_endpoints()'s answer, if fresh
+        if known is not None and known[0] == len(app.view_functions):
+            endpoints: frozenset[str] = known[1]
+        else:
+            endpoints = locked_endpoints(app.view_functions, app.extensions)
+        return bool(endpoints) and request.endpoint in endpoints
 
     def _on_lock(self) -> None:
         # The teardown handler releases the lock of a request that never saved.
@@ -286,7 +291,7 @@ class SatchelSessionInterface(SessionInterface):
         session._app = app
         session._request = request
         if self.track_client:
-            session.client_meta = {
+            session.state.client_meta = {
                 "user_agent": request.headers.get("User-Agent", "")[:256],
                 "ip": request.remote_addr or "",
             }
@@ -295,7 +300,7 @@ class SatchelSessionInterface(SessionInterface):
     def save_session(self, app: Flask, session: SessionMixin, response: BaseResponse) -> None:
         """Save the changes, then set, refresh or expire the cookie as needed."""
         assert isinstance(session, FlaskSession)
-        varied = session.accessed
+        varied = session.state.accessed
         if varied:
             _vary_on_cookie(response)
         try:
@@ -312,12 +317,14 @@ class SatchelSessionInterface(SessionInterface):
             outcome.alive and self.should_set_cookie(app, session)
         ):
             return  # the common case: the browser's cookie stays as it is
-        assert session.session_id is not None
+        assert session.state.session_id is not None
         if not varied:
             _vary_on_cookie(response)
         response.set_cookie(
             session.cookie_name,
-            outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id),
+            outcome.new_cookie
+            or session.state.cookie
+            or self.manager.sign(session.state.session_id),
             expires=self.get_expiration_time(app, session),
             **self._cookie_attributes(app),
         )

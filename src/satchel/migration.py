@@ -517,7 +517,7 @@ class Migration:
             manager.store.delete(key)
             return self._join(manager, session, pending, claim)[1]
         source.forget(pending.token)
-        session.session_id = session_id
+        session.state.session_id = session_id
         session.state.resign = True  # send the new cookie even if nothing else changes
         session.state.claim = (claim, expires_at)
         manager.counters.add("migrated")
@@ -572,11 +572,11 @@ class Migration:
         session_id = self._unseal(held.fields.get("to", b""), pending.identity)
         if session_id is None:
             return True, None
-        session.session_id = session_id
+        session.state.session_id = session_id
         session.state.resign = True
         record = manager.load(session)
         if record is None:
-            session.session_id = None
+            session.state.session_id = None
             session.state.resign = False
         return True, record
 

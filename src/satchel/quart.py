@@ -144,7 +144,7 @@ class SatchelSessionInterface(SessionInterface):
         session = self.manager.open(request.cookies.getlist(name))
         assert isinstance(session, QuartSession)
         if self.track_client:
-            session.client_meta = {
+            session.state.client_meta = {
                 "user_agent": request.headers.get("User-Agent", "")[:256],
                 "ip": request.remote_addr or "",
             }
@@ -169,7 +169,7 @@ class SatchelSessionInterface(SessionInterface):
         if session._failed is not None:
             return  # nothing was loaded, so nothing is saved
         if response is None:  # a websocket: no cookie can go out any more
-            if session.modified and session.session_id is None:
+            if session.modified and session.state.session_id is None:
                 _log.warning(
                     "a websocket stored data in a session that had no cookie; "
                     "the browser cannot be given one now, so it was not saved"
@@ -181,7 +181,7 @@ class SatchelSessionInterface(SessionInterface):
             except StoreUnavailable as exc:
                 _log.warning("could not save a websocket's session: %s", exc)
             return
-        if session.accessed:
+        if session.state.accessed:
             response.vary.add("Cookie")
         try:
             outcome = await self.manager.save(session)
@@ -208,11 +208,13 @@ class SatchelSessionInterface(SessionInterface):
             outcome.alive and self.should_set_cookie(app, session)
         ):
             return
-        assert session.session_id is not None
+        assert session.state.session_id is not None
         response.vary.add("Cookie")
         response.set_cookie(
             name,
-            outcome.new_cookie or session.state.cookie or self.manager.sign(session.session_id),
+            outcome.new_cookie
+            or session.state.cookie
+            or self.manager.sign(session.state.session_id),
             expires=self.get_expiration_time(app, session),
             **attributes,
         )

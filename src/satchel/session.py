@@ -114,7 +114,11 @@ class Session(MutableMapping[str, Any]):
     @property
     def client_meta(self) -> dict[str, str]:
         """Client details stored when the record is created (user agent, IP)."""
-        return self.state.client_meta
+        state = self.state
+        held = state.client_meta
+        if not isinstance(held, dict):  # the shared empty default: this session's own now
+            held = state.client_meta = {}
+        return held
 
     @client_meta.setter
     def client_meta(self, value: dict[str, str]) -> None:
@@ -322,7 +326,10 @@ class Session(MutableMapping[str, Any]):
         True makes the save compare every value, as a view that changed
         something the tracking cannot see would want.
         """
-        return self.state.modified
+        state = self.state
+        return bool(
+            state.touched or state.deleted or state.drop_old or state.regenerating or state.wrote
+        )
 
     @modified.setter
     def modified(self, value: bool) -> None:

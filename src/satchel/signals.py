@@ -27,9 +27,9 @@ signal                   sent when
 
 from __future__ import annotations
 
+import itertools
 import logging
-import threading
-from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from blinker import Namespace
 
@@ -38,6 +38,7 @@ from blinker import Namespace
 security_log = logging.getLogger("satchel.security")
 
 __all__ = [
+    "COUNTED",
     "Counters",
     "session_created",
     "session_destroyed",
@@ -55,44 +56,71 @@ session_expired = _signals.signal("satchel.session-expired")
 session_migrated = _signals.signal("satchel.session-migrated")
 
 
-@dataclass
+#: Each counter's name, and what it counts.
+COUNTED = {
+    "loads": "Sessions read from the store.",
+    "saves": "Saves that wrote changes (creates included).",
+    "creates": "Sessions first stored.",
+    "deletes": "Records deleted by clear(), regenerate() or emptying.",
+    "touches": "Idle-expiry refreshes written without other changes.",
+    "rejected_cookies": "Cookies that failed verification.",
+    "store_errors": "Store calls that raised StoreUnavailable.",
+    "lock_waits": "Strict-mode requests that had to wait for another request's lock.",
+    "merges": "Saves that found a key changed by an overlapping request and merged into it.",
+    "migrated": "Old sessions imported into new ones (``SATCHEL_MIGRATE_FROM``).",
+    "migration_failures": "Old sessions that exist but could not be imported (a pickle record).",
+    "migration_replays": "Old cookies that came back after their import and imported nothing.",
+}
+
+
+def _counted(tick: itertools.count[int]) -> int:
+    # How many times ``tick`` has been advanced: its repr is "count(N)", N the next value.
+    return int(repr(tick)[6:-1])
+
+
 class Counters:
-    """How often each thing happened in this process since it started."""
+    """How often each thing happened in this process since it started.
 
-    #: Sessions read from the store.
-    loads: int = 0
-    #: Saves that wrote changes (creates included).
-    saves: int = 0
-    #: Sessions first stored.
-    creates: int = 0
-    #: Records deleted by clear(), regenerate() or emptying.
-    deletes: int = 0
-    #: Idle-expiry refreshes written without other changes.
-    touches: int = 0
-    #: Cookies that failed verification.
-    rejected_cookies: int = 0
-    #: Store calls that raised StoreUnavailable.
-    store_errors: int = 0
-    #: Strict-mode requests that had to wait for another request's lock.
-    lock_waits: int = 0
-    #: Saves that found a key changed by an overlapping request and merged into it.
-    merges: int = 0
-    #: Old sessions imported into new ones (``SATCHEL_MIGRATE_FROM``).
-    migrated: int = 0
-    #: Old sessions that exist but could not be imported (a pickle record, say).
-    migration_failures: int = 0
-    #: Old cookies that came back after their import and imported nothing.
-    migration_replays: int = 0
+    Each counter of :data:`COUNTED` is an attribute (``counters.loads``). Counting is
+    one C call (advancing an ``itertools.count``, which the interpreter does whole),
+    so it is safe from any thread without a lock: requests count on every load.
+    """
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+    __slots__ = ("_ticks",)
+
+    if TYPE_CHECKING:
+        loads: int
+        saves: int
+        creates: int
+        deletes: int
+        touches: int
+        rejected_cookies: int
+        store_errors: int
+        lock_waits: int
+        merges: int
+        migrated: int
+        migration_failures: int
+        migration_replays: int
+
+    def __init__(self) -> None:
+        self._ticks = {name: itertools.count() for name in COUNTED}
 
     def add(self, name: str, amount: int = 1) -> None:
         """Add to one counter, safely from any thread."""
-        with self._lock:
-            setattr(self, name, getattr(self, name) + amount)
+        tick = self._ticks[name]
+        next(tick)
+        if amount != 1:
+            for _ in range(amount - 1):
+                next(tick)
 
     def snapshot(self) -> dict[str, int]:
-        """All counters at one instant, as a plain dict."""
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self)}
+        """All counters, as a plain dict."""
+        return {name: _counted(tick) for name, tick in self._ticks.items()}
+
+
+def _reader(name: str) -> property:
+    return property(lambda self: _counted(self._ticks[name]), doc=COUNTED[name])
+
+
+for _name in COUNTED:  # counters.loads and the rest, read-only
+    setattr(Counters, _name, _reader(_name))

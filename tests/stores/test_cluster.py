@@ -12,13 +12,14 @@ from flask import Flask, session
 from redis.cluster import RedisCluster
 
 from satchel import Satchel
+from satchel._contract import _race_creates
 from satchel.errors import StoreUnavailable
 from satchel.stores import RedisStore, from_url
 from satchel.stores._tracking import CacheStats
 from satchel.stores.aio import to_async
 from satchel.stores.base import AsyncStore, Change, SaveResult
 from satchel.stores.redis import AsyncRedisStore
-from satchel.testing import AsyncStoreContract, BlockingStore, FullStoreContract, _race_creates
+from satchel.testing import AsyncStoreContract, BlockingStore, FullStoreContract
 
 from ..conftest import SECRET
 from ..valkey import ValkeyCluster
