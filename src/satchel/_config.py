@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from ._manager import SessionManager, Settings
+from ._lifecycle import Lifecycle, Settings
 from ._sizes import parse_size
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .migration import (
@@ -267,7 +267,7 @@ def read_config(
     return signer, settings, chosen
 
 
-def migration_from_config(config: Any, store: Store, manager: SessionManager) -> Migration | None:
+def migration_from_config(config: Any, store: Store, manager: Lifecycle) -> Migration | None:
     """The import of old sessions ``SATCHEL_MIGRATE_FROM`` asks for, or ``None``."""
     chosen = config["SATCHEL_MIGRATE_FROM"]
     if chosen is None:

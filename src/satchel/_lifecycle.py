@@ -22,10 +22,8 @@ from ._ops import (
     Delete,
     LifeSteps,
     Load,
-    Migrate,
     Release,
     Save,
-    Settle,
     Sleep,
     Touch,
 )
@@ -201,7 +199,7 @@ class Lifecycle:
         if session.state.migrating is not None:
             assert self.migration is not None
             try:
-                record: Record | None = yield Migrate(session)
+                record: Record | None = yield from self.migration.load_steps(self, session)
             except StoreUnavailable:
                 self.counters.add("store_errors")
                 raise
@@ -309,7 +307,7 @@ class Lifecycle:
             claim = session.state.claim
             if claim is not None and self.migration is not None:
                 session.state.claim = None
-                yield Settle(claim)
+                yield from self.migration.settle_steps(claim)
 
     def _settled(self, session: Session) -> Outcome | None:
         """The save's outcome when it needs no store call (most requests): the session
@@ -482,6 +480,13 @@ class Lifecycle:
                 break
         record = Record(fields, now, now, change.expires_at, change.owner, dict(change.meta))
         return session_id, key, record
+
+    def _locked_load_steps(self, session: Session, key: str, record: Record) -> LifeSteps[Record]:
+        """``record``, just created for ``session`` (an import), with its lock taken in strict
+        mode, as a load would have taken it."""
+        if self.settings.locking or session._lock_wanted():
+            yield from self._lock_steps(session, key)
+        return record
 
     def _move_steps(
         self, session: Session, origin: Record, changed: dict[str, bytes], deleted: list[str]

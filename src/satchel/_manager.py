@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 from . import _async
 from ._lifecycle import Lifecycle, Outcome, Settings
-from ._ops import LifeSteps, Migrate, Op, Settle, Sleep
+from ._ops import Fetch, Forget, LifeSteps, LoadClaim, Op, SaveClaim, Sleep
 from ._steps import drive, drive_async
-from .errors import ConfigError, StoreUnavailable
+from .errors import StoreUnavailable
 from .session import Session
 from .signing import CookieSigner, store_key
+from .stores.aio import to_async
 from .stores.base import (
     AsyncListingStore,
     AsyncLockingStore,
@@ -57,12 +58,13 @@ class SessionManager(Lifecycle):
         match op:
             case Sleep(seconds):
                 return time.sleep(seconds)
-            case Migrate(session):
+            case LoadClaim() | SaveClaim():
                 assert self.migration is not None
-                return self.migration.load(self, session)
-            case Settle(claim):
-                assert self.migration is not None
-                return self.migration.settle(claim)
+                return op.on(self.migration.claims)
+            case Fetch(source, token):
+                return source.fetch(token)
+            case Forget(source, token):
+                return source.forget(token)
             case _:
                 return op.on(self.store)
 
@@ -105,16 +107,6 @@ class SessionManager(Lifecycle):
                 return settled
         return self.run(self._save_steps(session))
 
-    def create_record(self, session: Session, fields: dict[str, bytes]) -> tuple[str, str, Record]:
-        """Store ``fields`` as a new session under a new ID: the ID, its key, the record."""
-        return self.run(self._create_record_steps(session, fields))
-
-    def locked_load(self, session: Session, key: str, record: Record) -> Record:
-        """``record``, just created for ``session``, with its lock taken in strict mode."""
-        if self.settings.locking or session._lock_wanted():
-            self.run(self._lock_steps(session, key))
-        return record
-
 
 class AsyncSessionManager(Lifecycle):
     """Opens and saves sessions against one :class:`~satchel.stores.AsyncStore`, awaiting it.
@@ -128,9 +120,7 @@ class AsyncSessionManager(Lifecycle):
     store: AsyncStore
     _lock_protocol = AsyncLockingStore
     _listing_protocol = AsyncListingStore
-    #: A sync manager on the same store (its sync twin), for imports of old
-    #: sessions, which run on a worker thread; ``None`` when nothing is imported.
-    blocking: SessionManager | None = None
+    _claims_store: tuple[Any, AsyncStore] | None = None
 
     def __init__(
         self,
@@ -150,26 +140,25 @@ class AsyncSessionManager(Lifecycle):
         match op:
             case Sleep(seconds):
                 return await _async.sleep(seconds)
-            case Migrate(session):  # an import reads the old layer with its sync client
-                return await _async.to_thread(self._blocking_twin().load, session)
-            case Settle(claim):
-                assert self.migration is not None
-                return await _async.to_thread(self.migration.settle, claim)
+            case LoadClaim() | SaveClaim():
+                return await op.on(self._claims())
+            case Fetch(source, token):  # the old layer's own (sync) client, on a thread
+                return await _async.to_thread(source.fetch, token)
+            case Forget(source, token):
+                return await _async.to_thread(source.forget, token)
             case _:
                 return await op.on(self.store)
 
-    def _blocking_twin(self) -> SessionManager:
-        """The sync manager an import runs on, in a worker thread, sharing this one's state.
-
-        An import (``SATCHEL_MIGRATE_FROM``) happens once per visitor and reads
-        the old session layer with its own sync client, so it runs on a thread
-        rather than in a second, async copy of :mod:`satchel.migration`.
-        """
-        twin = self.blocking
-        if twin is None or self.migration is None:
-            raise ConfigError("importing old sessions needs the sync store: set blocking first")
-        twin.signer, twin.counters, twin.migration = self.signer, self.counters, self.migration
-        return twin
+    def _claims(self) -> AsyncStore:
+        """The import's claims store, awaited as this manager's store is."""
+        assert self.migration is not None
+        claims = self._claims_store
+        if claims is None or claims[0] is not self.migration:
+            # The claims store's sync self on worker threads: an import happens once per
+            # visitor, and this opens no second set of connections to close.
+            claims = (self.migration, to_async(self.migration.claims, native=False))
+            self._claims_store = claims
+        return claims[1]
 
     def load(self, session: Session) -> Awaitable[Record | None]:
         """Read the record behind ``session``: see :meth:`Lifecycle._load_steps`."""

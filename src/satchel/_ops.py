@@ -4,8 +4,10 @@ The lifecycle (:mod:`satchel._manager`) never touches a store: its steps yield
 one of these and are sent back the answer, as h11's state machine deals in
 event objects. A store call names the store method it makes (:meth:`Load.on`
 and friends), the same method on a sync and an async store, so the sync driver
-calls it and the async driver awaits it; the three others (:class:`Sleep`,
-:class:`Migrate`, :class:`Settle`) each driver performs its own way. A
+calls it and the async driver awaits it; an import's calls on its claims store
+(:class:`LoadClaim`, :class:`SaveClaim`) go to that store the same way; the
+three others (:class:`Sleep`, and the old session layer's :class:`Fetch` and
+:class:`Forget`) each driver performs its own way. A
 misspelt operation is a type error, not a surprise at run time.
 """
 
@@ -13,24 +15,24 @@ from __future__ import annotations
 
 from collections.abc import Collection, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from .stores.base import Change
 
-if TYPE_CHECKING:
-    from .session import Session
-
 __all__ = [
     "Acquire",
+    "ClaimOp",
     "Delete",
+    "Fetch",
+    "Forget",
     "Load",
-    "Migrate",
+    "LoadClaim",
     "Op",
     "Records",
     "Release",
     "Revoke",
     "Save",
-    "Settle",
+    "SaveClaim",
     "Sleep",
     "StoreOp",
     "Touch",
@@ -136,22 +138,48 @@ class Sleep:
 
 
 @dataclass(frozen=True, slots=True)
-class Migrate:
-    """Import the old session ``session`` was opened from (see :mod:`satchel.migration`)."""
+class LoadClaim:
+    """Read the claim of an old cookie (see :mod:`satchel.migration`) from the claims store."""
 
-    session: Session
+    key: str
+
+    def on(self, store: Any) -> Any:
+        return store.load(self.key)
 
 
 @dataclass(frozen=True, slots=True)
-class Settle:
-    """Settle the claim of an old cookie once its import was saved."""
+class SaveClaim:
+    """Write (``create``) or settle the claim of an old cookie in the claims store."""
 
-    claim: tuple[str, float]
+    key: str
+    change: Change
+    create: bool
+
+    def on(self, store: Any) -> Any:
+        return store.save(self.key, self.change, create=self.create)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Read an old session from the session layer it lived in (``source.fetch(token)``)."""
+
+    source: Any
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Delete an imported old session from its old layer (``source.forget(token)``)."""
+
+    source: Any
+    token: str
 
 
 #: The operations a store answers: each makes its call with ``on(store)``.
 StoreOp = Load | Save | Delete | Touch | Acquire | Release | Records | Revoke
+#: The operations on the claims store of an import (``SATCHEL_MIGRATE_FROM``).
+ClaimOp = LoadClaim | SaveClaim
 #: Every operation a lifecycle step may yield.
-Op = StoreOp | Sleep | Migrate | Settle
+Op = StoreOp | ClaimOp | Sleep | Fetch | Forget
 #: Lifecycle steps: they yield operations, are sent the answers, and return a T.
 LifeSteps = Generator[Op, Any, T]

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from itsdangerous import BadSignature, Signer, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 
+from ._ops import Delete, Fetch, Forget, LifeSteps, LoadClaim, SaveClaim
 from .errors import ConfigError, StoreUnavailable
 from .serialization import dumps
 from .signals import security_log, session_migrated
@@ -51,23 +52,24 @@ if TYPE_CHECKING:
     from .signals import Counters
 
 
-class _Manager(Protocol):
-    """What an import needs of the sync lifecycle (:class:`satchel._manager.SessionManager`)."""
+class _Life(Protocol):
+    """What an import needs of the lifecycle (:class:`satchel._lifecycle.Lifecycle`)."""
 
-    store: Store
     counters: Counters
     sender: object
 
     @property
     def settings(self) -> Any: ...
 
-    def create_record(
+    def _create_record_steps(
         self, session: Session, fields: dict[str, bytes]
-    ) -> tuple[str, str, Record]: ...
+    ) -> LifeSteps[tuple[str, str, Record]]: ...
 
-    def locked_load(self, session: Session, key: str, record: Record) -> Record: ...
+    def _locked_load_steps(
+        self, session: Session, key: str, record: Record
+    ) -> LifeSteps[Record]: ...
 
-    def load(self, session: Session) -> Record | None: ...
+    def _load_steps(self, session: Session) -> LifeSteps[Record | None]: ...
 
 
 __all__ = [
@@ -475,33 +477,37 @@ class Migration:
 
     # -- the import --------------------------------------------------------------
 
-    def load(self, manager: _Manager, session: Session) -> Record | None:
-        """The record of the session an old cookie becomes: imported, joined, or none."""
+    def load_steps(self, life: _Life, session: Session) -> LifeSteps[Record | None]:
+        """The record of the session an old cookie becomes: imported, joined, or none.
+
+        Lifecycle steps (see :mod:`satchel._ops`): the claims and the new record go
+        through the driver, so a sync and an async app import alike.
+        """
         pending = session.state.migrating
         assert isinstance(pending, _Pending)
         session.state.migrating = None
         claim = self.claim_key(pending.identity)
-        claimed, joined = self._join(manager, session, pending, claim)
+        claimed, joined = yield from self._join_steps(life, session, pending, claim)
         if claimed:
             return joined
         source = pending.source
         try:
-            found = source.fetch(pending.token)
+            found = yield Fetch(source, pending.token)
             if found is None:
                 # Gone: an overlapping request imported it just now (it claims the
                 # cookie before it deletes the record), or the old session ended.
-                return self._join(manager, session, pending, claim)[1]
-            fields = self._fields(found.values, manager.settings.max_size)
+                return (yield from self._join_steps(life, session, pending, claim))[1]
+            fields = self._fields(found.values, life.settings.max_size)
         except Unimportable as exc:
-            manager.counters.add("migration_failures")
+            life.counters.add("migration_failures")
             security_log.warning("could not import a %s session: %s", source.name, exc)
             return None
         if fields is None:
             return None  # nothing but _permanent: nothing worth a session
-        session_id, key, record = manager.create_record(session, fields)
+        session_id, key, record = yield from life._create_record_steps(session, fields)
         now = time.time()
         expires_at = max(found.expires_at, now + JOIN_WINDOW)
-        taken = self.claims.save(
+        taken = yield SaveClaim(
             claim,
             Change(
                 set={"to": self._seal(session_id, pending.identity), "src": source.name.encode()},
@@ -510,22 +516,20 @@ class Migration:
                 expires_at=expires_at,
                 ends_by=expires_at,
             ),
-            create=True,
+            True,
         )
         if taken != SaveResult.SAVED:
             # An overlapping request imported the same cookie first: join its session.
-            manager.store.delete(key)
-            return self._join(manager, session, pending, claim)[1]
-        source.forget(pending.token)
+            yield Delete(key)
+            return (yield from self._join_steps(life, session, pending, claim))[1]
+        yield Forget(source, pending.token)
         session.state.session_id = session_id
         session.state.resign = True  # send the new cookie even if nothing else changes
         session.state.claim = (claim, expires_at)
-        manager.counters.add("migrated")
-        manager.counters.add("creates")
-        session_migrated.send(
-            manager.sender, session=session, fingerprint=key[:8], source=source.name
-        )
-        return manager.locked_load(session, key, record)
+        life.counters.add("migrated")
+        life.counters.add("creates")
+        session_migrated.send(life.sender, session=session, fingerprint=key[:8], source=source.name)
+        return (yield from life._locked_load_steps(session, key, record))
 
     def _fields(self, values: Mapping[str, Any], limit: int) -> dict[str, bytes] | None:
         fields: dict[str, bytes] = {}
@@ -542,15 +546,15 @@ class Migration:
             raise Unimportable(f"{size_of(fields)} bytes, over SATCHEL_MAX_SIZE ({limit})")
         return fields
 
-    def _join(
-        self, manager: _Manager, session: Session, pending: _Pending, claim: str
-    ) -> tuple[bool, Record | None]:
+    def _join_steps(
+        self, life: _Life, session: Session, pending: _Pending, claim: str
+    ) -> LifeSteps[tuple[bool, Record | None]]:
         """Whether the cookie was claimed, and the imported session's record to join.
 
         The record is there while the importing request is still running;
         afterwards (or without a claim) it is ``None``.
         """
-        held = self.claims.load(claim)
+        held = yield LoadClaim(claim)
         if held is None:
             return False, None
         settled = held.fields.get("settled")
@@ -563,7 +567,7 @@ class Migration:
         else:  # the importing request is still running (or died: JOIN_WINDOW bounds it)
             joinable = now - held.created_at <= JOIN_WINDOW
         if not joinable:
-            manager.counters.add("migration_replays")
+            life.counters.add("migration_replays")
             security_log.info(
                 "an old %s cookie came back after its import; it imports nothing",
                 pending.source.name,
@@ -574,21 +578,21 @@ class Migration:
             return True, None
         session.state.session_id = session_id
         session.state.resign = True
-        record = manager.load(session)
+        record = yield from life._load_steps(session)
         if record is None:
             session.state.session_id = None
             session.state.resign = False
         return True, record
 
-    def settle(self, claim: tuple[str, float]) -> None:
+    def settle_steps(self, claim: tuple[str, float]) -> LifeSteps[None]:
         """The importing request has answered: ``overlap`` seconds on, its cookie gets nothing."""
         key, expires_at = claim
         now = time.time()
         try:
-            self.claims.save(
+            yield SaveClaim(
                 key,
                 Change(set={"settled": repr(now).encode()}, touched_at=now, expires_at=expires_at),
-                create=False,
+                False,
             )
         except StoreUnavailable as exc:
             # Joining stops JOIN_WINDOW seconds after the claim anyway.

@@ -12,8 +12,9 @@ One difference follows from ``quart.session`` being a plain mapping that a
 view reads without awaiting: a request with a session cookie loads its
 session before the view runs (one round trip; a request without one touches
 no store). ``@locked`` views (:func:`satchel.quart.locked`), ``SATCHEL_LOCKING``
-and ``SATCHEL_MIGRATE_FROM`` work as on Flask; an import of an old session
-(once per visitor) runs on a worker thread, through the sync store.
+and ``SATCHEL_MIGRATE_FROM`` work as on Flask: an import is the same lifecycle
+steps, awaited (only the old layer's own client, Flask-Session's redis-py, runs
+on a worker thread).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ._config import (
     signer_for,
     unavailable,
 )
-from ._manager import AsyncSessionManager, SessionManager
+from ._manager import AsyncSessionManager
 from ._views import locked, locked_endpoints
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
 from .admin import stats as _stats
@@ -278,12 +279,10 @@ class Satchel:
         if config["SATCHEL_MIGRATE_FROM"] is not None:
             if is_async(chosen):
                 raise ConfigError(
-                    "SATCHEL_MIGRATE_FROM imports through the sync store: pass a sync store "
-                    "(or a URL), not an async one"
+                    "SATCHEL_MIGRATE_FROM keeps its claims through the sync store's "
+                    "with_prefix(): pass a sync store (or a URL), not an async one"
                 )
-            blocking = SessionManager(chosen, signer, settings, QuartSession, app)
-            manager.migration = migration_from_config(config, chosen, blocking)
-            manager.blocking = blocking
+            manager.migration = migration_from_config(config, chosen, manager)
         app.extensions["satchel"] = manager
         interface = SatchelSessionInterface(manager, bool(config["SATCHEL_TRACK_CLIENT"]))
         interface._keys = (config.get("SECRET_KEY"), config.get("SECRET_KEY_FALLBACKS"))
