@@ -47,6 +47,7 @@ with their types all the way down, so ``1``, ``1.0`` and ``True`` stay distinct.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from difflib import SequenceMatcher
 from typing import Any
 
@@ -97,13 +98,64 @@ def _canon(value: Any) -> Any:
 _Op = tuple[str, int, int, int, int]
 
 
+#: Lists up to this many item pairs (old × new) are compared exactly (a longest common
+#: subsequence); longer ones by difflib's faster matcher, which can miss the fewest edits.
+EXACT_PAIRS = 40_000
+
+
+def _lcs_opcodes(old: list[Any], new: list[Any]) -> list[_Op]:
+    """difflib-style opcodes from a longest common subsequence: the fewest removals and
+    insertions, each item kept matched as early as it can be. difflib's matcher takes
+    the longest matching block first, so removing one item of ``[2, 0, 2, 0]`` can come
+    out as an insertion at the front and a removal at the end, which a merge with
+    another request's insertion then misplaces."""
+    n, m = len(old), len(new)
+    # longest[i][j]: the length of the longest common subsequence of old[i:] and new[j:]
+    longest = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        row, below, item = longest[i], longest[i + 1], old[i]
+        for j in range(m - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if item == new[j] else max(below[j], row[j + 1])
+    pairs: list[tuple[int, int]] = []
+    i = j = 0
+    while i < n and j < m:
+        if old[i] == new[j] and longest[i][j] == longest[i + 1][j + 1] + 1:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif longest[i + 1][j] >= longest[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    ops: list[_Op] = []
+    i = j = 0
+    for a, b in [*pairs, (n, m)]:
+        if i < a and j < b:
+            ops.append(("replace", i, a, j, b))
+        elif i < a:
+            ops.append(("delete", i, a, j, j))
+        elif j < b:
+            ops.append(("insert", i, i, j, b))
+        if a < n:  # a kept item: extend the run of equal ones, or start one
+            if ops and ops[-1][0] == "equal" and ops[-1][2] == a and ops[-1][4] == b:
+                tag, i1, _, j1, _ = ops[-1]
+                ops[-1] = (tag, i1, a + 1, j1, b + 1)
+            else:
+                ops.append(("equal", a, a + 1, b, b + 1))
+        i, j = a + 1, b + 1
+    return ops
+
+
 def _opcodes(old: list[Any], new: list[Any]) -> list[_Op]:
     """How ``new`` differs from ``old``, by position; a change that reaches the end of
     both is split into a removal and an insertion at the end (an append)."""
     ops: list[_Op] = []
     n_old, n_new = len(old), len(new)
-    matcher = SequenceMatcher(None, old, new, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    found: Sequence[_Op]
+    if n_old * n_new <= EXACT_PAIRS:
+        found = _lcs_opcodes(old, new)
+    else:
+        found = SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in found:
         if tag == "replace" and i2 == n_old and j2 == n_new:
             ops += [("delete", i1, i2, j1, j1), ("insert", i2, i2, j1, j2)]
         else:
