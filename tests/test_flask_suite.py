@@ -7,13 +7,13 @@ Flask's own session"). The sdist is fetched with pip once and kept in ``build/``
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
+
+from .support.sdists import unpacked_sdist
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,26 +29,9 @@ DELIBERATE = {
 }
 
 
-def flask_tests() -> Path:
-    """The tests folder of the installed Flask's sdist, downloaded once."""
-    version = importlib.metadata.version("flask")
-    cache = ROOT / "build" / "flask-sdist"
-    unpacked = cache / f"flask-{version}"
-    if not (unpacked / "tests").is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--no-binary", ":all:", f"flask=={version}", "--dest", str(cache)],
-            check=True, timeout=300,
-        )  # fmt: skip
-        with tarfile.open(cache / f"flask-{version}.tar.gz") as sdist:
-            sdist.extractall(cache, filter="data")
-    return unpacked
-
-
 def test_flask_own_session_tests_pass_but_the_documented_differences(tmp_path: Path) -> None:
     """Flask's session and flash tests on satchel: all pass but DELIBERATE."""
-    source = flask_tests()
+    source = unpacked_sdist("flask")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests", "--ignore", "tests/test_cli.py",
          "-k", "session or flash", "-p", "flask_suite_plugin", "-p", "no:cacheprovider",

@@ -11,13 +11,13 @@ fetched with pip once and kept in ``build/``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
+
+from .support.sdists import unpacked_sdist
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,23 +27,6 @@ SATCHEL = (
     "from starlette.middleware.sessions import Session\n"
     "from satchel.asgi import SessionMiddleware\n"
 )
-
-
-def starlette_tests() -> Path:
-    """The tests folder of the installed Starlette's sdist, downloaded once."""
-    version = importlib.metadata.version("starlette")
-    cache = ROOT / "build" / "starlette-sdist"
-    unpacked = cache / f"starlette-{version}"
-    if not (unpacked / "tests").is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--no-binary", ":all:", f"starlette=={version}", "--dest", str(cache)],
-            check=True, timeout=300,
-        )  # fmt: skip
-        with tarfile.open(cache / f"starlette-{version}.tar.gz") as sdist:
-            sdist.extractall(cache, filter="data")
-    return unpacked
 
 
 def pytest_ini(source: Path) -> str:
@@ -59,7 +42,7 @@ def pytest_ini(source: Path) -> str:
 
 def test_starlette_own_session_tests_pass_on_satchel(tmp_path: Path) -> None:
     """Every test of Starlette's tests/middleware/test_session.py, on both loops."""
-    source = starlette_tests()
+    source = unpacked_sdist("starlette")
     copy = tmp_path / "suite"
     tests = copy / "tests"
     (tests / "middleware").mkdir(parents=True)

@@ -138,25 +138,15 @@ class Sleep:
 
 
 @dataclass(frozen=True, slots=True)
-class LoadClaim:
-    """Read the claim of an old cookie (see :mod:`satchel.migration`) from the claims store."""
-
-    key: str
-
-    def on(self, store: Any) -> Any:
-        return store.load(self.key)
+class LoadClaim(Load):
+    """:class:`Load` of the claim of an old cookie (see :mod:`satchel.migration`): the
+    driver makes it on the import's claims store, not the sessions' store."""
 
 
 @dataclass(frozen=True, slots=True)
-class SaveClaim:
-    """Write (``create``) or settle the claim of an old cookie in the claims store."""
-
-    key: str
-    change: Change
-    create: bool
-
-    def on(self, store: Any) -> Any:
-        return store.save(self.key, self.change, create=self.create)
+class SaveClaim(Save):
+    """:class:`Save` of (``create``) or to (settling) the claim of an old cookie, on the
+    import's claims store."""
 
 
 @dataclass(frozen=True, slots=True)
