@@ -236,10 +236,57 @@ def make_settings(
     )
 
 
+#: The settings that make a cookie, as a Flask or Quart config names them.
+FLASK_COOKIE_NAMES = (
+    "SESSION_COOKIE_NAME", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_DOMAIN", "SESSION_COOKIE_PATH"
+)  # fmt: skip
+#: ... and as the ASGI middleware's arguments name them.
+ASGI_COOKIE_NAMES = ("session_cookie", "https_only", "domain", "path")
+
+
+def check_cookie_prefix(
+    name: str,
+    *,
+    secure: bool,
+    domain: str | None,
+    path: str,
+    names: tuple[str, str, str, str] = FLASK_COOKIE_NAMES,
+) -> None:
+    """Refuse, at start-up, a ``__Host-`` or ``__Secure-`` cookie the browser would drop.
+
+    Browsers set a ``__Secure-`` cookie only when it is ``Secure``, and a ``__Host-``
+    one only when it is ``Secure``, has no ``Domain`` and has ``Path=/`` (RFC 6265bis,
+    matched case-insensitively); otherwise every response's cookie is silently ignored
+    and no visitor keeps a session. ``names`` are the settings the message names.
+    """
+    lowered = name.lower()
+    host = lowered.startswith("__host-")
+    if not (host or lowered.startswith("__secure-")):
+        return
+    name_setting, secure_setting, domain_setting, path_setting = names
+    prefix = "__Host-" if host else "__Secure-"
+    rejected = f"{name_setting} is {name!r}, a {prefix} cookie, which browsers drop"
+    if not secure:
+        raise ConfigError(f"{rejected} unless it is Secure: set {secure_setting} (HTTPS only)")
+    if host and domain:
+        raise ConfigError(
+            f"{rejected} if it names a Domain ({domain_setting} is {domain!r}): unset it, "
+            "or use a __Secure- name to share the cookie across subdomains"
+        )
+    if host and path != "/":
+        raise ConfigError(f"{rejected} unless its Path is '/' ({path_setting} is {path!r})")
+
+
 def read_config(
     config: Any, store: Store | None, default_path: str
 ) -> tuple[CookieSigner, Settings, Store]:
     """The signer, settings and store a Flask or Quart config (with defaults) asks for."""
+    check_cookie_prefix(
+        str(config.get("SESSION_COOKIE_NAME") or "session"),
+        secure=bool(config.get("SESSION_COOKIE_SECURE")),
+        domain=config.get("SESSION_COOKIE_DOMAIN") or None,
+        path=config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/",
+    )
     signer = signer_for(
         config.get("SECRET_KEY"),
         config.get("SECRET_KEY_FALLBACKS"),

@@ -32,10 +32,12 @@ from starlette.requests import HTTPConnection
 
 from . import _async
 from ._config import (
+    ASGI_COOKIE_NAMES,
     ASGI_KEY_NAMES,
     DEFAULT_ABSOLUTE_TIMEOUT,
     DEFAULT_MAX_SIZE,
     build_store,
+    check_cookie_prefix,
     check_store,
     make_settings,
     require_working_store,
@@ -155,6 +157,10 @@ class SessionMiddleware:
         signer = signer_for(secret_key, fallbacks, strict=strict_secret, names=ASGI_KEY_NAMES)
         if not isinstance(session_cookie, str) or not _is_token(session_cookie):
             raise ConfigError(f"session_cookie must be a cookie name, not {session_cookie!r}")
+        check_cookie_prefix(
+            session_cookie, secure=bool(https_only), domain=domain, path=path,
+            names=ASGI_COOKIE_NAMES,
+        )  # fmt: skip
         if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool)):
             raise ConfigError(f"max_age must be an int (seconds) or None, not {max_age!r}")
         if not isinstance(same_site, str) or same_site.lower() not in _SAME_SITE:
