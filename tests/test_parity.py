@@ -109,9 +109,14 @@ class Options:
     fallbacks: tuple[str, ...] = ()
     absolute_timeout: float = 86400.0
     locking: bool = False
+    lock_timeout: float = 5.0
+    max_size: int = 1 << 20
     migrate: bool = False
     #: Two overlapping requests meet here after changing the session, before saving.
     barrier: Any = None
+    #: Set by /hold once it holds the session; /hold ends when the scenario sets release.
+    held: Any = None
+    release: Any = None
 
 
 def _flask_config(options: Options) -> dict[str, Any]:
@@ -121,6 +126,8 @@ def _flask_config(options: Options) -> dict[str, Any]:
         "SATCHEL_IDLE_TIMEOUT": 3600,
         "SATCHEL_ABSOLUTE_TIMEOUT": options.absolute_timeout,
         "SATCHEL_LOCKING": options.locking,
+        "SATCHEL_LOCK_TIMEOUT": options.lock_timeout,
+        "SATCHEL_MAX_SIZE": options.max_size,
     }
     if options.migrate:
         config["SATCHEL_MIGRATE_FROM"] = "flask-cookie"
@@ -152,6 +159,23 @@ def flask_app(store: Store, options: Options) -> Flask:
     @app.get("/stats")
     def stats() -> Any:
         return jsonify(Satchel.stats())
+
+    @app.get("/pop/<key>")
+    def pop(key: str) -> Any:
+        flask_session.pop(key, None)
+        return jsonify(dict(flask_session))
+
+    @app.get("/big/<int:size>")
+    def big(size: int) -> Any:
+        flask_session["big"] = "x" * size
+        return jsonify({})
+
+    @app.get("/hold")
+    def hold() -> Any:
+        flask_session["held"] = True
+        options.held.set()
+        options.release.wait(10)
+        return jsonify({})
 
     @app.get("/untouched")
     def untouched() -> Any:
@@ -234,6 +258,23 @@ def quart_app(store: Store, options: Options) -> Quart:
     @app.get("/stats")
     async def stats() -> Any:
         return quart_jsonify(satchel.quart.Satchel.stats())
+
+    @app.get("/pop/<key>")
+    async def pop(key: str) -> Any:
+        quart_session.pop(key, None)
+        return quart_jsonify(dict(quart_session))
+
+    @app.get("/big/<int:size>")
+    async def big(size: int) -> Any:
+        quart_session["big"] = "x" * size
+        return quart_jsonify({})
+
+    @app.get("/hold")
+    async def hold() -> Any:
+        quart_session["held"] = True
+        options.held.set()
+        await asyncio.wait_for(options.release.wait(), 10)
+        return quart_jsonify({})
 
     @app.get("/untouched")
     async def untouched() -> Any:
@@ -360,7 +401,25 @@ def _starlette_routes(session_of: Callable[[Request], Session], options: Options
     async def stats(request: Request) -> JSONResponse:
         return JSONResponse(satchel.asgi.stats(request))
 
+    async def pop(request: Request) -> JSONResponse:
+        session = session_of(request)
+        session.pop(request.path_params["key"], None)
+        return body(session)
+
+    async def big(request: Request) -> JSONResponse:
+        session_of(request)["big"] = "x" * int(request.path_params["size"])
+        return JSONResponse({})
+
+    async def hold(request: Request) -> JSONResponse:
+        session_of(request)["held"] = True
+        options.held.set()
+        await asyncio.wait_for(options.release.wait(), 10)
+        return JSONResponse({})
+
     return [
+        Route("/pop/{key}", pop),
+        Route("/big/{size}", big),
+        Route("/hold", hold),
         Route("/regenerate", regenerate),
         Route("/overlap/{key}/{value}", overlap),
         Route("/incr-slowly", incr_slowly),
@@ -388,6 +447,8 @@ def _middleware(app: Any, store: Store, options: Options) -> SessionMiddleware:
         idle_timeout=3600,
         absolute_timeout=options.absolute_timeout,
         locking=options.locking,
+        lock_timeout=options.lock_timeout,
+        max_size=options.max_size,
     )
 
 
@@ -419,6 +480,23 @@ def fastapi_app(store: Store, options: Options) -> Any:
     @api.get("/stats")
     async def stats(request: Request) -> dict[str, int]:
         return satchel.asgi.stats(request)
+
+    @api.get("/pop/{key}")
+    async def pop(key: str, session: SessionDep) -> dict[str, Any]:
+        session.pop(key, None)
+        return dict(session)
+
+    @api.get("/big/{size}")
+    async def big(size: int, session: SessionDep) -> dict[str, Any]:
+        session["big"] = "x" * size
+        return {}
+
+    @api.get("/hold")
+    async def hold(session: SessionDep) -> dict[str, Any]:
+        session["held"] = True
+        options.held.set()
+        await asyncio.wait_for(options.release.wait(), 10)
+        return {}
 
     @api.get("/untouched")
     async def untouched() -> dict[str, Any]:
@@ -493,6 +571,9 @@ def harness(adapter: str, store: Store, options: Options | None = None) -> Harne
         options.barrier = (
             threading.Barrier(2, timeout=10) if adapter == "flask" else asyncio.Barrier(2)
         )
+    if options.held is None:
+        event = threading.Event if adapter == "flask" else asyncio.Event
+        options.held, options.release = event(), event()
     if adapter == "flask":
         app = flask_app(store, options)
         client = app.test_client(use_cookies=False)
@@ -535,7 +616,8 @@ def harness(adapter: str, store: Store, options: Options | None = None) -> Harne
         return Harness(send_quart, close_quart)
     factory = starlette_app if adapter == "starlette" else fastapi_app
     middleware = factory(store, options)
-    transport = httpx.ASGITransport(app=middleware)
+    # As a server would: an exception the app raises is a 500, not raised in the client.
+    transport = httpx.ASGITransport(app=middleware, raise_app_exceptions=False)
 
     async def send_asgi(path: str, cookie: str | None) -> tuple[int, Any, list[str], str]:
         headers = {"Cookie": f"session={cookie}"} if cookie else {}
@@ -781,7 +863,54 @@ async def migration_import(make: Callable[[Options], Harness], store: Store) -> 
         await h.close()
 
 
+async def emptying(h: Harness, store: Store) -> list[Any]:
+    """A view that removes the last key ends the session: record gone, cookie expired."""
+    b = h.browser()
+    await b.get("/set/a/1")
+    emptied = await b.get("/pop/a")
+    return [emptied, len(_records(store))]
+
+
+async def size_limit(make: Callable[[Options], Harness], store: Store) -> list[Any]:
+    """A write over the size limit saves nothing (SessionTooLarge, a 500 unless the app
+    handles it: docs/configuration.md); what was stored stays as it was."""
+    h = make(Options(max_size=1000))
+    try:
+        b = h.browser()
+        await b.get("/set/a/1")
+        over = await b.get("/big/5000")
+        return [over.status, (await b.get("/read")).body]
+    finally:
+        await h.close()
+
+
+async def _wait(event: Any) -> None:
+    if isinstance(event, threading.Event):
+        assert await asyncio.to_thread(event.wait, 10)
+    else:
+        await asyncio.wait_for(event.wait(), 10)
+
+
+async def lock_timeout(make: Callable[[Options], Harness], store: Store) -> list[Any]:
+    """Strict mode: a request that waits longer than the lock timeout for another one
+    holding the session answers 503 and changes nothing; the holder saves."""
+    options = Options(locking=True, lock_timeout=0.3)
+    h = make(options)
+    try:
+        b = h.browser()
+        await b.get("/set/a/1")
+        holder = asyncio.ensure_future(b.get("/hold"))
+        await _wait(options.held)  # the first request holds the session's lock now
+        refused = await b.get("/set/c/3")
+        options.release.set()
+        held = await holder
+        return [held.status, refused.status, (await b.get("/read")).body]
+    finally:
+        await h.close()
+
+
 SCENARIOS: dict[str, Callable[[Harness, Store], Awaitable[list[Any]]]] = {
+    "emptying": emptying,
     "regenerate": plain_regenerate,
     "overlapping merges": overlapping_merges,
     "first visit, untouched": first_visit_untouched,
@@ -805,11 +934,16 @@ CONFIGURED: dict[str, Callable[[Callable[[Options], Harness], Store], Awaitable[
     "absolute expiry": absolute_expiry,
     "key rotation": key_rotation,
     "migration import": migration_import,
+    "size limit": size_limit,
+    "lock timeout": lock_timeout,
 }
 
 #: What every adapter must show, scenario by scenario.
 EXPECTED: dict[str, list[Any]] = {
     "regenerate": [Seen(200, {"a": "1"}, "set", True), True, {}, {"a": "1"}],
+    "emptying": [Seen(200, {}, "expired", True), 0],
+    "size limit": [500, {"a": "1"}],
+    "lock timeout": [200, 503, {"a": "1", "held": True}],
     "overlapping merges": [200, 200, ["x", "y"], True],
     "strict mode": [2, True],
     "absolute expiry": [Seen(200, {}, "expired", True), 0],
