@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import _async
 from ._lifecycle import Lifecycle, Outcome, Settings
-from ._ops import Fetch, Forget, LifeSteps, LoadClaim, Op, SaveClaim, Sleep
+from ._ops import ON_STORE, Fetch, Forget, LifeSteps, LoadClaim, Op, SaveClaim, Sleep, StoreOp
 from ._steps import drive, drive_async
 from .errors import StoreUnavailable
 from .session import Session
@@ -55,6 +55,8 @@ class SessionManager(Lifecycle):
         return drive(steps, self._perform)
 
     def _perform(self, op: Op) -> Any:
+        if type(op) in ON_STORE:  # most operations: one set lookup, then the call
+            return cast(StoreOp, op).on(self.store)
         match op:
             case Sleep(seconds):
                 return time.sleep(seconds)
@@ -137,6 +139,8 @@ class AsyncSessionManager(Lifecycle):
         return drive_async(steps, self._perform)
 
     async def _perform(self, op: Op) -> Any:
+        if type(op) in ON_STORE:
+            return await cast(StoreOp, op).on(self.store)
         match op:
             case Sleep(seconds):
                 return await _async.sleep(seconds)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from .stores.base import Change
 
 __all__ = [
+    "ON_STORE",
     "Acquire",
     "ClaimOp",
     "Delete",
@@ -167,6 +168,10 @@ class Forget:
 
 #: The operations a store answers: each makes its call with ``on(store)``.
 StoreOp = Load | Save | Delete | Touch | Acquire | Release | Records | Revoke
+#: The types of :data:`StoreOp`, for a driver's first test (claims are subclasses, not in it).
+ON_STORE: frozenset[type] = frozenset(
+    {Load, Save, Delete, Touch, Acquire, Release, Records, Revoke}
+)
 #: The operations on the claims store of an import (``SATCHEL_MIGRATE_FROM``).
 ClaimOp = LoadClaim | SaveClaim
 #: Every operation a lifecycle step may yield.
