@@ -179,13 +179,6 @@ class State:
 
     # -- what the lifecycle asks of it ----------------------------------------
 
-    @property
-    def modified(self) -> bool:
-        """The request set, deleted or may have changed something (or a save wrote)."""
-        return bool(
-            self.touched or self.deleted or self.drop_old or self.regenerating or self.wrote
-        )
-
     def unchanged(self) -> bool:
         """Loaded and only read (most requests): its save at most moves the idle expiry."""
         return (

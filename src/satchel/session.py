@@ -326,7 +326,7 @@ class Session(MutableMapping[str, Any]):
         True makes the save compare every value, as a view that changed
         something the tracking cannot see would want.
         """
-        state = self.state
+        state = self.state  # read here rather than through another call: a hot path
         return bool(
             state.touched or state.deleted or state.drop_old or state.regenerating or state.wrote
         )
