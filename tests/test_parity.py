@@ -810,13 +810,13 @@ async def strict_mode(make: Callable[[Options], Harness], store: Store) -> list[
 
 async def absolute_expiry(make: Callable[[Options], Harness], store: Store) -> list[Any]:
     """Past the absolute timeout a session is gone, however active it was."""
-    h = make(Options(absolute_timeout=1))
+    h = make(Options(absolute_timeout=0.5))
     try:
         b = h.browser()
         started = time.monotonic()
         await b.get("/set/a/1")
         # Its idle timeout is an hour: only the absolute one can end it this soon.
-        await asyncio.sleep(max(0.0, started + 1.3 - time.monotonic()))
+        await asyncio.sleep(max(0.0, started + 0.8 - time.monotonic()))
         seen = await b.get("/read")
         return [seen, len(_records(store))]
     finally:
@@ -894,7 +894,7 @@ async def _wait(event: Any) -> None:
 async def lock_timeout(make: Callable[[Options], Harness], store: Store) -> list[Any]:
     """Strict mode: a request that waits longer than the lock timeout for another one
     holding the session answers 503 and changes nothing; the holder saves."""
-    options = Options(locking=True, lock_timeout=0.3)
+    options = Options(locking=True, lock_timeout=0.2)
     h = make(options)
     try:
         b = h.browser()
