@@ -177,3 +177,13 @@ def true_in_a_forked_child(check: Callable[[], bool]) -> bool:
     os.waitpid(pid, 0)
     os.close(read)
     return answer == b"y"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the oldest-dependencies run (minutes of subprocesses) at once, beside the
+    rest of the suite, when its test is among those collected; its test waits for it."""
+    if any(item.nodeid.startswith("tests/test_oldest_dependencies.py") for item in session.items):
+        from . import test_oldest_dependencies
+
+        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+        test_oldest_dependencies.start(factory.mktemp("oldest-dependencies"))

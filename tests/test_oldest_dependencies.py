@@ -18,7 +18,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +56,66 @@ def oldest_python() -> Path:
     return python
 
 
+#: The tests run there (not those that need PostgreSQL or a Cluster, nor the
+#: end-to-end switch-overs, which the main run covers).
+SELECTED = [
+    "tests/test_flask.py", "tests/test_hardening.py", "tests/test_config.py",
+    "tests/test_signals.py", "tests/test_merge.py", "tests/test_flask_login.py",
+    "tests/test_migration.py", "tests/stores/test_redis.py", "tests/stores/test_contract.py",
+    "tests/stores/test_aio.py", "tests/test_asgi.py", "tests/test_quart.py",
+    "-k", "not postgres and not cluster and not switches",
+]  # fmt: skip
+
+
+@dataclass
+class Run:
+    """The oldest-dependencies run, going on in a thread beside the rest of the suite."""
+
+    thread: threading.Thread
+    python: Path | None = None
+    result: subprocess.CompletedProcess[str] | None = None
+    error: BaseException | None = None
+
+
+#: Started by :func:`start` (conftest.py calls it once the tests are collected).
+RUN: Run | None = None
+
+
+def start(base: Path) -> None:
+    """Build the environment and run the selected tests in it, on a thread: two minutes
+    of pip and pytest in subprocesses that overlap the rest of the suite."""
+    global RUN
+
+    def work() -> None:
+        assert RUN is not None
+        try:
+            RUN.python = oldest_python()
+            RUN.result = subprocess.run(
+                # Its own --basetemp: a pytest given none tightens /tmp/pytest-of-<user> to
+                # 0o700, which cuts this run's servers (another user) off from their folders.
+                [str(RUN.python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                 "--basetemp", str(base / "nested"), *SELECTED],
+                cwd=ROOT, capture_output=True, text=True, timeout=1200,
+                env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+            )  # fmt: skip
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            RUN.error = exc
+
+    RUN = Run(threading.Thread(target=work, name="oldest-dependencies", daemon=True))
+    RUN.thread.start()
+
+
 def test_the_tests_pass_on_the_oldest_dependencies(tmp_path: Path) -> None:
     """Every selected test passes on each lower bound (Flask 3.0.0: no SECRET_KEY_FALLBACKS)."""
-    python = oldest_python()
+    if RUN is None:  # run on its own (conftest starts it only when it is collected)
+        start(tmp_path)
+    assert RUN is not None
+    RUN.thread.join(1500)
+    assert not RUN.thread.is_alive(), "the oldest-dependencies run did not finish"
+    if RUN.error is not None:
+        raise RUN.error
+    python, result = RUN.python, RUN.result
+    assert python is not None and result is not None
     versions = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; "
          "print(*(m.version(n) for n in "
@@ -64,20 +123,6 @@ def test_the_tests_pass_on_the_oldest_dependencies(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert versions == [OLDEST, "1.6.2", "2.2.0", "5.0.0", "0.40.0", "0.19.0"]
-    result = subprocess.run(
-        # Its own --basetemp: a pytest given none tightens /tmp/pytest-of-<user> to 0o700,
-        # which cuts this run's PostgreSQL server (another user) off from its data folder,
-        # and that server shuts itself down at its next check of the folder.
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "--basetemp", str(tmp_path / "nested"),
-         "tests/test_flask.py", "tests/test_hardening.py", "tests/test_config.py",
-         "tests/test_signals.py", "tests/test_merge.py", "tests/test_flask_login.py",
-         "tests/test_migration.py", "tests/stores/test_redis.py", "tests/stores/test_contract.py",
-         "tests/stores/test_aio.py", "tests/test_asgi.py", "tests/test_quart.py",
-         "-k", "not postgres and not cluster and not switches"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
-    )  # fmt: skip
     tail = result.stdout[-3000:] + result.stderr[-2000:]
     assert result.returncode == 0, tail
     summary = result.stdout.splitlines()[-1]
