@@ -141,6 +141,9 @@ def test_counters(app: Flask) -> None:
         "migrated": 0,
         "migration_failures": 0,
         "migration_replays": 0,
+        "login_waits": 0,
+        "evictions": 0,
+        "refused_logins": 0,
     }
 
 

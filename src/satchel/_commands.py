@@ -222,6 +222,7 @@ def _info(info: Any) -> dict[str, Any]:
         "created_at": info.created_at,
         "last_seen": info.last_seen,
         "expires_at": info.expires_at,
+        "authenticated_at": info.authenticated_at,
         "keys": info.keys,
         "user_agent": info.user_agent,
         "ip": info.ip,
@@ -246,7 +247,7 @@ def show_command(ref: str, as_json: bool) -> None:
         return
     rows = []
     for name, value in info.items():
-        if name in ("created_at", "last_seen", "expires_at"):
+        if name in ("created_at", "last_seen", "expires_at", "authenticated_at") and value:
             value = _when(value) + " UTC"
         elif name == "key_names":
             value = ", ".join(printable(k) for k in value)
@@ -262,7 +263,7 @@ def revoke_command(ref: str, as_json: bool) -> None:
     from .admin import revoke
 
     reference = _resolve(ref)
-    if not _run(lambda: revoke(_manager(), reference)):
+    if not _run(lambda: revoke(_manager(), reference, by="admin")):
         raise click.ClickException(f"no live session {printable(ref)!r}")
     if as_json:
         echo_json({"revoked": [reference]})
@@ -278,7 +279,7 @@ def revoke_owner_command(owner: str, as_json: bool) -> None:
     from .admin import revoke_all
 
     owner = _text(owner, "OWNER")
-    ended = _run(lambda: revoke_all(_manager(), owner))
+    ended = _run(lambda: revoke_all(_manager(), owner, by="admin"))
     if as_json:
         echo_json({"owner": owner, "revoked": ended})
         return
@@ -306,6 +307,10 @@ def purge_command(as_json: bool) -> None:
                     removed += batch_removed
         except SatchelError as exc:
             raise click.ClickException(str(exc)) from exc
+    if removed:
+        from .signals import sessions_purged
+
+        sessions_purged.send(None, count=removed)
     if as_json:
         echo_json({"removed": removed})
         return

@@ -13,7 +13,9 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from ._lifecycle import Lifecycle, Settings
+from ._lifecycle import Lifecycle
+from ._logins import EVICT_OLDEST, check_limit
+from ._settings import Settings
 from ._sizes import parse_size
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .migration import (
@@ -51,6 +53,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "SATCHEL_LOCK_TIMEOUT": 5.0,
     "SATCHEL_LOCK_LEASE": 30.0,
     "SATCHEL_TRACK_CLIENT": False,
+    "SATCHEL_MAX_SESSIONS_PER_OWNER": None,
+    "SATCHEL_MAX_SESSIONS_POLICY": EVICT_OLDEST,
     "SATCHEL_KEY_PREFIX": None,
     "SATCHEL_STRICT_STORE": False,
     "SATCHEL_CHECK_STORE": False,
@@ -212,6 +216,8 @@ def make_settings(
     locking: Any,
     lock_timeout: Any,
     lock_lease: Any,
+    max_sessions_per_owner: Any = None,
+    max_sessions_policy: Any = EVICT_OLDEST,
     names: Callable[[str], str] = lambda name: name,
 ) -> Settings:
     """Checked :class:`Settings`; ``names`` turns an argument's name into the one users set."""
@@ -226,6 +232,11 @@ def make_settings(
             f"{names('max_size')} must be a positive size (bytes, or '1MB', '512KiB'),"
             f" not {max_size!r}"
         )
+    limit, policy = check_limit(
+        max_sessions_per_owner,
+        max_sessions_policy,
+        (names("max_sessions_per_owner"), names("max_sessions_policy")),
+    )
     return Settings(
         idle_timeout=seconds(idle_timeout, names("idle_timeout")),
         absolute_timeout=seconds(absolute_timeout, names("absolute_timeout")),
@@ -233,6 +244,8 @@ def make_settings(
         locking=bool(locking),
         lock_timeout=seconds(lock_timeout, names("lock_timeout")),
         lock_lease=seconds(lock_lease, names("lock_lease")),
+        max_sessions_per_owner=limit,
+        max_sessions_policy=policy,
     )
 
 
@@ -303,6 +316,8 @@ def read_config(
         locking=config["SATCHEL_LOCKING"],
         lock_timeout=config["SATCHEL_LOCK_TIMEOUT"],
         lock_lease=config["SATCHEL_LOCK_LEASE"],
+        max_sessions_per_owner=config["SATCHEL_MAX_SESSIONS_PER_OWNER"],
+        max_sessions_policy=config["SATCHEL_MAX_SESSIONS_POLICY"],
         names=lambda name: "SATCHEL_" + name.upper(),
     )
     chosen = build_store(

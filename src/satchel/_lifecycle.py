@@ -14,25 +14,26 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from ._merge import ABSENT, Patch, diff, patch
-from ._ops import (
-    Acquire,
-    Delete,
-    LifeSteps,
-    Load,
-    Release,
-    Save,
-    Sleep,
-    Touch,
-)
+from ._logins import REFUSE, admit_steps, limited, stored_meta
+from ._merge import Patch
+from ._ops import Acquire, Delete, LifeSteps, Load, Release, Save, Sleep, Touch
+from ._rebase import rebase
+from ._settings import Settings
 from ._state import EMPTY_BUT, State
-from .errors import ConfigError, LockLost, LockTimeout, SessionTooLarge, StoreUnavailable
-from .serialization import dumps, loads
+from .errors import (
+    ConfigError,
+    LockLost,
+    LockTimeout,
+    SessionTooLarge,
+    StoreUnavailable,
+    TooManySessions,
+)
 from .session import Session
 from .signals import (
     Counters,
+    cookie_rejected,
     security_log,
     session_created,
     session_destroyed,
@@ -40,14 +41,7 @@ from .signals import (
     session_regenerated,
 )
 from .signing import CookieSigner, new_id, store_key
-from .stores.base import (
-    Change,
-    ListingStore,
-    LockingStore,
-    Record,
-    SaveResult,
-    size_of,
-)
+from .stores.base import Change, ListingStore, LockingStore, Record, SaveResult, size_of
 
 if TYPE_CHECKING:
     from .migration import Migration
@@ -61,21 +55,6 @@ REFRESH_FRACTION = 0.1
 #: at most this many times (and for at most ``lock_timeout`` seconds); past
 #: that it answers 503 (LockTimeout) rather than overwrite anyone.
 MERGE_ATTEMPTS = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Lifetimes in seconds, the size limit in bytes, and strict mode's lock times."""
-
-    idle_timeout: float
-    absolute_timeout: float
-    max_size: int
-    #: Strict mode for every request (views can also ask for it one by one).
-    locking: bool = False
-    #: How long a request waits for another request's lock before giving up.
-    lock_timeout: float = 5.0
-    #: How long a lock lasts if its holder never releases it (a crashed worker).
-    lock_lease: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +74,6 @@ class Outcome:
 
 
 _ALIVE = Outcome(alive=True)
-
-T = TypeVar("T")
 
 
 class Lifecycle:
@@ -133,8 +110,12 @@ class Lifecycle:
         self.session_class = session_class
         #: Imports sessions from the app's previous session layer (``SATCHEL_MIGRATE_FROM``).
         self.migration: Migration | None = None
-        if settings.locking:
+        if settings.locking or settings.max_sessions_per_owner is not None:
             self._locking_store()  # refuse at start-up, not at the first request
+        if settings.max_sessions_per_owner is not None and not isinstance(
+            store, self._listing_protocol
+        ):
+            raise ConfigError(f"a limit of sessions per owner needs a store that lists: {store!r}")
         self._refresh_after = min(REFRESH_AT_MOST_EVERY, settings.idle_timeout * REFRESH_FRACTION)
 
     def open(self, cookie: str | Sequence[str] | None) -> Session:
@@ -174,10 +155,22 @@ class Lifecycle:
             "rejected a session cookie that failed verification (%s chars)",
             ", ".join(str(len(value)) for value in values),
         )
-        return self.session_class(self, None)
+        fresh = self.session_class(self, None)
+        cookie_rejected.send(self.sender, session=fresh)
+        return fresh
 
     def fill(self, session: Session) -> Any:
         """Load ``session`` and hand it its data: each driver does (see its own)."""
+        raise NotImplementedError
+
+    def check_login(self, session: Session, owner: str) -> Any:
+        """Check a login against the owner limit in the view: each driver does, when the
+        "refuse" policy is on (else there is nothing to check)."""
+        if (
+            self.settings.max_sessions_per_owner is None
+            or self.settings.max_sessions_policy != REFUSE
+        ):
+            return None
         raise NotImplementedError
 
     def cookie_of(self, state: State) -> str:
@@ -297,12 +290,20 @@ class Lifecycle:
         session has outgrown ``max_size``. A lock taken in strict mode is
         released whatever happens.
         """
+        login: tuple[str, str] | None = None
         try:
+            if limited(self, session):
+                login = yield from admit_steps(self, session)
             return (yield from self._write_steps(session))
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise
+        except TooManySessions:  # refused at the save (a race the view's check lost)
+            security_log.info("a login over the owner's session limit was not stored")
+            return Outcome()
         finally:
+            if login is not None:
+                yield Release(*login)
             yield from self._release_steps(session)
             claim = session.state.claim
             if claim is not None and self.migration is not None:
@@ -411,41 +412,8 @@ class Lifecycle:
             current = yield Load(source)
             if current is None:
                 return SaveResult.REFUSED, change  # ended meanwhile
-            change = self._rebase(session, change, current, patches)
+            change = rebase(session.state, change, current, patches)
         raise LockTimeout(repr(self.store), time.monotonic() - started)
-
-    def _rebase(
-        self, session: Session, change: Change, current: Record, patches: dict[str, Patch]
-    ) -> Change:
-        """``change`` with each field another request changed replaced by the merge of both."""
-        assert change.expect is not None
-        values, expect = dict(change.set), dict(change.expect)
-        for name in change.set:
-            stored = current.fields.get(name)
-            if stored == expect[name]:
-                continue
-            if name not in patches:
-                loaded = session.state.raw.get(name)
-                mine = (
-                    loads(values[name])
-                    if name not in session.state.data
-                    else session.state.data[name]
-                )
-                if loaded is not None:
-                    before = loads(loaded)
-                elif session.state.fresh.get(name):  # setdefault(name, []) and friends
-                    before = type(mine)()
-                else:
-                    before = ABSENT
-                # A new key given a non-empty value, or a key given a new object, is a
-                # leaf: the last save wins, as in save order.
-                leaf = before is ABSENT or name in session.state.replaced
-                patches[name] = ("set", mine) if leaf else diff(before, mine)
-            merged = patch(ABSENT if stored is None else loads(stored), patches[name])
-            values[name] = dumps(merged, name)
-            expect[name] = stored
-            session.state.merged(name, merged)  # what the view's session holds now
-        return replace(change, set=values, expect=expect)
 
     def _fence(self, session: Session) -> str | None:
         """The lock token a save must still hold, in strict mode."""
@@ -469,7 +437,7 @@ class Lifecycle:
             touched_at=now,
             expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
             owner=session.state.owner,
-            meta=session.state.client_meta,
+            meta=stored_meta(session.state, {}),
             ends_by=now + self.settings.absolute_timeout,
             max_size=self.settings.max_size,
         )
@@ -508,7 +476,7 @@ class Lifecycle:
             touched_at=now,
             expires_at=min(now + self.settings.idle_timeout, ends_by),
             owner=session.state.owner,
-            meta=session.state.client_meta or origin.meta,
+            meta=stored_meta(session.state, origin.meta),
             ends_by=ends_by,
             replaces=old,
             delete_if_only=EMPTY_BUT if session.state.owner is None else None,
@@ -528,15 +496,26 @@ class Lifecycle:
         record = Record(
             fields, origin.created_at, now, change.expires_at, change.owner, dict(change.meta)
         )
-        return self._born(session, session_id, key, record, session_regenerated)
+        return self._born(session, session_id, key, record, session_regenerated, old)
 
     def _born(
-        self, session: Session, session_id: str, key: str, record: Record, signal: Any
+        self,
+        session: Session,
+        session_id: str,
+        key: str,
+        record: Record,
+        signal: Any,
+        old: str | None = None,
     ) -> Outcome:
-        """Bookkeeping after a session was stored under a new ID."""
-        session.state.born(session_id, record)
+        """Bookkeeping after a session was stored under a new ID (moved from ``old``)."""
+        state = session.state
+        reason = state.reason
+        state.born(session_id, record)
         self.counters.add("saves")
-        signal.send(self.sender, session=session, fingerprint=key[:8])
+        if old is None:
+            signal.send(self.sender, session=session, fingerprint=key[:8])
+        else:
+            signal.send(self.sender, session=session, fingerprint=key[:8], reason=reason)
         return Outcome(new_cookie=self.sign(session_id), alive=True)
 
     def _delete_steps(self, session: Session) -> LifeSteps[None]:
@@ -581,8 +560,8 @@ class Lifecycle:
             # Emptied at the store too (no other request stored anything meanwhile).
             assert session.state.session_id is not None
             self.counters.add("deletes")
-            fingerprint = store_key(session.state.session_id)[:8]
-            session_destroyed.send(self.sender, session=session, fingerprint=fingerprint)
+            key = store_key(session.state.session_id)
+            session_destroyed.send(self.sender, session=session, fingerprint=key[:8])
             session.state.ended()
             session.state.wrote = True
             return Outcome(delete_cookie=True)

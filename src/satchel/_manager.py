@@ -15,8 +15,10 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar, cast
 
 from . import _async
-from ._lifecycle import Lifecycle, Outcome, Settings
+from ._lifecycle import Lifecycle, Outcome
+from ._logins import precheck_steps
 from ._ops import ON_STORE, Fetch, Forget, LifeSteps, LoadClaim, Op, SaveClaim, Sleep, StoreOp
+from ._settings import Settings
 from ._steps import drive, drive_async
 from .errors import StoreUnavailable
 from .session import Session
@@ -98,6 +100,10 @@ class SessionManager(Lifecycle):
         """Drop the session's lock, if it holds one; safe to call more than once."""
         self.run(self._release_steps(session))
 
+    def check_login(self, session: Session, owner: str) -> None:
+        """Raise ``TooManySessions`` now if the owner limit refuses ``owner``'s login."""
+        self.run(precheck_steps(self, session, owner))
+
     def save(self, session: Session) -> Outcome:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""
         state = session.state
@@ -175,6 +181,10 @@ class AsyncSessionManager(Lifecycle):
     def release(self, session: Session) -> Awaitable[None]:
         """Drop the session's lock, if it holds one; safe to call more than once."""
         return drive_async(self._release_steps(session), self._perform)
+
+    def check_login(self, session: Session, owner: str) -> Awaitable[None]:
+        """Raise ``TooManySessions`` if the owner limit refuses ``owner``'s login."""
+        return drive_async(precheck_steps(self, session, owner), self._perform)
 
     def save(self, session: Session) -> Awaitable[Outcome]:
         """Write what the request changed: see :meth:`Lifecycle._save_steps`."""

@@ -16,22 +16,36 @@ from typing import Any
 from .serialization import dumps, loads
 from .stores.base import Record
 
-__all__ = ["EMPTY_BUT", "State"]
+__all__ = ["AUTHENTICATED_AT", "EMPTY_BUT", "State", "authenticated_at"]
 
 #: A session holding nothing but these keys is not worth keeping.
 EMPTY_BUT = frozenset({"_permanent"})
 #: The client details of a session whose adapter records none.
 _NO_CLIENT: Mapping[str, str] = MappingProxyType({})
 
+#: The ``meta`` entry holding when the owner logged in or re-authenticated (UNIX time).
+AUTHENTICATED_AT = "authenticated_at"
+
+
+def authenticated_at(meta: Mapping[str, str]) -> float | None:
+    """The login time a record's ``meta`` holds, or ``None``."""
+    text = meta.get(AUTHENTICATED_AT)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
 
 class State:
     """The bookkeeping of one request's session (see the module docstring)."""
 
     __slots__ = (
-        "accessed", "claim", "client_meta", "cookie", "data", "deleted", "drop_old", "fresh",
-        "loaded", "lock_held", "locked_at", "migrating", "mirror", "origin", "owner",
-        "pending", "raw", "record", "regenerating", "replaced", "resign", "session_id",
-        "stale_cookie", "touched", "wrote",
+        "accessed", "authenticated", "claim", "client_meta", "cookie", "data", "deleted",
+        "drop_old", "fresh", "loaded", "lock_held", "locked_at", "migrating", "mirror",
+        "origin", "owner", "pending", "raw", "reason", "record", "regenerating", "replaced",
+        "resign", "session_id", "stale_cookie", "touched", "wrote",
     )  # fmt: skip
 
     def __init__(self, session_id: str | None) -> None:
@@ -65,6 +79,10 @@ class State:
         self.drop_old = False
         #: regenerate() was called on a stored session: it moves to a new ID.
         self.regenerating = False
+        #: Why the session gets a new ID ("login", "reauthentication", "renewal", "manual").
+        self.reason = "manual"
+        #: When this request logged the owner in or re-authenticated them (a UNIX time).
+        self.authenticated: float | None = None
         #: A save wrote this request's changes (``modified`` stays true after it).
         self.wrote = False
         #: The browser holds a cookie that names no session: expire it.
@@ -149,7 +167,7 @@ class State:
         self.deleted.clear()
         self.replaced.clear()
         self.record = self.origin = None
-        self.owner = None
+        self.owner = self.authenticated = None
         self.regenerating = False  # ending the session, whatever came before
         if self.mirror is not None:
             dict.clear(self.mirror)
@@ -171,6 +189,7 @@ class State:
         self.touched.clear()
         self.deleted.clear()
         self.drop_old = self.regenerating = False
+        self.reason = "manual"
         self.wrote = True
 
     def ended(self) -> None:

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._ops import LifeSteps, Records, Revoke
+from ._state import authenticated_at
 from .errors import ConfigError
 from .session import owner_text
+from .signals import security_log, session_revoked
 from .signing import store_key
 from .stores.base import ListingStore, Record
 
@@ -43,6 +45,8 @@ class SessionInfo:
     current: bool
     #: How many keys the session holds.
     keys: int
+    #: When its owner logged in or last re-authenticated (``None``: anonymous, or unknown).
+    authenticated_at: float | None = None
 
     @classmethod
     def of(cls, reference: str, record: Record, current: str | None = None) -> SessionInfo:
@@ -57,6 +61,7 @@ class SessionInfo:
             ip=record.meta.get("ip"),
             current=reference == current,
             keys=len(record.fields),
+            authenticated_at=authenticated_at(record.meta) if record.owner is not None else None,
         )
 
 
@@ -105,8 +110,37 @@ def list_sessions_steps(
     return sorted(infos, key=lambda info: info.last_seen, reverse=True)
 
 
+def _announce(
+    manager: Lifecycle,
+    by: str,
+    ended: int,
+    references: list[str],
+    owner: str | None,
+    current: Session | None,
+) -> None:
+    """The ``session_revoked`` signal and a security log line, for a revoke that ended some."""
+    if not ended:
+        return
+    security_log.info(
+        "revoked %d session(s) (by %s)%s",
+        ended,
+        by,
+        "" if not references else ": " + ", ".join(ref[:8] for ref in references),
+    )
+    session_revoked.send(
+        manager.sender,
+        session=current,
+        fingerprint=references[0][:8] if len(references) == 1 else None,
+        reference=references[0] if len(references) == 1 else None,
+        references=references,
+        owner=owner,
+        by=by,
+        count=ended,
+    )
+
+
 def revoke_steps(
-    manager: Lifecycle, reference: str, current: Session | None = None
+    manager: Lifecycle, reference: str, current: Session | None = None, by: str = "user"
 ) -> LifeSteps[bool]:
     """End the session ``reference`` names at once; ``False`` if it was not there.
 
@@ -119,6 +153,7 @@ def revoke_steps(
     ended = bool((yield Revoke((reference,))))
     if current is not None and current_reference(current) == reference:
         current.state.ended_elsewhere()
+    _announce(manager, by, int(ended), [reference], None, current)
     return ended
 
 
@@ -127,6 +162,7 @@ def revoke_all_steps(
     owner: str | int,
     keep: Session | None = None,
     current: Session | None = None,
+    by: str = "revoke_all",
 ) -> LifeSteps[int]:
     """End every session of ``owner`` except ``keep``'s; return how many ended.
 
@@ -150,6 +186,7 @@ def revoke_all_steps(
     if mine:
         assert current is not None
         current.state.ended_elsewhere()
+    _announce(manager, by, ended, [], owner, current)
     return ended
 
 
@@ -160,12 +197,15 @@ def list_sessions(
     return manager.run(list_sessions_steps(manager, owner, current))
 
 
-def revoke(manager: SessionManager, reference: str, current: Session | None = None) -> bool:
+def revoke(
+    manager: SessionManager, reference: str, current: Session | None = None, by: str = "user"
+) -> bool:
     """End the session ``reference`` names at once; ``False`` if it was not there.
 
-    See :func:`revoke_steps` for ``current``.
+    See :func:`revoke_steps` for ``current``; ``by`` is what the ``session_revoked``
+    signal says ended it (``"user"``, ``"admin"``).
     """
-    return manager.run(revoke_steps(manager, reference, current))
+    return manager.run(revoke_steps(manager, reference, current, by))
 
 
 def revoke_all(
@@ -173,6 +213,7 @@ def revoke_all(
     owner: str | int,
     keep: Session | None = None,
     current: Session | None = None,
+    by: str = "revoke_all",
 ) -> int:
     """End every session of ``owner`` except ``keep``'s; return how many ended.
 
@@ -180,7 +221,7 @@ def revoke_all(
     anything else raises :class:`TypeError` (``None`` too: it would mean everyone).
     See :func:`revoke_all_steps` for ``current``.
     """
-    return manager.run(revoke_all_steps(manager, owner, keep, current))
+    return manager.run(revoke_all_steps(manager, owner, keep, current, by))
 
 
 def stats(manager: Lifecycle) -> dict[str, int]:

@@ -28,7 +28,9 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from starlette.requests import HTTPConnection
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from . import _async
 from ._config import (
@@ -55,8 +57,10 @@ from .stores.base import AsyncStore, Store
 __all__ = [
     "DEFAULT_MAX_AGE",
     "SessionMiddleware",
+    "fresh_login",
     "get_session",
     "list_sessions",
+    "require_fresh_login",
     "revoke",
     "revoke_all",
     "stats",
@@ -109,7 +113,8 @@ class SessionMiddleware:
       ``SECRET_KEY_FALLBACKS``;
     * ``idle_timeout`` (default ``max_age``, or two weeks), ``absolute_timeout``
       (90 days), ``max_size`` (1 MiB), ``key_prefix``, ``locking``,
-      ``lock_timeout``, ``lock_lease``, ``track_client``, ``strict_secret``,
+      ``lock_timeout``, ``lock_lease``, ``max_sessions_per_owner``,
+      ``max_sessions_policy``, ``track_client``, ``strict_secret``,
       ``strict_store``, ``check_store``: as the Flask adapter's ``SATCHEL_*`` settings of the
       same names;
     * ``partitioned``: add the cookie's ``Partitioned`` attribute;
@@ -141,6 +146,8 @@ class SessionMiddleware:
         locking: bool = False,
         lock_timeout: float | timedelta = 5.0,
         lock_lease: float | timedelta = 30.0,
+        max_sessions_per_owner: int | None = None,
+        max_sessions_policy: str = "evict-oldest",
         track_client: bool = False,
         strict_secret: bool = False,
         strict_store: bool = False,
@@ -176,6 +183,8 @@ class SessionMiddleware:
             locking=locking,
             lock_timeout=lock_timeout,
             lock_lease=lock_lease,
+            max_sessions_per_owner=max_sessions_per_owner,
+            max_sessions_policy=max_sessions_policy,
         )
         self._signer, self._settings = signer, settings
         self._store_args = (store, key_prefix, bool(strict_store), bool(check_store))
@@ -496,6 +505,50 @@ def get_session(connection: HTTPConnection) -> AsyncSession:
     if not isinstance(session, AsyncSession):
         raise ConfigError("this request has no satchel session: add satchel's SessionMiddleware")
     return session
+
+
+def fresh_login(
+    connection: HTTPConnection,
+    max_age: float,
+    *,
+    redirect_to: str | Callable[[HTTPConnection], str] | None = None,
+) -> Response | None:
+    """``None`` when the login is no older than ``max_age`` seconds; else the answer to
+    send instead of the view: a 303 to ``redirect_to`` (a URL, or a function of the
+    request that returns one), or a 401 without it. For Starlette views::
+
+        async def close_account(request):
+            if (answer := fresh_login(request, 300, redirect_to="/confirm")) is not None:
+                return answer
+            ...
+    """
+    if get_session(connection).authenticated_within(max_age):
+        return None
+    target = redirect_to(connection) if callable(redirect_to) else redirect_to
+    if target is None:
+        return PlainTextResponse("A recent login is required.", 401)
+    return RedirectResponse(target, 303)
+
+
+def require_fresh_login(
+    max_age: float, *, redirect_to: str | Callable[[HTTPConnection], str] | None = None
+) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency that lets the route run only after a login no older than
+    ``max_age`` seconds; else it answers as :func:`fresh_login` does (by raising
+    Starlette's ``HTTPException``, which FastAPI turns into that response)::
+
+        @app.post("/close-account", dependencies=[Depends(require_fresh_login(300))])
+    """
+
+    async def fresh_only(request: Request) -> None:
+        answer = fresh_login(request, max_age, redirect_to=redirect_to)
+        if answer is not None:
+            headers = (
+                {"Location": answer.headers["location"]} if answer.status_code == 303 else None
+            )
+            raise HTTPException(answer.status_code, "A recent login is required.", headers)
+
+    return fresh_only
 
 
 async def list_sessions(

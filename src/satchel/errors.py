@@ -6,6 +6,8 @@ Every error derives from one base class, so an app can catch them all::
     ├── ConfigError          bad or missing configuration, raised at start-up
     ├── SerializationError   a session value that cannot be stored
     ├── SessionTooLarge      a session over ``SATCHEL_MAX_SIZE``
+    ├── TooManySessions      a login over ``SATCHEL_MAX_SESSIONS_PER_OWNER`` (policy "refuse")
+    ├── NotLoggedIn          ``reauthenticated()`` on a session no login owns
     └── StoreUnavailable     the store did not answer; the Flask adapter answers 503
         └── LockTimeout      strict mode waited too long for another request's lock
             └── LockLost     strict mode's lease lapsed before the save; nothing saved
@@ -17,10 +19,12 @@ __all__ = [
     "ConfigError",
     "LockLost",
     "LockTimeout",
+    "NotLoggedIn",
     "SatchelError",
     "SerializationError",
     "SessionTooLarge",
     "StoreUnavailable",
+    "TooManySessions",
 ]
 
 
@@ -66,6 +70,27 @@ class SessionTooLarge(SatchelError):
             f"session is {size} bytes serialised, over the limit of {limit} bytes "
             "(SATCHEL_MAX_SIZE); nothing was saved"
         )
+
+
+class TooManySessions(SatchelError):
+    """A login would give its owner more than ``SATCHEL_MAX_SESSIONS_PER_OWNER`` sessions.
+
+    Raised by ``regenerate(owner=...)`` under the ``"refuse"`` policy (in an async
+    view, by ``await session.regenerate(owner=...)``), before anything is stored;
+    the app answers it with a page ("log out on another device first"). ``limit``
+    is the configured maximum.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"this user already has {limit} live sessions, the most allowed"
+            " (SATCHEL_MAX_SESSIONS_PER_OWNER, policy 'refuse'); the login was not stored"
+        )
+
+
+class NotLoggedIn(SatchelError):
+    """``reauthenticated()`` was called on a session that no login owns."""
 
 
 class StoreUnavailable(SatchelError):

@@ -55,12 +55,13 @@ that set them after ``init_app`` are honoured.
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from flask import current_app, has_request_context
+from flask import abort, current_app, has_request_context, redirect
 from flask.sessions import SessionInterface, SessionMixin
 
 from ._config import (
@@ -72,7 +73,7 @@ from ._config import (
     unavailable,
 )
 from ._manager import SessionManager
-from ._views import locked, locked_endpoints
+from ._views import ViewT, locked, locked_endpoints
 from .admin import SessionInfo, list_sessions, revoke, revoke_all, stats
 from .errors import ConfigError, StoreUnavailable
 from .session import Session
@@ -82,7 +83,14 @@ if TYPE_CHECKING:
     from flask import Flask, Request
     from werkzeug.wrappers import Response as BaseResponse
 
-__all__ = ["FlaskSession", "Satchel", "SatchelSessionInterface", "current_session", "locked"]
+__all__ = [
+    "FlaskSession",
+    "Satchel",
+    "SatchelSessionInterface",
+    "current_session",
+    "fresh_login_required",
+    "locked",
+]
 
 _log = logging.getLogger("satchel")
 
@@ -140,6 +148,37 @@ def current_session() -> FlaskSession:
     if not isinstance(held, FlaskSession):
         raise ConfigError("the current app's session is not a satchel session")
     return held
+
+
+def fresh_login_required(
+    max_age: float, *, redirect_to: str | Callable[[], str] | None = None
+) -> Callable[[ViewT], ViewT]:
+    """Run the view only when the login is no older than ``max_age`` seconds.
+
+    For a sensitive action (changing a password, paying): a session whose owner
+    logged in or re-authenticated (``session.reauthenticated()``) longer ago,
+    or no login at all, gets a 303 redirect to ``redirect_to`` (a URL, or a
+    function called in the request that returns one, such as
+    ``lambda: url_for("login", next=request.path)``), or a 401 without it::
+
+        @app.post("/close-account")
+        @fresh_login_required(300, redirect_to="/confirm-password")
+        def close_account(): ...
+    """
+
+    def decorate(view: ViewT) -> ViewT:
+        @functools.wraps(view)
+        def fresh_only(*args: Any, **kwargs: Any) -> Any:
+            if current_session().authenticated_within(max_age):
+                return view(*args, **kwargs)
+            target = redirect_to() if callable(redirect_to) else redirect_to
+            if target is None:
+                abort(401)
+            return redirect(target, 303)
+
+        return fresh_only  # type: ignore[return-value]
+
+    return decorate
 
 
 def _manager(app: Flask | None) -> SessionManager:

@@ -19,11 +19,13 @@ on a worker thread).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from quart import has_request_context
+from quart import abort, has_request_context, redirect
 from quart.sessions import SessionInterface, SessionMixin
 
 from ._config import (
@@ -35,7 +37,7 @@ from ._config import (
     unavailable,
 )
 from ._manager import AsyncSessionManager
-from ._views import locked, locked_endpoints
+from ._views import ViewT, locked, locked_endpoints
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
 from .admin import stats as _stats
 from .errors import ConfigError, StoreUnavailable
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from quart import Quart
     from quart.wrappers import BaseRequestWebsocket, Response
 
-__all__ = ["QuartSession", "Satchel", "current_session", "locked"]
+__all__ = ["QuartSession", "Satchel", "current_session", "fresh_login_required", "locked"]
 
 _log = logging.getLogger("satchel")
 
@@ -74,6 +76,28 @@ def current_session() -> QuartSession:
     if not isinstance(held, QuartSession):
         raise ConfigError("the current app's session is not a satchel session")
     return held
+
+
+def fresh_login_required(
+    max_age: float, *, redirect_to: str | Callable[[], str] | None = None
+) -> Callable[[ViewT], ViewT]:
+    """Run the (async) view only when the login is no older than ``max_age`` seconds;
+    else a 303 to ``redirect_to`` (a URL, or a function that returns one) or a 401,
+    as :func:`satchel.flask.fresh_login_required` does."""
+
+    def decorate(view: ViewT) -> ViewT:
+        @functools.wraps(view)
+        async def fresh_only(*args: Any, **kwargs: Any) -> Any:
+            if current_session().authenticated_within(max_age):
+                return await view(*args, **kwargs)
+            target = redirect_to() if callable(redirect_to) else redirect_to
+            if target is None:
+                abort(401)
+            return redirect(target, 303)
+
+        return fresh_only  # type: ignore[return-value]
+
+    return decorate
 
 
 def _manager(app: Quart | None) -> AsyncSessionManager:

@@ -9,23 +9,28 @@ request ends, so ``session["cart"].append(item)`` is saved without
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+import time
+from collections.abc import Generator, Iterator, Mapping, MutableMapping
 from typing import Any, Protocol, cast
 from uuid import UUID
 
 from markupsafe import Markup
 
-from ._state import State
-from .errors import SerializationError
+from ._state import State, authenticated_at
+from .errors import NotLoggedIn, SerializationError
 from .serialization import dumps
 from .stores.base import Record
 
 
 class Loader(Protocol):
-    """What a session needs of the lifecycle that made it: its lazy load."""
+    """What a session needs of the lifecycle that made it: its lazy load, and the check
+    of a login against the owner limit."""
 
     def fill(self, session: Session) -> Any:
         """Load ``session`` and hand it its data."""
+
+    def check_login(self, session: Session, owner: str) -> Any:
+        """Raise ``TooManySessions`` if ``owner`` may not log in (sync; async: awaitable)."""
 
 
 __all__ = ["AsyncSession", "Session", "owner_text"]
@@ -289,15 +294,59 @@ class Session(MutableMapping[str, Any]):
         cleared, revoked or expired meanwhile, nothing is brought back under the
         new ID. The creation time moves with the data, so the absolute timeout
         still counts from the session's start.
+
+        Under ``SATCHEL_MAX_SESSIONS_POLICY = "refuse"`` a login (``owner``) that
+        would give the owner more than ``SATCHEL_MAX_SESSIONS_PER_OWNER`` sessions
+        raises :class:`~satchel.errors.TooManySessions` here, changing nothing.
+        A login records when it happened (:attr:`authenticated_at`).
         """
         if owner is not None:
             owner = owner_text(owner)
         self._load()
+        if owner is not None:
+            self._manager.check_login(self, owner)
+        self._regenerate(owner, "manual" if owner is None else "login")
+
+    def _regenerate(self, owner: str | None, reason: str) -> None:
         state = self.state
         if owner is not None:
             state.owner = owner
+        if reason in ("login", "reauthentication"):
+            state.authenticated = time.time()
+        if state.reason not in ("login", "reauthentication"):  # a login's reason holds
+            state.reason = reason
         state.regenerating = state.origin is not None
         state.record = None
+
+    def reauthenticated(self) -> Any:
+        """Record that the owner just proved who they are again (a password typed for a
+        sensitive action): :attr:`authenticated_at` becomes now, and the ID changes.
+
+        Raises :class:`~satchel.errors.NotLoggedIn` on a session no login owns.
+        """
+        self._load()
+        if self.state.owner is None:
+            raise NotLoggedIn("reauthenticated() needs a session a login owns")
+        self._regenerate(None, "reauthentication")
+
+    def authenticated_within(self, max_age: float) -> bool:
+        """Whether the owner logged in or re-authenticated no more than ``max_age``
+        seconds ago: what a sensitive action asks (an anonymous session never is)."""
+        when = self.authenticated_at
+        return when is not None and time.time() - when <= max_age
+
+    @property
+    def authenticated_at(self) -> float | None:
+        """When the owner logged in or last re-authenticated (a UNIX time); ``None`` for a
+        session no login owns, or one logged in before satchel recorded it."""
+        self._load()
+        state = self.state
+        if state.owner is None:
+            return None
+        if state.authenticated is not None:
+            return state.authenticated
+        origin = state.origin
+        return None if origin is None else authenticated_at(origin.meta)
 
     # -- state ----------------------------------------------------------------
 
@@ -347,6 +396,33 @@ class Session(MutableMapping[str, Any]):
         self["_permanent"] = bool(value)
 
 
+class _Checked:
+    """What an async session's ``regenerate()`` returns: awaiting it checks the login."""
+
+    __slots__ = ("_owner", "_session")
+
+    def __init__(self, session: Session, owner: str | None) -> None:
+        self._session, self._owner = session, owner
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._check().__await__()  # a coroutine made only when awaited
+
+    async def _check(self) -> None:
+        session, owner = self._session, self._owner
+        if owner is None:
+            return
+        try:
+            await session._manager.check_login(session, owner)
+        except BaseException:
+            state = session.state  # refused: the session stays as it was
+            state.regenerating = False
+            state.owner = state.origin.owner if state.origin is not None else None
+            state.record = state.origin
+            state.authenticated = None
+            state.reason = "manual"
+            raise
+
+
 class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
     """A session of an ASGI app: loaded before the view runs, since it cannot wait then.
 
@@ -374,6 +450,18 @@ class AsyncSession(Session, dict[str, Any]):  # type: ignore[misc]
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
+
+    def regenerate(self, owner: str | int | None = None) -> _Checked:  # type: ignore[override]
+        """As :meth:`Session.regenerate`; an async view awaits it for a login
+        (``await session.regenerate(owner=...)``) to have the owner limit's "refuse"
+        policy raise :class:`~satchel.errors.TooManySessions` there. Not awaited,
+        the login is still checked, exactly, when the session is saved (and a
+        refused one is not stored)."""
+        if owner is not None:
+            owner = owner_text(owner)
+        self._load()
+        self._regenerate(owner, "manual" if owner is None else "login")
+        return _Checked(self, owner)
 
     def _load(self) -> None:
         state = self.state

@@ -1,28 +1,49 @@
 """Signals sent at the turning points of a session's life, and the counters behind them.
 
 Receivers connect with blinker, as with Flask's own signals; the sender is the
-Flask app (or whatever the adapter passed), and every signal carries the
+Flask app (or whatever the adapter passed), and the signals of one session carry its
 ``session`` (its ``session_id`` is the raw ID: never log it) and a
 ``fingerprint``, a short hash safe to log::
 
     from satchel.signals import session_created
 
     @session_created.connect_via(app)
-    def count_new_session(app, session, fingerprint):
+    def count_new_session(app, session, fingerprint, **extra):
         ...
 
-=======================  ===============================================
-signal                   sent when
-=======================  ===============================================
-``session_created``      a session is first stored (not by regenerate)
-``session_regenerated``  ``regenerate()`` moved a session to a new ID
-``session_destroyed``    ``clear()`` or emptying it deleted a record
-``session_expired``      a genuine cookie named a record that had
-                         expired or was gone when the session loaded
-``session_migrated``     an old session (``SATCHEL_MIGRATE_FROM``) was
-                         imported into a new one; also carries ``source``
-                         (``"flask-cookie"`` or ``"flask-session"``)
-=======================  ===============================================
+========================  ==============================================
+signal                    sent when (arguments beyond ``session`` and
+                          ``fingerprint``)
+========================  ==============================================
+``session_created``       a session is first stored (not by regenerate)
+``session_regenerated``   a session moved to a new ID; ``reason``: ``"login"``
+                          (``regenerate(owner=...)``), ``"reauthentication"``
+                          (``reauthenticated()``), ``"renewal"`` or ``"manual"``
+``session_destroyed``     ``clear()`` or emptying it deleted a record
+``session_expired``       a genuine cookie named a record that had expired or
+                          was gone when the session loaded
+``session_revoked``       a revoke ended live sessions; ``by``: ``"user"``
+                          (``revoke()``), ``"revoke_all"`` or ``"admin"`` (the
+                          command line); ``count``, ``owner`` (for revoke_all)
+                          and ``references``; ``session`` is the requester's
+                          (``None`` from the command line)
+``session_evicted``       a login over ``SATCHEL_MAX_SESSIONS_PER_OWNER`` ended
+                          its owner's least recently seen session; ``owner``
+                          and ``reference`` (the evicted one's); ``session``
+                          is the login's
+``cookie_rejected``       a cookie failed verification; ``session`` is the
+                          fresh one the request got (no ``fingerprint``)
+``sessions_purged``       a purge removed expired records: ``count`` only
+                          (sent by the ``purge`` command, with sender None)
+``session_migrated``      an old session (``SATCHEL_MIGRATE_FROM``) was
+                          imported into a new one; also carries ``source``
+                          (``"flask-cookie"`` or ``"flask-session"``)
+========================  ==============================================
+
+A ``reference`` is the key a store files a session under (a SHA-256 hash of the
+ID: safe to log and to pass to ``revoke()``, never the ID); a ``fingerprint`` is
+its first 8 characters, as the log lines print. Receivers should accept
+``**extra``: a later version may add arguments.
 """
 
 from __future__ import annotations
@@ -40,11 +61,15 @@ security_log = logging.getLogger("satchel.security")
 __all__ = [
     "COUNTED",
     "Counters",
+    "cookie_rejected",
     "session_created",
     "session_destroyed",
+    "session_evicted",
     "session_expired",
     "session_migrated",
     "session_regenerated",
+    "session_revoked",
+    "sessions_purged",
 ]
 
 _signals = Namespace()
@@ -54,6 +79,10 @@ session_regenerated = _signals.signal("satchel.session-regenerated")
 session_destroyed = _signals.signal("satchel.session-destroyed")
 session_expired = _signals.signal("satchel.session-expired")
 session_migrated = _signals.signal("satchel.session-migrated")
+session_revoked = _signals.signal("satchel.session-revoked")
+session_evicted = _signals.signal("satchel.session-evicted")
+cookie_rejected = _signals.signal("satchel.cookie-rejected")
+sessions_purged = _signals.signal("satchel.sessions-purged")
 
 
 #: Each counter's name, and what it counts.
@@ -70,6 +99,9 @@ COUNTED = {
     "migrated": "Old sessions imported into new ones (``SATCHEL_MIGRATE_FROM``).",
     "migration_failures": "Old sessions that exist but could not be imported (a pickle record).",
     "migration_replays": "Old cookies that came back after their import and imported nothing.",
+    "login_waits": "Logins that waited for another login of their owner (the owner limit).",
+    "evictions": "Sessions ended because a login of their owner went over the limit.",
+    "refused_logins": "Logins refused by ``SATCHEL_MAX_SESSIONS_POLICY = 'refuse'``.",
 }
 
 
@@ -101,6 +133,9 @@ class Counters:
         migrated: int
         migration_failures: int
         migration_replays: int
+        login_waits: int
+        evictions: int
+        refused_logins: int
 
     def __init__(self) -> None:
         self._ticks = {name: itertools.count() for name in COUNTED}

@@ -22,6 +22,7 @@ def _settings() -> dict[str, Any]:
         "locking": os.environ.get("ASGIAPP_LOCKING") == "1",
         "lock_timeout": 20,
         "max_age": None,  # a browser-session cookie, as the Flask app's
+        "max_sessions_per_owner": int(os.environ.get("ASGIAPP_MAX_SESSIONS", 0)) or None,
     }
 
 
@@ -29,6 +30,7 @@ def create_fastapi() -> Any:
     from fastapi import Depends, FastAPI, Request
 
     from satchel.asgi import SessionMiddleware, get_session, revoke_all
+    from satchel.asgi import stats as satchel_stats
     from satchel.session import AsyncSession
 
     app = FastAPI()
@@ -72,8 +74,12 @@ def create_fastapi() -> Any:
 
     @app.get("/login/{user}")
     async def login(user: str, session: Annotated[AsyncSession, Depends(get_session)]) -> str:
-        session.regenerate(owner=user)
+        await session.regenerate(owner=user)
         return "ok"
+
+    @app.get("/stats")
+    async def stats(request: Request) -> dict[str, int]:
+        return {**satchel_stats(request), "pid": os.getpid()}  # which worker answered
 
     @app.get("/logout-everywhere")
     async def logout_everywhere(request: Request) -> dict[str, int]:
