@@ -40,6 +40,8 @@ DEFAULT_SQLITE_NAME = "satchel-sessions.sqlite3"
 
 #: A session ends this long after it began, however active (``SATCHEL_ABSOLUTE_TIMEOUT``).
 DEFAULT_ABSOLUTE_TIMEOUT = timedelta(days=90)
+#: How long, in seconds, a renewed session's old ID still joins it (``SATCHEL_RENEWAL_GRACE``).
+DEFAULT_RENEWAL_GRACE = 10.0
 #: The largest serialised session, in bytes (``SATCHEL_MAX_SIZE``).
 DEFAULT_MAX_SIZE = 1024 * 1024
 #: The satchel keys of a Flask or Quart config, and their defaults.
@@ -55,6 +57,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "SATCHEL_TRACK_CLIENT": False,
     "SATCHEL_MAX_SESSIONS_PER_OWNER": None,
     "SATCHEL_MAX_SESSIONS_POLICY": EVICT_OLDEST,
+    "SATCHEL_RENEWAL_INTERVAL": None,
+    "SATCHEL_RENEWAL_GRACE": DEFAULT_RENEWAL_GRACE,
     "SATCHEL_KEY_PREFIX": None,
     "SATCHEL_STRICT_STORE": False,
     "SATCHEL_CHECK_STORE": False,
@@ -218,6 +222,8 @@ def make_settings(
     lock_lease: Any,
     max_sessions_per_owner: Any = None,
     max_sessions_policy: Any = EVICT_OLDEST,
+    renewal_interval: Any = None,
+    renewal_grace: Any = DEFAULT_RENEWAL_GRACE,
     names: Callable[[str], str] = lambda name: name,
 ) -> Settings:
     """Checked :class:`Settings`; ``names`` turns an argument's name into the one users set."""
@@ -237,6 +243,18 @@ def make_settings(
         max_sessions_policy,
         (names("max_sessions_per_owner"), names("max_sessions_policy")),
     )
+    renew = (
+        None if renewal_interval is None else seconds(renewal_interval, names("renewal_interval"))
+    )
+    if isinstance(renewal_grace, int | float) and renewal_grace == 0:
+        grace = 0.0  # the old ID is dead at once: overlapping requests start anew
+    else:
+        grace = seconds(renewal_grace, names("renewal_grace"))
+    if renew is not None and grace >= renew:
+        raise ConfigError(
+            f"{names('renewal_grace')} ({grace:g}s) must be shorter than"
+            f" {names('renewal_interval')} ({renew:g}s)"
+        )
     return Settings(
         idle_timeout=seconds(idle_timeout, names("idle_timeout")),
         absolute_timeout=seconds(absolute_timeout, names("absolute_timeout")),
@@ -246,6 +264,8 @@ def make_settings(
         lock_lease=seconds(lock_lease, names("lock_lease")),
         max_sessions_per_owner=limit,
         max_sessions_policy=policy,
+        renewal_interval=renew,
+        renewal_grace=grace,
     )
 
 
@@ -318,6 +338,8 @@ def read_config(
         lock_lease=config["SATCHEL_LOCK_LEASE"],
         max_sessions_per_owner=config["SATCHEL_MAX_SESSIONS_PER_OWNER"],
         max_sessions_policy=config["SATCHEL_MAX_SESSIONS_POLICY"],
+        renewal_interval=config["SATCHEL_RENEWAL_INTERVAL"],
+        renewal_grace=config["SATCHEL_RENEWAL_GRACE"],
         names=lambda name: "SATCHEL_" + name.upper(),
     )
     chosen = build_store(

@@ -20,6 +20,7 @@ from ._logins import REFUSE, admit_steps, limited, stored_meta
 from ._merge import Patch
 from ._ops import Acquire, Delete, LifeSteps, Load, Release, Save, Sleep, Touch
 from ._rebase import rebase
+from ._renewal import issued, join_steps, rejoin_steps, renew_if_due
 from ._settings import Settings
 from ._state import EMPTY_BUT, State
 from .errors import (
@@ -203,6 +204,8 @@ class Lifecycle:
             if self.settings.locking or session._lock_wanted():
                 yield from self._lock_steps(session, key)
             record = yield Load(key)
+            if record is None and self.settings.renewal_interval is not None:
+                record = yield from join_steps(self, session.state)
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise
@@ -321,6 +324,7 @@ class Lifecycle:
             record is not None
             and time.time() - record.touched_at < self._refresh_after  # not _refresh_due()
             and state.unchanged()
+            and self.settings.renewal_interval is None
         ):
             return self._alive(session)
         return None
@@ -329,6 +333,8 @@ class Lifecycle:
         settled = self._settled(session)
         if settled is not None:
             return settled
+        if self.settings.renewal_interval is not None:
+            renew_if_due(self.settings, session.state)
         if session.state.unchanged():
             # Read, not written (most requests): at most refresh the idle expiry.
             assert session.state.record is not None
@@ -379,6 +385,8 @@ class Lifecycle:
             expect={name: loaded.get(name) for name in changed},
         )
         result, _ = yield from self._merging_save_steps(session, key, change, False, key)
+        if not result and (yield from rejoin_steps(self, session.state)):
+            return (yield from self._write_steps(session))  # renewed meanwhile: save there
         self.counters.add("saves")
         outcome = self._saved(session, result)
         return replace(outcome, wrote=True) if outcome.alive else outcome
@@ -437,7 +445,7 @@ class Lifecycle:
             touched_at=now,
             expires_at=now + min(self.settings.idle_timeout, self.settings.absolute_timeout),
             owner=session.state.owner,
-            meta=stored_meta(session.state, {}),
+            meta=stored_meta(session.state, {}, issued(self.settings, now)),
             ends_by=now + self.settings.absolute_timeout,
             max_size=self.settings.max_size,
         )
@@ -476,7 +484,7 @@ class Lifecycle:
             touched_at=now,
             expires_at=min(now + self.settings.idle_timeout, ends_by),
             owner=session.state.owner,
-            meta=stored_meta(session.state, origin.meta),
+            meta=stored_meta(session.state, origin.meta, issued(self.settings, now)),
             ends_by=ends_by,
             replaces=old,
             delete_if_only=EMPTY_BUT if session.state.owner is None else None,
@@ -484,9 +492,12 @@ class Lifecycle:
             fence=self._fence(session),
             expect={name: session.state.raw.get(name) for name in changed},
         )
-        session_id = new_id()
+        renewal = session.state.reason == "renewal"
+        session_id = self.signer.renewed_ids(session.state.session_id)[0] if renewal else new_id()
         key = store_key(session_id)
         result, change = yield from self._merging_save_steps(session, key, change, True, old)
+        if renewal and not result and (yield from rejoin_steps(self, session.state)):
+            return (yield from self._write_steps(session))  # another request renewed it first
         if result != SaveResult.SAVED:  # ended meanwhile, or emptied: no new session
             self.counters.add("saves")
             return self._saved(session, result)
@@ -512,6 +523,8 @@ class Lifecycle:
         reason = state.reason
         state.born(session_id, record)
         self.counters.add("saves")
+        if reason == "renewal":
+            self.counters.add("renewals")
         if old is None:
             signal.send(self.sender, session=session, fingerprint=key[:8])
         else:
@@ -539,6 +552,8 @@ class Lifecycle:
             return self._alive(session)
         assert session.state.session_id is not None
         ok = yield Touch(store_key(session.state.session_id), now, self._expiry(record, now))
+        if not ok and (yield from rejoin_steps(self, session.state)):
+            return self._alive(session)  # renewed meanwhile: the response sends its cookie
         self.counters.add("touches")
         outcome = self._saved(session, int(ok))
         return replace(outcome, refreshed=True) if outcome.alive else outcome

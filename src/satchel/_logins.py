@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._ops import Acquire, LifeSteps, Records, Release, Revoke, Sleep
+from ._renewal import ISSUED_AT
 from ._state import AUTHENTICATED_AT
 from .errors import ConfigError, LockTimeout, TooManySessions
 from .signals import Counters, security_log, session_evicted
@@ -51,10 +52,15 @@ REFUSE = "refuse"
 POLICIES = (EVICT_OLDEST, REFUSE)
 
 
-def stored_meta(state: State, carried: Mapping[str, str]) -> Mapping[str, str]:
+def stored_meta(
+    state: State, carried: Mapping[str, str], issued: float | None = None
+) -> Mapping[str, str]:
     """The ``meta`` a create or a move stores: this request's client details (or those
-    ``carried`` from the record moved), and the login time while an owner holds it."""
+    ``carried`` from the record moved), the login time while an owner holds it, and
+    when the new ID was ``issued`` (when renewal is on)."""
     meta = state.client_meta or carried
+    if issued is not None:
+        meta = {**meta, ISSUED_AT: repr(issued)}
     if state.owner is None:
         if AUTHENTICATED_AT in meta:
             meta = {k: v for k, v in meta.items() if k != AUTHENTICATED_AT}

@@ -18,6 +18,7 @@ from . import _async
 from ._lifecycle import Lifecycle, Outcome
 from ._logins import precheck_steps
 from ._ops import ON_STORE, Fetch, Forget, LifeSteps, LoadClaim, Op, SaveClaim, Sleep, StoreOp
+from ._renewal import join_steps
 from ._settings import Settings
 from ._steps import drive, drive_async
 from .errors import StoreUnavailable
@@ -88,6 +89,8 @@ class SessionManager(Lifecycle):
         key = store_key(state.session_id)
         try:
             record = self.store.load(key)
+            if record is None and self.settings.renewal_interval is not None:
+                record = self.run(join_steps(self, state))
         except StoreUnavailable:
             self.counters.add("store_errors")
             raise

@@ -28,3 +28,7 @@ class Settings:
     #: login over it does: ``"evict-oldest"`` or ``"refuse"`` (see :mod:`satchel._logins`).
     max_sessions_per_owner: int | None = None
     max_sessions_policy: str = "evict-oldest"
+    #: Renew a session's ID once it is this old (``None``: never; see
+    #: :mod:`satchel._renewal`), and how long the old ID still joins the renewed session.
+    renewal_interval: float | None = None
+    renewal_grace: float = 10.0

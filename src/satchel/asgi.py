@@ -114,9 +114,9 @@ class SessionMiddleware:
     * ``idle_timeout`` (default ``max_age``, or two weeks), ``absolute_timeout``
       (90 days), ``max_size`` (1 MiB), ``key_prefix``, ``locking``,
       ``lock_timeout``, ``lock_lease``, ``max_sessions_per_owner``,
-      ``max_sessions_policy``, ``track_client``, ``strict_secret``,
-      ``strict_store``, ``check_store``: as the Flask adapter's ``SATCHEL_*`` settings of the
-      same names;
+      ``max_sessions_policy``, ``renewal_interval``, ``renewal_grace``,
+      ``track_client``, ``strict_secret``, ``strict_store``, ``check_store``: as the
+      Flask adapter's ``SATCHEL_*`` settings of the same names;
     * ``partitioned``: add the cookie's ``Partitioned`` attribute;
     * ``cookie_name``: a function of the ASGI scope that returns the cookie's
       name for that request, for apps that keep several independent sessions
@@ -148,6 +148,8 @@ class SessionMiddleware:
         lock_lease: float | timedelta = 30.0,
         max_sessions_per_owner: int | None = None,
         max_sessions_policy: str = "evict-oldest",
+        renewal_interval: float | timedelta | None = None,
+        renewal_grace: float | timedelta = 10.0,
         track_client: bool = False,
         strict_secret: bool = False,
         strict_store: bool = False,
@@ -185,6 +187,8 @@ class SessionMiddleware:
             lock_lease=lock_lease,
             max_sessions_per_owner=max_sessions_per_owner,
             max_sessions_policy=max_sessions_policy,
+            renewal_interval=renewal_interval,
+            renewal_grace=renewal_grace,
         )
         self._signer, self._settings = signer, settings
         self._store_args = (store, key_prefix, bool(strict_store), bool(check_store))

@@ -24,6 +24,15 @@ key                                 meaning (default)
                                     time (``False``; see :func:`locked`)
 ``SATCHEL_LOCK_TIMEOUT``            how long to wait for the lock before a 503 (5 s)
 ``SATCHEL_LOCK_LEASE``              how long a lock outlives a crashed holder (30 s)
+``SATCHEL_MAX_SESSIONS_PER_OWNER``  the most live sessions one owner (login) may have (``None``:
+                                    no limit); exact under overlapping logins
+``SATCHEL_MAX_SESSIONS_POLICY``     a login over it: ``"evict-oldest"`` ends the owner's least
+                                    recently seen session (the default); ``"refuse"`` raises
+                                    :class:`~satchel.errors.TooManySessions` from ``regenerate``
+``SATCHEL_RENEWAL_INTERVAL``        give a session a new ID once its ID is this old (seconds or
+                                    ``timedelta``; ``None``: never), data and owner kept
+``SATCHEL_RENEWAL_GRACE``           how long a renewed session's old ID still joins it, for the
+                                    requests a browser sent at once (10 s; ``0``: none)
 ``SATCHEL_TRACK_CLIENT``            store the user agent and IP with each new session, for
                                     :meth:`Satchel.list_sessions` (``False``)
 ``SATCHEL_KEY_PREFIX``              the store's namespace: apps with different prefixes on one

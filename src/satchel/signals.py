@@ -100,6 +100,8 @@ COUNTED = {
     "migration_failures": "Old sessions that exist but could not be imported (a pickle record).",
     "migration_replays": "Old cookies that came back after their import and imported nothing.",
     "login_waits": "Logins that waited for another login of their owner (the owner limit).",
+    "renewals": "Sessions whose ID was renewed (``SATCHEL_RENEWAL_INTERVAL``).",
+    "renewal_joins": "Requests with a just-renewed session's old ID that joined the new one.",
     "evictions": "Sessions ended because a login of their owner went over the limit.",
     "refused_logins": "Logins refused by ``SATCHEL_MAX_SESSIONS_POLICY = 'refuse'``.",
 }
@@ -134,6 +136,8 @@ class Counters:
         migration_failures: int
         migration_replays: int
         login_waits: int
+        renewals: int
+        renewal_joins: int
         evictions: int
         refused_logins: int
 

@@ -12,6 +12,7 @@ store cannot be turned back into working cookies.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -153,6 +154,25 @@ class CookieSigner:
     def derived_key(self) -> bytes:
         """The key derived from the current secret key, for other MACs than the cookie's."""
         return self._signer.derive_key()
+
+    def renewed_ids(self, session_id: str) -> list[str]:
+        """The ID a renewal gives ``session_id``, under the current key first, then under
+        each fallback key (a worker still on an older key renewed it).
+
+        A MAC of the old ID under the app's key: every worker that renews one session
+        at once arrives at the same new ID (one session, never two), and a request
+        still holding the old ID finds the renewed session, but no one without the
+        key can tell the new ID from the old.
+        """
+        message = b"satchel-renewal\x00" + session_id.encode("ascii")
+        return [
+            base64.urlsafe_b64encode(
+                hmac.new(self._signer.derive_key(key), message, hashlib.sha256).digest()
+            )
+            .rstrip(b"=")
+            .decode("ascii")
+            for key in reversed(self._signer.secret_keys)
+        ]
 
     def unsign(self, cookie: str) -> str | None:
         """Return the session ID in ``cookie``, or ``None`` when it is not genuine."""
