@@ -25,6 +25,16 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: The servers running the ASGI demo: their screenshots are named asgi-*.png.
 ASGI_SERVERS: set[str] = set()
 DEFAULT_SHOTS = Path(__file__).parent.parent / "build" / "screenshots"
+#: How recent a login the demo's sensitive action asks for here (a minute in the demo).
+FRESH = 3.0
+LAPTOP = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/131.0 Safari/537.36"
+)
+PHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15"
+    " Version/17.0 Mobile/15E148 Safari/604.1"
+)
 SHOTS = Path(os.environ.get("SATCHEL_SCREENSHOTS", DEFAULT_SHOTS))
 
 if not Path(CHROMIUM).exists():
@@ -57,7 +67,7 @@ def server(
 
         from satchel.demo.asgi import create_app as create_asgi_app
 
-        asgi_app = create_asgi_app(instance_path=instance)
+        asgi_app = create_asgi_app(instance_path=instance, fresh_login_seconds=FRESH)
         config = uvicorn.Config(asgi_app, host="127.0.0.1", port=port, log_level="warning")
         uv = uvicorn.Server(config)
         thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)
@@ -70,7 +80,7 @@ def server(
         uv.should_exit = True
         thread.join(10)
         return
-    app = create_app(instance_path=instance)
+    app = create_app(instance_path=instance, config={"DEMO_FRESH_LOGIN_SECONDS": FRESH})
     httpd = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -375,3 +385,66 @@ def test_back_button_and_empty_forms_never_error(visitor: Visitor) -> None:
     visitor.answer(first="Again")
     assert "Again Lovelace" in page.locator("#summary").inner_text()
     assert visitor.errors() == []
+
+
+@pytest.mark.parametrize(
+    "viewport",
+    [{"width": 1280, "height": 800}, {"width": 360, "height": 740}],
+    ids=["desktop", "phone"],
+)
+def test_your_devices_with_two_browser_contexts(
+    browser: Any, server: str, viewport: dict[str, int]
+) -> None:
+    """Two contexts log in as one person: each is a device the other can end; "Log out
+    everywhere else" ends the other; an old login is asked for the name again."""
+    name = f"Ada{viewport['width']}"
+    laptop = Visitor(browser, server, viewport=viewport, user_agent=LAPTOP)
+    phone = Visitor(browser, server, viewport=viewport, user_agent=PHONE)
+
+    def log_in(person: Visitor) -> None:
+        person.go("/s/1/login")
+        person.page.get_by_label("Your name").fill(name)
+        person.page.get_by_role("button", name="Log in").click()
+        person.page.wait_for_url("**/s/1/devices")
+
+    def devices(person: Visitor) -> list[str]:
+        person.go("/s/1/devices")
+        return [str(t) for t in person.page.locator("li.device").all_inner_texts()]
+
+    log_in(laptop)
+    log_in(phone)
+    seen = devices(laptop)
+    assert len(seen) == 2
+    assert "Chrome on Linux" in seen[0] and "(this device)" in seen[0]
+    assert "Safari on iPhone" in seen[1] and "(this device)" not in seen[1]
+    laptop.shot(f"devices-{viewport['width']}")
+    overflow = laptop.page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0  # nothing scrolls sideways, at phone width too
+    laptop.page.get_by_role("button", name="End this device").click()
+    laptop.page.wait_for_url("**/s/1/devices")
+    assert len(laptop.page.locator("li.device").all()) == 1
+    phone.go("/s/1/devices")  # the ended device's next request: logged out
+    assert "You are not logged in here" in phone.page.locator("main").inner_text()
+
+    log_in(phone)
+    assert len(devices(phone)) == 2
+    phone.page.get_by_role("button", name="Log out everywhere else").click()
+    phone.page.wait_for_url("**/s/1/devices")
+    assert "Logged out 1 other device(s)." in phone.page.locator("main").inner_text()
+    laptop.go("/s/1/devices")
+    assert "You are not logged in here" in laptop.page.locator("main").inner_text()
+
+    phone.page.wait_for_timeout(FRESH * 1000 + 100)  # the login is now older than asked
+    phone.page.get_by_role("link", name="A sensitive action").click()
+    phone.page.wait_for_url("**/s/1/login?next=sensitive")
+    assert "Confirm it is you" in phone.page.locator("h1").inner_text()
+    phone.page.get_by_label("Your name").fill(name)
+    phone.page.get_by_role("button", name="Confirm").click()
+    phone.page.wait_for_url("**/s/1/sensitive")
+    assert phone.page.locator("#sensitive-done").is_visible()
+    phone.shot(f"sensitive-{viewport['width']}")
+    for person in (laptop, phone):
+        assert person.errors() == []
+        person.context.close()

@@ -19,9 +19,12 @@ from ..stores import MemoryStore
 __all__ = [
     "DEAD_COOKIE",
     "FIELDS",
+    "FRESH_LOGIN_SECONDS",
     "INTERNAL",
     "SLOTS",
+    "browser_name",
     "describe_session",
+    "device_rows",
     "fingerprint",
     "footer_rows",
     "load_secret_key",
@@ -139,3 +142,39 @@ def describe_session(
             expires=_when(record.expires_at),
         )
     return info
+
+
+#: How recent a login the "fresh login required" action asks for, in seconds.
+FRESH_LOGIN_SECONDS = 60.0
+
+
+def browser_name(user_agent: str | None) -> str:
+    """A person's name for a browser, from its user agent ("Chrome on Linux")."""
+    agent = user_agent or ""
+    browser = next(
+        (name for token, name in (("Edg/", "Edge"), ("Firefox/", "Firefox"),
+         ("Chrome/", "Chrome"), ("Safari/", "Safari")) if token in agent),
+        "A browser",
+    )  # fmt: skip
+    system = next(
+        (name for token, name in (("Android", "Android"), ("iPhone", "iPhone"),
+         ("Windows", "Windows"), ("Mac OS", "macOS"), ("Linux", "Linux")) if token in agent),
+        "",
+    )  # fmt: skip
+    return f"{browser} on {system}" if system else browser
+
+
+def device_rows(infos: list[Any]) -> list[dict[str, Any]]:
+    """What the "Your devices" page shows of each of a visitor's sessions, current first."""
+    rows = [
+        {
+            "reference": info.reference,
+            "browser": browser_name(info.user_agent),
+            "created": _when(info.created_at),
+            "last_seen": _when(info.last_seen),
+            "authenticated": _when(info.authenticated_at) if info.authenticated_at else "never",
+            "current": info.current,
+        }
+        for info in infos
+    ]
+    return sorted(rows, key=lambda row: not row["current"])

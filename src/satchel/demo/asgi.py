@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ from fastapi import FastAPI, Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from ..asgi import Scope, SessionMiddleware, get_session
+from ..asgi import Scope, SessionMiddleware, get_session, list_sessions, revoke, revoke_all
 from ..signing import store_key
 from ..stores import MemoryStore, Store
 from ._shared import (
     DEAD_COOKIE,
+    FRESH_LOGIN_SECONDS,
     SLOTS,
     describe_session,
+    device_rows,
     fingerprint,
     footer_rows,
     load_secret_key,
@@ -46,6 +49,19 @@ PATHS = {
     "start_over": "/start-over",
     "inspect": "/session",
     "tamper": "/tamper",
+    "login": "/login",
+    "devices": "/devices",
+    "end_device": "/devices/end",
+    "end_others": "/devices/others",
+    "logout": "/logout",
+    "sensitive": "/sensitive",
+}
+#: The endpoints that only take a posted form: a typed or bookmarked URL does nothing.
+POST_ONLY = {
+    "tamper": "inspect",
+    "end_device": "devices",
+    "end_others": "devices",
+    "logout": "devices",
 }
 EXPIRED_FORM = "That form had expired (its session ended), so nothing was saved. Please try again."
 
@@ -99,8 +115,10 @@ def create_app(
     *,
     store: str | Store | None = None,
     instance_path: str | os.PathLike[str] | None = None,
+    fresh_login_seconds: float = FRESH_LOGIN_SECONDS,
 ) -> FastAPI:
-    """Build the demo on ``store`` (a URL or object; SQLite in the instance folder)."""
+    """Build the demo on ``store`` (a URL or object; SQLite in the instance folder);
+    the sensitive action asks for a login no older than ``fresh_login_seconds``."""
     instance = Path(os.path.abspath(instance_path or "instance"))
     key, key_file = load_secret_key(instance)
     chosen = (
@@ -115,6 +133,7 @@ def create_app(
         idle_timeout=IDLE,
         absolute_timeout=ABSOLUTE,
         cookie_name=slot_cookie,
+        track_client=True,  # the devices page names each browser
     )
     app.state.secret_key_file = key_file
     app.state.store = chosen
@@ -174,9 +193,11 @@ def create_app(
                 if endpoint == "tamper":
                     return redirect(slot, "inspect")
                 return RedirectResponse(url_for(slot, endpoint), 303)
-        elif endpoint in ("tamper",):
-            return redirect(slot, "inspect")  # a typed or bookmarked URL: nothing to do
+        elif endpoint in POST_ONLY:
+            return redirect(slot, POST_ONLY[endpoint])  # a typed or bookmarked URL: nothing to do
         session = get_session(request)
+        if endpoint in ("login", "devices", "end_device", "end_others", "logout", "sensitive"):
+            return await devices(request, slot, endpoint, form)
         if endpoint == "home":
             return render(request, slot, endpoint, "home.html")
         if endpoint == "page1":
@@ -217,6 +238,58 @@ def create_app(
         info = describe(request)
         dead = await replay_dead_cookie(request, slot)
         return render(request, slot, endpoint, "session.html", info=info, dead=dead)
+
+    async def devices(request: Request, slot: int, endpoint: str, form: dict[str, str]) -> Response:
+        """The pretend login, "Your devices" and the sensitive action (see the Flask demo)."""
+        session = get_session(request)
+        owner = session.owner
+        fresh = fresh_login_seconds
+        if endpoint == "login":
+            wanted = request.query_params.get("next")
+            if request.method == "GET":
+                stale = owner if wanted == "sensitive" else None
+                return render(
+                    request, slot, endpoint, "login.html",
+                    owner=stale, next=wanted, fresh_seconds=fresh,
+                )  # fmt: skip
+            name = form.get("name", "").strip()
+            if not name:
+                _flash(request, "Please type a name.", "error")
+                return redirect(slot, "login", **({"next": wanted} if wanted else {}))
+            if owner == name:
+                session.reauthenticated()  # the same person, again: a fresh login, a new ID
+            else:
+                await session.regenerate(owner=name)
+            return redirect(slot, "sensitive" if wanted == "sensitive" else "devices")
+        if endpoint == "end_device":
+            mine = {i.reference for i in await list_sessions(request, owner)} if owner else set()
+            if form.get("reference") in mine:  # only a device of the visitor's own
+                await revoke(request, form["reference"])
+                _flash(request, "That device is logged out: its next request starts anew.")
+            return redirect(slot, "devices")
+        if endpoint == "end_others":
+            if owner is not None:
+                ended = await revoke_all(request, owner, keep_current=True)
+                _flash(request, f"Logged out {ended} other device(s).")
+            return redirect(slot, "devices")
+        if endpoint == "logout":
+            session.clear()
+            return redirect(slot, "devices")
+        if endpoint == "sensitive":
+            if not session.authenticated_within(fresh):
+                if owner is None:
+                    return redirect(slot, "login")
+                _flash(request, "This action needs a recent login: please confirm it is you.")
+                return redirect(slot, "login", next="sensitive")
+            age = time.time() - (session.authenticated_at or 0.0)
+            return render(
+                request, slot, endpoint, "sensitive.html", fresh_seconds=fresh, login_age=age
+            )
+        rows = device_rows(await list_sessions(request, owner)) if owner is not None else []
+        return render(
+            request, slot, endpoint, "devices.html",
+            owner=owner, devices=rows, fresh_seconds=fresh,
+        )  # fmt: skip
 
     def start_over(request: Request, slot: int) -> Response:
         session = get_session(request)

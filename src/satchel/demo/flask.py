@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -25,8 +26,10 @@ from ..signing import store_key
 from ..stores import MemoryStore, Store
 from ._shared import (
     DEAD_COOKIE,
+    FRESH_LOGIN_SECONDS,
     SLOTS,
     describe_session,
+    device_rows,
     fingerprint,
     footer_rows,
     load_secret_key,
@@ -145,6 +148,90 @@ def tamper() -> Response:
     return response
 
 
+def _fresh_seconds() -> float:
+    from flask import current_app
+
+    return float(current_app.config["DEMO_FRESH_LOGIN_SECONDS"])
+
+
+@pages.route("/login", methods=["GET", "POST"])
+def login() -> str | Response:
+    """A pretend login (a name, no password); asked again by the sensitive action."""
+    current = session
+    assert isinstance(current, FlaskSession)
+    wanted = request.args.get("next")
+    target = ".sensitive" if wanted == "sensitive" else ".devices"
+    stale = wanted == "sensitive" and current.owner is not None
+    if request.method == "GET":
+        owner = current.owner if stale else None
+        return render_template(
+            "login.html", owner=owner, next=wanted, fresh_seconds=_fresh_seconds()
+        )
+    name = request.form.get("name", "").strip()
+    if not name:
+        flash("Please type a name.", "error")
+        return redirect(url_for(".login", next=wanted) if wanted else url_for(".login"), 303)
+    if current.owner == name:
+        current.reauthenticated()  # the same person, again: a fresh login, a new ID
+    else:
+        current.regenerate(owner=name)
+    return redirect(url_for(target), 303)
+
+
+@pages.get("/devices")
+def devices() -> str:
+    current = session
+    assert isinstance(current, FlaskSession)
+    owner = current.owner
+    rows = device_rows(Satchel.list_sessions(owner)) if owner is not None else []
+    return render_template(
+        "devices.html", owner=owner, devices=rows, fresh_seconds=_fresh_seconds()
+    )
+
+
+@pages.post("/devices/end")
+def end_device() -> Response:
+    current = session
+    assert isinstance(current, FlaskSession)
+    owner, reference = current.owner, request.form.get("reference", "")
+    mine = {info.reference for info in Satchel.list_sessions(owner)} if owner else set()
+    if reference in mine:  # only a device of the visitor's own
+        Satchel.revoke(reference)
+        flash("That device is logged out: its next request starts anew.")
+    return redirect(url_for(".devices"), 303)
+
+
+@pages.post("/devices/others")
+def end_others() -> Response:
+    current = session
+    assert isinstance(current, FlaskSession)
+    if current.owner is not None:
+        ended = Satchel.revoke_all(current.owner, keep_current=True)
+        flash(f"Logged out {ended} other device(s).")
+    return redirect(url_for(".devices"), 303)
+
+
+@pages.post("/logout")
+def logout() -> Response:
+    session.clear()
+    return redirect(url_for(".devices"), 303)
+
+
+@pages.get("/sensitive")
+def sensitive() -> str | Response:
+    current = session
+    assert isinstance(current, FlaskSession)
+    if not current.authenticated_within(_fresh_seconds()):
+        if current.owner is None:
+            return redirect(url_for(".login"), 303)
+        flash("This action needs a recent login: please confirm it is you.")
+        return redirect(url_for(".login", next="sensitive"), 303)
+    when = current.authenticated_at or 0.0
+    return render_template(
+        "sensitive.html", fresh_seconds=_fresh_seconds(), login_age=time.time() - when
+    )
+
+
 def describe() -> dict[str, Any]:
     """The Flask demo's :func:`describe_session`."""
     from flask import current_app
@@ -201,6 +288,8 @@ def create_app(
         SATCHEL_STORE=store or os.environ.get("SATCHEL_STORE") or None,
         SATCHEL_IDLE_TIMEOUT=timedelta(minutes=30),
         SATCHEL_ABSOLUTE_TIMEOUT=timedelta(hours=8),
+        SATCHEL_TRACK_CLIENT=True,  # the devices page names each browser
+        DEMO_FRESH_LOGIN_SECONDS=FRESH_LOGIN_SECONDS,
     )
     app.config.update(config or {})
     Satchel(app, cookie_name=slot_cookie)
