@@ -81,3 +81,16 @@ def test_the_readme_is_short_and_its_links_lead_somewhere() -> None:
     assert len(local) >= 10
     for link in local:
         assert (ROOT / link).exists(), link
+
+
+def test_every_test_the_asvs_table_cites_exists() -> None:
+    """docs/asvs.md names a test for each requirement satchel owns: each file exists and
+    each ``file::name`` (or ``::name`` after it, in the same file) is a test there."""
+    text = (ROOT / "docs" / "asvs.md").read_text(encoding="utf-8")
+    cited = re.findall(r"`(tests/[\w/]+\.py)((?:::\w+)?)`((?:, `::\w+`)*)", text)
+    assert len(cited) >= 20
+    for path, first, more in cited:
+        source = (ROOT / path).read_text(encoding="utf-8")
+        names = [first, *re.findall(r"::\w+", more)]
+        for name in filter(None, names):
+            assert f"def {name[2:]}(" in source, f"{path}{name}"

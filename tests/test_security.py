@@ -256,3 +256,18 @@ def test_verified_cookies_are_remembered_only_when_genuine_and_boundedly(
         other = new_id()
         assert signer.unsign(signer.sign(other)) == other
     assert len(signer._verified) <= 8
+
+
+def test_ids_carry_256_random_bits_and_cookies_stay_far_below_4096_bytes() -> None:
+    """ASVS 7.2.3 (at least 128 bits from a CSPRNG) and 3.3.5 (a cookie's name and value
+    under 4096 bytes): 32 random bytes per ID, every one distinct, and a short cookie."""
+    import base64
+
+    from satchel.signing import CookieSigner, new_id
+
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for session_id in list(ids)[:50]:
+        assert len(base64.urlsafe_b64decode(session_id + "=")) == 32
+    cookie = CookieSigner("k" * 16 + "0123456789abcdefghijkl").sign(new_id())
+    assert len("__Host-session=" + cookie) < 200
