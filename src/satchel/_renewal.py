@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._ops import LifeSteps, Load
+from ._ops import LifeSteps, Load, Sleep
 from ._state import State
 from .signing import store_key
 from .stores.base import Record
@@ -70,21 +70,35 @@ def renew_if_due(settings: Settings, state: State) -> None:
     state.record = None
 
 
+#: When the renewed session is not there yet, look again after these pauses (seconds): on
+#: a Redis Cluster a move is two steps (the old slot's, then the new one's), and a request
+#: may arrive between them.
+JOIN_RETRIES = (0.005, 0.02, 0.05)
+
+
 def join_steps(lifecycle: Any, state: State) -> LifeSteps[Record | None]:
     """The session the cookie's ID was renewed into, if that happened within the grace:
     it becomes this request's session (the response sends its cookie); else ``None``."""
     old = state.session_id
     assert old is not None
     grace = lifecycle.settings.renewal_grace
-    now = time.time()
-    for candidate in lifecycle.signer.renewed_ids(old):
-        record: Record | None = yield Load(store_key(candidate))
-        if record is not None and now - issued_at(record) <= grace:
+    candidates = lifecycle.signer.renewed_ids(old)
+    store = getattr(lifecycle.store, "wrapped", lifecycle.store)
+    retries = JOIN_RETRIES if getattr(store, "moves_in_two_steps", False) else ()
+    for pause in (*retries, None):
+        for candidate in candidates:
+            record: Record | None = yield Load(store_key(candidate))
+            if record is None:
+                continue
+            if time.time() - issued_at(record) > grace:
+                return None  # renewed too long ago: the old ID is dead
             state.session_id = candidate
             state.cookie = None
             state.resign = True  # the response sends the renewed session's cookie
             lifecycle.counters.add("renewal_joins")
             return record
+        if pause is not None:
+            yield Sleep(pause)
     return None
 
 

@@ -23,6 +23,7 @@ def _settings() -> dict[str, Any]:
         "lock_timeout": 20,
         "max_age": None,  # a browser-session cookie, as the Flask app's
         "max_sessions_per_owner": int(os.environ.get("ASGIAPP_MAX_SESSIONS", 0)) or None,
+        "renewal_interval": float(os.environ.get("ASGIAPP_RENEWAL", 0)) or None,
     }
 
 

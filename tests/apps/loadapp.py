@@ -33,6 +33,7 @@ def create_app() -> Flask:
         app.config["SATCHEL_MAX_SESSIONS_PER_OWNER"] = (
             int(os.environ.get("LOADAPP_MAX_SESSIONS", 0)) or None
         )
+        app.config["SATCHEL_RENEWAL_INTERVAL"] = float(os.environ.get("LOADAPP_RENEWAL", 0)) or None
         if os.environ.get("LOADAPP_MIGRATE_FROM"):
             app.config["SATCHEL_MIGRATE_FROM"] = os.environ["LOADAPP_MIGRATE_FROM"]
             app.config["SATCHEL_MIGRATE_FLASK_SESSION_STORE"] = os.environ.get("LOADAPP_OLD_STORE")

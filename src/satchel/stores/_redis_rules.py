@@ -111,6 +111,13 @@ class _RedisRules:
     client: Any
     _cluster: bool
     _prune_after_ms: int
+
+    @property
+    def moves_in_two_steps(self) -> bool:
+        """On a Cluster, a move (``regenerate()``) is two steps, the old slot's then the new
+        one's: for a moment the session is at neither key (a renewal's join looks again)."""
+        return self._cluster
+
     #: The server expires records itself (each key carries its expiry), so
     #: :meth:`purge_expired` has nothing to remove.
     expires_by_itself = True
