@@ -180,10 +180,33 @@ def true_in_a_forked_child(check: Callable[[], bool]) -> bool:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the oldest-dependencies run (minutes of subprocesses) at once, beside the
-    rest of the suite, when its test is among those collected; its test waits for it."""
-    if any(item.nodeid.startswith("tests/test_oldest_dependencies.py") for item in session.items):
-        from . import test_oldest_dependencies
+    """Start the slow subprocess work of the collected tests that need it (Sphinx, mypy
+    and pyright on the docs, the oldest-dependencies run) on a thread beside the rest of
+    the suite; each of those tests waits for its job's result (tests/support/background)."""
+    from . import test_docs, test_docs_types, test_oldest_dependencies
+    from .support import background
 
-        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
-        test_oldest_dependencies.start(factory.mktemp("oldest-dependencies"))
+    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    wanted = {item.nodeid.split("[")[0] for item in session.items}
+    jobs = []
+    if "tests/test_docs.py::test_the_documentation_site_builds_without_a_warning" in wanted:
+        site = factory.mktemp("docs-site") / "html"
+        jobs.append(background.Job("docs-site", lambda: (test_docs.build_site(site), site)))
+    if "tests/test_docs_types.py::test_every_example_type_checks_strictly" in wanted:
+        typed = factory.mktemp("docs-mypy")
+        jobs.append(background.Job("docs-mypy", lambda: test_docs_types.run_mypy(typed)))
+    if "tests/test_docs_types.py::test_every_example_passes_pyright_strict" in wanted:
+        checked = factory.mktemp("docs-pyright")
+        jobs.append(background.Job("docs-pyright", lambda: test_docs_types.run_pyright(checked)))
+    if (
+        "tests/test_oldest_dependencies.py::test_the_tests_pass_on_the_oldest_dependencies"
+        in wanted
+    ):
+        base = factory.mktemp("oldest-dependencies")
+        jobs.append(
+            background.Job(
+                "oldest-dependencies", lambda: test_oldest_dependencies.run_selected(base)
+            )
+        )
+    if jobs:
+        background.start(jobs)

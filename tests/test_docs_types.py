@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .support import background
 from .support.docs import BLOCKS
 
 
-def test_every_example_type_checks_strictly(tmp_path: Path) -> None:
-    """mypy --strict on each block as its own module. Flask-Login ships no types, so
-    subclassing its UserMixin and its untyped decorators are allowed, and nothing else."""
+def run_mypy(tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """mypy --strict on every block (a background job: see conftest)."""
     package = tmp_path / "examples"
     package.mkdir()
     (package / "__init__.py").write_text("", encoding="utf-8")
@@ -26,17 +26,22 @@ def test_every_example_type_checks_strictly(tmp_path: Path) -> None:
         "[mypy-prometheus_client.*]\nignore_missing_imports = True\n",
         encoding="utf-8",
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir",
          str(tmp_path / ".mypy_cache"), "-p", "examples"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
+
+
+def test_every_example_type_checks_strictly(tmp_path: Path) -> None:
+    """mypy --strict on each block as its own module. Flask-Login ships no types, so
+    subclassing its UserMixin and its untyped decorators are allowed, and nothing else."""
+    result = background.result("docs-mypy", lambda: run_mypy(tmp_path))
     assert result.returncode == 0, result.stdout[-4000:]
 
 
-def test_every_example_passes_pyright_strict(tmp_path: Path) -> None:
-    """basedpyright in strict mode on each block. Flask-Login ships no types: the blocks
-    that import it are checked strictly too, but for the rules about its unknown types."""
+def run_pyright(tmp_path: Path) -> list[subprocess.CompletedProcess[str]]:
+    """basedpyright, strict, on every block (a background job: see conftest)."""
     import json
     import shutil
 
@@ -53,13 +58,23 @@ def test_every_example_passes_pyright_strict(tmp_path: Path) -> None:
          "reportUntypedFunctionDecorator", "reportUntypedBaseClass", "reportUnknownArgumentType"],
         False,
     )  # fmt: skip
+    results = []
     for folder, rules in ((typed, {}), (untyped, relaxed)):
         (folder / "pyrightconfig.json").write_text(
             json.dumps({"typeCheckingMode": "strict", "pythonVersion": "3.11", **rules}),
             encoding="utf-8",
         )
-        result = subprocess.run(
+        results.append(subprocess.run(
             [pyright, "--pythonpath", sys.executable, "--project", str(folder), str(folder)],
             capture_output=True, text=True, timeout=600, cwd=folder,
-        )  # fmt: skip
+        ))  # fmt: skip
+    return results
+
+
+def test_every_example_passes_pyright_strict(tmp_path: Path) -> None:
+    """basedpyright in strict mode on each block. Flask-Login ships no types: the blocks
+    that import it are checked strictly too, but for the rules about its unknown types."""
+    results = background.result("docs-pyright", lambda: run_pyright(tmp_path))
+    assert len(results) == 2
+    for result in results:
         assert result.returncode == 0, result.stdout[-4000:]

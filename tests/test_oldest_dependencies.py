@@ -18,10 +18,10 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import venv
-from dataclasses import dataclass
 from pathlib import Path
+
+from .support import background
 
 ROOT = Path(__file__).resolve().parent.parent
 OLDEST = "3.0.0"
@@ -67,55 +67,24 @@ SELECTED = [
 ]  # fmt: skip
 
 
-@dataclass
-class Run:
-    """The oldest-dependencies run, going on in a thread beside the rest of the suite."""
-
-    thread: threading.Thread
-    python: Path | None = None
-    result: subprocess.CompletedProcess[str] | None = None
-    error: BaseException | None = None
-
-
-#: Started by :func:`start` (conftest.py calls it once the tests are collected).
-RUN: Run | None = None
-
-
-def start(base: Path) -> None:
-    """Build the environment and run the selected tests in it, on a thread: two minutes
-    of pip and pytest in subprocesses that overlap the rest of the suite."""
-    global RUN
-
-    def work() -> None:
-        assert RUN is not None
-        try:
-            RUN.python = oldest_python()
-            RUN.result = subprocess.run(
-                # Its own --basetemp: a pytest given none tightens /tmp/pytest-of-<user> to
-                # 0o700, which cuts this run's servers (another user) off from their folders.
-                [str(RUN.python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                 "--basetemp", str(base / "nested"), *SELECTED],
-                cwd=ROOT, capture_output=True, text=True, timeout=1200,
-                env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
-            )  # fmt: skip
-        except BaseException as exc:  # reported by the test, not lost in a thread
-            RUN.error = exc
-
-    RUN = Run(threading.Thread(target=work, name="oldest-dependencies", daemon=True))
-    RUN.thread.start()
+def run_selected(base: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Build the environment and run the selected tests in it: two minutes of pip and
+    pytest in subprocesses (a background job: see conftest)."""
+    python = oldest_python()
+    result = subprocess.run(
+        # Its own --basetemp: a pytest given none tightens /tmp/pytest-of-<user> to 0o700,
+        # which cuts this run's servers (another user) off from their folders.
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "--basetemp", str(base / "nested"), *SELECTED],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+    )  # fmt: skip
+    return python, result
 
 
 def test_the_tests_pass_on_the_oldest_dependencies(tmp_path: Path) -> None:
     """Every selected test passes on each lower bound (Flask 3.0.0: no SECRET_KEY_FALLBACKS)."""
-    if RUN is None:  # run on its own (conftest starts it only when it is collected)
-        start(tmp_path)
-    assert RUN is not None
-    RUN.thread.join(1500)
-    assert not RUN.thread.is_alive(), "the oldest-dependencies run did not finish"
-    if RUN.error is not None:
-        raise RUN.error
-    python, result = RUN.python, RUN.result
-    assert python is not None and result is not None
+    python, result = background.result("oldest-dependencies", lambda: run_selected(tmp_path))
     versions = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; "
          "print(*(m.version(n) for n in "
