@@ -45,12 +45,12 @@ def flask_cookie() -> Flask:
     return bare()
 
 
-def satchel(store_url: str) -> Callable[[], Flask]:
+def satchel(store_url: str, **config: Any) -> Callable[[], Flask]:
     def build() -> Flask:
         from satchel import Satchel
 
         app = Flask("satchel")
-        app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE=store_url)
+        app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE=store_url, **config)
         Satchel(app)
         return _views(app)
 
@@ -134,6 +134,12 @@ def all_backends(
     backends.update({
         "satchel memory": satchel("memory://"),
         "satchel SQLite": satchel(f"sqlite:///{directory}/satchel.sqlite3"),
+        # Renewal (not due) and an owner limit on: what a request pays for them.
+        "satchel SQLite rules on": satchel(
+            f"sqlite:///{directory}/satchel-rules.sqlite3",
+            SATCHEL_RENEWAL_INTERVAL=3600,
+            SATCHEL_MAX_SESSIONS_PER_OWNER=5,
+        ),
         "satchel Valkey": satchel(valkey_url.replace("/0", "/1")),
         "satchel Valkey, cached": satchel(valkey_url.replace("/0", "/1") + "?cache=64MB"),
     })  # fmt: skip

@@ -20,7 +20,7 @@ from ._logins import REFUSE, admit_steps, limited, stored_meta
 from ._merge import Patch
 from ._ops import Acquire, Delete, LifeSteps, Load, Release, Save, Sleep, Touch
 from ._rebase import rebase
-from ._renewal import issued, join_steps, rejoin_steps, renew_if_due
+from ._renewal import due_now, issued, join_steps, rejoin_steps, renew_if_due
 from ._settings import Settings
 from ._state import EMPTY_BUT, State
 from .errors import (
@@ -324,7 +324,7 @@ class Lifecycle:
             record is not None
             and time.time() - record.touched_at < self._refresh_after  # not _refresh_due()
             and state.unchanged()
-            and self.settings.renewal_interval is None
+            and (self.settings.renewal_interval is None or not due_now(self.settings, record))
         ):
             return self._alive(session)
         return None

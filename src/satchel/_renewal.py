@@ -29,7 +29,16 @@ from .stores.base import Record
 if TYPE_CHECKING:
     from ._settings import Settings
 
-__all__ = ["ISSUED_AT", "due", "issued", "issued_at", "join_steps", "rejoin_steps", "renew_if_due"]
+__all__ = [
+    "ISSUED_AT",
+    "due",
+    "due_now",
+    "issued",
+    "issued_at",
+    "join_steps",
+    "rejoin_steps",
+    "renew_if_due",
+]
 
 #: The ``meta`` entry holding when the session's current ID was issued (UNIX time).
 ISSUED_AT = "id_issued_at"
@@ -51,6 +60,11 @@ def due(settings: Settings, record: Record, now: float) -> bool:
     """Whether ``record``'s ID is old enough to renew."""
     interval = settings.renewal_interval
     return interval is not None and now - issued_at(record) >= interval
+
+
+def due_now(settings: Settings, record: Record) -> bool:
+    """Whether ``record``'s ID is due for renewal now (the read-only fast path asks)."""
+    return due(settings, record, time.time())
 
 
 def renew_if_due(settings: Settings, state: State) -> None:

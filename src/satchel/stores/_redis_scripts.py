@@ -7,10 +7,10 @@ for the key layout); :class:`_Script` runs it by its SHA-1.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from typing import Any
 
+from .. import _json
 from .base import MOVE_NOTE_SECONDS, Record
 
 # KEYS: the record written; the record read (the same, but for a move: the old
@@ -293,7 +293,7 @@ def _record(raw: dict[bytes, bytes] | list[bytes]) -> Record | None:
             name[2:].decode("utf-8"): value for name, value in raw.items() if name[:2] == b"d:"
         }
         owner = raw[b"m:o"].decode("utf-8") if b"m:o" in raw else None
-        meta = json.loads(raw[b"m:x"]) if b"m:x" in raw else {}
+        meta = _json.loads(raw[b"m:x"]) if b"m:x" in raw else {}
         return Record(fields, float(raw[b"m:c"]), float(raw[b"m:t"]), expires, owner, meta)
     except (KeyError, ValueError):
         return None

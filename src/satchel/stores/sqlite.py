@@ -111,7 +111,7 @@ def _record(row: Sequence[Any]) -> Record | None:
             name: value[1:].encode("utf-8") if value[:1] == "=" else from_text(value)
             for name, value in stored.items()
         }
-        meta = json.loads(row[5]) if row[5] and row[5] != "{}" else {}
+        meta = _json.loads(row[5]) if row[5] and row[5] != "{}" else {}
     except (ValueError, AttributeError, IndexError, TypeError):
         return None  # not written by this store: treat as missing
     return Record(fields, row[0], row[1], row[2], row[4], meta)
