@@ -164,7 +164,14 @@ def _resolve(ref: str) -> str:
 
 @click.command("stats")
 @json_option
-def stats_command(as_json: bool) -> None:
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "json", "prometheus"]),
+    default=None,
+    help="table (the default), json (as --json) or prometheus (a one-off scrape).",
+)
+def stats_command(as_json: bool, output: str | None) -> None:
     """Live sessions and owners in the store, and old sessions imported.
 
     Imported counts are the claims of old cookies still held: each lasts until
@@ -186,7 +193,14 @@ def stats_command(as_json: bool) -> None:
         migrated = _run(migration.counts)
         result["migrated"] = migrated
         rows += [[f"migrated ({name})", str(count)] for name, count in migrated.items()]
-    if as_json:
+    if output == "prometheus":
+        from .telemetry import prometheus_text, store_kind
+
+        gauges = {"live_sessions": live, "owners": owners}
+        gauges.update({f"migrated_{n}": c for n, c in result.get("migrated", {}).items()})
+        click.echo(prometheus_text(gauges, store_kind(store)), nl=False)
+        return
+    if as_json or output == "json":
         echo_json(result)
         return
     table(rows, ["", ""])

@@ -17,7 +17,7 @@ from typing import Any, TypeVar, cast
 from . import _async
 from ._lifecycle import Lifecycle, Outcome
 from ._logins import precheck_steps
-from ._ops import ON_STORE, Fetch, Forget, LifeSteps, LoadClaim, Op, SaveClaim, Sleep, StoreOp
+from ._ops import ON_STORE, Fetch, Forget, LifeSteps, Load, LoadClaim, Op, SaveClaim, Sleep, StoreOp
 from ._renewal import join_steps
 from ._settings import Settings
 from ._steps import drive, drive_async
@@ -32,6 +32,7 @@ from .stores.base import (
     Record,
     Store,
 )
+from .telemetry import Telemetry
 
 __all__ = ["AsyncSessionManager", "Lifecycle", "Outcome", "SessionManager", "Settings"]
 
@@ -52,12 +53,21 @@ class SessionManager(Lifecycle):
         sender: object = None,
     ) -> None:
         super().__init__(store, signer, settings, session_class, sender)
+        #: Spans and metrics for OpenTelemetry (``None`` without its API: see
+        #: :mod:`satchel.telemetry`).
+        self.telemetry = Telemetry.create(store, self.counters)
 
     def run(self, steps: LifeSteps[T]) -> T:
         """Run lifecycle steps to their answer, making each call they yield."""
         return drive(steps, self._perform)
 
     def _perform(self, op: Op) -> Any:
+        telemetry = self.telemetry
+        if telemetry is not None and telemetry.recording():
+            return telemetry.call(op, self._call)
+        return self._call(op)
+
+    def _call(self, op: Op) -> Any:
         if type(op) in ON_STORE:  # most operations: one set lookup, then the call
             return cast(StoreOp, op).on(self.store)
         match op:
@@ -88,7 +98,11 @@ class SessionManager(Lifecycle):
         assert state.session_id is not None
         key = store_key(state.session_id)
         try:
-            record = self.store.load(key)
+            telemetry = self.telemetry
+            if telemetry is None or not telemetry.recording():
+                record = self.store.load(key)
+            else:
+                record = telemetry.call(Load(key), self._call)
             if record is None and self.settings.renewal_interval is not None:
                 record = self.run(join_steps(self, state))
         except StoreUnavailable:
@@ -142,12 +156,20 @@ class AsyncSessionManager(Lifecycle):
         sender: object = None,
     ) -> None:
         super().__init__(store, signer, settings, session_class, sender)
+        #: Spans and metrics for OpenTelemetry (see :mod:`satchel.telemetry`).
+        self.telemetry = Telemetry.create(store, self.counters)
 
     def run(self, steps: LifeSteps[T]) -> Awaitable[T]:
         """Run lifecycle steps to their answer, awaiting each call they yield."""
         return drive_async(steps, self._perform)
 
     async def _perform(self, op: Op) -> Any:
+        telemetry = self.telemetry
+        if telemetry is not None and telemetry.recording():
+            return await telemetry.call_async(op, self._call)
+        return await self._call(op)
+
+    async def _call(self, op: Op) -> Any:
         if type(op) in ON_STORE:
             return await cast(StoreOp, op).on(self.store)
         match op:
