@@ -181,9 +181,10 @@ def true_in_a_forked_child(check: Callable[[], bool]) -> bool:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the slow subprocess work of the collected tests that need it (Sphinx, mypy
-    and pyright on the docs, the oldest-dependencies run) on a thread beside the rest of
-    the suite; each of those tests waits for its job's result (tests/support/background)."""
-    from . import test_docs, test_docs_types, test_oldest_dependencies
+    and pyright on the docs, the oldest-dependencies run, fresh installs of the package)
+    on a thread beside the rest of the suite; each of those tests waits for its job's
+    result (tests/support/background.py)."""
+    from . import test_docs, test_docs_types, test_oldest_dependencies, test_package
     from .support import background
 
     factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
@@ -208,5 +209,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 "oldest-dependencies", lambda: test_oldest_dependencies.run_selected(base)
             )
         )
+    for name, test, extra in (
+        ("fresh-flask", "test_the_readme_install_line_works_in_a_fresh_environment", "flask"),
+        ("fresh-asgi", "test_an_asgi_only_install_has_no_flask", "asgi"),
+    ):
+        if f"tests/test_package.py::{test}" in wanted:
+            where = factory.mktemp(name)
+            target = f"{test_package.ROOT}[{extra}]"
+            jobs.append(
+                background.Job(name, lambda w=where, t=target: test_package._fresh(w, "env", t))
+            )
     if jobs:
         background.start(jobs)

@@ -13,6 +13,8 @@ import pytest
 
 import satchel
 
+from .support import background
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -104,7 +106,7 @@ def _fresh(tmp_path: Path, name: str, target: str) -> Path:
 def test_the_readme_install_line_works_in_a_fresh_environment(tmp_path: Path, dist: Path) -> None:
     """`pip install '<checkout>[flask]'` (the README's line until satchel is on the index) in
     a new virtual environment: satchel imports, its command runs, and Flask is there."""
-    python = _fresh(tmp_path, "fresh", f"{ROOT}[flask]")
+    python = background.result("fresh-flask", lambda: _fresh(tmp_path, "fresh", f"{ROOT}[flask]"))
     version = subprocess.run(
         [str(python.parent / "satchel"), "--version"], capture_output=True, text=True, timeout=60
     )
@@ -170,7 +172,7 @@ print("ok")
 def test_an_asgi_only_install_has_no_flask(tmp_path: Path, dist: Path) -> None:
     """`pip install '<checkout>[asgi]'`: no Flask is installed, `import satchel.asgi` imports
     none, and a Starlette app and `satchel sessions` work on the default store."""
-    python = _fresh(tmp_path, "asgi-only", f"{ROOT}[asgi]")
+    python = background.result("fresh-asgi", lambda: _fresh(tmp_path, "asgi-only", f"{ROOT}[asgi]"))
     script = tmp_path / "asgi_only.py"
     script.write_text(ASGI_ONLY)
     store = f"sqlite:///{tmp_path / 'asgi-only.sqlite3'}"

@@ -142,6 +142,8 @@ def test_counters(app: Flask) -> None:
         "migration_failures": 0,
         "migration_replays": 0,
         "login_waits": 0,
+        "renewals": 0,
+        "renewal_joins": 0,
         "evictions": 0,
         "refused_logins": 0,
     }
