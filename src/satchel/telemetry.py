@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ._ops import (
@@ -148,51 +149,47 @@ class Telemetry:
             self._recording = not isinstance(provider, _trace.ProxyTracerProvider)
         return self._recording
 
-    def call(self, op: Any, perform: Callable[[Any], Any]) -> Any:
-        """``perform(op)`` inside a span, its duration recorded (a pause: no span)."""
-        operation = OPERATIONS.get(type(op))
-        if operation is None:
-            return perform(op)
+    @contextmanager
+    def _span(self, operation: str) -> Iterator[dict[str, Any]]:
+        """A span for one store call and its duration; the caller fills in the outcome."""
         attributes: dict[str, Any] = {"satchel.store": self.kind, "satchel.operation": operation}
         with self.tracer.start_as_current_span(f"satchel {operation}") as span:
             start = time.perf_counter()
             try:
-                answer = perform(op)
+                yield attributes
             except Exception as exc:
                 attributes["satchel.outcome"] = type(exc).__name__
                 raise
-            else:
-                attributes["satchel.outcome"] = _outcome(answer)
-                attributes["satchel.bytes"] = _bytes(op, answer)
-                return answer
             finally:
                 self.duration.record(time.perf_counter() - start, {
                     "satchel.store": self.kind, "satchel.operation": operation,
                 })  # fmt: skip
                 span.set_attributes(attributes)
 
+    def call(self, op: Any, perform: Callable[[Any], Any]) -> Any:
+        """``perform(op)`` inside a span, its duration recorded (a pause: no span)."""
+        operation = OPERATIONS.get(type(op))
+        if operation is None:
+            return perform(op)
+        with self._span(operation) as attributes:
+            answer = perform(op)
+            _answered(attributes, op, answer)
+            return answer
+
     async def call_async(self, op: Any, perform: Callable[[Any], Any]) -> Any:
         """As :meth:`call`, awaiting ``perform(op)``."""
         operation = OPERATIONS.get(type(op))
         if operation is None:
             return await perform(op)
-        attributes: dict[str, Any] = {"satchel.store": self.kind, "satchel.operation": operation}
-        with self.tracer.start_as_current_span(f"satchel {operation}") as span:
-            start = time.perf_counter()
-            try:
-                answer = await perform(op)
-            except Exception as exc:
-                attributes["satchel.outcome"] = type(exc).__name__
-                raise
-            else:
-                attributes["satchel.outcome"] = _outcome(answer)
-                attributes["satchel.bytes"] = _bytes(op, answer)
-                return answer
-            finally:
-                self.duration.record(time.perf_counter() - start, {
-                    "satchel.store": self.kind, "satchel.operation": operation,
-                })  # fmt: skip
-                span.set_attributes(attributes)
+        with self._span(operation) as attributes:
+            answer = await perform(op)
+            _answered(attributes, op, answer)
+            return answer
+
+
+def _answered(attributes: dict[str, Any], op: Any, answer: Any) -> None:
+    attributes["satchel.outcome"] = _outcome(answer)
+    attributes["satchel.bytes"] = _bytes(op, answer)
 
 
 def _observe(counters: Counters, name: str, attributes: dict[str, str]) -> Callable[..., Any]:
