@@ -19,7 +19,7 @@ import pytest
 from .load import Gunicorn, read_session, request, start_session
 from .valkey import ValkeyCluster, ValkeyServer
 
-ALTERNATIONS = 2000
+ALTERNATIONS = 1000
 
 
 def report(capsys: Any, line: str) -> None:

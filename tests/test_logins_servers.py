@@ -19,7 +19,8 @@ from satchel.stores import from_url
 from satchel.stores.base import Change, SaveResult
 
 from .apps.loadapp import SECRET
-from .load import Gunicorn, Server, Uvicorn, load, read_session, request
+from .load import Gunicorn, Server, Uvicorn, load, read_session
+from .load import request as get
 from .valkey import ValkeyCluster, ValkeyServer
 
 LIMIT = 4
@@ -48,7 +49,7 @@ def counted(port: int, workers: int) -> dict[str, int]:
     for _ in range(1000):
         if len(pids) == workers:
             return total
-        _, _, body = request(port, "/stats")
+        _, _, body = get(port, "/stats")
         answer = json.loads(body)
         pid = answer.pop("pid")
         if pid not in pids:
@@ -77,8 +78,17 @@ def old_session(store_url: str) -> str:
     return CookieSigner(SECRET).sign(session_id)
 
 
-@pytest.mark.parametrize("kind", ["gunicorn", "uvicorn"])
-def test_logins_and_renewals_from_many_processes(store_url: str, kind: str) -> None:
+#: Each store under one server, each server on two stores (every async store and the
+#: sync ones also run these rules in process: tests/test_logins_async.py, test_renewal.py).
+SERVER_OF = {
+    "sqlite": "gunicorn", "valkey": "uvicorn", "cluster": "gunicorn", "postgres": "uvicorn"
+}  # fmt: skip
+
+
+def test_logins_and_renewals_from_many_processes(
+    store_url: str, request: pytest.FixtureRequest
+) -> None:
+    kind = SERVER_OF[request.node.callspec.params["store_url"]]
     server: Server
     if kind == "gunicorn":
         server = Gunicorn(
@@ -103,7 +113,7 @@ def test_logins_and_renewals_from_many_processes(store_url: str, kind: str) -> N
         cookies: list[str | None] = []
 
         def write(key: str) -> None:
-            status, cookie, _ = request(server.port, f"/write/{key}", old)
+            status, cookie, _ = get(server.port, f"/write/{key}", old)
             assert status == 200
             cookies.append(cookie)
 
