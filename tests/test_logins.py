@@ -145,8 +145,9 @@ def test_evict_oldest_ends_the_least_recently_seen(store: Store) -> None:
     devices = [app.test_client() for _ in range(LIMIT + 1)]
     for device in devices[:LIMIT]:
         assert device.post("/login/bo").status_code == 200
-    # The first device is the most recently seen after a write; the second is oldest.
-    devices[0].get("/cart/seen")
+    # A request that only reads makes the first device the most recently seen: the
+    # second is now the least recently seen, and the next login ends it.
+    devices[0].get("/who")
     devices[LIMIT].post("/login/bo")
     seen = [d.get("/who").get_json() for d in devices]
     assert [s["owner"] for s in seen] == ["bo", None, "bo", "bo"]

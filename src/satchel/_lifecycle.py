@@ -118,6 +118,9 @@ class Lifecycle:
         ):
             raise ConfigError(f"a limit of sessions per owner needs a store that lists: {store!r}")
         self._refresh_after = min(REFRESH_AT_MOST_EVERY, settings.idle_timeout * REFRESH_FRACTION)
+        # With an owner limit, "least recently seen" decides which session a login ends:
+        # an owned session's last-seen time moves on every request that uses it.
+        self._owned_refresh_after = 0.0 if settings.max_sessions_per_owner else self._refresh_after
 
     def open(self, cookie: str | Sequence[str] | None) -> Session:
         """Return the session a cookie names, without touching the store yet.
@@ -322,7 +325,8 @@ class Lifecycle:
         record = state.record
         if (
             record is not None
-            and time.time() - record.touched_at < self._refresh_after  # not _refresh_due()
+            and time.time() - record.touched_at
+            < (self._refresh_after if record.owner is None else self._owned_refresh_after)
             and state.unchanged()
             and (self.settings.renewal_interval is None or not due_now(self.settings, record))
         ):
@@ -560,7 +564,8 @@ class Lifecycle:
 
     def _refresh_due(self, record: Record, now: float) -> bool:
         """Whether an unchanged session's idle expiry is old enough to move now."""
-        return now - record.touched_at >= self._refresh_after
+        after = self._refresh_after if record.owner is None else self._owned_refresh_after
+        return now - record.touched_at >= after
 
     def _alive(self, session: Session) -> Outcome:
         """The session lives on; a cookie signed with a fallback key is signed anew."""
