@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ._leases import acquire_steps
 from ._logins import REFUSE, admit_steps, limited, stored_meta
 from ._merge import Patch
-from ._ops import Acquire, Delete, LifeSteps, Load, Release, Save, Sleep, Touch
+from ._ops import Delete, LifeSteps, Load, Release, Save, Sleep, Touch
 from ._rebase import rebase
 from ._renewal import due_now, issued, join_steps, rejoin_steps, renew_if_due
 from ._settings import Settings
@@ -266,18 +267,7 @@ class Lifecycle:
     def _lock_steps(self, session: Session, key: str) -> LifeSteps[None]:
         self._locking_store()
         token = secrets.token_hex(16)
-        start = time.monotonic()
-        pause = 0.002
-        waiting = False
-        while not (yield Acquire(key, token, self.settings.lock_lease)):
-            if not waiting:  # count requests that waited, not retries
-                waiting = True
-                self.counters.add("lock_waits")
-            waited = time.monotonic() - start
-            if waited >= self.settings.lock_timeout:
-                raise LockTimeout(repr(self.store), waited)
-            yield Sleep(min(pause, self.settings.lock_timeout - waited))
-            pause = min(pause * 2, 0.05)
+        yield from acquire_steps(self.store, self.settings, self.counters, "lock_waits", key, token)
         session.state.lock_held = (key, token)
         session.state.locked_at = time.monotonic()
         session._on_lock()

@@ -12,14 +12,14 @@ seen ones or refuses, and stores its own session before the next login counts.
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._ops import Acquire, LifeSteps, Records, Release, Revoke, Sleep
+from ._leases import acquire_steps
+from ._ops import LifeSteps, Records, Release, Revoke
 from ._renewal import ISSUED_AT
 from ._state import AUTHENTICATED_AT
-from .errors import ConfigError, LockTimeout, TooManySessions
+from .errors import ConfigError, TooManySessions
 from .signals import Counters, security_log, session_evicted
 from .signing import store_key
 from .stores.base import Record
@@ -129,16 +129,9 @@ def admit_steps(lifecycle: Lifecycle, session: Session) -> LifeSteps[tuple[str, 
     owner = session.state.owner
     assert limit is not None and owner is not None
     key, token = owner_lock_key(owner), secrets.token_hex(16)
-    start = time.monotonic()
-    pause = 0.002
-    while not (yield Acquire(key, token, settings.lock_lease)):
-        if pause == 0.002:
-            lifecycle.counters.add("login_waits")
-        waited = time.monotonic() - start
-        if waited >= settings.lock_timeout:
-            raise LockTimeout(repr(lifecycle.store), waited)
-        yield Sleep(min(pause, settings.lock_timeout - waited))
-        pause = min(pause * 2, 0.05)
+    yield from acquire_steps(
+        lifecycle.store, settings, lifecycle.counters, "login_waits", key, token
+    )
     try:
         session_id = session.state.session_id
         exclude = None if session_id is None else store_key(session_id)
