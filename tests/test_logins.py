@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from flask import Flask, session
 
+import satchel.session
 from satchel import Satchel
 from satchel.errors import ConfigError, NotLoggedIn, TooManySessions
 from satchel.flask import fresh_login_required
@@ -72,7 +74,7 @@ def make(store: Store, **config: Any) -> Flask:
         return "done"
 
     @app.get("/sensitive-redirect")
-    @fresh_login_required(0.5, redirect_to=lambda: "/confirm?next=/sensitive-redirect")
+    @fresh_login_required(60, redirect_to=lambda: "/confirm?next=/sensitive-redirect")
     def sensitive_redirect() -> str:
         return "done"
 
@@ -232,7 +234,11 @@ def test_reauthenticated_needs_a_login() -> None:
         app.test_client().post("/reauth")
 
 
-def test_fresh_login_required_on_flask() -> None:
+def test_fresh_login_required_on_flask(monkeypatch: pytest.MonkeyPatch) -> None:
+    later = [0.0]  # seconds added to the clock the session's login times are read by
+    monkeypatch.setattr(
+        satchel.session, "time", SimpleNamespace(time=lambda: time.time() + later[0])
+    )
     app = make(MemoryStore())
     client = app.test_client()
     assert client.get("/sensitive").status_code == 401  # no login at all
@@ -242,8 +248,8 @@ def test_fresh_login_required_on_flask() -> None:
     client.post("/login/gus")
     assert client.get("/sensitive").text == "done"
     assert client.get("/sensitive-redirect").text == "done"
-    time.sleep(0.6)
-    assert client.get("/sensitive-redirect").status_code == 303  # older than 0.5 s
+    later[0] = 61.0  # a minute later: older than asked
+    assert client.get("/sensitive-redirect").status_code == 303
     client.post("/reauth")
     assert client.get("/sensitive-redirect").text == "done"
 

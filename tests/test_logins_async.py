@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import httpx
@@ -17,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+import satchel.session
 from satchel.asgi import SessionMiddleware, fresh_login, get_session, require_fresh_login
 from satchel.errors import TooManySessions
 from satchel.quart import Satchel, current_session, fresh_login_required
@@ -54,7 +56,7 @@ def fastapi_app(store: Store, policy: str) -> SessionMiddleware:
         request.session["c"] = 1
         return "ok"
 
-    @app.get("/sensitive", dependencies=[Depends(require_fresh_login(0.5))])
+    @app.get("/sensitive", dependencies=[Depends(require_fresh_login(60))])
     async def sensitive() -> str:
         return "done"
 
@@ -109,7 +111,12 @@ def test_fastapi_owner_limit(store: Store, policy: str) -> None:
     asyncio.run(scenario())
 
 
-def test_fastapi_fresh_login_dependency(store: Store) -> None:
+def test_fastapi_fresh_login_dependency(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    later = [0.0]  # seconds added to the clock the session's login times are read by
+    monkeypatch.setattr(
+        satchel.session, "time", SimpleNamespace(time=lambda: time.time() + later[0])
+    )
+
     async def scenario() -> None:
         async with clients(fastapi_app(store, "refuse"), 1) as (client,):
             assert (await client.get("/sensitive")).status_code == 401
@@ -118,7 +125,7 @@ def test_fastapi_fresh_login_dependency(store: Store) -> None:
             at = (await client.get("/who")).json()["at"]
             assert at is not None and at <= time.time()
             assert (await client.get("/sensitive")).json() == "done"
-            await asyncio.sleep(0.6)
+            later[0] = 61.0  # a minute later: the login is older than asked
             assert (await client.get("/sensitive")).status_code == 401
             await client.post("/reauth")
             assert (await client.get("/who")).json()["at"] > at
