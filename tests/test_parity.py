@@ -49,6 +49,9 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 SECRET = "parity matrix secret key, long and random 4f9c1e"
 OLD_SECRET = "the key before the rotation, long and random too 7d2a"
 ADAPTERS = ["flask", "starlette", "fastapi", "quart"]
+#: The encryption keys every app of the running cell seals its records under (empty:
+#: encryption off); the encrypted half of the matrix sets them.
+ENCRYPTION_KEYS: list[str] = []
 
 #: Cells where an adapter must differ, because its framework makes it: (adapter,
 #: scenario) -> why. The matrix checks the difference is exactly this one.
@@ -128,6 +131,7 @@ def _flask_config(options: Options) -> dict[str, Any]:
         "SATCHEL_LOCKING": options.locking,
         "SATCHEL_LOCK_TIMEOUT": options.lock_timeout,
         "SATCHEL_MAX_SIZE": options.max_size,
+        "SATCHEL_ENCRYPTION_KEYS": list(ENCRYPTION_KEYS) or None,
     }
     if options.migrate:
         config["SATCHEL_MIGRATE_FROM"] = "flask-cookie"
@@ -449,6 +453,7 @@ def _middleware(app: Any, store: Store, options: Options) -> SessionMiddleware:
         locking=options.locking,
         lock_timeout=options.lock_timeout,
         max_size=options.max_size,
+        encryption_keys=list(ENCRYPTION_KEYS) or None,
     )
 
 
@@ -1000,6 +1005,39 @@ def test_every_adapter_behaves_alike(store: Store, adapter: str, scenario: str) 
         assert seen != EXPECTED[scenario]  # the listed difference is real
         return
     assert seen == EXPECTED[scenario]
+
+
+@pytest.mark.parametrize("scenario", [*SCENARIOS, *CONFIGURED])
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_every_adapter_behaves_alike_with_encryption_on(
+    store: Store, adapter: str, scenario: str
+) -> None:
+    """The same cell with the records sealed (SATCHEL_ENCRYPTION_KEYS, encryption_keys=):
+    every scenario shows exactly what it shows in clear."""
+    ENCRYPTION_KEYS[:] = [PARITY_KEY]
+    try:
+        seen = _run(adapter, store, scenario)
+    finally:
+        ENCRYPTION_KEYS.clear()
+    if (adapter, scenario) in FRAMEWORK_DIFFERENCES:
+        assert seen != EXPECTED[scenario]
+        return
+    assert seen == EXPECTED[scenario]
+    assert _sealed_only(store), "a record was stored in clear"
+
+
+#: The key the encrypted half of the matrix seals with.
+PARITY_KEY = "q3Jq0mXcJ6bVnV1yWm0oX2fS0C5Pp8r3Ar0Jm5yqW9E"
+
+
+def _sealed_only(store: Store) -> bool:
+    """Whether every session record left in ``store`` is sealed (claims are not sessions)."""
+    from satchel.stores._sealed import SEAL_FIELD
+
+    records = getattr(store, "records", None)
+    if records is None:
+        return True
+    return all(SEAL_FIELD in record.fields for _, record in records())
 
 
 class _DownStore(MemoryStore):

@@ -146,6 +146,7 @@ def test_counters(app: Flask) -> None:
         "renewal_joins": 0,
         "evictions": 0,
         "refused_logins": 0,
+        "tampered": 0,
     }
 
 

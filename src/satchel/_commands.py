@@ -47,7 +47,7 @@ class Standalone:
         if self._manager is None:
             import secrets
 
-            from ._config import DEFAULT_MAX_SIZE, make_settings
+            from ._config import DEFAULT_MAX_SIZE, encrypted_from_environment, make_settings
             from ._manager import SessionManager
             from .signing import CookieSigner
             from .stores import from_url
@@ -58,6 +58,7 @@ class Standalone:
                 if with_prefix is None:
                     raise click.UsageError(f"{store!r} has no namespaces: drop --prefix")
                 store = with_prefix(self.prefix)
+            store = _run(lambda: encrypted_from_environment(store))
             settings = make_settings(
                 idle_timeout=3600, absolute_timeout=3600, max_size=DEFAULT_MAX_SIZE,
                 locking=False, lock_timeout=5, lock_lease=30,
@@ -331,6 +332,53 @@ def purge_command(as_json: bool) -> None:
     click.echo(f"removed {removed} expired record(s)")
 
 
+@click.command("rekey")
+@click.option(
+    "--batch", default=500, show_default=True, type=click.IntRange(min=1),
+    help="Records rewritten between pauses.",
+)  # fmt: skip
+@click.option(
+    "--pause", default=0.05, show_default=True, type=click.FloatRange(min=0),
+    help="Seconds to rest between batches, so requests keep the store's attention.",
+)  # fmt: skip
+@json_option
+def rekey_command(batch: int, pause: float, as_json: bool) -> None:
+    """Seal every session under the first encryption key, while the app serves traffic.
+
+    Needs SATCHEL_ENCRYPTION_KEYS (the new key first, the old ones after it).
+    Records stored in clear are sealed too. Afterwards the old keys can go.
+    """
+    from .admin import rekey
+
+    manager = _manager()
+    if as_json:
+        report = _run(lambda: rekey(manager, batch=batch, pause=pause))
+    else:
+        with click.progressbar(length=1, label="sealing", show_pos=True) as bar:
+            done = 0
+
+            def progress(walked: int, total: int) -> None:
+                nonlocal done
+                bar.length = max(total, 1)
+                bar.update(walked - done)
+                done = walked
+
+            report = _run(lambda: rekey(manager, batch=batch, pause=pause, progress=progress))
+    found = {
+        "rewritten": report.rewritten,
+        "current": report.current,
+        "ended": report.ended,
+        "unreadable": report.unreadable,
+    }
+    if as_json:
+        echo_json(found)
+        return
+    click.echo(
+        f"sealed {report.rewritten} session(s) under the first key; {report.current} already"
+        f" were; {report.ended} ended meanwhile; {report.unreadable} unreadable (see the log)"
+    )
+
+
 #: Every command, under its name in both groups (``revoke-all`` is ``revoke-owner``).
 COMMANDS: tuple[tuple[str, click.Command], ...] = (
     ("stats", stats_command),
@@ -340,4 +388,5 @@ COMMANDS: tuple[tuple[str, click.Command], ...] = (
     ("revoke-owner", revoke_owner_command),
     ("revoke-all", revoke_owner_command),
     ("purge", purge_command),
+    ("rekey", rekey_command),
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from ._lifecycle import Lifecycle
 from ._logins import EVICT_OLDEST, check_limit
 from ._settings import Settings
 from ._sizes import parse_size
+from .encryption import EncryptionKeys, keys_from
 from .errors import ConfigError, LockTimeout, StoreUnavailable
 from .migration import (
     CLAIM_PREFIX,
@@ -60,6 +62,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "SATCHEL_RENEWAL_INTERVAL": None,
     "SATCHEL_RENEWAL_GRACE": DEFAULT_RENEWAL_GRACE,
     "SATCHEL_KEY_PREFIX": None,
+    "SATCHEL_ENCRYPTION_KEYS": None,
+    "SATCHEL_ENCRYPTION_ACCEPT_PLAINTEXT_UNTIL": None,
     "SATCHEL_STRICT_STORE": False,
     "SATCHEL_CHECK_STORE": False,
     "SATCHEL_MIGRATE_FROM": None,
@@ -179,6 +183,32 @@ def build_store(
     if not isinstance(chosen, Store):
         raise ConfigError(f"{store_name} must be a store URL or a Store, not {chosen!r}")
     return chosen
+
+
+def encrypted(store: Any, keys: EncryptionKeys | None) -> Any:
+    """``store`` with its records sealed under ``keys`` (sync or async, as it is);
+    ``store`` itself when ``keys`` is ``None`` (encryption off)."""
+    if keys is None:
+        return store
+    from .stores.aio import is_async
+    from .stores.encrypted import AsyncEncryptedStore, EncryptedStore
+
+    if is_async(store):
+        return AsyncEncryptedStore(store, keys)
+    return EncryptedStore(store, keys)
+
+
+def encrypted_from_environment(store: Store) -> Store:
+    """``store`` sealed under ``$SATCHEL_ENCRYPTION_KEYS``, if set (the session commands
+    without an app read the app's keys from the environment, never a command line)."""
+    keys = keys_from(
+        os.environ.get("SATCHEL_ENCRYPTION_KEYS") or None,
+        os.environ.get("SATCHEL_ENCRYPTION_ACCEPT_PLAINTEXT_UNTIL") or None,
+        "SATCHEL_ENCRYPTION_KEYS",
+        "SATCHEL_ENCRYPTION_ACCEPT_PLAINTEXT_UNTIL",
+    )
+    answer: Store = encrypted(store, keys)
+    return answer
 
 
 def check_store(store: Store, *, strict: bool) -> None:
@@ -345,10 +375,16 @@ def read_config(
     chosen = build_store(
         store or config["SATCHEL_STORE"], config["SATCHEL_KEY_PREFIX"], default_path
     )
+    keys = keys_from(
+        config["SATCHEL_ENCRYPTION_KEYS"],
+        config["SATCHEL_ENCRYPTION_ACCEPT_PLAINTEXT_UNTIL"],
+        "SATCHEL_ENCRYPTION_KEYS",
+        "SATCHEL_ENCRYPTION_ACCEPT_PLAINTEXT_UNTIL",
+    )
     check_store(chosen, strict=bool(config["SATCHEL_STRICT_STORE"]))
     if config["SATCHEL_CHECK_STORE"]:
         require_working_store(chosen, "SATCHEL_CHECK_STORE")
-    return signer, settings, chosen
+    return signer, settings, encrypted(chosen, keys)
 
 
 def migration_from_config(config: Any, store: Store, manager: Lifecycle) -> Migration | None:

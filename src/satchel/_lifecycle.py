@@ -44,6 +44,7 @@ from .signals import (
 )
 from .signing import CookieSigner, new_id, store_key
 from .stores.base import Change, ListingStore, LockingStore, Record, SaveResult, size_of
+from .stores.encrypted import Sealing
 
 if TYPE_CHECKING:
     from .migration import Migration
@@ -107,6 +108,9 @@ class Lifecycle:
         self.sender = sender
         #: Counts of loads, saves, errors and more, for monitoring.
         self.counters = Counters()
+        for layer in (store, getattr(store, "wrapped", None)):
+            if isinstance(layer, Sealing):  # an encrypted store counts tampered records here
+                layer.counters = self.counters
         self.signer = signer
         self.settings = settings
         self.session_class = session_class

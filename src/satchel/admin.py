@@ -1,4 +1,4 @@
-"""Operating on stored sessions: list them, a user's or all, and revoke them.
+"""Operating on stored sessions: list them, a user's or all, revoke them, re-encrypt them.
 
 A session is named here by an opaque *reference*, the key its store files it
 under (a SHA-256 hash of its ID). A reference can revoke a session but cannot
@@ -9,23 +9,33 @@ all built-in stores can.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._ops import LifeSteps, Records, Revoke
 from ._state import authenticated_at
-from .errors import ConfigError
+from .errors import ConfigError, StoreUnavailable
 from .session import owner_text
 from .signals import security_log, session_revoked
 from .signing import store_key
-from .stores.base import ListingStore, Record
+from .stores.base import ListingStore, Record, SaveResult
 
 if TYPE_CHECKING:
     from ._manager import Lifecycle, SessionManager
     from .session import Session
+    from .stores.encrypted import EncryptedStore
 
-__all__ = ["SessionInfo", "list_sessions", "revoke", "revoke_all", "stats"]
+__all__ = [
+    "RekeyReport",
+    "SessionInfo",
+    "list_sessions",
+    "rekey",
+    "revoke",
+    "revoke_all",
+    "stats",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +243,90 @@ def stats(manager: Lifecycle) -> dict[str, int]:
     if cache is not None:
         found.update({f"cache_{name}": value for name, value in cache.as_dict().items()})
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyReport:
+    """What :func:`rekey` did, record by record."""
+
+    #: Records sealed again under the first key (or sealed for the first time).
+    rewritten: int = 0
+    #: Records already sealed under the first key: left as they were.
+    current: int = 0
+    #: Records that ended (expired, revoked) before they were reached.
+    ended: int = 0
+    #: Records that do not decrypt under any configured key (logged, left alone).
+    unreadable: int = 0
+    #: Times a record was read again because a request changed it during its rewrite.
+    retried: int = 0
+
+
+def rekey(
+    manager: SessionManager,
+    *,
+    batch: int = 500,
+    pause: float = 0.05,
+    progress: Callable[[int, int], None] | None = None,
+) -> RekeyReport:
+    """Seal every stored session under the first of ``SATCHEL_ENCRYPTION_KEYS``.
+
+    Works while the app serves traffic: each record is rewritten with its fields
+    expected unchanged (a request that changed one meanwhile wins, and the record
+    is read again and sealed again), its times kept. Records stored in clear are
+    sealed too. ``batch`` records at a time, ``pause`` seconds between batches;
+    ``progress(done, total)`` is called after each batch. Afterwards the keys
+    after the first can be dropped.
+    """
+    from .stores.encrypted import EncryptedStore
+
+    store = manager.store
+    if not isinstance(store, EncryptedStore):
+        raise ConfigError("rekey needs SATCHEL_ENCRYPTION_KEYS: the store is not encrypted")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be a positive int, not {batch!r}")
+    inner = store.store
+    references = list(inner.references())
+    counts = {"rewritten": 0, "current": 0, "ended": 0, "unreadable": 0, "retried": 0}
+    for start in range(0, len(references), batch):
+        for reference in references[start : start + batch]:
+            outcome, retried = _rekey_one(store, reference)
+            counts[outcome] += 1
+            counts["retried"] += retried
+        if progress is not None:
+            progress(min(start + batch, len(references)), len(references))
+        if pause > 0 and start + batch < len(references):
+            time.sleep(pause)
+    return RekeyReport(**counts)
+
+
+def _rekey_one(store: EncryptedStore, reference: str) -> tuple[str, int]:
+    """Seal one record under the first key: what became of it (a RekeyReport field), and
+    how often it was read again."""
+    from .stores._sealed import NotReadable
+
+    for attempt in range(REKEY_ATTEMPTS):
+        record = store.store.load(reference)
+        if record is None:
+            return "ended", attempt
+        try:
+            plan = store.sealer.resealed(record)
+        except NotReadable as error:
+            security_log.warning("rekey: session %s left alone: %s", reference[:8], error)
+            return "unreadable", attempt
+        if plan is None:
+            return "current", attempt
+        change, after = plan
+        result = store.store.save(reference, change, create=False)
+        store.sealer.saved(reference, change, False, after, result)
+        if result == SaveResult.SAVED:
+            return "rewritten", attempt
+        if result != SaveResult.CONFLICT:
+            return "ended", attempt
+        # A request changed a field meanwhile: read it again.
+    raise StoreUnavailable(
+        repr(store), f"rekey: session {reference[:8]} kept changing; run rekey again"
+    )
+
+
+#: How often rekey reads a record again when requests keep changing it.
+REKEY_ATTEMPTS = 20

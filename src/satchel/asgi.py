@@ -25,7 +25,7 @@ import os
 import re
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -41,6 +41,7 @@ from ._config import (
     build_store,
     check_cookie_prefix,
     check_store,
+    encrypted,
     make_settings,
     require_working_store,
     signer_for,
@@ -49,6 +50,7 @@ from ._config import (
 from ._manager import AsyncSessionManager
 from .admin import SessionInfo, list_sessions_steps, revoke_all_steps, revoke_steps
 from .admin import stats as _stats
+from .encryption import keys_from
 from .errors import ConfigError, SatchelError, StoreUnavailable
 from .session import AsyncSession
 from .stores.aio import _Wrapper, to_async
@@ -117,6 +119,9 @@ class SessionMiddleware:
       ``max_sessions_policy``, ``renewal_interval``, ``renewal_grace``,
       ``track_client``, ``strict_secret``, ``strict_store``, ``check_store``: as the
       Flask adapter's ``SATCHEL_*`` settings of the same names;
+    * ``encryption_keys``, ``encryption_accept_plaintext_until``: as
+      ``SATCHEL_ENCRYPTION_KEYS`` and ``SATCHEL_ENCRYPTION_ACCEPT_PLAINTEXT_UNTIL``
+      (encryption at rest; see docs/security.md);
     * ``partitioned``: add the cookie's ``Partitioned`` attribute;
     * ``cookie_name``: a function of the ASGI scope that returns the cookie's
       name for that request, for apps that keep several independent sessions
@@ -156,6 +161,8 @@ class SessionMiddleware:
         check_store: bool = False,
         partitioned: bool = False,
         cookie_name: Callable[[Scope], str] | None = None,
+        encryption_keys: Sequence[str] | str | None = None,
+        encryption_accept_plaintext_until: float | datetime | str | None = None,
     ) -> None:
         self.app = app
         if secret_key is not None and not isinstance(secret_key, str | bytes):
@@ -191,6 +198,8 @@ class SessionMiddleware:
             renewal_grace=renewal_grace,
         )
         self._signer, self._settings = signer, settings
+        keys = (encryption_keys, encryption_accept_plaintext_until)
+        self._keys = keys_from(*keys, "encryption_keys", "encryption_accept_plaintext_until")
         self._store_args = (store, key_prefix, bool(strict_store), bool(check_store))
         self._sync_store: Store | AsyncStore | None = None
         self._manager: AsyncSessionManager | None = None
@@ -253,7 +262,7 @@ class SessionMiddleware:
             if manager is None or (self._native and not native):
                 chosen = to_async(store, native=native)
                 manager = AsyncSessionManager(
-                    chosen, self._signer, self._settings, AsyncSession, self
+                    encrypted(chosen, self._keys), self._signer, self._settings, AsyncSession, self
                 )
                 self._native = native and chosen is not store and not isinstance(chosen, _Wrapper)
                 self._manager = manager

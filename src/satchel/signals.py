@@ -104,6 +104,8 @@ COUNTED = {
     "renewal_joins": "Requests with a just-renewed session's old ID that joined the new one.",
     "evictions": "Sessions ended because a login of their owner went over the limit.",
     "refused_logins": "Logins refused by ``SATCHEL_MAX_SESSIONS_POLICY = 'refuse'``.",
+    "tampered": "Encrypted records that did not decrypt (moved, altered, or under a key no"
+    " longer configured): each deleted, and its request given a fresh session.",
 }
 
 
@@ -140,6 +142,7 @@ class Counters:
         renewal_joins: int
         evictions: int
         refused_logins: int
+        tampered: int
 
     def __init__(self) -> None:
         self._ticks = {name: itertools.count() for name in COUNTED}

@@ -331,6 +331,10 @@ def to_async(store: Store | AsyncStore, *, native: bool = True) -> AsyncStore:
     """
     if is_async(store):
         return store  # type: ignore[return-value]
+    from .encrypted import AsyncEncryptedStore, EncryptedStore
+
+    if isinstance(store, EncryptedStore):  # sealed the same way, around the store's twin
+        return AsyncEncryptedStore(to_async(store.store, native=native), store.keys)
     if isinstance(store, MemoryStore):
         return InlineStore(store)
     twin = getattr(store, "to_async", None)  # a store that has a native async twin
