@@ -10,6 +10,8 @@ from typing import Any
 from flask import Flask, session
 
 SECRET = "bench-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
+#: The benchmark's encryption key (32 bytes, URL-safe base64): a fixed one, for runs alike.
+ENCRYPTION_KEY = "YmVuY2gtZW5jcnlwdGlvbi1rZXktMzItYnl0ZXMtISE"
 
 
 def _views(app: Flask) -> Flask:
@@ -140,7 +142,15 @@ def all_backends(
             SATCHEL_RENEWAL_INTERVAL=3600,
             SATCHEL_MAX_SESSIONS_PER_OWNER=5,
         ),
+        # Encryption at rest on (SATCHEL_ENCRYPTION_KEYS): what sealing costs a request.
+        "satchel SQLite encrypted": satchel(
+            f"sqlite:///{directory}/satchel-sealed.sqlite3",
+            SATCHEL_ENCRYPTION_KEYS=[ENCRYPTION_KEY],
+        ),
         "satchel Valkey": satchel(valkey_url.replace("/0", "/1")),
+        "satchel Valkey encrypted": satchel(
+            valkey_url.replace("/0", "/2"), SATCHEL_ENCRYPTION_KEYS=[ENCRYPTION_KEY]
+        ),
         "satchel Valkey, cached": satchel(valkey_url.replace("/0", "/1") + "?cache=64MB"),
     })  # fmt: skip
     if postgres_url:

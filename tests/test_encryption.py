@@ -162,7 +162,7 @@ def _stored_name(store: Store, key: str, name: str, keys: EncryptionKeys) -> tup
     """Which stored field of ``key``'s record holds ``name``, and its bytes (found by
     opening each field, as an attacker with the key could; the attack below has none)."""
     record = raw_records(store)[key]
-    seal = record.fields["~s"][1:]
+    seal = keys.open_seal(record.fields["~s"], key)
     for stored, sealed in record.fields.items():
         if stored != "~s" and keys.open(seal, stored, sealed)[0] == name:
             return stored, sealed
@@ -178,13 +178,14 @@ def _put_raw(store: Store, key: str, stored: str, sealed: bytes) -> None:
     assert store.save(key, change, create=False) == SaveResult.SAVED
 
 
-@pytest.mark.parametrize("swap", ["another session", "another field"])
+@pytest.mark.parametrize("swap", ["another session", "another field", "the whole record"])
 def test_a_moved_ciphertext_ends_the_session_it_is_moved_into(
     store: Store, swap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A ciphertext copied into another session (the same key name there) or into another
-    field of its own session does not open: that session counts as tampered (a fresh
-    session, a security log line, the counter), never a 500 and never the other's data."""
+    """A ciphertext copied into another session (the same key name there), into another
+    field of its own session, or a whole record (its seal too) copied over another's
+    does not open: that session counts as tampered (a fresh session, a security log line,
+    the counter), never a 500 and never the other's data."""
     app = make_app(store, [K1])
     victim, other = browser(app), browser(app)
     other.get("/fill")
@@ -196,11 +197,19 @@ def test_a_moved_ciphertext_ends_the_session_it_is_moved_into(
     (victim_key,) = [k for k in raw_records(store) if k in before and k != _key_of(app, other)]
     other_key = _key_of(app, other)
     stored, _ = _stored_name(store, victim_key, "cart", keys)
-    if swap == "another session":
-        _, sealed = _stored_name(store, other_key, "cart", keys)
+    if swap == "the whole record":
+        copied = raw_records(store)[other_key].fields
+        gone = [name for name in raw_records(store)[victim_key].fields if name not in copied]
+        now = time.time()
+        change = Change(set=dict(copied), delete=gone, touched_at=now, expires_at=now + 600)
+        assert store.save(victim_key, change, create=False) == SaveResult.SAVED
+        assert raw_records(store)[victim_key].fields == copied
     else:
-        _, sealed = _stored_name(store, victim_key, "name", keys)
-    _put_raw(store, victim_key, stored, sealed)
+        if swap == "another session":
+            _, sealed = _stored_name(store, other_key, "cart", keys)
+        else:
+            _, sealed = _stored_name(store, victim_key, "name", keys)
+        _put_raw(store, victim_key, stored, sealed)
 
     with caplog.at_level(logging.WARNING, logger="satchel.security"):
         answer = victim.get("/read")
@@ -316,8 +325,8 @@ def test_rotation_and_rekey_under_load_lose_nothing(store: Store) -> None:
     assert Satchel.stats(only_new)["tampered"] == 0
     # Every field of every record opens under K2 alone.
     k2 = EncryptionKeys([K2])
-    for record in raw_records(store).values():
-        seal = record.fields["~s"][1:]
+    for key, record in raw_records(store).items():
+        seal = k2.open_seal(record.fields["~s"], key)
         for stored, sealed in record.fields.items():
             if stored != "~s":
                 k2.open(seal, stored, sealed)

@@ -309,7 +309,7 @@ def _rekey_one(store: EncryptedStore, reference: str) -> tuple[str, int]:
         if record is None:
             return "ended", attempt
         try:
-            plan = store.sealer.resealed(record)
+            plan = store.sealer.resealed(reference, record)
         except NotReadable as error:
             security_log.warning("rekey: session %s left alone: %s", reference[:8], error)
             return "unreadable", attempt

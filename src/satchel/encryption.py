@@ -6,17 +6,19 @@ the old ones still read what they wrote (see ``satchel sessions rekey``).
 
 The construction, and why (docs/security.md says more):
 
-* Each save draws a random 128-bit salt and derives a one-save key from the
-  master key: ``HMAC-SHA256(master, "satchel/v1/save" || salt)``. The fields of
-  that save are encrypted with AES-256-GCM under it, with nonces 0, 1, 2...; a
-  nonce is never used twice under one derived key, and two saves share a derived
-  key only if they draw the same salt (about 2^-32 after 2^48 saves under one
-  master key), where AES-GCM with random 96-bit nonces under the master key itself
-  would have to be retired after about 2^32 fields.
+* Each process (each worker, after a fork too) draws a random 128-bit salt and
+  derives its own writing key from the master key:
+  ``HMAC-SHA256(master, "satchel/v1/save" || salt)``. It encrypts every field it
+  writes with AES-256-GCM under that key, with a 64-bit counter as the nonce, and
+  draws a new salt after 2^32 fields. A nonce is never used twice under one derived
+  key, and two writers share a derived key only if they draw the same salt (about
+  2^-32 after 2^48 of them), where AES-GCM with random 96-bit nonces under the
+  master key itself would have to be retired after about 2^32 fields.
 * The associated data binds each ciphertext to its session (a random 128-bit
   *seal* drawn when the session is created, which moves with it to each new ID)
   and to the name it is stored under, so a ciphertext copied into another session
-  or another field does not open.
+  or another field does not open; the seal itself carries a tag binding it to the
+  record's key, so a whole record copied under another key does not open either.
 * A field's name is stored as an HMAC of the seal and the name (under a key
   derived from the master key): a key name may hold user data
   (``session["draft:" + email]``). The clear name travels inside the ciphertext.
@@ -29,8 +31,10 @@ from __future__ import annotations
 
 import binascii
 import hmac
+import itertools
 import os
 import secrets
+import threading
 import time
 from base64 import urlsafe_b64decode, urlsafe_b64encode
 from collections.abc import Iterable, Sequence
@@ -54,12 +58,15 @@ KEY_BYTES = 32
 VERSION = b"\x01"
 _SALT = 16
 _IDENT = 4
-_INDEX = 4
+_INDEX = 8
 #: Bytes a sealed value adds to the name and value it holds.
 OVERHEAD = 1 + _IDENT + _SALT + _INDEX + 16 + 4
 _HEAD = 1 + _IDENT + _SALT + _INDEX
 _FIELD_AAD = b"satchel/v1/field\x00"
 _CACHE_LIMIT = 4096
+#: Fields one derived writing key encrypts before its writer draws a new salt.
+FIELDS_PER_SALT = 1 << 32
+_TAG = 16
 
 
 class Unreadable(SatchelError):
@@ -120,13 +127,15 @@ def parse_until(value: Any, setting: str) -> float | None:
 class _Key:
     """One master key and what is derived from it."""
 
-    __slots__ = ("ident", "names", "secret")
+    __slots__ = ("binds", "ident", "names", "secret")
 
     def __init__(self, secret: bytes) -> None:
         self.secret = secret
         self.ident = hmac.digest(secret, b"satchel/v1/ident", "sha256")[:_IDENT]
         #: The key a stored field's name is an HMAC under.
         self.names = hmac.digest(secret, b"satchel/v1/names", "sha256")
+        #: The key a seal's tag (binding it to its record's key) is an HMAC under.
+        self.binds = hmac.digest(secret, b"satchel/v1/binds", "sha256")
 
 
 class EncryptionKeys:
@@ -167,6 +176,8 @@ class EncryptionKeys:
         self._by_ident = {key.ident: key for key in self.keys}
         self.accept_plaintext_until = accept_plaintext_until
         self._ciphers: dict[bytes, Any] = {}
+        self._writer: FieldCipher | None = None
+        self._guard = threading.Lock()
         self._names: dict[tuple[bytes, str], tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
@@ -211,11 +222,42 @@ class EncryptionKeys:
         return found
 
     def cipher(self) -> FieldCipher:
-        """A cipher for one save's fields: a new salt, the first key."""
-        salt = os.urandom(_SALT)
+        """This process's writing cipher (see the module): made at the first write, and
+        again after a fork or once it has sealed :data:`FIELDS_PER_SALT` fields."""
+        writer = self._writer
+        if writer is None or writer.pid != os.getpid() or writer.spent():
+            with self._guard:
+                writer = self._writer
+                if writer is None or writer.pid != os.getpid() or writer.spent():
+                    salt = os.urandom(_SALT)
+                    key = self.first
+                    derived = hmac.digest(key.secret, b"satchel/v1/save" + salt, "sha256")
+                    writer = FieldCipher(key.ident + salt, self._aead(derived))
+                    self._writer = writer
+        return writer
+
+    # -- seals -----------------------------------------------------------------
+
+    def seal_field(self, seal: bytes, record_key: str) -> bytes:
+        """The stored form of ``seal`` in the record filed under ``record_key``: its
+        version, the first key's identifier, the seal, and a tag binding the two."""
         key = self.first
-        derived = hmac.digest(key.secret, b"satchel/v1/save" + salt, "sha256")
-        return FieldCipher(key.ident + salt, self._aead(derived))
+        tag = hmac.digest(key.binds, seal + record_key.encode("utf-8"), "sha256")[:_TAG]
+        return VERSION + key.ident + seal + tag
+
+    def open_seal(self, stored: bytes, record_key: str) -> bytes:
+        """The seal a record filed under ``record_key`` holds; :class:`Unreadable` when its
+        tag does not match (the record was copied from another key) or is malformed."""
+        if len(stored) != 1 + _IDENT + _SALT + _TAG or stored[:1] != VERSION:
+            raise Unreadable("its seal is malformed")
+        key = self._by_ident.get(stored[1 : 1 + _IDENT])
+        if key is None:
+            raise Unreadable("its seal is under a key that is not configured")
+        seal = stored[1 + _IDENT : 1 + _IDENT + _SALT]
+        tag = hmac.digest(key.binds, seal + record_key.encode("utf-8"), "sha256")[:_TAG]
+        if not hmac.compare_digest(tag, stored[1 + _IDENT + _SALT :]):
+            raise Unreadable("its seal belongs to another record")
+        return seal
 
     def open(self, seal: bytes, stored: str, sealed: bytes) -> tuple[str, bytes]:
         """The name and value ``sealed`` (stored as ``stored`` in the session ``seal``
@@ -226,7 +268,7 @@ class EncryptionKeys:
         if key is None:
             raise Unreadable("sealed under a key that is not configured")
         cipher = self._cipher(key, sealed[1 + _IDENT : 1 + _IDENT + _SALT])
-        nonce = b"\x00" * 8 + sealed[_HEAD - _INDEX : _HEAD]
+        nonce = b"\x00" * 4 + sealed[_HEAD - _INDEX : _HEAD]
         aad = _FIELD_AAD + seal + stored.encode("utf-8", "surrogatepass")
         try:
             plain: bytes = cipher.decrypt(nonce, sealed[_HEAD:], aad)
@@ -245,23 +287,32 @@ class EncryptionKeys:
 
 
 class FieldCipher:
-    """Seals the fields of one save: one derived key, a nonce per field."""
+    """One writer's cipher: a derived key, and a counter for its nonces."""
 
-    __slots__ = ("_aead", "_count", "_head")
+    __slots__ = ("_aead", "_count", "_head", "last", "pid")
 
     def __init__(self, head: bytes, aead: Any) -> None:
         self._head = VERSION + head
         self._aead = aead
-        self._count = 0
+        self._count = itertools.count()  # next() is atomic: threads never share a nonce
+        #: The process that made it (a forked child makes its own).
+        self.pid = os.getpid()
+        #: The last nonce index handed out (read without a lock: only ever grows).
+        self.last = 0
+
+    def spent(self) -> bool:
+        """Whether it has sealed its share of fields (it then gets a new salt)."""
+        return self.last >= FIELDS_PER_SALT
 
     def seal(self, seal: bytes, stored: str, name: str, value: bytes) -> bytes:
         """``name`` and ``value``, sealed to be stored as ``stored`` in ``seal``'s session."""
-        index = self._count.to_bytes(_INDEX, "big")
-        self._count += 1
+        count = next(self._count)
+        self.last = count
+        index = count.to_bytes(_INDEX, "big")
         encoded = name.encode("utf-8", "surrogatepass")
         aad = _FIELD_AAD + seal + stored.encode("utf-8", "surrogatepass")
         body: bytes = self._aead.encrypt(
-            b"\x00" * 8 + index, len(encoded).to_bytes(4, "big") + encoded + value, aad
+            b"\x00" * 4 + index, len(encoded).to_bytes(4, "big") + encoded + value, aad
         )
         return self._head + index + body
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .._json import dumps as json_dumps
 from .._json import loads as json_loads
-from ..encryption import VERSION, EncryptionKeys, Unreadable
+from ..encryption import EncryptionKeys, Unreadable
 from .base import Change, Record, SaveResult
 
 __all__ = ["META_NAME", "SEAL_FIELD", "NotReadable", "Sealer"]
@@ -63,12 +63,17 @@ class _Known:
     fields: Mapping[str, tuple[bytes, str, bytes]]
     meta: Mapping[str, str]
     size: int
+    #: The seal field as stored (its tag binds it to the record's key).
+    stored_seal: bytes | None = None
+    #: The record's fields as stored, when known whole (a record read back with these
+    #: very bytes is this one again, and nothing is decrypted).
+    raw: Mapping[str, bytes] | None = None
+    #: The clear fields the lifecycle reads (``meta`` apart).
+    clear: Mapping[str, bytes] | None = None
 
-
-def _seal_of(stored: bytes) -> bytes:
-    if len(stored) != 1 + _SEAL_BYTES or stored[:1] != VERSION:
-        raise NotReadable(True, "its seal is malformed")
-    return stored[1:]
+    def by_stored(self) -> dict[str, tuple[str, bytes, bytes]]:
+        """Stored name -> (clear name, clear value, stored bytes)."""
+        return {entry[1]: (name, entry[0], entry[2]) for name, entry in self.fields.items()}
 
 
 class Sealer:
@@ -84,19 +89,23 @@ class Sealer:
     def open(self, key: str, record: Record, *, remember: bool = True) -> Record:
         """The clear record ``record`` (stored under ``key``) holds; raises
         :class:`NotReadable` when a field does not open or a clear record is no longer read."""
-        known = self.known(record)
+        known = self.known(key, record)
         if remember:
             self._remember(key, known)
         if known.seal is None:
             return record
-        fields = {name: entry[0] for name, entry in known.fields.items() if name != META_NAME}
+        clear = known.clear
+        if clear is None:
+            clear = {name: entry[0] for name, entry in known.fields.items() if name != META_NAME}
         return Record(
-            fields, record.created_at, record.touched_at, record.expires_at, record.owner,
+            dict(clear), record.created_at, record.touched_at, record.expires_at, record.owner,
             known.meta,
         )  # fmt: skip
 
-    def known(self, record: Record) -> _Known:
-        """What ``record`` holds, each clear value with its stored name and bytes."""
+    def known(self, key: str, record: Record) -> _Known:
+        """What ``record`` (filed under ``key``) holds, each clear value with its stored
+        name and bytes. A field whose bytes this process already opened (or wrote) under
+        this record's seal is not decrypted again: the same bytes hold the same value."""
         stored_seal = record.fields.get(SEAL_FIELD)
         size = 0
         if stored_seal is None:
@@ -105,27 +114,47 @@ class Sealer:
             fields = {name: (value, name, value) for name, value in record.fields.items()}
             size = sum(len(value) for value in record.fields.values())
             return _Known(None, fields, record.meta, size)
-        seal = _seal_of(stored_seal)
-        opened: dict[str, tuple[bytes, str, bytes]] = {}
-        meta: Mapping[str, str] = {}
         keys = self.keys
+        previous = self._known.get(key)
+        if previous is not None and previous.raw == record.fields:
+            return previous  # the very bytes this process opened or wrote last
+        if previous is not None and previous.stored_seal == stored_seal:
+            seal = previous.seal
+            seen = previous.by_stored()
+            meta = previous.meta
+        else:
+            try:
+                seal = keys.open_seal(stored_seal, key)
+            except Unreadable as exc:
+                raise NotReadable(True, str(exc)) from None
+            seen = {}
+            meta = {}
+        assert seal is not None
+        opened: dict[str, tuple[bytes, str, bytes]] = {}
         for stored, sealed in record.fields.items():
             if stored == SEAL_FIELD:
                 continue
-            try:
-                name, value = keys.open(seal, stored, sealed)
-            except Unreadable as exc:
-                raise NotReadable(True, f"a field {exc}") from None
+            same = seen.get(stored)
+            if same is not None and same[2] == sealed:
+                name, value = same[0], same[1]
+            else:
+                try:
+                    name, value = keys.open(seal, stored, sealed)
+                except Unreadable as exc:
+                    raise NotReadable(True, f"a field {exc}") from None
+                if name == META_NAME:
+                    try:
+                        meta = json_loads(value)
+                    except ValueError:
+                        raise NotReadable(True, "its client details do not read") from None
             size += len(value) + len(sealed)
             if name in opened and not keys.is_current(sealed):
                 continue  # under two keys' names (a leftover): the first key's wins
-            if name == META_NAME:
-                try:
-                    meta = json_loads(value)
-                except ValueError:
-                    raise NotReadable(True, "its client details do not read") from None
             opened[name] = (value, stored, sealed)
-        return _Known(seal, opened, meta, size)
+        if META_NAME not in opened:
+            meta = {}
+        clear = {name: entry[0] for name, entry in opened.items() if name != META_NAME}
+        return _Known(seal, opened, meta, size, stored_seal, dict(record.fields), clear)
 
     def forget(self, key: str) -> None:
         """Drop what is remembered of ``key``'s record."""
@@ -149,17 +178,18 @@ class Sealer:
 
     def remember(self, key: str, record: Record) -> _Known:
         """Open ``record`` (just loaded from ``key``) and remember it; :class:`NotReadable`."""
-        known = self.known(record)
+        known = self.known(key, record)
         self._remember(key, known)
         return known
 
     def seal(
-        self, change: Change, create: bool, base: _Known | None
+        self, key: str, change: Change, create: bool, base: _Known | None
     ) -> tuple[Change, _Known] | SaveResult:
         """``change`` as the store applies it to a sealed record, and what the record
         holds once it is applied; ``CONFLICT`` when the sealer cannot say what a
         condition expects. ``base`` is the record the change builds on (the one
-        updated, or the one a move takes); ``None`` only for a plain create."""
+        updated, or the one a move takes); ``None`` only for a plain create. ``key`` is
+        where the record is filed (for a move, the new key)."""
         keys = self.keys
         plain = base is not None and base.seal is None
         seal = os.urandom(_SEAL_BYTES) if base is None or plain else base.seal
@@ -217,8 +247,9 @@ class Sealer:
                 after.pop(name, None)
             for name, value in change.set.items():
                 put(name, value)
+        stored_seal = base.stored_seal if base is not None else None
         if create or plain:
-            sets[SEAL_FIELD] = VERSION + seal
+            stored_seal = sets[SEAL_FIELD] = keys.seal_field(seal, key)
         if create:
             if change.meta:
                 put(META_NAME, json_dumps(dict(change.meta)))
@@ -247,7 +278,13 @@ class Sealer:
         )
         size = sum(len(entry[0]) + len(entry[2]) for entry in after.values())
         meta = change.meta if create else (base.meta if base is not None else {})
-        return sealed_change, _Known(seal, after, meta, size)
+        raw: dict[str, bytes] | None = None
+        if base is None or (base.raw is not None and not plain):
+            raw = {} if base is None or base.raw is None else dict(base.raw)
+            for stored in sealed_change.delete:
+                raw.pop(stored, None)
+            raw.update(sets)
+        return sealed_change, _Known(seal, after, meta, size, stored_seal, raw)
 
     def saved(self, key: str, change: Change, create: bool, after: _Known, result: Any) -> None:
         """Remember what a save stored (``after``), or forget what it made stale."""
@@ -260,13 +297,18 @@ class Sealer:
 
     # -- rekey -----------------------------------------------------------------
 
-    def resealed(self, record: Record) -> tuple[Change, _Known] | None:
-        """A change that seals every field of ``record`` under the first key, each
-        expected unchanged, its times kept; ``None`` when there is nothing to do."""
-        known = self.known(record)
-        current = self.keys.first.ident
-        if known.seal is not None and all(
-            self.keys.ident_of(sealed) == current for _, _, sealed in known.fields.values()
+    def resealed(self, key: str, record: Record) -> tuple[Change, _Known] | None:
+        """A change that seals every field of ``record`` (filed under ``key``) under the
+        first key, each expected unchanged, its times kept; ``None`` when there is
+        nothing to do."""
+        known = self.known(key, record)
+        keys = self.keys
+        current = keys.first.ident
+        stale_seal = known.stored_seal is not None and keys.ident_of(known.stored_seal) != current
+        if (
+            known.seal is not None
+            and not stale_seal
+            and all(keys.ident_of(sealed) == current for _, _, sealed in known.fields.values())
         ):
             return None
         values = {name: entry[0] for name, entry in known.fields.items()}
@@ -276,6 +318,15 @@ class Sealer:
             expires_at=record.expires_at,
             expect=None if known.seal is None else values,
         )
-        sealed = self.seal(change, False, known)
+        sealed = self.seal(key, change, False, known)
         assert not isinstance(sealed, SaveResult)  # every expectation is the record's own
-        return sealed
+        if not stale_seal:
+            return sealed
+        sealed_change, after = sealed
+        assert known.seal is not None and known.stored_seal is not None
+        tagged = keys.seal_field(known.seal, key)
+        return replace(
+            sealed_change,
+            set={**sealed_change.set, SEAL_FIELD: tagged},
+            expect={**(sealed_change.expect or {}), SEAL_FIELD: known.stored_seal},
+        ), replace(after, stored_seal=tagged)

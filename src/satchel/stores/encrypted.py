@@ -119,7 +119,7 @@ class EncryptedStore(Sealing):
         base = self._base(self._source(change, create, key))
         if isinstance(base, SaveResult):
             return base
-        plan = self.sealer.seal(change, create, base)
+        plan = self.sealer.seal(key, change, create, base)
         if isinstance(plan, SaveResult):
             return plan
         sealed, after = plan
@@ -170,7 +170,7 @@ class AsyncEncryptedStore(Sealing):
         base = await self._base(self._source(change, create, key))
         if isinstance(base, SaveResult):
             return base
-        plan = self.sealer.seal(change, create, base)
+        plan = self.sealer.seal(key, change, create, base)
         if isinstance(plan, SaveResult):
             return plan
         sealed, after = plan
