@@ -90,15 +90,17 @@ class Sealer:
         """The clear record ``record`` (stored under ``key``) holds; raises
         :class:`NotReadable` when a field does not open or a clear record is no longer read."""
         known = self.known(key, record)
-        if remember:
+        if remember and self._known.get(key) is not known:
             self._remember(key, known)
         if known.seal is None:
             return record
         clear = known.clear
         if clear is None:
             clear = {name: entry[0] for name, entry in known.fields.items() if name != META_NAME}
+        # ``clear`` is shared by the records opened from the same bytes: nothing changes a
+        # loaded record's fields in place (the lifecycle copies them).
         return Record(
-            dict(clear), record.created_at, record.touched_at, record.expires_at, record.owner,
+            clear, record.created_at, record.touched_at, record.expires_at, record.owner,
             known.meta,
         )  # fmt: skip
 
@@ -284,7 +286,8 @@ class Sealer:
             for stored in sealed_change.delete:
                 raw.pop(stored, None)
             raw.update(sets)
-        return sealed_change, _Known(seal, after, meta, size, stored_seal, raw)
+        clear = {name: entry[0] for name, entry in after.items() if name != META_NAME}
+        return sealed_change, _Known(seal, after, meta, size, stored_seal, raw, clear)
 
     def saved(self, key: str, change: Change, create: bool, after: _Known, result: Any) -> None:
         """Remember what a save stored (``after``), or forget what it made stale."""
