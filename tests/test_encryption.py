@@ -473,3 +473,60 @@ def test_the_session_commands_read_and_rekey_with_the_environments_keys(
     refused = runner.invoke(main, ["sessions", "--store", sqlite_url, "rekey"])
     assert refused.exit_code == 1 and "needs SATCHEL_ENCRYPTION_KEYS" in refused.output
     store.close()
+
+
+def test_the_session_rules_hold_with_encryption_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner limit (the least recently seen ends), the login time, renewal (a new ID,
+    the old one joining within the grace), listing and revoke_all, all on sealed records:
+    each renewal and login moves a record to a new key, whose seal is tagged anew."""
+    import satchel._renewal
+
+    age = [0.0]
+    due = satchel._renewal.due
+    monkeypatch.setattr(
+        satchel._renewal, "due", lambda settings, record, now: due(settings, record, now + age[0])
+    )
+    app = make_app(
+        store, [K1], SATCHEL_MAX_SESSIONS_PER_OWNER=2, SATCHEL_RENEWAL_INTERVAL=3600,
+        SATCHEL_RENEWAL_GRACE=10, SATCHEL_IDLE_TIMEOUT=7200,
+    )  # fmt: skip
+
+    @app.get("/who")
+    def who() -> dict[str, Any]:
+        return {"at": session.authenticated_at, "owner": session.owner}  # type: ignore[attr-defined]
+
+    devices = [browser(app) for _ in range(3)]
+    for device in devices:
+        assert device.get("/fill").status_code == 200  # a login of user-17
+        time.sleep(0.01)
+    assert devices[0].get("/read").json == {}  # the oldest, evicted
+    assert Satchel.stats(app)["evictions"] == 1
+    seen = devices[2].get("/who").json
+    assert seen is not None and seen["owner"] == "user-17" and seen["at"] > 0
+    old = devices[2].get_cookie("session").value  # type: ignore[union-attr]
+    age[0] = 3601.0
+    assert devices[2].get("/add/renewed").status_code == 200
+    age[0] = 0.0
+    new = devices[2].get_cookie("session").value  # type: ignore[union-attr]
+    assert new != old and Satchel.stats(app)["renewals"] == 1
+    late = browser(app)
+    late.set_cookie("session", old)
+    assert late.get("/add/late").status_code == 200  # within the grace: joins the new one
+    assert late.get_cookie("session").value == new  # type: ignore[union-attr]
+    # Another worker (its own memory of what it read) reads the moved records from scratch.
+    worker = make_app(store, [K1], SATCHEL_MAX_SESSIONS_PER_OWNER=2, SATCHEL_IDLE_TIMEOUT=7200)
+    worker.add_url_rule("/who", "who", who)
+    there = browser(worker)
+    there.set_cookie("session", new)
+    body = there.get("/read").json
+    assert body is not None and body["cart"] == ["tea-and-cake", "renewed", "late"]
+    assert there.get("/who").json == seen  # the login time survived the moves
+    assert Satchel.stats(worker)["tampered"] == 0
+    with app.test_request_context():
+        infos = Satchel.list_sessions("user-17")
+        assert sorted(i.user_agent or "" for i in infos) == [AGENT, AGENT]
+        assert Satchel.revoke_all("user-17", keep_current=False) == 2
+    assert devices[1].get("/read").json == {} and devices[2].get("/read").json == {}
+    assert Satchel.stats(app)["tampered"] == 0
