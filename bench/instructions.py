@@ -55,8 +55,9 @@ def counted(call: Callable[[], Any], n: int) -> None:
 def main() -> None:
     name, valkey_url, directory, requests = sys.argv[1:5]
     postgres_url = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
+    size = int(sys.argv[6]) if len(sys.argv) > 6 else 2_000  # the session's payload, bytes
     factory = all_backends(valkey_url, Path(directory), postgres_url)[name]
-    holder, fresh = make_clients(factory, 2_000)
+    holder, fresh = make_clients(factory, size)
     for workload in WORKLOADS:
         if name == "bare Flask":
             call: Callable[[], Any] = lambda: holder.get("/bare")  # noqa: E731
@@ -65,7 +66,7 @@ def main() -> None:
         elif workload == "read-modify-write":
             call = lambda: holder.get("/write")  # noqa: E731
         else:
-            call = lambda: fresh.get("/create/2000")  # noqa: E731
+            call = lambda: fresh.get(f"/create/{size}")  # noqa: E731
         counted(call, WARM_UP)
         gc.collect()  # start each pass with the same garbage behind it
         counted(call, int(requests))

@@ -422,8 +422,10 @@ def instructions(
     work: Path,
     requests: int,
     postgres_url: str | None = None,
+    size: int = 2_000,
 ) -> dict[str, dict[str, float]]:
-    """CPU instructions per request, 2 KB session, counted by callgrind (bench/instructions.py).
+    """CPU instructions per request, a ``size``-byte session (2 KB), counted by callgrind
+    (bench/instructions.py).
 
     ``postgres_url``: where the PostgreSQL rows' backends connect, when there are any.
     """
@@ -442,7 +444,7 @@ def instructions(
             command = [
                 *CALLGRIND, f"--callgrind-out-file={out_dir}/cg.{i}.%p",
                 sys.executable, str(ROOT / "bench" / "instructions.py"),
-                name, valkey.url, str(directory), str(requests), postgres_url or "",
+                name, valkey.url, str(directory), str(requests), postgres_url or "", str(size),
             ]  # fmt: skip
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             running.append((i, name, process))

@@ -16,6 +16,14 @@ from base64 import b64decode, b64encode
 
 __all__ = ["from_text", "to_text"]
 
+#: Decoded base64 fields by their text, up to :data:`_DECODED_LIMIT` bytes in all.
+_decoded: dict[str, bytes] = {}
+_decoded_size = 0
+_DECODED_LIMIT = 16 * 1024 * 1024
+#: Shorter texts are decoded every time (faster than hashing them).
+_WORTH_KEEPING = 256
+
+
 
 def to_text(value: bytes) -> str:
     """``value`` as ``=`` and its UTF-8 text, or ``~`` and base64."""
@@ -26,20 +34,22 @@ def to_text(value: bytes) -> str:
     else:
         if "\x00" not in text:
             return "=" + text
-    return "~" + b64encode(value).decode("ascii")
+    text = "~" + b64encode(value).decode("ascii")
+    if len(text) >= _WORTH_KEEPING:
+        _keep(text, value)  # the next read of what was just written finds it decoded
+    return text
 
 
-#: Decoded base64 fields by their text, up to :data:`_DECODED_LIMIT` bytes in all.
-_decoded: dict[str, bytes] = {}
-_decoded_size = 0
-_DECODED_LIMIT = 16 * 1024 * 1024
-#: Shorter texts are decoded every time (faster than hashing them).
-_WORTH_KEEPING = 256
+def _keep(text: str, value: bytes) -> None:
+    global _decoded, _decoded_size
+    if _decoded_size + len(text) + len(value) > _DECODED_LIMIT:
+        _decoded, _decoded_size = {}, 0  # simplest bound: start again
+    _decoded[text] = value
+    _decoded_size += len(text) + len(value)
 
 
 def from_text(text: str) -> bytes:
     """The bytes :func:`to_text` wrote."""
-    global _decoded, _decoded_size
     if text[0] == "=":
         return text[1:].encode("utf-8")
     if len(text) < _WORTH_KEEPING:
@@ -47,8 +57,5 @@ def from_text(text: str) -> bytes:
     found = _decoded.get(text)
     if found is None:
         found = b64decode(text[1:])
-        if _decoded_size + len(text) > _DECODED_LIMIT:
-            _decoded, _decoded_size = {}, 0  # simplest bound: start again
-        _decoded[text] = found
-        _decoded_size += len(text) + len(found)
+        _keep(text, found)
     return found

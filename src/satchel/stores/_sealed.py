@@ -83,6 +83,8 @@ class Sealer:
         self.keys = keys
         self._known: dict[str, _Known] = {}
         self._size = 0
+        #: The clear record last opened from each remembered record.
+        self._opened: dict[str, tuple[_Known, Record]] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -94,15 +96,28 @@ class Sealer:
             self._remember(key, known)
         if known.seal is None:
             return record
+        last = self._opened.get(key)
+        if (
+            last is not None
+            and last[0] is known
+            and last[1].touched_at == record.touched_at
+            and last[1].expires_at == record.expires_at
+            and last[1].created_at == record.created_at
+            and last[1].owner == record.owner
+        ):
+            return last[1]  # the same bytes and times: the same (immutable) clear record
         clear = known.clear
         if clear is None:
             clear = {name: entry[0] for name, entry in known.fields.items() if name != META_NAME}
         # ``clear`` is shared by the records opened from the same bytes: nothing changes a
         # loaded record's fields in place (the lifecycle copies them).
-        return Record(
+        opened = Record(
             clear, record.created_at, record.touched_at, record.expires_at, record.owner,
             known.meta,
         )  # fmt: skip
+        if remember:
+            self._opened[key] = (known, opened)
+        return opened
 
     def known(self, key: str, record: Record) -> _Known:
         """What ``record`` (filed under ``key``) holds, each clear value with its stored
@@ -161,12 +176,14 @@ class Sealer:
     def forget(self, key: str) -> None:
         """Drop what is remembered of ``key``'s record."""
         gone = self._known.pop(key, None)
+        self._opened.pop(key, None)
         if gone is not None:
             self._size -= gone.size
 
     def _remember(self, key: str, known: _Known) -> None:
         if self._size + known.size > _MEMORY_LIMIT or len(self._known) > 200_000:
             self._known = {}  # simplest bound: start again; a miss costs one merge retry
+            self._opened = {}
             self._size = 0
         old = self._known.get(key)
         self._known[key] = known
