@@ -6,7 +6,7 @@ second environment, once, in ``build/oldest``, with each lower bound exactly:
 Flask 3.0.0 (and the blinker 1.6.2 it needs), itsdangerous 2.2.0, click 8.1.3,
 MarkupSafe 2.1.2, redis-py
 5.0.0, whose connection classes and ``send_command`` the Redis store drives,
-Starlette 0.40.0 (with the FastAPI of its day) and Quart 0.19.0. It runs the
+Starlette 0.40.0 (with the FastAPI of its day), Quart 0.19.0 and cryptography 42.0.0. It runs the
 Flask, hardening, config, signals, merge, Flask-Login, migration, ASGI and Quart
 tests there, and the sync and async stores' tests against a real Valkey, so a
 change that needs a newer version fails here, not for a user.
@@ -37,6 +37,7 @@ PINS = [
     "starlette==0.40.0",
     "fastapi==0.115.2",
     "quart==0.19.0",
+    "cryptography==42.0.0",
 ]
 
 
@@ -63,7 +64,7 @@ SELECTED = [
     "tests/test_signals.py", "tests/test_merge.py", "tests/test_flask_login.py",
     "tests/test_migration.py", "tests/stores/test_redis.py", "tests/stores/test_contract.py",
     "tests/stores/test_aio.py", "tests/test_asgi.py", "tests/test_quart.py",
-    "-k", "not postgres and not cluster and not switches",
+    "tests/test_encryption.py", "-k", "not postgres and not cluster and not switches",
 ]  # fmt: skip
 
 
@@ -88,10 +89,11 @@ def test_the_tests_pass_on_the_oldest_dependencies(tmp_path: Path) -> None:
     versions = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; "
          "print(*(m.version(n) for n in "
-         "('flask', 'blinker', 'itsdangerous', 'redis', 'starlette', 'quart')))"],
+         "('flask', 'blinker', 'itsdangerous', 'redis', 'starlette', 'quart',"
+         " 'cryptography')))"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    assert versions == [OLDEST, "1.6.2", "2.2.0", "5.0.0", "0.40.0", "0.19.0"]
+    assert versions == [OLDEST, "1.6.2", "2.2.0", "5.0.0", "0.40.0", "0.19.0", "42.0.0"]
     tail = result.stdout[-3000:] + result.stderr[-2000:]
     assert result.returncode == 0, tail
     summary = result.stdout.splitlines()[-1]

@@ -1007,8 +1007,18 @@ def test_every_adapter_behaves_alike(store: Store, adapter: str, scenario: str) 
     assert seen == EXPECTED[scenario]
 
 
-@pytest.mark.parametrize("scenario", [*SCENARIOS, *CONFIGURED])
-@pytest.mark.parametrize("adapter", ADAPTERS)
+#: Scenarios whose records encryption cannot change, left out of the encrypted half:
+#: nothing is stored (an untouched first visit, hostile cookies), or only the record's
+#: times decide (idle and absolute expiry; the latter is the matrix's one half-second
+#: wait per cell).
+NOT_SEALED = {"first visit, untouched", "hostile cookies", "idle expiry", "absolute expiry"}
+#: The encrypted half's adapters: FastAPI's cells are Starlette's middleware and store
+#: wrapper again (its views take the session by Depends), so they add no sealing path.
+SEALED_ADAPTERS = ["flask", "starlette", "quart"]
+
+
+@pytest.mark.parametrize("scenario", [s for s in [*SCENARIOS, *CONFIGURED] if s not in NOT_SEALED])
+@pytest.mark.parametrize("adapter", SEALED_ADAPTERS)
 def test_every_adapter_behaves_alike_with_encryption_on(
     store: Store, adapter: str, scenario: str
 ) -> None:

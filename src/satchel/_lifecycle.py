@@ -108,8 +108,10 @@ class Lifecycle:
         self.sender = sender
         #: Counts of loads, saves, errors and more, for monitoring.
         self.counters = Counters()
-        for layer in (store, getattr(store, "wrapped", None)):
-            if isinstance(layer, Sealing):  # an encrypted store counts tampered records here
+        # An encrypted store (or one on worker threads) counts tampered records here; the
+        # store is asked nothing (its own attributes are read, not its methods).
+        for layer in (store, vars(store).get("wrapped") if hasattr(store, "__dict__") else None):
+            if isinstance(layer, Sealing):
                 layer.counters = self.counters
         self.signer = signer
         self.settings = settings

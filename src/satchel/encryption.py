@@ -205,10 +205,7 @@ class EncryptionKeys:
         if found is None:
             message = seal + name.encode("utf-8", "surrogatepass")
             found = tuple(
-                "~"
-                + urlsafe_b64encode(_mac(key.names, message, 17)).decode("ascii")[
-                    :22
-                ]
+                "~" + urlsafe_b64encode(_mac(key.names, message, 17)).decode("ascii")[:22]
                 for key in self.keys
             )
             if len(self._names) >= _CACHE_LIMIT * 4:
