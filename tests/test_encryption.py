@@ -530,3 +530,17 @@ def test_the_session_rules_hold_with_encryption_on(
         assert Satchel.revoke_all("user-17", keep_current=False) == 2
     assert devices[1].get("/read").json == {} and devices[2].get("/read").json == {}
     assert Satchel.stats(app)["tampered"] == 0
+
+
+def test_flask_satchel_rekey_is_the_same_command_in_the_apps_context(store: Store) -> None:
+    """``flask satchel rekey`` seals every session under the app's first key."""
+    old = make_app(store, [K1])
+    for _ in range(2):
+        browser(old).get("/fill")
+    rotated = make_app(store, [K2, K1])
+    done = rotated.test_cli_runner().invoke(args=["satchel", "rekey", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["rewritten"] == 2
+    k2 = EncryptionKeys([K2])
+    for key, record in raw_records(store).items():
+        k2.open_seal(record.fields["~s"], key)  # re-tagged under K2 too
