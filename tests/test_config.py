@@ -11,9 +11,14 @@ from flask import Flask
 
 import satchel
 from satchel import ConfigError, Satchel, SatchelError
-from satchel.stores import MemoryStore, SQLiteStore, from_url, register_scheme
+from satchel.stores import MemoryStore, SQLiteStore, Store, from_url, register_scheme
 
 from .conftest import SECRET
+from .support.flask_apps import (
+    client_with,
+    cookie_of,
+    owner_app,
+)
 
 
 def test_public_names() -> None:
@@ -236,3 +241,80 @@ def test_version_is_one_value_everywhere() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"satchel, version {satchel.__version__}"
+
+
+# -- prefixes --------------------------------------------------------------------------
+
+
+def prefixed_apps(store: Store) -> tuple[Flask, Flask]:
+    """Two apps with the same secret on one store, under different prefixes."""
+    apps = []
+    for name in ("shop", "blog"):
+        app = owner_app(store.with_prefix(f"{name}:"), "1")  # type: ignore[attr-defined]
+        apps.append(app)
+    return apps[0], apps[1]
+
+
+def test_apps_with_different_prefixes_never_meet(store: Store) -> None:
+    """one store, two prefixes: no shared session, listing or revocation."""
+    shop, blog = prefixed_apps(store)
+    shop_client, blog_client = shop.test_client(), blog.test_client()
+    shop_client.get("/login")
+    blog_client.get("/login")
+    # The same secret key: the shop's cookie is genuine to the blog, but names nothing there.
+    assert client_with(blog, cookie_of(shop_client)).get("/read").json == {}
+    with blog.app_context():
+        assert len(Satchel.list_sessions("1")) == 1
+        assert Satchel.revoke_all("1", keep_current=False) == 1
+    assert shop_client.get("/read").json == {"seen": True}
+    assert blog_client.get("/read").json == {}
+
+
+def test_key_prefix_setting_and_url_option(tmp_path: Any) -> None:
+    """SATCHEL_KEY_PREFIX and ?prefix= build a namespaced store; conflicts refuse."""
+    from satchel import ConfigError
+
+    url = f"sqlite:///{tmp_path}/s.sqlite3"
+    stores = []
+    for config in (
+        {"SATCHEL_STORE": url, "SATCHEL_KEY_PREFIX": "a:"},
+        {"SATCHEL_STORE": url + "?prefix=a:"},
+        {"SATCHEL_STORE": url + "?prefix=a:", "SATCHEL_KEY_PREFIX": "a:"},
+    ):
+        app = Flask("prefix")
+        app.config.update(SECRET_KEY=SECRET, **config)
+        Satchel(app)
+        stores.append(app.extensions["satchel"].store)
+    assert [s.prefix for s in stores] == ["a:", "a:", "a:"]
+    for config in (
+        {"SATCHEL_STORE": url + "?prefix=b:", "SATCHEL_KEY_PREFIX": "a:"},
+        {"SATCHEL_KEY_PREFIX": 5},
+    ):
+        app = Flask("prefix")
+        app.config.update(SECRET_KEY=SECRET, **config)
+        with pytest.raises(ConfigError):
+            Satchel(app)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"SATCHEL_IDLE_TIMEOUT": float("nan")},
+        {"SATCHEL_ABSOLUTE_TIMEOUT": float("inf")},
+        {"SATCHEL_IDLE_TIMEOUT": -5},
+        {"SATCHEL_IDLE_TIMEOUT": 0},
+        {"PERMANENT_SESSION_LIFETIME": 0},
+        {"SATCHEL_LOCK_LEASE": float("nan")},
+    ],
+)
+def test_non_finite_and_non_positive_durations_are_refused(setting: dict[str, Any]) -> None:
+    """NaN, infinite, negative and zero lifetimes raise ConfigError at init_app."""
+    from satchel import ConfigError
+
+    app = Flask("durations")
+    app.config.update(SECRET_KEY=SECRET, SATCHEL_STORE="memory://", **setting)
+    with pytest.raises(ConfigError, match="positive, finite"):
+        Satchel(app)

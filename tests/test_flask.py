@@ -15,10 +15,11 @@ from flask import Flask, make_response, request, session
 from werkzeug.http import parse_cookie
 
 from satchel import Satchel, current_session
-from satchel.signing import store_key
+from satchel.signing import CookieSigner, store_key
 from satchel.stores import MemoryStore, Store
 
 from .conftest import SECRET, session_id_of, stored_keys
+from .support.flask_apps import client_with, cookie_of, owner_app
 
 AppFactory = Callable[..., Flask]
 
@@ -268,7 +269,7 @@ def test_regenerate_moves_data_to_a_new_id(app: Flask, store: Store) -> None:
 
 def test_planted_unknown_id_is_never_adopted(app: Flask, store: Store) -> None:
     """A validly signed ID with no record behind it is replaced, not used, on first write."""
-    from satchel.signing import CookieSigner, new_id
+    from satchel.signing import new_id
 
     planted = new_id()
     client = app.test_client()
@@ -597,7 +598,6 @@ def test_tampered_and_truncated_cookies_are_rejected(app: Flask, store: Store) -
 
 def test_cookie_signed_with_another_key_is_rejected(app: Flask, store: Store) -> None:
     """A cookie forged with a different secret key is not accepted."""
-    from satchel.signing import CookieSigner
 
     client = app.test_client()
     client.get("/set/a/1")
@@ -755,3 +755,66 @@ def test_current_session_is_typed_and_the_same_object(app: Flask) -> None:
     plain.config["SECRET_KEY"] = SECRET
     with plain.test_request_context(), pytest.raises(ConfigError, match="not a satchel"):
         current_session()
+
+
+# -- regenerate() and the absolute timeout ----------------------------------------------
+
+
+def test_regenerating_does_not_restart_the_absolute_timeout(make_app: AppFactory) -> None:
+    """regenerating every 0.25 s cannot keep a 1 s-absolute session past 1 s."""
+    app = make_app(SATCHEL_ABSOLUTE_TIMEOUT=1)
+
+    @app.get("/login")
+    def login() -> str:
+        session["n"] = session.get("n", 0) + 1
+        current_session().regenerate()
+        return str(session["n"])
+
+    client = app.test_client()
+    started = time.monotonic()
+    counts = []
+    while time.monotonic() - started < 2.0:
+        counts.append(int(client.get("/login").text))
+        time.sleep(0.25)
+    # The count restarts once the first session ended, about a second in.
+    assert 1 in counts[1:]
+    assert max(counts) <= 6
+
+
+# -- Flask parity ---------------------------------------------------------------------------
+
+
+def test_modified_stays_true_after_the_save_that_created_the_session(app_on: Flask) -> None:
+    """Parity: session.modified is still True in teardown after a creating save."""
+    seen: list[bool] = []
+
+    @app_on.get("/create")
+    def create() -> str:
+        session["x"] = 1
+        return "ok"
+
+    @app_on.teardown_request
+    def note(exc: BaseException | None) -> None:
+        seen.append(session.modified)
+
+    app_on.test_client().get("/create")
+    assert seen == [True]
+
+
+def test_secret_key_set_after_init_app_is_used(store: Store) -> None:
+    """Parity: SECRET_KEY and fallbacks changed after init_app take effect at once."""
+    app = owner_app(store, "x")
+    client = app.test_client()
+    client.get("/login")
+    first = cookie_of(client)
+    app.config["SECRET_KEY"] = "another-secret-key-set-later-0123456789abcdef"
+    assert client.get("/read").json == {}  # the old key is not accepted any more
+    app.config["SECRET_KEY_FALLBACKS"] = [SECRET]
+    assert client_with(app, first).get("/read").json == {"seen": True}
+    app.config["SECRET_KEY_FALLBACKS"].clear()  # changed in place
+    assert client_with(app, first).get("/read").json == {}
+
+
+@pytest.fixture
+def app_on(make_app: AppFactory) -> Flask:
+    return make_app()

@@ -15,6 +15,13 @@ from satchel.stores import Store
 from satchel.stores.base import Change, Record
 
 from .conftest import SECRET, session_id_of
+from .support.flask_apps import (
+    change_settings,
+    client_with,
+    logged_in,
+    owner_app,
+    run_together,
+)
 
 THREADS, PER_THREAD = 8, 25
 
@@ -194,3 +201,42 @@ def test_strict_mode_needs_a_locking_store() -> None:
     app.config.update(SECRET_KEY=SECRET, SATCHEL_LOCKING=True)
     with pytest.raises(ConfigError, match="strict mode"):
         Satchel(app, store=NoLocks())  # type: ignore[arg-type]
+
+
+# -- strict mode's lease ---------------------------------------------------------------
+
+
+def test_a_view_outliving_its_lease_cannot_overwrite(store: Store) -> None:
+    """the slow request's lease lapses and another takes the lock: 503, no loss."""
+    app = owner_app(store, "x")
+    change_settings(app, lock_lease=0.3)
+    started, fast_done = threading.Event(), threading.Event()
+
+    @app.get("/slow")
+    @locked
+    def slow() -> str:
+        session["count"] = session.get("count", 0) + 100
+        started.set()
+        # The other request gets the lock only once this one's lease has lapsed; this
+        # view outlives its lease for sure by waiting for that request to finish.
+        assert fast_done.wait(30)
+        return "ok"
+
+    @app.get("/fast")
+    @locked
+    def fast() -> str:
+        session["count"] = session.get("count", 0) + 1
+        return "ok"
+
+    _client, cookie = logged_in(app)
+
+    def second() -> Any:
+        assert started.wait(10)
+        response = client_with(app, cookie).get("/fast")
+        fast_done.set()
+        return response
+
+    slow_r, fast_r = run_together(lambda: client_with(app, cookie).get("/slow"), second)
+    assert fast_r.status_code == 200
+    assert slow_r.status_code == 503 and "another request" in slow_r.text
+    assert client_with(app, cookie).get("/read").json["count"] == 1

@@ -6,11 +6,13 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from flask import Flask, session
+from flask import Flask, jsonify, session
 
-from satchel import Satchel, SessionTooLarge, StoreUnavailable
+from satchel import Satchel, SessionTooLarge
+from satchel.errors import StoreUnavailable
 from satchel.stores import RedisStore, SQLiteStore, Store
 from satchel.stores._tracking import TRUST
 
@@ -158,3 +160,47 @@ def test_too_large_regenerate_keeps_the_old_session(store: Store) -> None:
         client.get("/grow-and-regenerate")
     assert stored_keys(store) == keys
     assert client.get("/read").json == {"small": "1"}
+
+
+# -- the app's error handler on save ----------------------------------------------------
+
+
+class FailingSaves:
+    """A store whose saves fail as a stopped server's would; loads work."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def save(self, key: str, change: Any, *, create: bool) -> Any:
+        raise StoreUnavailable("FailingSaves", "refusing writes")
+
+    def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
+        raise StoreUnavailable("FailingSaves", "refusing writes")
+
+
+def test_a_custom_store_error_handler_answers_save_failures_too(store: Store) -> None:
+    """@app.errorhandler(StoreUnavailable) shapes the answer to a failed save."""
+    app = Flask("handler")
+    app.config.update(SECRET_KEY=SECRET)
+    Satchel(app, store=FailingSaves(store))  # type: ignore[arg-type]
+
+    @app.errorhandler(StoreUnavailable)
+    def unavailable(exc: StoreUnavailable) -> Any:
+        response = jsonify(error="sessions are down", detail=exc.reason)
+        response.status_code = 503
+        response.headers["Retry-After"] = "7"
+        return response
+
+    @app.get("/write")
+    def write() -> str:
+        session["x"] = 1
+        return "written"
+
+    response = app.test_client().get("/write")
+    assert response.status_code == 503
+    assert response.is_json and response.json["error"] == "sessions are down"
+    assert response.headers["Retry-After"] == "7"
+    assert "Set-Cookie" not in response.headers

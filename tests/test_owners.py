@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
 from flask import Flask, session
 
-from satchel import Satchel
+from satchel import Satchel, current_session
 from satchel.stores import RedisStore, Store
 
 from .conftest import SECRET, session_id_of
+from .support.flask_apps import (
+    client_with,
+    logins_race_listings,
+    owner_app,
+)
 
 
 @pytest.fixture
@@ -176,7 +182,6 @@ def test_revoke_all_ends_devices_that_regenerate_throughout(app: Flask) -> None:
     The review that found the old list-then-delete revoke missed a session that moved
     between the two on every store but memory; the count returned must be exact too.
     """
-    import threading
 
     devices = [device(app, "spinner", f"agent {n}") for n in range(3)]
     moving = [threading.Event() for _ in devices]
@@ -212,3 +217,62 @@ def test_revoke_all_ends_devices_that_regenerate_throughout(app: Flask) -> None:
         assert client.get("/whoami").get_json()["user"] is None
     with app.test_request_context():
         assert Satchel.list_sessions("spinner") == []
+
+
+# -- the owner index and concurrent listings -------------------------------------------
+
+
+def test_revoke_all_ends_every_login_made_during_listings(store: Store) -> None:
+    """300 logins of one owner racing listings; revoke_all ends all 300."""
+    app = owner_app(store, "mallory")
+    cookies = logins_race_listings(app, "mallory")
+    assert len(cookies) == 300
+    with app.app_context():
+        assert len(Satchel.list_sessions("mallory")) == 300
+        assert Satchel.revoke_all("mallory", keep_current=False) == 300
+        assert Satchel.list_sessions("mallory") == []
+    survivors = [c for c in cookies if client_with(app, c).get("/read").json != {}]
+    assert survivors == []
+
+
+# -- owners: str or int ----------------------------------------------------------------
+
+
+def test_int_owners_list_and_revoke_on_every_store(store: Store) -> None:
+    """regenerate(owner=1) is found by list_sessions(1) and revoke_all(1)."""
+    app = owner_app(store, "unused")
+
+    @app.get("/login-int")
+    def login_int() -> str:
+        session["x"] = 1
+        current_session().regenerate(owner=1)
+        return "ok"
+
+    client = app.test_client()
+    client.get("/login-int")
+    with app.app_context():
+        assert [i.owner for i in Satchel.list_sessions(1)] == ["1"]
+        assert [i.owner for i in Satchel.list_sessions("1")] == ["1"]
+        assert Satchel.revoke_all(1, keep_current=False) == 1
+    assert client.get("/read").json == {}
+
+
+@pytest.mark.parametrize("bad", [1.5, None, b"1", True, object(), ["1"]])
+def test_owners_of_other_types_raise_type_error(store: Store, bad: Any) -> None:
+    """any owner but a str or an int raises TypeError at the call."""
+    app = owner_app(store, "x")
+
+    @app.get("/bad")
+    def bad_owner() -> str:
+        session["x"] = 1
+        with pytest.raises(TypeError):
+            current_session().regenerate(owner=bad if bad is not None else object())
+        return "ok"
+
+    assert app.test_client().get("/bad").status_code == 200
+    with app.app_context():
+        with pytest.raises(TypeError):
+            Satchel.revoke_all(bad)
+        if bad is not None:
+            with pytest.raises(TypeError):
+                Satchel.list_sessions(bad)

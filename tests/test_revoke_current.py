@@ -9,11 +9,12 @@ Starlette/FastAPI and Quart (issue 22's first difference between adapters).
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
 import pytest
-from flask import Flask
+from flask import Flask, session
 from flask import session as flask_session
 from quart import Quart
 from quart import session as quart_session
@@ -33,6 +34,12 @@ from satchel.stores import MemoryStore, Store
 from satchel.stores.aio import to_async
 
 from .conftest import SECRET, stored_keys
+from .support.flask_apps import (
+    client_with,
+    logged_in,
+    owner_app,
+    run_together,
+)
 
 ORIGIN = "http://testserver"
 
@@ -178,3 +185,40 @@ def test_revoking_my_own_session_ends_it_in_this_request_too(
     else:
         assert "Max-Age=0" in cookie or "expires=Thu, 01 Jan 1970" in cookie.lower()
         assert stored_keys(store) == []
+
+
+# -- regenerate() racing an end ---------------------------------------------------------
+
+
+def test_regenerate_in_flight_does_not_revive_a_cleared_session(store: Store) -> None:
+    """a session cleared while a login regenerates it stays ended."""
+    app = owner_app(store, "eve")
+    loaded, cleared = threading.Event(), threading.Event()
+
+    @app.get("/slow-login")
+    def slow_login() -> str:
+        dict(session)
+        loaded.set()
+        assert cleared.wait(10)
+        current_session().regenerate(owner="eve")
+        return "ok"
+
+    @app.get("/logout")
+    def logout() -> str:
+        session.clear()
+        return "ok"
+
+    _client, cookie = logged_in(app)
+
+    def log_out() -> Any:
+        assert loaded.wait(10)
+        response = client_with(app, cookie).get("/logout")
+        cleared.set()
+        return response
+
+    slow, _ = run_together(lambda: client_with(app, cookie).get("/slow-login"), log_out)
+    assert slow.status_code == 200
+    assert "Max-Age=0" in slow.headers["Set-Cookie"]  # ended: no new session
+    assert stored_keys(store) == []
+    with app.app_context():
+        assert Satchel.list_sessions("eve") == []

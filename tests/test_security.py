@@ -20,6 +20,12 @@ from satchel.signing import CookieSigner
 from satchel.stores import MemoryStore, RedisStore, SQLiteStore, Store
 
 from .conftest import SECRET, session_id_of
+from .support.flask_apps import (
+    client_with,
+    cookie_of,
+    logged_in,
+    owner_app,
+)
 from .valkey import free_port
 
 
@@ -271,3 +277,66 @@ def test_ids_carry_256_random_bits_and_cookies_stay_far_below_4096_bytes() -> No
         assert len(base64.urlsafe_b64decode(session_id + "=")) == 32
     cookie = CookieSigner("k" * 16 + "0123456789abcdefghijkl").sign(new_id())
     assert len("__Host-session=" + cookie) < 200
+
+
+# -- cookies -------------------------------------------------------------------
+
+
+def malleated(cookie: str) -> list[str]:
+    """Cookie strings that decode to the same ID and signature, or nearly."""
+    value, signature = cookie.split(".")
+    variants = [
+        cookie + "=",
+        value + "=." + signature,
+        cookie.replace("-", "+").replace("_", "/"),
+        value + "." + signature[:-1] + chr(ord(signature[-1]) + 1),
+        value[:10] + "!" + value[10:] + "." + signature,
+        value + ".." + signature,
+        " " + cookie,
+    ]
+    return [v for v in variants if v != cookie]
+
+
+def test_only_the_canonical_cookie_text_is_accepted(store: Store) -> None:
+    """other spellings of a genuine cookie are rejected."""
+    app = owner_app(store, "x")
+    _client, cookie = logged_in(app)
+    assert client_with(app, cookie).get("/read").json == {"seen": True}
+    signer = CookieSigner(SECRET)
+    assert signer.unsign(cookie) is not None
+    for variant in malleated(cookie):
+        assert signer.unsign(variant) is None, variant
+
+
+def test_a_bad_cookie_of_the_same_name_does_not_hide_the_genuine_one(store: Store) -> None:
+    """`session=garbage; session=<genuine>` keeps the visitor logged in."""
+    app = owner_app(store, "x")
+    _client, cookie = logged_in(app)
+    plain = app.test_client(use_cookies=False)
+    for header in (f"session=garbage; session={cookie}", f"session={cookie}; session=garbage"):
+        response = plain.get("/read", headers={"Cookie": header})
+        assert response.json == {"seen": True}
+        assert "Set-Cookie" not in response.headers  # the genuine cookie is never expired
+
+
+# -- key rotation -----------------------------------------------------------------------
+
+
+def test_a_cookie_signed_with_a_fallback_key_is_signed_anew_on_use(store: Store) -> None:
+    """after a rotation, an old-key cookie is re-signed with the new key."""
+    old_key, new_key = SECRET, "a-brand-new-secret-key-0123456789-abcdefgh"
+    old_app = owner_app(store, "x")
+    client = old_app.test_client()
+    client.get("/login")
+    old_cookie = cookie_of(client)
+
+    new_app = owner_app(store, "x")
+    new_app.config.update(SECRET_KEY=new_key, SECRET_KEY_FALLBACKS=[old_key])
+    rotated = client_with(new_app, old_cookie)
+    response = rotated.get("/read")
+    assert response.json == {"seen": True}
+    new_cookie = cookie_of(rotated)
+    assert new_cookie != old_cookie
+    assert session_id_of(new_cookie) == session_id_of(old_cookie)
+    assert CookieSigner(new_key).unsign(new_cookie) is not None
+    assert "Set-Cookie" not in rotated.get("/read").headers  # once is enough

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import enum
+import logging
+import time
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import pytest
-from flask import Flask, flash, get_flashed_messages, session
+from flask import Flask, flash, get_flashed_messages, request, session
 from markupsafe import Markup
 
 from satchel import Satchel, SerializationError, _json, serialization
 from satchel.serialization import dumps, loads
+from satchel.signing import store_key
 from satchel.stores import Store
 
-from .conftest import SECRET
+from .conftest import SECRET, session_id_of, stored_keys
+from .support.flask_apps import (
+    cookie_of,
+    owner_app,
+)
 
 SAMPLES: list[Any] = [
     "text",
@@ -263,3 +270,68 @@ def test_str_subclass_keys_are_filed_under_their_text() -> None:
     assert client.get("/set").status_code == 200
     body = client.get("/get").get_json()
     assert body == {"keys": ["str"], "value": {"name": "Ada"}}
+
+
+# -- deep nesting ----------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_deep_nesting_is_refused_at_assignment(store: Store) -> None:
+    """request JSON nested 500-970 deep raises SerializationError; nothing stored."""
+    app = owner_app(store, "x")
+
+    @app.post("/store")
+    def store_json() -> Any:
+        try:
+            session["data"] = request.get_json()
+        except SerializationError as exc:
+            return f"refused: {exc}", 400
+        return "ok"
+
+    @app.get("/store/<int:depth>")
+    def store_deep(depth: int) -> Any:
+        try:
+            session["data"] = nested(depth)
+        except SerializationError as exc:
+            return f"refused: {exc}", 400
+        return "ok"
+
+    client = app.test_client()
+    client.get("/login")
+    body = "[" * 300 + "]" * 300
+    response = client.post("/store", data=body, content_type="application/json")
+    assert response.status_code == 400 and "nested deeper" in response.text
+    for depth in (129, 500, 970):
+        response = client.get(f"/store/{depth}")
+        assert response.status_code == 400 and "nested deeper" in response.text
+    assert client.post("/store", json=nested(100)).status_code == 200
+    assert client.get("/read").status_code == 200
+    assert client.get("/read").json["data"] == nested(100)
+
+
+def test_an_unreadable_record_counts_as_absent(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """a stored value that cannot load ends the session once, never a 500 forever."""
+    from satchel.stores.base import Change
+
+    app = owner_app(store, "x")
+    client = app.test_client()
+    client.get("/login")
+    key = store_key(session_id_of(cookie_of(client)))
+    poison = ("[" * 3000 + "]" * 3000).encode()
+    now = time.time()
+    store.save(key, Change(set={"deep": poison}, touched_at=now, expires_at=now + 60), create=False)
+    with caplog.at_level(logging.WARNING, logger="satchel.security"):
+        response = client.get("/read")
+    assert response.status_code == 200 and response.json == {}
+    assert "Max-Age=0" in response.headers["Set-Cookie"]
+    assert "cannot be read back" in caplog.text
+    assert stored_keys(store) == []
+    assert client.get("/login").status_code == 200  # and the visitor carries on
