@@ -62,7 +62,15 @@ def test(args: list[str]) -> None:
     run(BIN / "ruff", "check", "src", "tests", "bench", "tasks.py")
     run(BIN / "ruff", "format", "--check", "src", "tests", "bench", "tasks.py")
     run(BIN / "mypy", "--strict", "src")
-    run(PYTHON, "-m", "pytest", *args)
+    # Two workers (pytest-xdist): most tests wait on servers, sockets and each other's
+    # requests, so two use a 2-core machine's time better. "-n 0": one process.
+    parallel = [] if any(a.startswith("-n") or a == "--numprocesses" for a in args) else WORKERS
+    run(PYTHON, "-m", "pytest", *parallel, *args)
+
+
+#: How tasks.py test runs pytest unless given "-n N" (tests/conftest.py runs the slow
+#: subprocess work of a whole run in the controlling process, beside the workers).
+WORKERS = ["-n", "2"]
 
 
 def bench(args: list[str]) -> None:

@@ -179,31 +179,26 @@ def true_in_a_forked_child(check: Callable[[], bool]) -> bool:
     return answer == b"y"
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the slow subprocess work of the collected tests that need it (Sphinx, mypy
-    and pyright on the docs, the oldest-dependencies run, fresh installs of the package)
-    on a thread beside the rest of the suite; each of those tests waits for its job's
-    result (tests/support/background.py)."""
+def _background_jobs(wanted: set[str], mktemp: Callable[[str], Path]) -> list[Any]:
+    """The slow subprocess work of the ``wanted`` tests (their node IDs), as jobs."""
     from . import test_docs, test_docs_types, test_oldest_dependencies, test_package
     from .support import background
 
-    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
-    wanted = {item.nodeid.split("[")[0] for item in session.items}
     jobs = []
     if "tests/test_docs.py::test_the_documentation_site_builds_without_a_warning" in wanted:
-        site = factory.mktemp("docs-site") / "html"
+        site = mktemp("docs-site") / "html"
         jobs.append(background.Job("docs-site", lambda: (test_docs.build_site(site), site)))
     if "tests/test_docs_types.py::test_every_example_type_checks_strictly" in wanted:
-        typed = factory.mktemp("docs-mypy")
+        typed = mktemp("docs-mypy")
         jobs.append(background.Job("docs-mypy", lambda: test_docs_types.run_mypy(typed)))
     if "tests/test_docs_types.py::test_every_example_passes_pyright_strict" in wanted:
-        checked = factory.mktemp("docs-pyright")
+        checked = mktemp("docs-pyright")
         jobs.append(background.Job("docs-pyright", lambda: test_docs_types.run_pyright(checked)))
     if (
         "tests/test_oldest_dependencies.py::test_the_tests_pass_on_the_oldest_dependencies"
         in wanted
     ):
-        base = factory.mktemp("oldest-dependencies")
+        base = mktemp("oldest-dependencies")
         jobs.append(
             background.Job(
                 "oldest-dependencies", lambda: test_oldest_dependencies.run_selected(base)
@@ -214,10 +209,56 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         ("fresh-asgi", "test_an_asgi_only_install_has_no_flask", "asgi"),
     ):
         if f"tests/test_package.py::{test}" in wanted:
-            where = factory.mktemp(name)
+            where = mktemp(name)
             target = f"{test_package.ROOT}[{extra}]"
             jobs.append(
                 background.Job(name, lambda w=where, t=target: test_package._fresh(w, "env", t))
             )
+    return jobs
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, in the controlling process, before the workers start: run the
+    background jobs of a whole-suite run here, and tell the workers where their results
+    go (tests/support/background.py). Each worker collects every test, so none of them
+    can tell which of the jobs' tests it will run."""
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    if config.args_source != pytest.Config.ArgsSource.TESTPATHS:
+        return  # some tests chosen: each that needs a job runs it itself
+    from .support import background
+
+    factory: pytest.TempPathFactory = config._tmp_path_factory  # type: ignore[attr-defined]
+    folder = factory.mktemp("background")
+    os.environ[background.SHARED] = str(folder)
+    background.start_shared(_background_jobs(set(BACKGROUND), factory.mktemp), folder)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the slow subprocess work of the collected tests that need it (Sphinx, mypy
+    and pyright on the docs, the oldest-dependencies run, fresh installs of the package)
+    on a thread beside the rest of the suite; each of those tests waits for its job's
+    result (tests/support/background.py). Under pytest-xdist the controlling process
+    runs them instead (pytest_sessionstart)."""
+    from .support import background
+
+    if hasattr(session.config, "workerinput"):
+        return
+    factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    wanted = {item.nodeid.split("[")[0] for item in session.items}
+    jobs = _background_jobs(wanted, factory.mktemp)
     if jobs:
         background.start(jobs)
+
+
+#: The tests whose work runs in the background (see pytest_collection_finish).
+BACKGROUND = (
+    "tests/test_docs.py::test_the_documentation_site_builds_without_a_warning",
+    "tests/test_docs_types.py::test_every_example_type_checks_strictly",
+    "tests/test_docs_types.py::test_every_example_passes_pyright_strict",
+    "tests/test_oldest_dependencies.py::test_the_tests_pass_on_the_oldest_dependencies",
+    "tests/test_package.py::test_the_readme_install_line_works_in_a_fresh_environment",
+    "tests/test_package.py::test_an_asgi_only_install_has_no_flask",
+)

@@ -7,7 +7,7 @@ Flask 3.0.0 (and the blinker 1.6.2 it needs), itsdangerous 2.2.0, click 8.1.3,
 MarkupSafe 2.1.2, redis-py
 5.0.0, whose connection classes and ``send_command`` the Redis store drives,
 Starlette 0.40.0 (with the FastAPI of its day), Quart 0.19.0 and cryptography 42.0.0. It runs the
-Flask, hardening, config, signals, merge, Flask-Login, migration, ASGI and Quart
+Flask, saves, security, locking, config, signals, merge, Flask-Login, migration, ASGI and Quart
 tests there, and the sync and async stores' tests against a real Valkey, so a
 change that needs a newer version fails here, not for a user.
 """
@@ -60,11 +60,12 @@ def oldest_python() -> Path:
 #: The tests run there (not those that need PostgreSQL or a Cluster, nor the
 #: end-to-end switch-overs, which the main run covers).
 SELECTED = [
-    "tests/test_flask.py", "tests/test_hardening.py", "tests/test_config.py",
+    "tests/test_flask.py", "tests/test_saves.py", "tests/test_config.py",
     "tests/test_signals.py", "tests/test_merge.py", "tests/test_flask_login.py",
     "tests/test_migration.py", "tests/stores/test_redis.py", "tests/stores/test_contract.py",
     "tests/stores/test_aio.py", "tests/test_asgi.py", "tests/test_quart.py",
-    "tests/test_encryption.py", "-k", "not postgres and not cluster and not switches",
+    "tests/test_encryption.py", "tests/test_security.py", "tests/test_locking.py",
+    "-k", "not postgres and not cluster and not switches",
 ]  # fmt: skip
 
 
@@ -78,7 +79,9 @@ def run_selected(base: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "--basetemp", str(base / "nested"), *SELECTED],
         cwd=ROOT, capture_output=True, text=True, timeout=1200,
-        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+        # Its servers take ports apart from the outer run's (tests/valkey.py).
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST")},
+             "PYTEST_XDIST_WORKER": "gw3"},
     )  # fmt: skip
     return python, result
 

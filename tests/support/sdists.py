@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import subprocess
 import sys
@@ -17,13 +18,20 @@ def unpacked_sdist(package: str) -> Path:
     version = importlib.metadata.version(package)
     cache = ROOT / "build" / f"{package}-sdist"
     unpacked = cache / f"{package}-{version}"
-    if not (unpacked / "tests").is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--no-binary", ":all:", f"{package}=={version}", "--dest", str(cache)],
-            check=True, timeout=300,
-        )  # fmt: skip
-        with tarfile.open(cache / f"{package}-{version}.tar.gz") as sdist:
-            sdist.extractall(cache, filter="data")
+    cache.mkdir(parents=True, exist_ok=True)
+    # Two pytest-xdist workers may ask at once: one downloads, the other waits for it.
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (unpacked / "tests").is_dir():
+            _download(package, version, cache)
     return unpacked
+
+
+def _download(package: str, version: str, cache: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+         "--no-binary", ":all:", f"{package}=={version}", "--dest", str(cache)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    with tarfile.open(cache / f"{package}-{version}.tar.gz") as sdist:
+        sdist.extractall(cache, filter="data")
