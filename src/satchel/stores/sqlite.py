@@ -104,6 +104,11 @@ def _encode(fields: dict[str, str | None]) -> str:
 
 def _record(row: Sequence[Any]) -> Record | None:
     """A Record from (created, touched, expires, data, owner, meta); None if unreadable."""
+    return _parse(row)[0]
+
+
+def _parse(row: Sequence[Any]) -> tuple[Record | None, dict[str, str]]:
+    """The Record of a row, and its fields as the row holds them (text)."""
     try:
         stored = _json.loads(row[3])
         # from_text(), inline for the common "=" text: one call less per field.
@@ -113,8 +118,8 @@ def _record(row: Sequence[Any]) -> Record | None:
         }
         meta = _json.loads(row[5]) if row[5] and row[5] != "{}" else {}
     except (ValueError, AttributeError, IndexError, TypeError):
-        return None  # not written by this store: treat as missing
-    return Record(fields, row[0], row[1], row[2], row[4], meta)
+        return None, {}  # not written by this store: treat as missing
+    return Record(fields, row[0], row[1], row[2], row[4], meta), stored
 
 
 class SQLiteStore:
@@ -372,10 +377,10 @@ class SQLiteStore:
             row = conn.execute(_LOAD, (name, now)).fetchone()
             if (row is None) is not create:
                 return SaveResult.REFUSED
-            base = None if row is None else _record(row)
+            base, texts = (None, {}) if row is None else _parse(row)
             if moved is not None:
                 old = conn.execute(_LOAD, (moved, now)).fetchone()
-                base = None if old is None else _record(old)
+                base, texts = (None, {}) if old is None else _parse(old)
             if base is None and (moved is not None or not create):
                 return SaveResult.REFUSED  # gone, or unreadable: never written over
             try:
@@ -388,7 +393,17 @@ class SQLiteStore:
                 return SaveResult.DELETED
             if moved is not None:
                 conn.execute(_NOTE_MOVE, (moved, name, now + MOVE_NOTE_SECONDS))
-            data = _encode({field: to_text(value) for field, value in result.fields.items()})
+            # A field the change leaves keeps its stored text (a binary field is not
+            # turned into base64 again on every save).
+            changed = change.set
+            data = _encode(
+                {
+                    field: text
+                    if field not in changed and (text := texts.get(field)) is not None
+                    else to_text(value)
+                    for field, value in result.fields.items()
+                }
+            )
             if create:
                 meta = json.dumps(dict(result.meta), ensure_ascii=False)
                 args: tuple[object, ...] = (
