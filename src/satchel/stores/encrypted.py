@@ -15,12 +15,13 @@ wraps the app's store.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
+from .._steps import drive, drive_async
 from ..encryption import EncryptionKeys
 from ..signals import Counters
-from ._sealed import NotReadable, Sealer, _Known
+from ._sealed import NotReadable, Sealer
 from .base import Change, Record, SaveResult
 
 __all__ = ["AsyncEncryptedStore", "EncryptedStore", "Sealing"]
@@ -83,31 +84,38 @@ class Sealing:
             except NotReadable as error:
                 security_log.warning("session %s is not listed: %s", key[:8], error)
 
-    @staticmethod
-    def _source(change: Change, create: bool, key: str) -> str | None:
-        if create and change.replaces is None:
-            return None
-        return change.replaces if create else key
+    def _save_steps(
+        self, key: str, change: Change, create: bool
+    ) -> Generator[tuple[Any, ...], Any, SaveResult]:
+        """A save, as steps both wrappers drive (``("load", key)``, ``("delete", key)``,
+        ``("save", key, change, create)``): the record it builds on (remembered, or
+        loaded), the change sealed, the store's answer remembered."""
+        base = None
+        if not create or change.replaces is not None:
+            source = change.replaces if create else key
+            assert source is not None
+            base = self.sealer.remembered(source)
+            if base is None:
+                record = yield ("load", source)
+                if record is None:
+                    return SaveResult.REFUSED
+                try:
+                    base = self.sealer.remember(source, record)
+                except NotReadable as error:
+                    if self._unreadable(source, error):
+                        yield ("delete", source)
+                    return SaveResult.REFUSED
+        plan = self.sealer.seal(key, change, create, base)
+        if isinstance(plan, SaveResult):
+            return plan
+        sealed, after = plan
+        result: SaveResult = yield ("save", key, sealed, create)
+        self.sealer.saved(key, change, create, after, result)
+        return result
 
 
 class EncryptedStore(Sealing):
     """A sync store whose records are sealed under ``keys`` (see the module)."""
-
-    def _base(self, source: str | None) -> _Known | SaveResult | None:
-        if source is None:
-            return None
-        base = self.sealer.remembered(source)
-        if base is not None:
-            return base
-        record = self.store.load(source)
-        if record is None:
-            return SaveResult.REFUSED
-        try:
-            return self.sealer.remember(source, record)
-        except NotReadable as error:
-            if self._unreadable(source, error):
-                self.store.delete(source)
-            return SaveResult.REFUSED
 
     def load(self, key: str) -> Record | None:
         record, tampered = self._open(key, self.store.load(key))
@@ -116,16 +124,12 @@ class EncryptedStore(Sealing):
         return record
 
     def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
-        base = self._base(self._source(change, create, key))
-        if isinstance(base, SaveResult):
-            return base
-        plan = self.sealer.seal(key, change, create, base)
-        if isinstance(plan, SaveResult):
-            return plan
-        sealed, after = plan
-        result: SaveResult = self.store.save(key, sealed, create=create)
-        self.sealer.saved(key, change, create, after, result)
-        return result
+        return drive(self._save_steps(key, change, create), self._perform)
+
+    def _perform(self, op: tuple[Any, ...]) -> Any:
+        if op[0] == "save":
+            return self.store.save(op[1], op[2], create=op[3])
+        return getattr(self.store, op[0])(op[1])  # load or delete
 
     def delete(self, key: str) -> None:
         self.sealer.forget(key)
@@ -144,22 +148,6 @@ class AsyncEncryptedStore(Sealing):
     """An async store whose records are sealed under ``keys``: :class:`EncryptedStore`'s
     rules, each store call awaited."""
 
-    async def _base(self, source: str | None) -> _Known | SaveResult | None:
-        if source is None:
-            return None
-        base = self.sealer.remembered(source)
-        if base is not None:
-            return base
-        record = await self.store.load(source)
-        if record is None:
-            return SaveResult.REFUSED
-        try:
-            return self.sealer.remember(source, record)
-        except NotReadable as error:
-            if self._unreadable(source, error):
-                await self.store.delete(source)
-            return SaveResult.REFUSED
-
     async def load(self, key: str) -> Record | None:
         record, tampered = self._open(key, await self.store.load(key))
         if tampered:
@@ -167,16 +155,12 @@ class AsyncEncryptedStore(Sealing):
         return record
 
     async def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
-        base = await self._base(self._source(change, create, key))
-        if isinstance(base, SaveResult):
-            return base
-        plan = self.sealer.seal(key, change, create, base)
-        if isinstance(plan, SaveResult):
-            return plan
-        sealed, after = plan
-        result: SaveResult = await self.store.save(key, sealed, create=create)
-        self.sealer.saved(key, change, create, after, result)
-        return result
+        return await drive_async(self._save_steps(key, change, create), self._perform)
+
+    async def _perform(self, op: tuple[Any, ...]) -> Any:
+        if op[0] == "save":
+            return await self.store.save(op[1], op[2], create=op[3])
+        return await getattr(self.store, op[0])(op[1])  # load or delete
 
     async def delete(self, key: str) -> None:
         self.sealer.forget(key)
