@@ -60,8 +60,6 @@ VERSION = b"\x01"
 _SALT = 16
 _IDENT = 4
 _INDEX = 8
-#: Bytes a sealed value adds to the name and value it holds.
-OVERHEAD = 1 + _IDENT + _SALT + _INDEX + 16 + 4
 _HEAD = 1 + _IDENT + _SALT + _INDEX
 _FIELD_AAD = b"satchel/v1/field\x00"
 _CACHE_LIMIT = 4096
@@ -216,6 +214,7 @@ class EncryptionKeys:
     # -- fields ----------------------------------------------------------------
 
     def _cipher(self, key: _Key, salt: bytes) -> Any:
+        """The AEAD under the key ``key`` derives for ``salt`` (a writer's), kept."""
         found = self._ciphers.get(key.ident + salt)
         if found is None:
             derived = hmac.digest(key.secret, b"satchel/v1/save" + salt, "sha256")
@@ -235,8 +234,8 @@ class EncryptionKeys:
                 if writer is None or writer.pid != os.getpid() or writer.spent():
                     salt = os.urandom(_SALT)
                     key = self.first
-                    derived = hmac.digest(key.secret, b"satchel/v1/save" + salt, "sha256")
-                    writer = FieldCipher(key.ident + salt, self._aead(derived))
+                    # The same derivation (and cached AEAD) that reads these fields back.
+                    writer = FieldCipher(key.ident + salt, self._cipher(key, salt))
                     self._writer = writer
         return writer
 
@@ -286,8 +285,8 @@ class EncryptionKeys:
         return sealed[1 : 1 + _IDENT]
 
     def is_current(self, sealed: bytes) -> bool:
-        """Whether ``sealed`` was sealed under the first key (``rekey`` leaves it)."""
-        return sealed[1 : 1 + _IDENT] == self.first.ident
+        """Whether ``sealed`` (a field or a seal) is under the first key (``rekey`` leaves it)."""
+        return self.ident_of(sealed) == self.first.ident
 
 
 class FieldCipher:

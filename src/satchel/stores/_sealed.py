@@ -1,9 +1,10 @@
 """How a record looks encrypted, and how a change is said in its encrypted names.
 
-A sealed record holds ``~s`` (the format's version and the session's *seal*, 16
-random bytes drawn when it was created and carried to each new ID) and one
-field per session key, named by an HMAC of the seal and the key, holding the
-key and its value encrypted (see :mod:`satchel.encryption`). The record's
+A sealed record holds ``~s`` (the format's version, the session's *seal*, 16
+random bytes drawn when it was created and carried to each new ID, and a tag
+binding the seal to the record's key, rewritten at each move) and one field per
+session key, named by a keyed hash of the seal and the key, holding the key and
+its value encrypted (see :mod:`satchel.encryption`). The record's
 client details (its ``meta``) are one more such field, under a name no session
 key can have. The store sees nothing else: its own ``meta`` is empty.
 
@@ -20,7 +21,6 @@ when another request changed the field. Both wrappers
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -33,7 +33,6 @@ from .base import Change, Record, SaveResult
 
 __all__ = ["META_NAME", "SEAL_FIELD", "NotReadable", "Sealer"]
 
-security_log = logging.getLogger("satchel.security")
 
 #: The field holding the format's version and the session's seal, in clear.
 SEAL_FIELD = "~s"
@@ -323,12 +322,11 @@ class Sealer:
         nothing to do."""
         known = self.known(key, record)
         keys = self.keys
-        current = keys.first.ident
-        stale_seal = known.stored_seal is not None and keys.ident_of(known.stored_seal) != current
+        stale_seal = known.stored_seal is not None and not keys.is_current(known.stored_seal)
         if (
             known.seal is not None
             and not stale_seal
-            and all(keys.ident_of(sealed) == current for _, _, sealed in known.fields.values())
+            and all(keys.is_current(sealed) for _, _, sealed in known.fields.values())
         ):
             return None
         values = {name: entry[0] for name, entry in known.fields.items()}
