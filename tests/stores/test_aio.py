@@ -209,10 +209,16 @@ def test_async_redis_authenticates_and_selects_the_database(own_valkey: ValkeySe
 
 
 def test_pipelined_commands_of_many_coroutines_get_their_own_replies(
-    redis_store: RedisStore,
+    valkey: ValkeyServer,
 ) -> None:
-    """200 coroutines at once on one connection: each reads back exactly its own record."""
-    native = to_async(redis_store)
+    """200 coroutines at once on one connection: each reads back exactly its own record.
+
+    Its subject is which reply goes to whom, not the store's half-second timeouts, which
+    the first connect can outlast on a loaded machine while 200 coroutines start: the
+    store here waits up to 30 s (a CI run on two busy workers timed the connect out)."""
+    redis.Redis.from_url(valkey.url).flushdb()
+    store = RedisStore.from_url(valkey.url, socket_timeout=30, connect_timeout=30)
+    native = to_async(store)
 
     async def check() -> None:
         keys = [f"k{n}" for n in range(200)]
@@ -222,6 +228,7 @@ def test_pipelined_commands_of_many_coroutines_get_their_own_replies(
         await native.close()
 
     asyncio.run(check())
+    store.close()
 
 
 def test_sqlite_calls_that_would_wait_go_to_a_thread_and_the_loop_runs_on(tmp_path: Path) -> None:
