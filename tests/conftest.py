@@ -181,6 +181,8 @@ def true_in_a_forked_child(check: Callable[[], bool]) -> bool:
 
 def _background_jobs(wanted: set[str], mktemp: Callable[[str], Path]) -> list[Any]:
     """The slow subprocess work of the ``wanted`` tests (their node IDs), as jobs."""
+    if not wanted.intersection(BACKGROUND):
+        return []  # nothing to import: a run of a few modules needs no docs or packages
     from . import test_docs, test_docs_types, test_oldest_dependencies, test_package
     from .support import background
 

@@ -17,9 +17,10 @@ import pytest
 
 from satchel._lifecycle import Lifecycle, Outcome, Settings
 from satchel._ops import Acquire, Delete, Load, Op, Release, Save, Sleep, Touch
-from satchel.errors import LockTimeout
+from satchel.errors import LockLost, LockTimeout, StoreUnavailable
 from satchel.serialization import dumps
 from satchel.session import Session
+from satchel.signals import session_created, session_destroyed, session_regenerated
 from satchel.signing import CookieSigner, new_id, store_key
 from satchel.stores.base import Record, SaveResult
 
@@ -211,3 +212,484 @@ def test_a_held_lock_is_released_after_the_save() -> None:
     assert isinstance(op, Save) and op.change.fence == acquire.token
     assert save.send(SaveResult.SAVED) == Release(acquire.key, acquire.token)
     assert save.send(None) is None and session.state.lock_held is None
+
+
+# -- what each save asks of the store, field by field ------------------------------------
+
+
+def signalled(signal: Any) -> list[dict[str, Any]]:
+    """Every send of ``signal`` from now on (its keyword arguments), for the test's life."""
+    received: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        received.append(kwargs)
+
+    signal.connect(receiver, weak=False)
+    received_by.append((signal, receiver))
+    return received
+
+
+received_by: list[tuple[Any, Any]] = []
+
+
+@pytest.fixture(autouse=True)
+def _disconnect() -> Any:
+    yield
+    while received_by:
+        signal, receiver = received_by.pop()
+        signal.disconnect(receiver)
+
+
+@pytest.mark.parametrize("idle,absolute", [(100.0, 5000.0), (5000.0, 100.0)])
+def test_a_create_stores_the_times_owner_and_limit(idle: float, absolute: float) -> None:
+    """A first write's create: both times now, its idle expiry no later than its absolute
+    one, the absolute deadline itself, the size limit; nothing expected or replaced."""
+    life = lifecycle(idle_timeout=idle, absolute_timeout=absolute, max_size=12345)
+    created = signalled(session_created)
+    session = life.open(None)
+    session["a"] = 1
+    before = time.time()
+    run = Steps(life._save_steps(session))
+    op = run.first()
+    after = time.time()
+    assert isinstance(op, Save) and op.create
+    change = op.change
+    assert before <= change.created_at <= after and change.touched_at == change.created_at
+    assert change.expires_at == change.created_at + min(idle, absolute)
+    assert change.ends_by == change.created_at + absolute
+    assert change.max_size == 12345
+    assert change.owner is None and change.replaces is None and change.fence is None
+    assert not change.expect and not change.delete and change.delete_if_only is None
+    assert run.send(SaveResult.SAVED) is None
+    record = session.state.record
+    assert record is not None and record.created_at == change.created_at
+    assert record.expires_at == change.expires_at and dict(record.fields) == dict(change.set)
+    assert created == [{"session": session, "fingerprint": op.key[:8]}]
+    assert life.counters.snapshot()["creates"] == 1
+    assert life.counters.snapshot()["saves"] == 1
+
+
+def test_a_create_whose_id_is_taken_draws_another() -> None:
+    """A create the store refuses (the key exists) is tried again under a new ID."""
+    life = lifecycle()
+    session = life.open(None)
+    session["a"] = 1
+    run = Steps(life._save_steps(session))
+    first = run.first()
+    second = run.send(SaveResult.REFUSED)
+    assert isinstance(first, Save) and isinstance(second, Save) and second.create
+    assert second.key != first.key and second.change == first.change
+    assert run.send(SaveResult.SAVED) is None
+    assert store_key(session.session_id or "") == second.key
+
+
+def test_an_empty_new_session_stores_nothing_and_expires_a_stale_cookie() -> None:
+    """Written then emptied in one request: no store call; a cookie it came with expires."""
+    life = lifecycle()
+    session, _ = opened(life, None)  # a genuine cookie whose record is gone
+    session["a"] = 1
+    del session["a"]
+    run = Steps(life._save_steps(session))
+    assert run.send(None) is None
+    assert run.answer == Outcome(delete_cookie=True) and session.session_id is None
+    fresh = life.open(None)
+    fresh["a"] = 1
+    del fresh["a"]
+    run = Steps(life._save_steps(fresh))
+    assert run.send(None) is None and run.answer == Outcome()
+
+
+@pytest.mark.parametrize("age", [10.0, 86000.0])
+def test_an_update_moves_the_idle_expiry_no_later_than_the_absolute(age: float) -> None:
+    """An update: touched now, the idle expiry from now, capped by the absolute deadline
+    counted from the record's creation; each changed field expects what was loaded."""
+    life = lifecycle(max_size=999)
+    session, key = opened(life, stored({"n": 1, "keep": 2}, age=age))
+    record = session.state.record
+    assert record is not None
+    session["n"] = 2
+    session["new"] = 3
+    before = time.time()
+    run = Steps(life._save_steps(session))
+    op = run.first()
+    assert isinstance(op, Save) and not op.create and op.key == key
+    change = op.change
+    assert before <= change.touched_at <= time.time()
+    assert change.expires_at == min(change.touched_at + 3600.0, record.created_at + 86400.0)
+    assert change.expect == {"n": dumps(1, "n"), "new": None}
+    assert dict(change.set) == {"n": dumps(2, "n"), "new": dumps(3, "new")}
+    assert not change.delete and change.delete_if_only is None
+    assert change.max_size == 999 and change.fence is None and change.replaces is None
+    assert run.send(SaveResult.SAVED) is None
+    assert run.answer == Outcome(alive=True, wrote=True)
+    assert life.counters.snapshot()["saves"] == 1
+
+
+@pytest.mark.parametrize("owner", [None, "ada"])
+def test_a_delete_removes_the_record_when_nothing_is_left_unless_owned(
+    owner: str | None,
+) -> None:
+    """Deleting a key asks the store to remove a record left empty, unless a login owns it
+    (an owned session says who logged in, emptied or not); DELETED ends the session."""
+    from satchel._state import EMPTY_BUT
+
+    life = lifecycle()
+    destroyed = signalled(session_destroyed)
+    session, key = opened(life, stored({"n": 1}, owner=owner))
+    del session["n"]
+    run = Steps(life._save_steps(session))
+    op = run.first()
+    assert isinstance(op, Save) and list(op.change.delete) == ["n"]
+    assert op.change.delete_if_only == (EMPTY_BUT if owner is None else None)
+    assert run.send(SaveResult.DELETED) is None
+    assert run.answer == Outcome(delete_cookie=True) and session.session_id is None
+    assert destroyed == [{"session": session, "fingerprint": key[:8]}]
+    assert life.counters.snapshot()["deletes"] == 1
+
+
+def test_a_move_keeps_the_creation_time_and_ends_the_old_key() -> None:
+    """regenerate(): a create under a new key replacing the old one, with the session's
+    creation time and absolute deadline, the idle expiry capped by it, the owner, and
+    each changed field expecting what was loaded from the old record."""
+    life = lifecycle(idle_timeout=3600.0, absolute_timeout=4000.0, max_size=4321)
+    regenerated = signalled(session_regenerated)
+    session, old = opened(life, stored({"n": 1}, age=1000.0))
+    origin = session.state.record
+    assert origin is not None
+    session["n"] = 2
+    session.regenerate()
+    run = Steps(life._save_steps(session))
+    op = run.first()
+    assert isinstance(op, Save) and op.create and op.key != old
+    change = op.change
+    assert change.replaces == old and change.created_at == origin.created_at
+    assert change.ends_by == origin.created_at + 4000.0
+    assert change.expires_at == min(change.touched_at + 3600.0, change.ends_by)
+    assert change.expires_at == change.ends_by  # 3,000 s left of 4,000: the cap holds
+    assert change.expect == {"n": dumps(1, "n")} and dict(change.set) == {"n": dumps(2, "n")}
+    assert change.owner is None and change.max_size == 4321 and change.fence is None
+    from satchel._state import EMPTY_BUT
+
+    assert change.delete_if_only == EMPTY_BUT
+    assert run.send(SaveResult.SAVED) is None
+    assert run.answer.new_cookie is not None and run.answer.alive
+    assert store_key(life.signer.unsign(run.answer.new_cookie) or "") == op.key
+    record = session.state.record
+    assert record is not None and record.created_at == origin.created_at
+    assert dict(record.fields) == {"n": dumps(2, "n")}
+    assert [r["fingerprint"] for r in regenerated] == [op.key[:8]]
+    assert regenerated[0]["reason"] == session.state.reason
+    counts = life.counters.snapshot()
+    assert counts["saves"] == 1 and counts["deletes"] == 1
+
+
+@pytest.mark.parametrize("result", [SaveResult.REFUSED, SaveResult.DELETED])
+def test_a_move_of_a_session_ended_meanwhile_makes_no_new_one(result: SaveResult) -> None:
+    """The old record is gone (REFUSED) or the move emptied it (DELETED): no new cookie."""
+    life = lifecycle()
+    session, _ = opened(life, stored({"n": 1}))
+    session["n"] = 2
+    session.regenerate()
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Save)
+    assert run.send(result) is None
+    assert run.answer.new_cookie is None and run.answer.delete_cookie
+    assert session.session_id is None
+    assert life.counters.snapshot()["deletes"] == (1 if result == SaveResult.DELETED else 0)
+
+
+def test_a_moved_record_keeps_what_a_merge_made() -> None:
+    """A move that met an overlapping change of its field stores (and remembers) the merge."""
+    life = lifecycle()
+    session, old = opened(life, stored({"cart": ["a"], "other": 1}))
+    session["cart"].append("b")
+    session.regenerate()
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Save)
+    assert run.send(SaveResult.CONFLICT) == Load(old)
+    again = run.send(stored({"cart": ["a", "c"], "other": 1}))
+    assert isinstance(again, Save) and again.change.replaces == old
+    assert run.send(SaveResult.SAVED) is None
+    record = session.state.record
+    assert record is not None
+    assert record.fields["cart"] == dumps(["a", "c", "b"], "cart")
+    assert record.fields["other"] == dumps(1, "other")
+
+
+@pytest.mark.parametrize("idle,due_after", [(100.0, 10.0), (3600.0, 60.0)])
+def test_a_read_only_session_is_touched_once_its_refresh_is_due(
+    idle: float, due_after: float
+) -> None:
+    """The idle expiry moves at most every 60 s and every tenth of the idle window."""
+    life = lifecycle(idle_timeout=idle)
+    for age, due in ((due_after - 2, False), (due_after + 2, True)):
+        session, key = opened(life, stored({"n": 1}, age=age))
+        assert session["n"] == 1
+        run = Steps(life._save_steps(session))
+        op = run.send(None) if not due else run.first()
+        if not due:
+            assert op is None and run.answer == Outcome(alive=True)
+            continue
+        assert isinstance(op, Touch) and op.key == key
+        record = session.state.record
+        assert record is not None
+        assert op.expires_at == min(op.touched_at + idle, record.created_at + 86400.0)
+        assert run.send(True) is None
+        assert run.answer == Outcome(alive=True, refreshed=True)
+    assert life.counters.snapshot()["touches"] == 1
+
+
+def test_a_touch_of_a_session_ended_meanwhile_expires_the_cookie() -> None:
+    life = lifecycle()
+    session, _ = opened(life, stored({"n": 1}, age=600))
+    assert session["n"] == 1
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Touch)
+    assert run.send(False) is None
+    assert run.answer == Outcome(delete_cookie=True) and session.session_id is None
+
+
+def test_an_owned_session_is_touched_on_every_use_under_an_owner_limit() -> None:
+    """With a limit per owner, "least recently seen" needs each use of an owned session
+    recorded; an unowned one still refreshes at most every so often."""
+    from satchel.stores import MemoryStore
+
+    life = Lifecycle(
+        MemoryStore(), CookieSigner(SECRET),
+        Settings(idle_timeout=3600.0, absolute_timeout=86400.0, max_size=1 << 20,
+                 max_sessions_per_owner=3),
+    )  # fmt: skip
+    owned, _ = opened(life, stored({"n": 1}, owner="ada", age=1.0))
+    assert owned["n"] == 1
+    assert isinstance(Steps(life._save_steps(owned)).first(), Touch)
+    unowned, _ = opened(life, stored({"n": 1}, age=1.0))
+    assert unowned["n"] == 1
+    run = Steps(life._save_steps(unowned))
+    assert run.send(None) is None and run.answer == Outcome(alive=True)
+
+
+def test_the_merge_loop_counts_one_merge_spreads_retries_and_gives_up_when_ended() -> None:
+    """CONFLICT after CONFLICT: one merge counted, a short random pause from the third try
+    on, and a record gone meanwhile ends the session instead of recreating it."""
+    life = lifecycle()
+    session, key = opened(life, stored({"cart": ["a"]}))
+    session["cart"].append("b")
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Save)
+    for attempt in range(4):
+        op = run.send(SaveResult.CONFLICT)
+        if attempt >= 2:
+            assert isinstance(op, Sleep) and 0 <= op.seconds <= min(0.001 * attempt, 0.02)
+            op = run.send(None)
+        assert op == Load(key)
+        assert isinstance(run.send(stored({"cart": ["a", str(attempt)]})), Save)
+    assert life.counters.snapshot()["merges"] == 1
+    assert isinstance(run.send(SaveResult.CONFLICT), Sleep)
+    assert run.send(None) == Load(key)
+    assert run.send(None) is None  # the record is gone: no create, no further save
+    assert run.answer == Outcome(delete_cookie=True) and session.session_id is None
+
+
+def test_the_merge_loop_gives_up_after_the_lock_timeout() -> None:
+    """A save that keeps losing the race for ``lock_timeout`` answers LockTimeout."""
+    life = lifecycle(lock_timeout=0.0)
+    session, _ = opened(life, stored({"n": 1}))
+    session["n"] = 2
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Save)
+    with pytest.raises(LockTimeout):
+        run.send(SaveResult.CONFLICT)
+    assert life.counters.snapshot()["merges"] == 1
+
+
+def test_a_fenced_save_raises_lock_lost() -> None:
+    life = lifecycle(locking=True)
+    session = life.open(life.sign(new_id()))
+    run = Steps(life._fill_steps(session))
+    acquire = run.first()
+    assert isinstance(acquire, Acquire)
+    assert isinstance(run.send(True), Load)
+    assert run.send(stored({"n": 1})) is None
+    session["n"] = 2
+    save = Steps(life._save_steps(session))
+    assert isinstance(save.first(), Save)
+    # The lock is released (a no-op on the store's side) before the error leaves.
+    assert save.send(SaveResult.FENCED) == Release(acquire.key, acquire.token)
+    with pytest.raises(LockLost):
+        save.send(None)
+
+
+# -- what a merge replays (satchel._rebase) ----------------------------------------------
+
+
+def conflicted(life: Lifecycle, session: Session, key: str, *stored_now: dict[str, Any]) -> Save:
+    """Save ``session``, answering CONFLICT once per record in ``stored_now`` (each the
+    record stored at that retry); the last save the steps ask for."""
+    run = Steps(life._save_steps(session))
+    op = run.first()
+    for data in stored_now:
+        assert isinstance(op, Save)
+        nxt = run.send(SaveResult.CONFLICT)
+        if isinstance(nxt, Sleep):
+            nxt = run.send(None)
+        assert nxt == Load(key)
+        op = run.send(stored(data))
+    assert isinstance(op, Save)
+    assert run.send(SaveResult.SAVED) is None
+    return op
+
+
+def test_a_new_key_given_a_value_is_the_later_saves_in_a_merge() -> None:
+    """``session["p"] = {...}`` on a key absent at load is a leaf: this save's value, whole."""
+    life = lifecycle()
+    session, key = opened(life, stored({"o": 1}))
+    session["p"] = {"x": 1}
+    op = conflicted(life, session, key, {"o": 1, "p": {"y": 2}})
+    assert dict(op.change.set) == {"p": dumps({"x": 1}, "p")}
+    assert op.change.expect == {"p": dumps({"y": 2}, "p")}
+
+
+def test_a_list_given_anew_is_the_later_saves_in_a_merge() -> None:
+    """``session["cart"] = [...]`` replaces the list: another request's append is not kept,
+    as if the requests had run one after the other in save order."""
+    life = lifecycle()
+    session, key = opened(life, stored({"cart": [1]}))
+    session["cart"] = [5]
+    op = conflicted(life, session, key, {"cart": [1, 2]})
+    assert dict(op.change.set) == {"cart": dumps([5], "cart")}
+
+
+def test_a_first_setdefault_merges_with_another_requests_first_one() -> None:
+    life = lifecycle()
+    session, key = opened(life, stored({"o": 1}))
+    session.setdefault("cart", []).append("a")
+    op = conflicted(life, session, key, {"o": 1, "cart": ["b"]})
+    assert dict(op.change.set) == {"cart": dumps(["b", "a"], "cart")}
+    assert session["cart"] == ["b", "a"]  # the view's session holds the merge too
+
+
+def test_a_field_deleted_meanwhile_keeps_only_this_requests_change() -> None:
+    life = lifecycle()
+    session, key = opened(life, stored({"cart": [1], "o": 1}))
+    session["cart"].append(2)
+    op = conflicted(life, session, key, {"o": 1})
+    assert dict(op.change.set) == {"cart": dumps([2], "cart")}
+    assert op.change.expect == {"cart": None}
+
+
+def test_a_field_that_conflicts_twice_replays_the_requests_own_change_each_time() -> None:
+    """The second merge replays what this request did (append 2), not the first merge."""
+    life = lifecycle()
+    session, key = opened(life, stored({"cart": [1], "n": 0}))
+    session["cart"].append(2)
+    session["n"] = 5
+    op = conflicted(life, session, key, {"cart": [1, 3], "n": 0}, {"cart": [3, 4], "n": 7})
+    assert dict(op.change.set) == {"cart": dumps([3, 4, 2], "cart"), "n": dumps(5, "n")}
+    assert op.change.expect == {"cart": dumps([3, 4], "cart"), "n": dumps(7, "n")}
+    assert session["cart"] == [3, 4, 2] and session["n"] == 5
+
+
+def test_a_field_unchanged_meanwhile_is_saved_as_it_was() -> None:
+    """Only the fields another request changed are merged; the others keep their bytes."""
+    life = lifecycle()
+    session, key = opened(life, stored({"a": [1], "b": [1]}))
+    session["a"].append(2)
+    session["b"].append(2)
+    op = conflicted(life, session, key, {"a": [1], "b": [0, 1]})
+    assert dict(op.change.set) == {"a": dumps([1, 2], "a"), "b": dumps([0, 1, 2], "b")}
+    assert op.change.expect == {"a": dumps([1], "a"), "b": dumps([0, 1], "b")}
+
+
+# -- unreadable records, clear, cookies ---------------------------------------------------
+
+
+def test_an_unreadable_record_is_deleted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A stored value that does not load back: the session counts as ended, its record is
+    deleted, and the security log names the record (its fingerprint) and the error."""
+    life = lifecycle()
+    session_id = new_id()
+    key = store_key(session_id)
+    session = life.open(life.sign(session_id))
+    run = Steps(life._fill_steps(session))
+    assert run.first() == Load(key)
+    broken = Record({"n": b"\xff not json"}, time.time(), time.time(), time.time() + 60, None, {})
+    with caplog.at_level("WARNING", logger="satchel.security"):
+        assert run.send(broken) == Delete(key)
+        assert run.send(None) is None
+    assert dict(session) == {}
+    (line,) = [r for r in caplog.records if r.name == "satchel.security"]
+    assert line.getMessage() == (
+        f"session {key[:8]} holds a value that cannot be read back "
+        "(UnicodeDecodeError); it counts as ended"
+    )
+
+
+def test_an_unreadable_record_the_store_cannot_delete_is_counted_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    life = lifecycle()
+    session_id = new_id()
+    key = store_key(session_id)
+    session = life.open(life.sign(session_id))
+    run = Steps(life._fill_steps(session))
+    run.first()
+    broken = Record({"n": b"\xff"}, time.time(), time.time(), time.time() + 60, None, {})
+    with caplog.at_level("WARNING", logger="satchel.security"):
+        assert run.send(broken) == Delete(key)
+        try:
+            run.steps.throw(StoreUnavailable("the store", "down"))
+        except StopIteration:
+            pass
+        else:
+            raise AssertionError("the steps went on after the failed delete")
+    assert life.counters.snapshot()["store_errors"] == 1
+    assert caplog.records[-1].getMessage() == (
+        f"could not delete the unreadable session {key[:8]}: "
+        "session store the store is unavailable: down"
+    )
+
+
+def test_clear_signals_the_destruction_and_forgets_the_id() -> None:
+    life = lifecycle()
+    destroyed = signalled(session_destroyed)
+    session, key = opened(life, stored({"n": 1}))
+    session.clear()
+    run = Steps(life._save_steps(session))
+    assert run.first() == Delete(key)
+    assert run.send(None) is None
+    assert destroyed == [{"session": session, "fingerprint": key[:8]}]
+    assert session.state.session_id is None and life.counters.snapshot()["deletes"] == 1
+
+
+def test_the_cookie_is_the_one_it_came_in_or_signed_anew() -> None:
+    life = lifecycle()
+    session_id = new_id()
+    cookie = life.sign(session_id) + ""
+    session = life.open(cookie)
+    assert life.cookie_of(session.state) is cookie
+    fresh = life.open(None)
+    fresh.state.session_id = session_id
+    assert life.signer.unsign(life.cookie_of(fresh.state)) == session_id
+
+
+def test_a_login_check_in_the_view_needs_a_driver_only_under_the_refuse_policy() -> None:
+    """No limit, or evict-oldest: nothing to check; refuse: the driver's store call."""
+    for settings in ({}, {"max_sessions_per_owner": 2}):
+        life = Lifecycle(
+            _Listing(), CookieSigner(SECRET),
+            Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20, **settings),
+        )  # fmt: skip
+        assert life.check_login(life.open(None), "ada") is None
+    life = Lifecycle(
+        _Listing(), CookieSigner(SECRET),
+        Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20,
+                 max_sessions_per_owner=2, max_sessions_policy="refuse"),
+    )  # fmt: skip
+    with pytest.raises(NotImplementedError):
+        life.check_login(life.open(None), "ada")
+
+
+class _Listing(NoIO):
+    """A store that can lock and list, as an owner limit needs (and is never called)."""
+
+    records = revoke = NoIO.load

@@ -33,7 +33,7 @@ def rebase(state: State, change: Change, current: Record, patches: dict[str, Pat
             continue
         if name not in patches:
             loaded = state.raw.get(name)
-            mine = loads(values[name]) if name not in state.data else state.data[name]
+            mine = state.data[name]  # a changed field is one the view's session holds
             if loaded is not None:
                 before = loads(loaded)
             elif state.fresh.get(name):  # setdefault(name, []) and friends
