@@ -31,7 +31,9 @@ class NoIO:
     """A store whose every method fails the test: the lifecycle must only yield."""
 
     def __getattr__(self, name: str) -> Any:
-        raise AssertionError(f"the lifecycle called the store's {name}() itself")
+        # What the lifecycle may read about a store (getattr with a default) reads as
+        # absent; anything else it calls fails too, as an attribute the store lacks.
+        raise AttributeError(f"the lifecycle asked the store for {name}")
 
     # The protocols' methods, present so that isinstance checks pass, and refusing.
     def load(self, key: str) -> Any:
@@ -693,3 +695,56 @@ class _Listing(NoIO):
     """A store that can lock and list, as an owner limit needs (and is never called)."""
 
     records = revoke = NoIO.load
+
+
+# -- moves, field by field ----------------------------------------------------------------
+
+
+def test_a_move_in_strict_mode_is_fenced_by_the_old_records_lock_and_carries_deletes() -> None:
+    """regenerate() in strict mode: the move holds the lock it loaded under (a lapsed lease
+    must refuse it), deletes what the view deleted, and its record keeps the new times."""
+    life = lifecycle(locking=True)
+    session_id = new_id()
+    session = life.open(life.sign(session_id))
+    run = Steps(life._fill_steps(session))
+    acquire = run.first()
+    assert isinstance(acquire, Acquire)
+    assert run.send(True) == Load(store_key(session_id))
+    meta = {"user_agent": "Firefox/140"}
+    origin = Record(
+        {"a": dumps(1, "a"), "b": dumps(2, "b")}, time.time() - 50, time.time() - 50,
+        time.time() + 3000, None, meta,
+    )  # fmt: skip
+    assert run.send(origin) is None
+    del session["b"]
+    session.regenerate(owner="ada")
+    save = Steps(life._save_steps(session))
+    op = save.first()
+    assert isinstance(op, Save) and op.create
+    assert op.change.fence == acquire.token and list(op.change.delete) == ["b"]
+    assert op.change.owner == "ada" and op.change.delete_if_only is None  # owned: kept
+    assert op.key not in {store_key(i) for i in life.signer.renewed_ids(session_id)}
+    assert save.send(SaveResult.SAVED) == Release(acquire.key, acquire.token)
+    assert save.send(None) is None
+    record = session.state.record
+    assert record is not None
+    assert (record.touched_at, record.expires_at) == (op.change.touched_at, op.change.expires_at)
+    assert record.owner == "ada" and record.meta == dict(op.change.meta)
+    assert record.created_at == origin.created_at and dict(record.fields) == {"a": dumps(1, "a")}
+
+
+def test_a_read_only_session_renewed_meanwhile_joins_the_renewal() -> None:
+    """Its touch finds the record gone, because another request renewed the ID: within the
+    grace this request joins the renewed session (its cookie is sent) instead of ending."""
+    life = lifecycle(renewal_interval=3600.0, renewal_grace=10.0)
+    session, key = opened(life, stored({"n": 1}, age=600))
+    old_id = session.session_id
+    assert old_id is not None and session["n"] == 1
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Touch)
+    renewed = life.signer.renewed_ids(old_id)[0]
+    assert run.send(False) == Load(store_key(renewed))
+    assert run.send(stored({"n": 1})) is None
+    assert run.answer.alive and run.answer.new_cookie is not None
+    assert life.signer.unsign(run.answer.new_cookie) == renewed
+    assert session.session_id == renewed and key != store_key(renewed)

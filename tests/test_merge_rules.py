@@ -56,6 +56,8 @@ from satchel._merge import (
 def test_same_means_equal_with_the_same_types_all_the_way_down(a: Any, b: Any, same: bool) -> None:
     assert _same(a, b) is same and _same(b, a) is same
     assert (_canon(a) == _canon(b)) is same  # the hashable stand-ins agree
+    # Equal values that are distinct objects (small ints and short strings are shared).
+    assert _same("ab" * 40, "".join(["ab"] * 40)) and _same(10.0**300, float("1e300"))
 
 
 def test_a_canon_is_hashable_and_tells_apart_what_does_not_hash() -> None:
@@ -100,6 +102,11 @@ def test_diff_names_exactly_what_changed(old: Any, new: Any, change: tuple[Any, 
     assert without_values(found) == without_values(change)
     if found[0] == "dict":
         assert found[2] is new
+
+
+def test_a_nested_dict_removed_meanwhile_gets_only_the_keys_this_request_set() -> None:
+    change = diff({"p": {"a": 1, "b": 2}}, {"p": {"a": 1, "b": 3}})
+    assert patch({"x": 1}, change) == {"x": 1, "p": {"b": 3}}
 
 
 def test_patch_of_a_type_changed_meanwhile_or_gone_takes_this_requests_value() -> None:
@@ -173,6 +180,8 @@ def test_lcs_opcodes_keep_a_longest_common_subsequence(old: list[int], new: list
         ([1], [], [("delete", 0, 1, 0, 0)]),
         ([1, 2], [1, 2], [("equal", 0, 2, 0, 2)]),
         ([5, 1], [6, 1], [("replace", 0, 1, 0, 1), ("equal", 1, 2, 1, 2)]),
+        # Two ways to keep one item: the old list's later item, at the new list's start.
+        ([1, 2], [2, 1], [("delete", 0, 1, 0, 0), ("equal", 1, 2, 0, 1), ("insert", 2, 2, 1, 2)]),
     ],
 )
 def test_lcs_opcodes_exactly(old: list[int], new: list[int], ops: list[Any]) -> None:
@@ -186,6 +195,18 @@ def test_a_change_at_the_end_reads_as_a_removal_then_an_append() -> None:
         ("insert", 2, 2, 1, 2),
     ]
     assert _opcodes([5, 1], [6, 1])[0] == ("replace", 0, 1, 0, 1)  # not at the end: kept
+
+
+def test_the_faster_matcher_keeps_common_items_however_often_they_occur() -> None:
+    """difflib's "autojunk" would skip items frequent in a long list (here every 0),
+    reading one changed item as a change of the whole tail."""
+    old = [0] * 100 + [1] + [0] * 100
+    new = [0] * 100 + [2] + [0] * 100
+    assert _opcodes(old, new) == [
+        ("equal", 0, 100, 0, 100),
+        ("replace", 100, 101, 100, 101),
+        ("equal", 101, 201, 101, 201),
+    ]
 
 
 def test_long_lists_are_compared_by_the_faster_matcher_and_still_rebuild() -> None:
@@ -205,6 +226,7 @@ def test_long_lists_are_compared_by_the_faster_matcher_and_still_rebuild() -> No
         (("insert", 2, 2, 0, 1), ("delete", 1, 3, 0, 0), True),  # inside a removal
         (("insert", 1, 1, 0, 1), ("delete", 1, 3, 0, 0), False),  # at its edge
         (("insert", 3, 3, 0, 1), ("delete", 1, 3, 0, 0), False),
+        (("delete", 1, 3, 0, 0), ("insert", 1, 1, 0, 1), False),
         (("delete", 1, 3, 0, 0), ("insert", 2, 2, 0, 1), True),
         (("delete", 1, 3, 0, 0), ("insert", 3, 3, 0, 1), False),
         (("delete", 1, 3, 0, 0), ("delete", 2, 4, 0, 0), True),
@@ -222,6 +244,7 @@ def test_overlap_is_a_shared_part_or_one_place(a: Any, b: Any, overlap: bool) ->
     [
         ([3, 1, 2], [1, 2, 3], [3, 1, 2, 0], [0, 1, 2, 3]),  # sort()
         ([3, 1, 2], [3, 2, 1], [3, 1, 2, 0], [3, 2, 1, 0]),  # sort(reverse=True)
+        ([3, 1, 2], [3, 2, 1], [3, 1, 2, 5], [5, 3, 2, 1]),  # ... not another reorder
         ([1, 3, 2], [2, 3, 1], [1, 3, 2, 9], [9, 2, 3, 1]),  # reverse()
         ([1, 2, 3], [3, 2, 1], [1, 2, 3, 9], [9, 3, 2, 1]),  # reverse() = sort(reverse=True)
         ([1, "a", 2], [2, "a", 1], [1, "a", 2, 5], [5, 2, "a", 1]),  # no order: reverse()
@@ -229,6 +252,7 @@ def test_overlap_is_a_shared_part_or_one_place(a: Any, b: Any, overlap: bool) ->
         ([1, 2, 3], [2, 3, 1], [1, 2, 3, 4], [2, 3, 1, 4]),  # by a key: new items after
         ([1, 2, 2, 3], [2, 3, 1, 2], [1, 2, 3], [2, 3, 1]),  # a removed duplicate stays gone
         ([1, 2, 2, 3], [2, 3, 1, 2], [2, 1, 2, 3, 2], [2, 3, 1, 2, 2]),
+        ([1, 2, 3], [2, 3, 1], [1, 3], [3, 1]),  # an item the other removed stays gone
         ([1, 2], [1, 3], [1, 2], None),  # not the same items
         ([1, 2, 2], [2, 1, 1], [1, 2, 2], None),  # the same values, other counts
         ([1, 1.0, 2], [1.0, 2, 1], [1, 1.0, 2, 3], [1.0, 2, 1, 3]),  # 1, 1.0: two items
@@ -266,6 +290,10 @@ def test_reordered_replays_the_reorder_onto_the_list_stored_now(
         ([1, 2, 3, 4], [1, 8, 3, 4], [1, 9, 3, 4], [1, 8, 3, 4]),  # both set it: this save
         ([1, 2, 3, 4], [1, 8, 9, 4], [1, 7, 3, 4], [1, 8, 9, 4]),
         ([1, 2, 3], [1, 2, 3, 5], [1, 2, 3, 5], [1, 2, 3, 5, 5]),  # two appends: both kept
+        ([1, 2, 3], [1, 9, 3], [3, 2, 1], [3, 9, 1]),  # an item set, after a reverse
+        # One part changed by both: the later save's version of all of it, kept items too.
+        ([1, 2, 3, 4, 5, 6], [1, "A", 3, 4, 5, 6], [1, "B", 4, 5, 6], [1, "A", 3, 4, 5, 6]),
+        ([1, 2, 3, 4, 5, 6], [1, 2, "A", 4, 5, 6], [1, "B", 4, 5, 6], [1, 2, "A", 4, 5, 6]),
     ],
 )
 def test_merge_list_follows_the_rules(

@@ -26,8 +26,9 @@ from satchel import Satchel
 from satchel.errors import ConfigError
 from satchel.flask import current_session
 from satchel.signals import session_migrated
-from satchel.signing import CookieSigner
+from satchel.signing import CookieSigner, store_key
 from satchel.stores import MemoryStore, Store
+from satchel.stores.base import LockingStore
 
 from .conftest import SECRET, stored_keys
 from .support.old_sessions import TYPED, cookie_after_set, cookie_session
@@ -335,7 +336,22 @@ def test_the_session_migrated_signal(store: Store) -> None:
 
 
 def test_strict_mode_imports_too(store: Store) -> None:
+    """In strict mode the imported session's lock is held through the view, as a load's
+    would be: another request of it (another token) cannot take it meanwhile."""
     app = satchel_app(store, SATCHEL_LOCKING=True)
+
+    @app.get("/lock-taken")
+    def lock_taken() -> str:
+        assert session["name"] == "Bob"  # the first use imports the old session
+        session_id = current_session().session_id
+        assert session_id is not None
+        assert isinstance(store, LockingStore)
+        taken = store.acquire(store_key(session_id), "another request", 5.0)
+        app.extensions["seen"].append({"taken": taken})
+        return "ok"
+
+    seen, imported = visit(app, cookie_session(data={"name": "Bob"}), "/lock-taken")
+    assert seen == {"taken": False} and imported is not None
     seen, new = visit(app, cookie_session(), "/mark/x")
     assert new is not None
     seen, _ = visit(app, new)

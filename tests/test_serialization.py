@@ -335,3 +335,16 @@ def test_an_unreadable_record_counts_as_absent(
     assert "cannot be read back" in caplog.text
     assert stored_keys(store) == []
     assert client.get("/login").status_code == 200  # and the visitor carries on
+
+
+def test_a_value_nested_too_deep_is_refused_naming_its_key_and_type() -> None:
+    from satchel.serialization import MAX_DEPTH
+
+    dumps(nested(MAX_DEPTH - 1), "fine")
+    with pytest.raises(SerializationError) as caught:
+        dumps(nested(MAX_DEPTH + 5), "draft")
+    assert caught.value.key == "draft" and caught.value.value_type is list
+    assert str(caught.value) == (
+        f"cannot store session['draft']: it is nested deeper than {MAX_DEPTH} levels, "
+        "which could not be read back"
+    )

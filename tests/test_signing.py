@@ -58,6 +58,9 @@ def test_a_renewed_id_is_a_mac_of_the_old_one_under_each_key_newest_first() -> N
     signer = CookieSigner(NEW, fallbacks=[OLD])
     assert signer.renewed_ids(session_id) == [renewal(NEW, session_id), renewal(OLD, session_id)]
     assert CookieSigner(NEW).renewed_ids(session_id) == [renewal(NEW, session_id)]
+    for _ in range(500):  # every ending of the text, "X" and "=" look-alikes among them
+        other = new_id()
+        assert CookieSigner(NEW).renewed_ids(other) == [renewal(NEW, other)]
     (renewed,) = CookieSigner(NEW).renewed_ids(session_id)
     assert len(renewed) == 43 and signer.unsign(signer.sign(renewed)) == renewed
 

@@ -254,9 +254,11 @@ def merge_list(old: list[Any], mine: list[Any], current: list[Any]) -> list[Any]
                     if _same(item, gone):
                         del edited[n]
                         break
-        for tag, i1, _i2, j1, j2 in steps:
+        for tag, _i1, _i2, j1, j2 in steps:
             if tag in ("insert", "replace"):
-                where = len(edited) if i1 == len(old) else min(j1, len(edited))
+                # Each old item is still there, in the other order, until removed above:
+                # so an append's place (j1) is the end of the list edited so far.
+                where = min(j1, len(edited))
                 edited[where:where] = mine[j1:j2]
         return edited
     ours = _opcodes(k_old, k_mine)
