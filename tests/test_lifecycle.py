@@ -17,10 +17,15 @@ import pytest
 
 from satchel._lifecycle import Lifecycle, Outcome, Settings
 from satchel._ops import Acquire, Delete, Load, Op, Release, Save, Sleep, Touch
-from satchel.errors import LockLost, LockTimeout, StoreUnavailable
+from satchel.errors import ConfigError, LockLost, LockTimeout, StoreUnavailable
 from satchel.serialization import dumps
 from satchel.session import Session
-from satchel.signals import session_created, session_destroyed, session_regenerated
+from satchel.signals import (
+    session_created,
+    session_destroyed,
+    session_expired,
+    session_regenerated,
+)
 from satchel.signing import CookieSigner, new_id, store_key
 from satchel.stores.base import Record, SaveResult
 
@@ -188,7 +193,7 @@ def test_strict_mode_waits_for_the_lock_then_times_out() -> None:
     op = run.first()
     assert isinstance(op, Acquire)
     waits = 0
-    with pytest.raises(LockTimeout):
+    with pytest.raises(LockTimeout) as caught:
         while True:
             nxt = run.send(False)
             if isinstance(nxt, Sleep):
@@ -196,6 +201,7 @@ def test_strict_mode_waits_for_the_lock_then_times_out() -> None:
                 time.sleep(nxt.seconds)
                 assert isinstance(run.send(None), Acquire)
     assert waits >= 1 and life.counters.snapshot()["lock_waits"] == 1
+    assert caught.value.store == repr(life.store)
 
 
 def test_a_held_lock_is_released_after_the_save() -> None:
@@ -225,6 +231,7 @@ def signalled(signal: Any) -> list[dict[str, Any]]:
 
     def receiver(sender: Any, **kwargs: Any) -> None:
         received.append(kwargs)
+        senders.append(sender)
 
     signal.connect(receiver, weak=False)
     received_by.append((signal, receiver))
@@ -232,6 +239,8 @@ def signalled(signal: Any) -> list[dict[str, Any]]:
 
 
 received_by: list[tuple[Any, Any]] = []
+#: Who sent each signal the receivers above received, in order.
+senders: list[Any] = []
 
 
 @pytest.fixture(autouse=True)
@@ -240,6 +249,7 @@ def _disconnect() -> Any:
     while received_by:
         signal, receiver = received_by.pop()
         signal.disconnect(receiver)
+    senders.clear()
 
 
 @pytest.mark.parametrize("idle,absolute", [(100.0, 5000.0), (5000.0, 100.0)])
@@ -748,3 +758,169 @@ def test_a_read_only_session_renewed_meanwhile_joins_the_renewal() -> None:
     assert run.answer.alive and run.answer.new_cookie is not None
     assert life.signer.unsign(run.answer.new_cookie) == renewed
     assert session.session_id == renewed and key != store_key(renewed)
+
+
+# -- signals, errors and what a save leaves behind ---------------------------------------
+
+
+def test_session_expired_is_sent_for_a_genuine_cookie_whose_record_is_gone() -> None:
+    life = lifecycle()
+    expired = signalled(session_expired)
+    opened(life, stored({"n": 1}))
+    assert expired == []
+    session, key = opened(life, None)
+    assert expired == [{"session": session, "fingerprint": key[:8]}]
+    assert life.counters.snapshot()["loads"] == 2
+
+
+def test_signals_come_from_the_lifecycles_sender_with_the_session() -> None:
+    """Created, regenerated, destroyed (emptied, cleared) and expired: each sent by the
+    lifecycle's sender (the Flask app) with the session and its record's fingerprint."""
+    sender = object()
+    life = Lifecycle(
+        NoIO(), CookieSigner(SECRET),
+        Settings(idle_timeout=3600.0, absolute_timeout=86400.0, max_size=1 << 20),
+        sender=sender,
+    )  # fmt: skip
+    got = {
+        name: signalled(signal)
+        for name, signal in (
+            ("created", session_created),
+            ("regenerated", session_regenerated),
+            ("destroyed", session_destroyed),
+            ("expired", session_expired),
+        )
+    }
+    fresh = life.open(None)
+    fresh["n"] = 1
+    run = Steps(life._save_steps(fresh))
+    created = run.first()
+    assert isinstance(created, Save) and run.send(SaveResult.SAVED) is None
+    moved, _ = opened(life, stored({"n": 1}))
+    moved.regenerate()
+    run = Steps(life._save_steps(moved))
+    move = run.first()
+    assert isinstance(move, Save) and run.send(SaveResult.SAVED) is None
+    emptied, emptied_key = opened(life, stored({"n": 1}))
+    del emptied["n"]
+    run = Steps(life._save_steps(emptied))
+    run.first()
+    assert run.send(SaveResult.DELETED) is None
+    cleared, cleared_key = opened(life, stored({"n": 1}))
+    cleared.clear()
+    run = Steps(life._save_steps(cleared))
+    run.first()
+    assert run.send(None) is None
+    gone, gone_key = opened(life, None)
+    assert got["created"] == [{"session": fresh, "fingerprint": created.key[:8]}]
+    assert got["regenerated"] == [
+        {"session": moved, "fingerprint": move.key[:8], "reason": "manual"}
+    ]
+    assert got["destroyed"] == [
+        {"session": emptied, "fingerprint": emptied_key[:8]},
+        {"session": cleared, "fingerprint": cleared_key[:8]},
+    ]
+    assert got["expired"] == [{"session": gone, "fingerprint": gone_key[:8]}]
+    assert senders == [sender] * 5
+
+
+def test_strict_mode_refuses_a_store_that_says_it_cannot_lock() -> None:
+    class CannotLock(NoIO):
+        can_lock = False
+
+    with pytest.raises(ConfigError, match="strict mode needs a store that can lock"):
+        Lifecycle(
+            CannotLock(), CookieSigner(SECRET),
+            Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20, locking=True),
+        )  # fmt: skip
+
+
+def test_each_lock_is_taken_with_a_fresh_128_bit_token() -> None:
+    life = lifecycle(locking=True)
+    tokens = set()
+    for _ in range(3):
+        acquire = Steps(life._fill_steps(life.open(life.sign(new_id())))).first()
+        assert isinstance(acquire, Acquire) and acquire.lease == 30.0
+        assert len(acquire.token) == 32 and int(acquire.token, 16) >= 0
+        tokens.add(acquire.token)
+    assert len(tokens) == 3
+
+
+def test_lock_errors_name_the_store_and_how_long_they_took() -> None:
+    life = lifecycle(locking=True)
+    started = time.monotonic()
+    session = life.open(life.sign(new_id()))
+    run = Steps(life._fill_steps(session))
+    assert isinstance(run.first(), Acquire)
+    assert isinstance(run.send(True), Load)
+    assert run.send(stored({"n": 1})) is None
+    session["n"] = 2
+    save = Steps(life._save_steps(session))
+    save.first()
+    save.send(SaveResult.FENCED)  # the release
+    with pytest.raises(LockLost) as lost:
+        save.send(None)
+    assert lost.value.store == repr(life.store)
+    assert 0 <= lost.value.waited <= time.monotonic() - started
+    life = lifecycle(lock_timeout=0.0)
+    session, _ = opened(life, stored({"n": 1}))
+    session["n"] = 2
+    save = Steps(life._save_steps(session))
+    save.first()
+    started = time.monotonic()
+    with pytest.raises(LockTimeout) as timed_out:
+        save.send(SaveResult.CONFLICT)
+    assert timed_out.value.store == repr(life.store)
+    assert 0 <= timed_out.value.waited <= time.monotonic() - started
+
+
+def test_the_merge_loops_pauses_grow_with_the_attempts_up_to_20_ms() -> None:
+    life = lifecycle(lock_timeout=60.0)
+    session, key = opened(life, stored({"cart": ["a"]}))
+    session["cart"].append("b")
+    run = Steps(life._save_steps(session))
+    run.first()
+    pauses: list[tuple[int, float]] = []
+    for attempt in range(60):
+        op = run.send(SaveResult.CONFLICT)
+        if isinstance(op, Sleep):
+            pauses.append((attempt, op.seconds))
+            op = run.send(None)
+        assert op == Load(key)
+        run.send(stored({"cart": ["a", str(attempt)]}))
+    assert [attempt for attempt, _ in pauses] == list(range(2, 60))
+    assert all(0 <= pause <= min(0.001 * attempt, 0.02) for attempt, pause in pauses)
+    assert max(pause for attempt, pause in pauses if attempt >= 30) > 0.001  # not shrinking
+
+
+def test_a_read_only_session_touched_under_renewal_asks_nothing_more() -> None:
+    life = lifecycle(renewal_interval=3600.0)
+    session, _ = opened(life, stored({"n": 1}, age=600))
+    assert session["n"] == 1
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Touch)
+    assert run.send(True) is None and run.answer == Outcome(alive=True, refreshed=True)
+
+
+def test_a_saved_session_stays_modified_and_an_ended_one_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After the save ``modified`` stays true, as Flask's session's does: for an update,
+    and for a session the save emptied at the store; one ended meanwhile is logged."""
+    life = lifecycle()
+    for result in (SaveResult.SAVED, SaveResult.DELETED):
+        session, _ = opened(life, stored({"n": 1}))
+        del session["n"]
+        run = Steps(life._save_steps(session))
+        run.first()
+        assert run.send(result) is None
+        assert session.modified is True
+    session, _ = opened(life, stored({"n": 1}))
+    session["n"] = 2
+    run = Steps(life._save_steps(session))
+    run.first()
+    with caplog.at_level("INFO", logger="satchel.security"):
+        assert run.send(SaveResult.REFUSED) is None
+    assert [r.getMessage() for r in caplog.records if r.name == "satchel.security"] == [
+        "session ended while a request was using it; its changes were dropped"
+    ]

@@ -287,6 +287,7 @@ def test_reordered_replays_the_reorder_onto_the_list_stored_now(
         ([1, 2, 3, 4], [1, 3, 4], [1, 4], [1, 4]),
         ([1, 2, 3, 4], [1, 4], [1, 2, 7, 3, 4], [1, 7, 4]),  # removed here, added there
         ([1, 2, 3, 4], [1, 2, 7, 3, 4], [1, 4], [1, 7, 4]),  # added here, removed there
+        ([0, 3], [1, 3], [3], [1, 3]),  # replaced here, removed there: the new item stays
         ([1, 2, 3, 4], [1, 8, 3, 4], [1, 9, 3, 4], [1, 8, 3, 4]),  # both set it: this save
         ([1, 2, 3, 4], [1, 8, 9, 4], [1, 7, 3, 4], [1, 8, 9, 4]),
         ([1, 2, 3], [1, 2, 3, 5], [1, 2, 3, 5], [1, 2, 3, 5, 5]),  # two appends: both kept

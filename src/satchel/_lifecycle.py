@@ -579,7 +579,6 @@ class Lifecycle:
             key = store_key(session.state.session_id)
             session_destroyed.send(self.sender, session=session, fingerprint=key[:8])
             session.state.ended()
-            session.state.wrote = True
             return Outcome(delete_cookie=True)
         if not result:
             # Cleared, revoked or expired by another request meanwhile: the
@@ -589,7 +588,6 @@ class Lifecycle:
             )
             session.state.ended()
             return Outcome(delete_cookie=True)
-        session.state.wrote = session.state.wrote or bool(
-            session.state.touched or session.state.deleted
-        )
+        # ``modified`` stays true after the save: what the request set or deleted stays
+        # recorded until a new ID clears it (State.born, which sets ``wrote`` instead).
         return self._alive(session)
