@@ -17,7 +17,13 @@ import pytest
 
 from satchel._lifecycle import Lifecycle, Outcome, Settings
 from satchel._ops import Acquire, Delete, Load, Op, Release, Save, Sleep, Touch
-from satchel.errors import ConfigError, LockLost, LockTimeout, StoreUnavailable
+from satchel.errors import (
+    ConfigError,
+    LockLost,
+    LockTimeout,
+    SessionTooLarge,
+    StoreUnavailable,
+)
 from satchel.serialization import dumps
 from satchel.session import Session
 from satchel.signals import (
@@ -924,3 +930,118 @@ def test_a_saved_session_stays_modified_and_an_ended_one_is_logged(
     assert [r.getMessage() for r in caplog.records if r.name == "satchel.security"] == [
         "session ended while a request was using it; its changes were dropped"
     ]
+
+
+# -- the size limit, rejected cookies, renewal and resigning -----------------------------
+
+
+def test_the_size_limit_counts_what_the_session_will_hold_exactly() -> None:
+    """Names' UTF-8 bytes plus values' bytes of every key the session keeps: at the limit
+    it saves, one byte over it raises SessionTooLarge before any store call; a deleted
+    key no longer counts, and a session over a lowered limit may still shrink."""
+    keep, big = dumps("k" * 50, "keep"), dumps("v" * 100, "big")
+    for extra, too_large in ((0, False), (1, True)):
+        limit = len("keep") + len(keep) + len("big") + len(big) - extra
+        life = lifecycle(max_size=limit)
+        session, _ = opened(life, stored({"keep": "k" * 50, "gone": "g" * 5}))
+        del session["gone"]
+        session["big"] = "v" * 100
+        run = Steps(life._save_steps(session))
+        if too_large:
+            with pytest.raises(SessionTooLarge) as caught:
+                run.first()
+            assert (caught.value.size, caught.value.limit) == (limit + 1, limit)
+        else:
+            op = run.first()
+            assert isinstance(op, Save) and op.change.max_size == limit
+    life = lifecycle(max_size=10)
+    session, _ = opened(life, stored({"a": "x" * 200, "b": "y" * 10}))
+    session["a"] = "x" * 100  # still over the limit, but smaller than it was
+    assert isinstance(Steps(life._save_steps(session)).first(), Save)
+
+
+def test_a_rejected_cookie_is_logged_by_length_counted_and_signalled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from satchel.signals import cookie_rejected
+
+    sender = object()
+    life = Lifecycle(
+        NoIO(), CookieSigner(SECRET),
+        Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20),
+        sender=sender,
+    )  # fmt: skip
+    rejected = signalled(cookie_rejected)
+    forged = CookieSigner("another key of thirty-two bytes or more!!").sign(new_id())
+    with caplog.at_level("WARNING", logger="satchel.security"):
+        session = life.open([forged, "short"])
+    assert session.session_id is None and dict(session) == {}
+    assert rejected == [{"session": session}] and senders == [sender]
+    assert life.counters.snapshot()["rejected_cookies"] == 1
+    assert caplog.records[-1].getMessage() == (
+        f"rejected a session cookie that failed verification ({len(forged)}, 5 chars)"
+    )
+
+
+def test_an_update_of_a_session_renewed_meanwhile_is_saved_into_the_renewal() -> None:
+    life = lifecycle(renewal_interval=3600.0, renewal_grace=10.0)
+    session, _ = opened(life, stored({"n": 1}))
+    old_id = session.session_id
+    assert old_id is not None
+    session["n"] = 2
+    run = Steps(life._save_steps(session))
+    assert isinstance(run.first(), Save)
+    renewed = store_key(life.signer.renewed_ids(old_id)[0])
+    assert run.send(SaveResult.REFUSED) == Load(renewed)
+    again = run.send(stored({"n": 1}))
+    assert isinstance(again, Save) and again.key == renewed and not again.create
+    assert dict(again.change.set) == {"n": dumps(2, "n")}
+    assert run.send(SaveResult.SAVED) is None and run.answer.new_cookie is not None
+
+
+def test_a_create_under_renewal_records_when_its_id_was_issued() -> None:
+    from satchel._renewal import ISSUED_AT
+
+    life = lifecycle(renewal_interval=3600.0)
+    session = life.open(None)
+    session["a"] = 1
+    run = Steps(life._save_steps(session))
+    op = run.first()
+    assert isinstance(op, Save) and op.change.meta[ISSUED_AT] == repr(op.change.created_at)
+    assert run.send(SaveResult.SAVED) is None
+    record = session.state.record
+    assert record is not None and record.meta == dict(op.change.meta)
+    assert record.owner is None
+
+
+def test_a_cookie_signed_by_a_fallback_key_is_signed_anew_once() -> None:
+    old_key = "the previous key, thirty-two bytes or more!"
+    life = Lifecycle(
+        NoIO(), CookieSigner(SECRET, fallbacks=[old_key]),
+        Settings(idle_timeout=3600.0, absolute_timeout=86400.0, max_size=1 << 20),
+    )  # fmt: skip
+    session_id = new_id()
+    session = life.open(CookieSigner(old_key).sign(session_id))
+    run = Steps(life._fill_steps(session))
+    run.first()
+    assert run.send(stored({"n": 1})) is None
+    first = life._alive(session)
+    assert first.new_cookie == life.sign(session_id) and first.alive
+    assert life._alive(session) == Outcome(alive=True)  # a second save sends none
+
+
+def test_an_encrypted_store_counts_tampering_in_the_lifecycles_counters() -> None:
+    """Sealed directly, or under the ASGI thread wrapper: the lifecycle hands its counters
+    to the sealing layer, so ``tampered`` shows in ``stats()`` with every other count."""
+    from satchel.encryption import EncryptionKeys, generate_key
+    from satchel.stores import MemoryStore
+    from satchel.stores.aio import ThreadedStore
+    from satchel.stores.encrypted import EncryptedStore
+
+    settings = Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20)
+    sealed = EncryptedStore(MemoryStore(), EncryptionKeys([generate_key()]))
+    life = Lifecycle(sealed, CookieSigner(SECRET), settings)
+    assert sealed.counters is life.counters
+    inner = EncryptedStore(MemoryStore(), EncryptionKeys([generate_key()]))
+    life = Lifecycle(ThreadedStore(inner), CookieSigner(SECRET), settings)
+    assert inner.counters is life.counters

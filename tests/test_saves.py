@@ -141,3 +141,22 @@ def test_a_session_over_a_lowered_limit_stays_readable_and_shrinkable(store: Sto
     assert set(client.get("/read").json) == {"a", "b"}
     assert client.get("/shrink").status_code == 200
     assert set(client.get("/read").json) == {"b"}
+
+
+def test_replacing_a_value_counts_only_its_new_size_against_the_limit(store: Store) -> None:
+    """A key rewritten with a smaller value, in a session near the limit, saves: the
+    check counts what the session will hold, never the old and the new value both."""
+    app = owner_app(store, "x")
+    change_settings(app, max_size=1000)
+
+    @app.get("/set/<int:n>")
+    def set_(n: int) -> str:
+        session["a"] = "x" * n
+        return "ok"
+
+    client = app.test_client()
+    assert client.get("/set/600").status_code == 200
+    assert client.get("/set/500").status_code == 200  # 500 B, not 600 + 500
+    assert client.get("/read").json == {"a": "x" * 500}
+    assert client.get("/set/1000").status_code == 500  # SessionTooLarge: nothing saved
+    assert client.get("/read").json == {"a": "x" * 500}

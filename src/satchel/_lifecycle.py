@@ -348,7 +348,8 @@ class Lifecycle:
         if not empty:
             # Checked on this request's view before any write, so that a refused
             # save changes nothing at all; the store checks the merged record again.
-            size = size_of(changed) + size_of({k: v for k, v in loaded.items() if k in data})
+            kept = {k: v for k, v in loaded.items() if k in data and k not in changed}
+            size = size_of(changed) + size_of(kept)
             if size > limit and size > size_of(loaded):
                 raise SessionTooLarge(size, limit)
 
