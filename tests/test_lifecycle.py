@@ -55,11 +55,20 @@ class NoIO:
     can_lock = True
 
 
-def lifecycle(**settings: Any) -> Lifecycle:
+def lifecycle(
+    *, store: Any = None, signer: CookieSigner | None = None, sender: Any = None, **settings: Any
+) -> Lifecycle:
+    """A lifecycle on ``store`` (one that refuses every call by default), with ``settings``
+    over an hour's idle timeout, a day's absolute one and a 1 MB limit."""
     values: dict[str, Any] = {"idle_timeout": 3600.0, "absolute_timeout": 86400.0}
     values["max_size"] = 1 << 20
     values.update(settings)
-    return Lifecycle(NoIO(), CookieSigner(SECRET), Settings(**values))
+    return Lifecycle(
+        NoIO() if store is None else store,
+        CookieSigner(SECRET) if signer is None else signer,
+        Settings(**values),
+        sender=sender,
+    )
 
 
 class Steps:
@@ -97,6 +106,18 @@ def opened(life: Lifecycle, record: Record | None) -> tuple[Session, str]:
     assert run.first() == Load(store_key(session_id))
     assert run.send(record) is None and run.done
     return session, store_key(session_id)
+
+
+def locked(life: Lifecycle, record: Record) -> tuple[Session, Acquire]:
+    """A session opened in strict mode: its lock granted, its load answered with ``record``."""
+    session_id = new_id()
+    session = life.open(life.sign(session_id))
+    run = Steps(life._fill_steps(session))
+    acquire = run.first()
+    assert isinstance(acquire, Acquire)
+    assert run.send(True) == Load(store_key(session_id))
+    assert run.send(record) is None
+    return session, acquire
 
 
 def test_a_new_session_is_stored_by_one_create() -> None:
@@ -213,13 +234,7 @@ def test_strict_mode_waits_for_the_lock_then_times_out() -> None:
 def test_a_held_lock_is_released_after_the_save() -> None:
     """Locking: Acquire granted → Load; after the save, one Release of that lock."""
     life = lifecycle(locking=True)
-    session_id = new_id()
-    session = life.open(life.sign(session_id))
-    run = Steps(life._fill_steps(session))
-    acquire = run.first()
-    assert isinstance(acquire, Acquire)
-    assert run.send(True) == Load(store_key(session_id))
-    assert run.send(stored({"n": 1})) is None
+    session, acquire = locked(life, stored({"n": 1}))
     session["n"] = 2
     save = Steps(life._save_steps(session))
     op = save.first()
@@ -472,11 +487,7 @@ def test_an_owned_session_is_touched_on_every_use_under_an_owner_limit() -> None
     recorded; an unowned one still refreshes at most every so often."""
     from satchel.stores import MemoryStore
 
-    life = Lifecycle(
-        MemoryStore(), CookieSigner(SECRET),
-        Settings(idle_timeout=3600.0, absolute_timeout=86400.0, max_size=1 << 20,
-                 max_sessions_per_owner=3),
-    )  # fmt: skip
+    life = lifecycle(store=MemoryStore(), max_sessions_per_owner=3)
     owned, _ = opened(life, stored({"n": 1}, owner="ada", age=1.0))
     assert owned["n"] == 1
     assert isinstance(Steps(life._save_steps(owned)).first(), Touch)
@@ -522,12 +533,7 @@ def test_the_merge_loop_gives_up_after_the_lock_timeout() -> None:
 
 def test_a_fenced_save_raises_lock_lost() -> None:
     life = lifecycle(locking=True)
-    session = life.open(life.sign(new_id()))
-    run = Steps(life._fill_steps(session))
-    acquire = run.first()
-    assert isinstance(acquire, Acquire)
-    assert isinstance(run.send(True), Load)
-    assert run.send(stored({"n": 1})) is None
+    session, acquire = locked(life, stored({"n": 1}))
     session["n"] = 2
     save = Steps(life._save_steps(session))
     assert isinstance(save.first(), Save)
@@ -693,16 +699,9 @@ def test_the_cookie_is_the_one_it_came_in_or_signed_anew() -> None:
 def test_a_login_check_in_the_view_needs_a_driver_only_under_the_refuse_policy() -> None:
     """No limit, or evict-oldest: nothing to check; refuse: the driver's store call."""
     for settings in ({}, {"max_sessions_per_owner": 2}):
-        life = Lifecycle(
-            _Listing(), CookieSigner(SECRET),
-            Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20, **settings),
-        )  # fmt: skip
+        life = lifecycle(store=_Listing(), **settings)
         assert life.check_login(life.open(None), "ada") is None
-    life = Lifecycle(
-        _Listing(), CookieSigner(SECRET),
-        Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20,
-                 max_sessions_per_owner=2, max_sessions_policy="refuse"),
-    )  # fmt: skip
+    life = lifecycle(store=_Listing(), max_sessions_per_owner=2, max_sessions_policy="refuse")
     with pytest.raises(NotImplementedError):
         life.check_login(life.open(None), "ada")
 
@@ -720,18 +719,14 @@ def test_a_move_in_strict_mode_is_fenced_by_the_old_records_lock_and_carries_del
     """regenerate() in strict mode: the move holds the lock it loaded under (a lapsed lease
     must refuse it), deletes what the view deleted, and its record keeps the new times."""
     life = lifecycle(locking=True)
-    session_id = new_id()
-    session = life.open(life.sign(session_id))
-    run = Steps(life._fill_steps(session))
-    acquire = run.first()
-    assert isinstance(acquire, Acquire)
-    assert run.send(True) == Load(store_key(session_id))
     meta = {"user_agent": "Firefox/140"}
     origin = Record(
         {"a": dumps(1, "a"), "b": dumps(2, "b")}, time.time() - 50, time.time() - 50,
         time.time() + 3000, None, meta,
     )  # fmt: skip
-    assert run.send(origin) is None
+    session, acquire = locked(life, origin)
+    session_id = session.session_id
+    assert session_id is not None
     del session["b"]
     session.regenerate(owner="ada")
     save = Steps(life._save_steps(session))
@@ -783,11 +778,7 @@ def test_signals_come_from_the_lifecycles_sender_with_the_session() -> None:
     """Created, regenerated, destroyed (emptied, cleared) and expired: each sent by the
     lifecycle's sender (the Flask app) with the session and its record's fingerprint."""
     sender = object()
-    life = Lifecycle(
-        NoIO(), CookieSigner(SECRET),
-        Settings(idle_timeout=3600.0, absolute_timeout=86400.0, max_size=1 << 20),
-        sender=sender,
-    )  # fmt: skip
+    life = lifecycle(sender=sender)
     got = {
         name: signalled(signal)
         for name, signal in (
@@ -835,10 +826,7 @@ def test_strict_mode_refuses_a_store_that_says_it_cannot_lock() -> None:
         can_lock = False
 
     with pytest.raises(ConfigError, match="strict mode needs a store that can lock"):
-        Lifecycle(
-            CannotLock(), CookieSigner(SECRET),
-            Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20, locking=True),
-        )  # fmt: skip
+        lifecycle(store=CannotLock(), locking=True)
 
 
 def test_each_lock_is_taken_with_a_fresh_128_bit_token() -> None:
@@ -855,11 +843,7 @@ def test_each_lock_is_taken_with_a_fresh_128_bit_token() -> None:
 def test_lock_errors_name_the_store_and_how_long_they_took() -> None:
     life = lifecycle(locking=True)
     started = time.monotonic()
-    session = life.open(life.sign(new_id()))
-    run = Steps(life._fill_steps(session))
-    assert isinstance(run.first(), Acquire)
-    assert isinstance(run.send(True), Load)
-    assert run.send(stored({"n": 1})) is None
+    session, _ = locked(life, stored({"n": 1}))
     session["n"] = 2
     save = Steps(life._save_steps(session))
     save.first()
@@ -966,11 +950,7 @@ def test_a_rejected_cookie_is_logged_by_length_counted_and_signalled(
     from satchel.signals import cookie_rejected
 
     sender = object()
-    life = Lifecycle(
-        NoIO(), CookieSigner(SECRET),
-        Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20),
-        sender=sender,
-    )  # fmt: skip
+    life = lifecycle(sender=sender)
     rejected = signalled(cookie_rejected)
     forged = CookieSigner("another key of thirty-two bytes or more!!").sign(new_id())
     with caplog.at_level("WARNING", logger="satchel.security"):
@@ -1016,10 +996,7 @@ def test_a_create_under_renewal_records_when_its_id_was_issued() -> None:
 
 def test_a_cookie_signed_by_a_fallback_key_is_signed_anew_once() -> None:
     old_key = "the previous key, thirty-two bytes or more!"
-    life = Lifecycle(
-        NoIO(), CookieSigner(SECRET, fallbacks=[old_key]),
-        Settings(idle_timeout=3600.0, absolute_timeout=86400.0, max_size=1 << 20),
-    )  # fmt: skip
+    life = lifecycle(signer=CookieSigner(SECRET, fallbacks=[old_key]))
     session_id = new_id()
     session = life.open(CookieSigner(old_key).sign(session_id))
     run = Steps(life._fill_steps(session))
@@ -1038,10 +1015,9 @@ def test_an_encrypted_store_counts_tampering_in_the_lifecycles_counters() -> Non
     from satchel.stores.aio import ThreadedStore
     from satchel.stores.encrypted import EncryptedStore
 
-    settings = Settings(idle_timeout=60.0, absolute_timeout=600.0, max_size=1 << 20)
     sealed = EncryptedStore(MemoryStore(), EncryptionKeys([generate_key()]))
-    life = Lifecycle(sealed, CookieSigner(SECRET), settings)
+    life = lifecycle(store=sealed)
     assert sealed.counters is life.counters
     inner = EncryptedStore(MemoryStore(), EncryptionKeys([generate_key()]))
-    life = Lifecycle(ThreadedStore(inner), CookieSigner(SECRET), settings)
+    life = lifecycle(store=ThreadedStore(inner))
     assert inner.counters is life.counters
