@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ from satchel.stores.aio import InlineStore, SQLiteLoopStore, ThreadedStore, is_a
 from satchel.stores.base import AsyncStore, Change, SaveResult
 from satchel.stores.postgres import AsyncPostgresStore, PostgresStore
 from satchel.stores.redis import AsyncRedisStore
-from satchel.testing import AsyncStoreContract
+from satchel.testing import AsyncStoreContract, BlockingStore
 
+from ..postgres import PostgresServer
 from ..valkey import ValkeyServer
 
 
@@ -55,6 +57,55 @@ class TestAsyncPostgresStore(AsyncStoreContract):
         native = to_async(postgres_store)
         assert isinstance(native, AsyncPostgresStore)
         return native
+
+
+class TestAsyncPostgresStoreOnAnAppsPool(AsyncStoreContract):
+    """AsyncPostgresStore(pool=AsyncConnectionPool(...)): the whole contract on the app's
+    own pool, opened on the loop the store's calls run on (as an ASGI app opens it)."""
+
+    @pytest.fixture
+    def loop(self) -> Iterator[asyncio.AbstractEventLoop]:
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        yield loop
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+    @pytest.fixture
+    def async_store(
+        self, postgres: PostgresServer, postgres_store: Store, loop: asyncio.AbstractEventLoop
+    ) -> Iterator[AsyncStore]:
+        from psycopg_pool import AsyncConnectionPool
+
+        async def opened() -> AsyncConnectionPool:
+            pool = AsyncConnectionPool(postgres.url, min_size=1, max_size=4, open=False)
+            await pool.open()
+            return pool
+
+        pool = asyncio.run_coroutine_threadsafe(opened(), loop).result()
+        yield AsyncPostgresStore(pool=pool)
+        asyncio.run_coroutine_threadsafe(pool.close(), loop).result()
+
+    @pytest.fixture
+    def store(
+        self, async_store: AsyncStore, loop: asyncio.AbstractEventLoop
+    ) -> Iterator[BlockingStore]:
+        blocking = BlockingStore(async_store, loop)
+        yield blocking
+        blocking.close()
+
+    def test_the_calls_borrow_from_the_apps_pool(
+        self, async_store: AsyncStore, store: BlockingStore, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        now = time.time()
+        change = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
+        assert store.save("k" * 64, change, create=True) == SaveResult.SAVED
+        pool = async_store.pool  # type: ignore[attr-defined]
+        stats = pool.get_stats()
+        assert stats["requests_num"] >= 1 and stats["connections_num"] >= 1
+        assert not async_store._free  # type: ignore[attr-defined]  # none of its own
 
 
 class TestThreadedPostgresStore(AsyncStoreContract):
