@@ -10,7 +10,8 @@ store the lifecycle holds fails the test if anything calls it.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -246,39 +247,41 @@ def test_a_held_lock_is_released_after_the_save() -> None:
 # -- what each save asks of the store, field by field ------------------------------------
 
 
-def signalled(signal: Any) -> list[dict[str, Any]]:
-    """Every send of ``signal`` from now on (its keyword arguments), for the test's life."""
-    received: list[dict[str, Any]] = []
+class Signals:
+    """What signals a test listens to were sent: each send's keyword arguments, and who
+    sent them, in order. Receivers are connected through blinker's ``connected_to`` for
+    the test's life only."""
 
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        received.append(kwargs)
-        senders.append(sender)
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        #: Who sent each signal received, in order.
+        self.senders: list[Any] = []
 
-    signal.connect(receiver, weak=False)
-    received_by.append((signal, receiver))
-    return received
+    def listen(self, signal: Any) -> list[dict[str, Any]]:
+        received: list[dict[str, Any]] = []
+
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            received.append(kwargs)
+            self.senders.append(sender)
+
+        self._stack.enter_context(signal.connected_to(receiver))
+        return received
 
 
-received_by: list[tuple[Any, Any]] = []
-#: Who sent each signal the receivers above received, in order.
-senders: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _disconnect() -> Any:
-    yield
-    while received_by:
-        signal, receiver = received_by.pop()
-        signal.disconnect(receiver)
-    senders.clear()
+@pytest.fixture
+def signals() -> Iterator[Signals]:
+    with ExitStack() as stack:
+        yield Signals(stack)
 
 
 @pytest.mark.parametrize("idle,absolute", [(100.0, 5000.0), (5000.0, 100.0)])
-def test_a_create_stores_the_times_owner_and_limit(idle: float, absolute: float) -> None:
+def test_a_create_stores_the_times_owner_and_limit(
+    idle: float, absolute: float, signals: Signals
+) -> None:
     """A first write's create: both times now, its idle expiry no later than its absolute
     one, the absolute deadline itself, the size limit; nothing expected or replaced."""
     life = lifecycle(idle_timeout=idle, absolute_timeout=absolute, max_size=12345)
-    created = signalled(session_created)
+    created = signals.listen(session_created)
     session = life.open(None)
     session["a"] = 1
     before = time.time()
@@ -360,14 +363,14 @@ def test_an_update_moves_the_idle_expiry_no_later_than_the_absolute(age: float) 
 
 @pytest.mark.parametrize("owner", [None, "ada"])
 def test_a_delete_removes_the_record_when_nothing_is_left_unless_owned(
-    owner: str | None,
+    owner: str | None, signals: Signals
 ) -> None:
     """Deleting a key asks the store to remove a record left empty, unless a login owns it
     (an owned session says who logged in, emptied or not); DELETED ends the session."""
     from satchel._state import EMPTY_BUT
 
     life = lifecycle()
-    destroyed = signalled(session_destroyed)
+    destroyed = signals.listen(session_destroyed)
     session, key = opened(life, stored({"n": 1}, owner=owner))
     del session["n"]
     run = Steps(life._save_steps(session))
@@ -380,12 +383,12 @@ def test_a_delete_removes_the_record_when_nothing_is_left_unless_owned(
     assert life.counters.snapshot()["deletes"] == 1
 
 
-def test_a_move_keeps_the_creation_time_and_ends_the_old_key() -> None:
+def test_a_move_keeps_the_creation_time_and_ends_the_old_key(signals: Signals) -> None:
     """regenerate(): a create under a new key replacing the old one, with the session's
     creation time and absolute deadline, the idle expiry capped by it, the owner, and
     each changed field expecting what was loaded from the old record."""
     life = lifecycle(idle_timeout=3600.0, absolute_timeout=4000.0, max_size=4321)
-    regenerated = signalled(session_regenerated)
+    regenerated = signals.listen(session_regenerated)
     session, old = opened(life, stored({"n": 1}, age=1000.0))
     origin = session.state.record
     assert origin is not None
@@ -673,9 +676,9 @@ def test_an_unreadable_record_the_store_cannot_delete_is_counted_not_raised(
     )
 
 
-def test_clear_signals_the_destruction_and_forgets_the_id() -> None:
+def test_clear_signals_the_destruction_and_forgets_the_id(signals: Signals) -> None:
     life = lifecycle()
-    destroyed = signalled(session_destroyed)
+    destroyed = signals.listen(session_destroyed)
     session, key = opened(life, stored({"n": 1}))
     session.clear()
     run = Steps(life._save_steps(session))
@@ -764,9 +767,11 @@ def test_a_read_only_session_renewed_meanwhile_joins_the_renewal() -> None:
 # -- signals, errors and what a save leaves behind ---------------------------------------
 
 
-def test_session_expired_is_sent_for_a_genuine_cookie_whose_record_is_gone() -> None:
+def test_session_expired_is_sent_for_a_genuine_cookie_whose_record_is_gone(
+    signals: Signals,
+) -> None:
     life = lifecycle()
-    expired = signalled(session_expired)
+    expired = signals.listen(session_expired)
     opened(life, stored({"n": 1}))
     assert expired == []
     session, key = opened(life, None)
@@ -774,13 +779,13 @@ def test_session_expired_is_sent_for_a_genuine_cookie_whose_record_is_gone() -> 
     assert life.counters.snapshot()["loads"] == 2
 
 
-def test_signals_come_from_the_lifecycles_sender_with_the_session() -> None:
+def test_signals_come_from_the_lifecycles_sender_with_the_session(signals: Signals) -> None:
     """Created, regenerated, destroyed (emptied, cleared) and expired: each sent by the
     lifecycle's sender (the Flask app) with the session and its record's fingerprint."""
     sender = object()
     life = lifecycle(sender=sender)
     got = {
-        name: signalled(signal)
+        name: signals.listen(signal)
         for name, signal in (
             ("created", session_created),
             ("regenerated", session_regenerated),
@@ -818,7 +823,7 @@ def test_signals_come_from_the_lifecycles_sender_with_the_session() -> None:
         {"session": cleared, "fingerprint": cleared_key[:8]},
     ]
     assert got["expired"] == [{"session": gone, "fingerprint": gone_key[:8]}]
-    assert senders == [sender] * 5
+    assert signals.senders == [sender] * 5
 
 
 def test_strict_mode_refuses_a_store_that_says_it_cannot_lock() -> None:
@@ -945,18 +950,18 @@ def test_the_size_limit_counts_what_the_session_will_hold_exactly() -> None:
 
 
 def test_a_rejected_cookie_is_logged_by_length_counted_and_signalled(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, signals: Signals
 ) -> None:
     from satchel.signals import cookie_rejected
 
     sender = object()
     life = lifecycle(sender=sender)
-    rejected = signalled(cookie_rejected)
+    rejected = signals.listen(cookie_rejected)
     forged = CookieSigner("another key of thirty-two bytes or more!!").sign(new_id())
     with caplog.at_level("WARNING", logger="satchel.security"):
         session = life.open([forged, "short"])
     assert session.session_id is None and dict(session) == {}
-    assert rejected == [{"session": session}] and senders == [sender]
+    assert rejected == [{"session": session}] and signals.senders == [sender]
     assert life.counters.snapshot()["rejected_cookies"] == 1
     assert caplog.records[-1].getMessage() == (
         f"rejected a session cookie that failed verification ({len(forged)}, 5 chars)"
