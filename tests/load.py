@@ -31,6 +31,8 @@ class Server:
         self.env = env
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        #: Requests :meth:`get` sent again after a reset.
+        self.resets = 0
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -59,6 +61,44 @@ class Server:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{type(self).__name__} did not answer")
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
+    ) -> None:
+        """Stops the server; a failure inside the block carries the end of its log."""
+        if error is not None:
+            error.add_note(f"{type(self).__name__} log (last 4,000 characters):\n{self.log_tail()}")
+        self.stop()
+
+    def log_tail(self, size: int = 4000) -> str:
+        """The end of what the server wrote to its log: warnings, tracebacks, worker exits."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-size:]
+
+    def troubles(self) -> list[str]:
+        """Lines of the server's log that say a worker or a request failed."""
+        signs = ("Traceback", "exited", "was sent", "TIMEOUT", "Error", "error")
+        return [
+            line for line in self.log_tail(1 << 20).splitlines() if any(s in line for s in signs)
+        ]
+
+    def get(self, path: str, cookie: str | None = None) -> tuple[int, str | None, bytes]:
+        """:func:`request` to this server, sent again once if the connection was reset before
+        any answer while the server logged no failure (a loaded machine's transport hiccup;
+        a worker that crashed or timed out fails here, with its log)."""
+        try:
+            return request(self.port, path, cookie)
+        except (ConnectionResetError, http.client.RemoteDisconnected) as reset:
+            troubles = self.troubles()
+            if troubles:
+                reset.add_note("\n".join(troubles[-20:]))
+                raise
+            self.resets += 1
+            return request(self.port, path, cookie)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -627,23 +627,17 @@ def switch_and_check(old_env: dict[str, str], new_env: dict[str, str], users: in
     """Users start sessions on the old app; after the switch every one keeps theirs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .load import Gunicorn, read_session, request, start_session
+    from .load import Gunicorn, read_session, start_session
 
-    old = Gunicorn(old_env, workers=2, threads=4)
-    old.start()
-    try:
+    with Gunicorn(old_env, workers=2, threads=4) as old:
         cookies = {f"user{i}": start_session(old.port, f"user{i}") for i in range(users)}
         for marker, cookie in cookies.items():
             assert read_session(old.port, cookie)["owner"] == marker
-    finally:
-        old.stop()
-    new = Gunicorn(new_env, workers=2, threads=4)
-    new.start()
-    try:
+    with Gunicorn(new_env, workers=2, threads=4) as new:
         # Every worker serves a request first (a cold worker's first request is slow,
         # and could start after an overlapping one had already answered).
         with ThreadPoolExecutor(16) as pool:
-            assert set(pool.map(lambda _: request(new.port, "/read")[0], range(32))) == {200}
+            assert set(pool.map(lambda _: new.get("/read")[0], range(32))) == {200}
 
         # Half the users come back with one request, the other half with four at
         # once (a browser restoring its tabs), all four in flight together.
@@ -651,9 +645,7 @@ def switch_and_check(old_env: dict[str, str], new_env: dict[str, str], users: in
             marker, cookie = item
             many = 4 if int(marker[4:]) % 2 else 1
             with ThreadPoolExecutor(many) as pool:
-                answers = list(
-                    pool.map(lambda _: request(new.port, "/read-slowly", cookie), range(many))
-                )
+                answers = list(pool.map(lambda _: new.get("/read-slowly", cookie), range(many)))
             return marker, {a[1] for a in answers}, [a[2] for a in answers]
 
         # Eight users at a time: 20 requests for 8 worker threads, so some wait
@@ -666,8 +658,6 @@ def switch_and_check(old_env: dict[str, str], new_env: dict[str, str], users: in
             (cookie,) = new_cookies
             assert cookie is not None
             assert read_session(new.port, cookie)["owner"] == marker
-    finally:
-        new.stop()
 
 
 def test_a_flask_cookie_app_switches_without_logging_anyone_out(tmp_path: Path) -> None:
