@@ -4,12 +4,15 @@ Each session is one row: its key (the store's prefix and the hash of its ID),
 its namespace (the prefix), three times, and its fields as one JSON object
 whose members hold each field's serialised value as a string (``"="`` and the
 UTF-8 text, or ``"~"`` and base64 for other bytes). A load is one statement.
-A save is one short write transaction (``BEGIN IMMEDIATE``, read the row,
-write it) that runs no code but the store's own merge: the fields the request
-changed are applied to the row as stored, so two overlapping requests that
-change different fields both keep their changes, and every condition of the
-save (the record still there, the strict-mode lock still held, the size limit,
-an emptied record) is checked against what is stored. The file is in WAL
+A save applies the fields the request changed to the row as stored, so two
+overlapping requests that change different fields both keep their changes, and
+checks every condition of the save (the record still there, the strict-mode
+lock still held, the size limit, an emptied record) against what is stored, in
+the same atomic step: the usual save is one ``UPDATE`` whose ``WHERE`` holds the
+conditions and whose ``SET`` merges with SQLite's JSON functions
+(``_sqlite_quick``), a create one upsert; the rest (and a save that statement
+could not make) is one short write transaction (``BEGIN IMMEDIATE``, read the
+row, merge in Python, write it). The file is in WAL
 mode, so readers never wait for a writer; a writer waits for another write for
 up to ``timeout`` seconds, then the store raises ``StoreUnavailable``. Threads
 share the process's connections, each statement taking an idle one (or opening
@@ -33,6 +36,7 @@ from typing import Any
 
 from .. import _json
 from ..errors import ConfigError, StoreUnavailable
+from . import _sqlite_quick
 from ._connections import ConnectionList
 from ._fieldtext import from_text, to_text
 from .base import MOVE_NOTE_SECONDS, Change, Conflict, Record, SaveResult, apply_change
@@ -157,6 +161,8 @@ class SQLiteStore:
         self._identity: tuple[int, int] | None = None
         self._next_check = 0.0
         self._lost: str | None = None
+        #: Whether this SQLite has the JSON functions one-statement saves use.
+        self._quick = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -365,9 +371,73 @@ class SQLiteStore:
         return int(rows[0][0]), int(rows[0][1])
 
     def save(self, key: str, change: Change, *, create: bool) -> SaveResult:
-        """Apply ``change`` in one short write transaction, checking every condition in it."""
+        """Apply ``change`` in one statement when it can (``_sqlite_quick``), else in one
+        short write transaction, checking every condition in it."""
         now = time.time()
         name = self.prefix + key
+        if self._quick and change.fence is None and change.replaces is None:
+            done = (
+                self._create_at_once(name, change, now)
+                if create
+                else self._update_at_once(name, change, now)
+            )
+            if done is not None:
+                self._after_write(now)
+                return done
+        return self._save_in_transaction(name, change, now, create)
+
+    def _update_at_once(self, name: str, change: Change, now: float) -> SaveResult | None:
+        """SAVED when one UPDATE applied the change; None when the transaction must decide."""
+        statement = _sqlite_quick.update(name, change, now)
+        if statement is None:
+            return None
+        try:
+            _, changed = self._run(*statement)
+        except StoreUnavailable as exc:
+            if not self._without_json(exc):
+                raise
+            return None
+        return SaveResult.SAVED if changed == 1 else None
+
+    def _create_at_once(self, name: str, change: Change, now: float) -> SaveResult | None:
+        """A create as one upsert that takes the key only when it is free or expired:
+        SAVED, or REFUSED when a live record holds it; None when the transaction must
+        decide (the change raises, or leaves nothing to store)."""
+        try:
+            result = apply_change(None, change)
+        except Exception:  # SessionTooLarge, Conflict: the transaction says which, in order
+            return None
+        if result is None:
+            return None
+        data = _encode({field: to_text(value) for field, value in result.fields.items()})
+        meta = json.dumps(dict(result.meta), ensure_ascii=False)
+        args = (
+            name, result.created_at, result.touched_at, result.expires_at, data,
+            result.owner, meta, self.prefix, now,
+        )  # fmt: skip
+        _, changed = self._run(_CREATE, args)
+        return SaveResult.SAVED if changed == 1 else SaveResult.REFUSED
+
+    def _without_json(self, error: StoreUnavailable) -> bool:
+        """Whether a one-statement save failed for its JSON alone: a row that is not
+        JSON (the transaction treats it as unreadable), or an SQLite built without the
+        JSON functions (from then on every save takes the transaction)."""
+        text = str(error.__cause__)
+        if "no such function" in text:
+            self._quick = False
+            return True
+        return "malformed JSON" in text
+
+    def _after_write(self, now: float) -> None:
+        """What follows a save: a batch of the purge, when one is due."""
+        if now >= self._next_purge:
+            self._next_purge = now + self.purge_interval
+            self._purge_from, _removed = self._purge_range(self._purge_from, now)
+
+    def _save_in_transaction(
+        self, name: str, change: Change, now: float, create: bool
+    ) -> SaveResult:
+        """The save in one write transaction: every kind of change, every condition."""
         moved = self.prefix + change.replaces if create and change.replaces is not None else None
         with self._transaction() as conn:
             if change.fence is not None:
@@ -414,9 +484,7 @@ class SQLiteStore:
                     raise StoreUnavailable(repr(self), "a new record's key was taken")
             else:
                 conn.execute(_UPDATE, (data, result.touched_at, result.expires_at, name))
-        if now >= self._next_purge:
-            self._next_purge = now + self.purge_interval
-            self._purge_from, _removed = self._purge_range(self._purge_from, now)
+        self._after_write(now)
         return SaveResult.SAVED
 
     def touch(self, key: str, touched_at: float, expires_at: float) -> bool:
