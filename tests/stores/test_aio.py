@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -342,6 +343,52 @@ def test_sqlite_checkpoints_and_purges_run_off_the_loop(
 
     asyncio.run(check())
     assert len(threads) >= 2 and all(name.startswith("satchel-store") for name in threads)
+
+
+def _log_frames(path: Path) -> int:
+    """How many frames the write-ahead log of ``path`` holds now, read from the header
+    of its shared-memory index (mxFrame, a native-endian u32 at byte 16), without
+    touching the database: a checkpoint would change what it measures."""
+    header = Path(str(path) + "-shm").read_bytes()[:20]
+    return int.from_bytes(header[16:20], sys.byteorder)
+
+
+def test_sqlite_loop_writes_under_steady_traffic_keep_the_log_bounded(tmp_path: Path) -> None:
+    """Writes that never pause still let the write-ahead log start over.
+
+    A passive checkpoint on a thread copies the log back while the loop keeps
+    writing, so it never finds the whole log copied, and the log only grows (and
+    every read searches more of it) unless a checkpoint makes it start over.
+    """
+    sqlite = SQLiteStore(tmp_path / "s.sqlite3")
+    store = SQLiteLoopStore(sqlite)
+    maintained: list[int] = []
+    maintain = sqlite.maintain
+
+    def counted() -> int:
+        maintained.append(1)
+        return maintain()
+
+    sqlite.maintain = counted  # type: ignore[method-assign]
+    blob = b'"' + b"x" * 2000 + b'"'
+
+    log: list[int] = []
+
+    async def check() -> None:
+        assert await _saved(store, "k", x=b"0", blob=blob)
+        for n in range(1, 6001):
+            now = time.time()
+            change = Change(set={"x": str(n).encode()}, touched_at=now, expires_at=now + 60)
+            assert await store.save("k", change, create=False)
+            await asyncio.sleep(0)  # as between requests: a finished maintenance reports back
+            if n % 500 == 250:
+                log.append(_log_frames(tmp_path / "s.sqlite3"))
+        await store.close()
+
+    asyncio.run(check())
+    # 6,000 writes of a 2 KB record make over 6,000 frames in a log never started over.
+    assert len(maintained) >= 5
+    assert max(log) < 3000, log
 
 
 def test_a_cancelled_connect_does_not_fail_the_others_waiting_for_it(

@@ -98,6 +98,9 @@ INSERT INTO satchel_lock VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE
 SET token = excluded.token, expires_at = excluded.expires_at
 WHERE satchel_lock.expires_at <= ? OR satchel_lock.token = excluded.token
 """
+#: The log's length (frames, a page each) from which :meth:`SQLiteStore.maintain` makes
+#: it start over: SQLite's own checkpoint threshold.
+RESTART_FRAMES = 1000
 #: How often (seconds) a process checks that its file is still the one it opened.
 FILE_CHECK_INTERVAL = 1.0
 
@@ -218,15 +221,23 @@ class SQLiteStore:
         return twin
 
     def maintain(self) -> int:
-        """One batch of the purge and a passive checkpoint of the write-ahead log.
+        """One batch of the purge and a checkpoint of the write-ahead log.
 
         For stores whose writes go through an :meth:`inline_twin`; returns
-        how many expired records the batch removed.
+        how many expired records the batch removed. The checkpoint is passive
+        (it holds up no one); but while writes keep coming, a passive one never
+        finds the whole log copied, and only a writer that does starts the log
+        over: so once the log holds :data:`RESTART_FRAMES` frames, a restart
+        checkpoint follows, which waits (on this thread) until the log can
+        start over. Meanwhile inline writes find the file busy and go to a
+        thread.
         """
         now = time.time()
         self._next_purge = now + self.purge_interval
         self._purge_from, removed = self._purge_range(self._purge_from, now)
-        self._run("PRAGMA wal_checkpoint(PASSIVE)", ())
+        rows, _ = self._run("PRAGMA wal_checkpoint(PASSIVE)", ())
+        if rows and rows[0][1] >= RESTART_FRAMES:
+            self._run("PRAGMA wal_checkpoint(RESTART)", ())
         return removed
 
     def _connect(self) -> sqlite3.Connection:
