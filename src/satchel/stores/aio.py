@@ -24,11 +24,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .. import _async
 from ..errors import ConfigError, StoreUnavailable
+from ._threads import Workers
 from .base import AsyncStore, Change, ListingStore, LockingStore, Record, SaveResult, Store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
@@ -168,35 +168,36 @@ class ThreadedStore(_Wrapper):
         if not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"threads must be a positive int, not {threads!r}")
         self.threads = threads
-        self._executor: ThreadPoolExecutor | None = None
+        self._workers: Workers | None = None
         self._pid = 0
         self._guard = threading.Lock()
 
     def _rewrap(self, store: Any) -> Any:
         return type(self)(store, threads=self.threads)
 
-    def _pool(self) -> ThreadPoolExecutor:
-        executor = self._executor
-        if executor is None or self._pid != os.getpid():
+    def _pool(self) -> Workers:
+        workers = self._workers
+        if workers is None or self._pid != os.getpid():
             with self._guard:
-                if self._executor is None or self._pid != os.getpid():
-                    self._executor = ThreadPoolExecutor(
-                        self.threads, thread_name_prefix="satchel-store"
-                    )
+                if self._workers is None or self._pid != os.getpid():
+                    self._workers = Workers(self.threads, "satchel-store")
                     self._pid = os.getpid()
-                executor = self._executor
-        return executor
+                workers = self._workers
+        return workers
 
     async def _call(self, method: Callable[..., T], *args: Any) -> T:
-        # On asyncio, this store's own threads; on another loop (trio), AnyIO's.
-        return await _async.to_thread(method, *args, executor=self._pool())
+        # On asyncio, this store's own threads (_threads: one wake-up each way); on
+        # another loop (trio), AnyIO's.
+        if _async.on_asyncio():
+            return await self._pool().call(method, *args)
+        return await _async.to_thread(method, *args)
 
     async def close(self) -> None:
         """Close the wrapped store, then stop the threads."""
         await super().close()
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False)
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown()
 
 
 #: A SQLite store's inline writes between two checkpoints of its write-ahead log.
@@ -258,7 +259,7 @@ class SQLiteLoopStore(ThreadedStore):
             return
         self._maintaining = True
         self._next_maintenance = time.time() + self.sqlite.purge_interval
-        done = asyncio.get_running_loop().run_in_executor(self._pool(), self.sqlite.maintain)
+        done = self._pool().call(self.sqlite.maintain)
         done.add_done_callback(self._maintained)
 
     def _maintained(self, done: asyncio.Future[int]) -> None:
