@@ -43,7 +43,8 @@ n = tonumber(ARGV[i])
 local first_delete, last_delete = i + 1, i + n
 i = i + n + 1
 n = tonumber(ARGV[i])
-for j = i + 1, i + 3 * n, 3 do
+local first_expect, last_expect = i + 1, i + 3 * n
+for j = first_expect, last_expect, 3 do
   local stored = redis.call('HGET', source, ARGV[j])
   if ARGV[j + 1] == '1' then
     if stored ~= ARGV[j + 2] then return {4} end
@@ -69,10 +70,21 @@ if limit then
     local seen = {}
     for j = first_delete, last_delete do seen[ARGV[j]] = true end
     for j = first_set, #ARGV, 2 do seen[ARGV[j]] = true end
+    -- What a changed field holds now: an expectation that held says already
+    -- (its length, or false: absent); else one call (two for an absent field).
+    local known = {}
+    for j = first_expect, last_expect, 3 do
+      known[ARGV[j]] = ARGV[j + 1] == '1' and #ARGV[j + 2] or false
+    end
     size = before
     for name in pairs(seen) do
-      if string.sub(name, 1, 2) == 'd:' and redis.call('HEXISTS', source, name) == 1 then
-        size = size - (#name - 2) - redis.call('HSTRLEN', source, name)
+      if string.sub(name, 1, 2) == 'd:' then
+        local held = known[name]
+        if held == nil then
+          held = redis.call('HSTRLEN', source, name)
+          if held == 0 and redis.call('HEXISTS', source, name) == 0 then held = false end
+        end
+        if held then size = size - (#name - 2) - held end
       end
     end
   end
@@ -94,8 +106,12 @@ if mode == 'm' then
   redis.call('HDEL', target, 'm:o', 'm:x')  -- a move takes these from its change
 end
 each('HDEL', ARGV, first_delete, last_delete)
-each('HSET', ARGV, first_set, #ARGV)
-if limit then redis.call('HSET', target, 'm:s', size) else redis.call('HDEL', target, 'm:s') end
+if limit and #ARGV - first_set < 998 then  -- the size in the same call as the fields
+  redis.call('HSET', target, 'm:s', size, unpack(ARGV, first_set, #ARGV))
+else
+  each('HSET', ARGV, first_set, #ARGV)
+  if limit then redis.call('HSET', target, 'm:s', size) else redis.call('HDEL', target, 'm:s') end
+end
 if only then
   local empty = true
   for _, name in ipairs(redis.call('HKEYS', target)) do
