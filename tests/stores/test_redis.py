@@ -47,6 +47,23 @@ def test_scripts_lost_by_the_server_are_loaded_again(redis_store: RedisStore) ->
     assert record is not None and record.fields["x"] == b'"w"'
 
 
+def test_commands_are_packed_whatever_their_arguments(redis_store: RedisStore) -> None:
+    """Arguments hiredis packs in one call (str, bytes, int, float, memoryview) and one it
+    does not (a bytearray: packed as redis-py packs it) reach the server alike; one no
+    packer takes is a store error, as it was."""
+    key = redis_store._key("packed")
+    for value, stored in (
+        ("text é", "text é".encode()), (b"\xff\x00", b"\xff\x00"), (7, b"7"), (2.5, b"2.5"),
+        (bytearray(b"array"), b"array"), (memoryview(b"view"), b"view"),
+    ):  # fmt: skip
+        assert redis_store._call("SET", key, value) in (True, b"OK", "OK")
+        assert redis_store._call("GET", key) == stored
+    with pytest.raises(StoreUnavailable, match="DataError"):
+        redis_store._call("SET", key, None)
+    assert redis_store._call("GET", key) == b"view"  # the connection is still in step
+    redis_store._call("DEL", key)
+
+
 def test_connections_are_reused_across_threads_and_closed(own_valkey: ValkeyServer) -> None:
     """Calls share a free list: as many connections as calls at once, never one per thread."""
     store = RedisStore.from_url(own_valkey.url)
