@@ -834,6 +834,51 @@ def test_strict_mode_refuses_a_store_that_says_it_cannot_lock() -> None:
         lifecycle(store=CannotLock(), locking=True)
 
 
+def test_an_owner_limit_refuses_a_store_that_cannot_list_or_lock() -> None:
+    """At start-up, not at the first login: the limit lists an owner's sessions under the
+    owner's lock."""
+    with pytest.raises(ConfigError, match="a limit of sessions per owner needs a store that lists"):
+        lifecycle(store=NoIO(), max_sessions_per_owner=2)
+
+    class CannotLock(_Listing):
+        can_lock = False
+
+    with pytest.raises(ConfigError, match="can lock"):
+        lifecycle(store=CannotLock(), max_sessions_per_owner=2)
+    assert (
+        lifecycle(store=_Listing(), max_sessions_per_owner=2).settings.max_sessions_per_owner == 2
+    )
+
+
+def test_a_login_refused_at_its_save_stores_nothing_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two logins of one owner pass the view's check before either is saved (a race the
+    check loses): under "refuse", the second save stores nothing, sends no cookie, and
+    the security log says why."""
+    import logging
+
+    from satchel._manager import SessionManager
+    from satchel.stores import MemoryStore
+
+    store = MemoryStore()
+    settings = Settings(
+        idle_timeout=3600.0, absolute_timeout=86400.0, max_size=1 << 20,
+        max_sessions_per_owner=1, max_sessions_policy="refuse",
+    )  # fmt: skip
+    manager = SessionManager(store, CookieSigner(SECRET), settings)
+    first, second = manager.open(None), manager.open(None)
+    for n, session in enumerate((first, second)):
+        session["n"] = n
+        session.regenerate(owner="ada")  # each check finds no session of ada's yet
+    assert manager.save(first).new_cookie
+    with caplog.at_level(logging.INFO, logger="satchel.security"):
+        assert manager.save(second) == Outcome()
+    assert "a login over the owner's session limit was not stored" in caplog.text
+    assert [record.fields["n"] for _, record in store.records("ada")] == [dumps(0, "n")]
+    assert manager.counters.snapshot()["refused_logins"] == 1
+
+
 def test_each_lock_is_taken_with_a_fresh_128_bit_token() -> None:
     life = lifecycle(locking=True)
     tokens = set()
