@@ -27,10 +27,19 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 SECRET = "bench-secret-key-0123456789-abcdefghijklmnop"
+#: starsessions in each configuration a user picks: a fixed lifetime (the cookie's
+#: Max-Age counts down from the session's start), a rolling one (every response
+#: sends a full Max-Age again), and its default, a browser-session cookie (no
+#: Max-Age). Each saves the session on every response that loaded it.
+STARSESSIONS = {
+    "starsessions Redis": {"lifetime": 3600},
+    "starsessions Redis, rolling": {"lifetime": 3600, "rolling": True},
+    "starsessions Redis, browser-session cookie": {"lifetime": 0},
+}
 BACKENDS = [
     "bare Starlette",
     "Starlette cookie session",
-    "starsessions Redis",
+    *STARSESSIONS,
     "satchel memory",
     "satchel SQLite",
     "satchel Valkey",
@@ -76,7 +85,7 @@ def build(
         from starlette.middleware.sessions import SessionMiddleware as CookieSessions
 
         middleware = [Middleware(CookieSessions, secret_key=SECRET)]
-    elif name == "starsessions Redis":
+    elif name in STARSESSIONS:
         import redis.asyncio
         from starsessions import SessionAutoloadMiddleware
         from starsessions import SessionMiddleware as StarSessions
@@ -86,7 +95,7 @@ def build(
         closers.append(client.aclose)
         store = RedisStore(connection=client)
         middleware = [
-            Middleware(StarSessions, store=store, lifetime=3600, cookie_https_only=False),
+            Middleware(StarSessions, store=store, cookie_https_only=False, **STARSESSIONS[name]),
             Middleware(SessionAutoloadMiddleware),
         ]
     elif name.startswith("satchel"):
@@ -297,7 +306,7 @@ def targets(
         return table[name][workload] - base
 
     checks = []
-    for workload in ("read-only", "read-modify-write"):
+    for workload in WORKLOADS:
         mine, theirs = (
             added("satchel SQLite", workload),
             added("Starlette cookie session", workload),
@@ -310,12 +319,16 @@ def targets(
             )
         )
         mine = added("satchel Valkey", workload)
-        theirs = added("starsessions Redis", workload)
+        # The peer at its fastest: whichever configuration costs least in this cell.
+        # Reads and writes: at most half of it; a first request: ahead of it.
+        peer = min(STARSESSIONS, key=lambda name: added(name, workload))
+        theirs = added(peer, workload)
+        share = 1.0 if workload == "first request" else 0.5
         checks.append(
             (
-                mine <= 0.5 * theirs,
-                f"ASGI {workload}: satchel on Valkey adds {mine:.0f} us, at most half of "
-                f"starsessions on Redis ({theirs:.0f} us; {mine / theirs:.2f}x)",
+                mine <= share * theirs,
+                f"ASGI {workload}: satchel on Valkey adds {mine:.0f} us, at most "
+                f"{share:g}x {peer} ({theirs:.0f} us; {mine / theirs:.2f}x)",
             )
         )
     if e2e:
@@ -331,12 +344,13 @@ def targets(
                 f"no more than Starlette's cookie session ({theirs:.0f} us)",
             )
         )
-        mine, theirs = per_request("satchel Valkey"), per_request("starsessions Redis")
+        peer = min((name for name in STARSESSIONS if name in e2e), key=per_request)
+        mine, theirs = per_request("satchel Valkey"), per_request(peer)
         checks.append(
             (
                 mine <= 0.5 * theirs,
                 f"ASGI end to end, read-only: satchel on Valkey adds {mine:.0f} us a request, "
-                f"at most half of starsessions on Redis ({theirs:.0f} us; {mine / theirs:.2f}x)",
+                f"at most half of {peer} ({theirs:.0f} us; {mine / theirs:.2f}x)",
             )
         )
     rt = commands["satchel Valkey"]

@@ -668,10 +668,10 @@ def asgi_section(
     )
     table = asyncio.run(asgi_backends.in_process(valkey.url, work, rounds, sample_ms / 1000))
     base = table["bare Starlette"]["read-only"]
-    print(f"{'backend':<34}" + "".join(f"{w:>24}" for w in asgi_backends.WORKLOADS))
+    print(f"{'backend':<44}" + "".join(f"{w:>24}" for w in asgi_backends.WORKLOADS))
     for name, row in table.items():
         cells = [f"{us:7.0f} us {us / base:5.2f}x" for us in row.values()]
-        print(f"{name:<34}" + "".join(f"{c:>24}" for c in cells))
+        print(f"{name:<44}" + "".join(f"{c:>24}" for c in cells))
     commands = asgi_backends.commands_per_read(valkey.url, work)
     print("  commands per read-only request: "
           + ", ".join(f"{n}: {c:.2f}" for n, c in commands.items()))  # fmt: skip
@@ -685,7 +685,7 @@ def asgi_section(
               f"read-only 2 KB")  # fmt: skip
         for name, row in e2e.items():
             share = row["rps"] / e2e["bare Starlette"]["rps"]
-            print(f"  {name:<26} {row['rps']:8.0f} req/s ({share:4.0%})  "
+            print(f"  {name:<44} {row['rps']:8.0f} req/s ({share:4.0%})  "
                   f"p99 {row['p99_ms']:6.2f} ms  non-2xx {row['non_2xx']:.0f}")  # fmt: skip
     else:
         print("ASGI end to end: skipped, wrk is not installed (apt-get install wrk)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,4 +83,57 @@ def test_asgi_section_measures_each_cell_and_counts_round_trips(
     commands = asgi_backends.commands_per_read(valkey.url, tmp_path)
     assert commands == {"starsessions Redis": 2.0, "satchel Valkey": 1.0}
     checks = asgi_backends.targets(table, commands)
-    assert len(checks) == 5 and checks[-1][0]  # the round-trip target holds
+    # SQLite against the cookie session and Valkey against starsessions in each
+    # workload, then the round trips, which hold.
+    assert len(checks) == 2 * len(asgi_backends.WORKLOADS) + 1 and checks[-1][0]
+
+
+def test_starsessions_runs_in_each_configuration_a_user_picks(
+    bench: object, tmp_path: Path, valkey: ValkeyServer
+) -> None:
+    """A fixed lifetime counts the cookie down, a rolling one sends it whole again, and the
+    default sends a browser-session cookie: three different middlewares, not one."""
+    import asyncio
+
+    import asgi_backends
+
+    async def set_cookies(app: Any, path: str, cookie: bytes) -> list[bytes]:
+        headers = [(b"host", b"bench")] + ([(b"cookie", cookie)] if cookie else [])
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
+            "server": ("bench", 80),
+        }  # fmt: skip
+        found: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                found.extend(v for k, v in message["headers"] if k == b"set-cookie")
+
+        await app(scope, receive, send)
+        return found
+
+    async def cookies(name: str) -> list[bytes]:
+        closers: list[Any] = []
+        app = asgi_backends.build(name, valkey.url, tmp_path, closers)
+        (first,) = await set_cookies(app, "/create/10", b"")
+        cookie = first.split(b";", 1)[0]
+        sent = []
+        for _ in range(2):
+            await asyncio.sleep(1.1)  # a whole second: a fixed lifetime's Max-Age drops
+            sent += await set_cookies(app, "/rmw", cookie)
+        for close in closers:
+            await close()
+        return sent
+
+    fixed, rolling, browser = (asyncio.run(cookies(name)) for name in asgi_backends.STARSESSIONS)
+    ages = [
+        [int(c.split(b"max-age=")[1].split(b";")[0]) for c in found] for found in (fixed, rolling)
+    ]
+    assert ages[1] == [3600, 3600]  # rolling: whole again on every response
+    assert ages[0][0] < 3600 and ages[0][1] < ages[0][0]  # fixed: counting down
+    assert len(browser) == 2 and all(b"max-age" not in c for c in browser)
