@@ -12,7 +12,6 @@ import asyncio
 import functools
 import sys
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 __all__ = ["on_asyncio", "running", "sleep", "to_thread"]
@@ -53,11 +52,13 @@ async def sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
-async def to_thread(function: Callable[..., T], *args: Any, executor: Executor | None = None) -> T:
-    """``function(*args)`` on a worker thread (``executor``'s, on asyncio), awaited.
+async def to_thread(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on a worker thread (the loop's default executor's, on asyncio),
+    awaited.
 
-    A caller that is cancelled still waits for the call to end, on both loops,
-    so a store call is never left half-made behind a request that gave up.
+    A call runs to its end on its thread whatever its caller does, so a store
+    call is never left half-made behind a request that gave up (on trio the
+    cancelled caller also waits for it; on asyncio it stops waiting at once).
     """
     try:
         loop = asyncio.get_running_loop()
@@ -65,4 +66,4 @@ async def to_thread(function: Callable[..., T], *args: Any, executor: Executor |
         import anyio.to_thread
 
         return await anyio.to_thread.run_sync(functools.partial(function, *args))
-    return await loop.run_in_executor(executor, function, *args)
+    return await loop.run_in_executor(None, function, *args)

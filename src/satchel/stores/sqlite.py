@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json
-from ..errors import ConfigError, StoreUnavailable
+from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from . import _sqlite_quick
 from ._connections import ConnectionList
 from ._fieldtext import from_text, to_text
@@ -416,18 +416,21 @@ class SQLiteStore:
         decide (the change raises, or leaves nothing to store)."""
         try:
             result = apply_change(None, change)
-        except Exception:  # SessionTooLarge, Conflict: the transaction says which, in order
+        except (SessionTooLarge, Conflict):  # the transaction says which, in its order
             return None
         if result is None:
             return None
         data = _encode({field: to_text(value) for field, value in result.fields.items()})
+        _, changed = self._run(_CREATE, self._create_args(name, result, data, now))
+        return SaveResult.SAVED if changed == 1 else SaveResult.REFUSED
+
+    def _create_args(self, name: str, result: Record, data: str, now: float) -> tuple[object, ...]:
+        """The arguments of ``_CREATE`` for a new row holding ``result`` (``data``: its fields)."""
         meta = json.dumps(dict(result.meta), ensure_ascii=False)
-        args = (
+        return (
             name, result.created_at, result.touched_at, result.expires_at, data,
             result.owner, meta, self.prefix, now,
         )  # fmt: skip
-        _, changed = self._run(_CREATE, args)
-        return SaveResult.SAVED if changed == 1 else SaveResult.REFUSED
 
     def _without_json(self, error: StoreUnavailable) -> bool:
         """Whether a one-statement save failed for its JSON alone: a row that is not
@@ -486,11 +489,7 @@ class SQLiteStore:
                 }
             )
             if create:
-                meta = json.dumps(dict(result.meta), ensure_ascii=False)
-                args: tuple[object, ...] = (
-                    name, result.created_at, result.touched_at, result.expires_at, data,
-                    result.owner, meta, self.prefix, now,
-                )  # fmt: skip
+                args = self._create_args(name, result, data, now)
                 if conn.execute(_CREATE, args).rowcount != 1:  # pragma: no cover - checked above
                     raise StoreUnavailable(repr(self), "a new record's key was taken")
             else:
