@@ -235,7 +235,11 @@ def round_trip(valkey: ValkeyServer, n: int = 2_000) -> dict[str, float]:
 
 
 def end_to_end(
-    backend_envs: dict[str, dict[str, str]], seconds: int, rounds: int
+    backend_envs: dict[str, dict[str, str]],
+    seconds: int,
+    rounds: int,
+    workload: str = "read-only",
+    sessions: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Requests per second and p99 latency under gunicorn (2 workers) and wrk."""
     command = [
@@ -243,18 +247,29 @@ def end_to_end(
         "--log-level", "warning", "bench_e2e_app:create_app()",
     ]  # fmt: skip
     launch = {name: (command, env) for name, env in backend_envs.items()}
-    return serve_and_measure(launch, "bare Flask", seconds, rounds)
+    return serve_and_measure(launch, "bare Flask", seconds, rounds, workload, sessions)
+
+
+#: What each end-to-end workload asks for.
+E2E_PATHS = {"read-only": "/read", "read-modify-write": "/write", "first request": "/create/2000"}
 
 
 def serve_and_measure(
-    launch: dict[str, tuple[list[str], dict[str, str]]], bare: str, seconds: int, rounds: int
+    launch: dict[str, tuple[list[str], dict[str, str]]],
+    bare: str,
+    seconds: int,
+    rounds: int,
+    workload: str = "read-only",
+    sessions: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Start every server (``{port}`` in its command is filled in), then wrk each in turn.
 
     Every backend's server is started first; then each round runs wrk against
     each of them in turn (idle workers take no CPU), and the medians of the
     rounds are reported, so a slow moment of the machine hurts every row.
-    ``bare`` is served ``/bare``, the others ``/read`` on a 2 KB session.
+    ``bare`` is served ``/bare``, the others ``workload``'s path on 2 KB sessions:
+    ``sessions`` of them, each request taking the next (a first request takes
+    none, and is answered with a new one each time).
     """
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in launch}
@@ -271,10 +286,14 @@ def serve_and_measure(
                 ),
                 port,
             )
-        cookies = {name: _wait_and_create(port) for name, (_, port) in servers.items()}
+        cookies = {name: [_wait_and_create(port)] for name, (_, port) in servers.items()}
+        for name, (_, port) in servers.items():
+            cookies[name] += [_wait_and_create(port) for _ in range(sessions - 1)]
+            if workload == "first request":
+                cookies[name] = []
         for _ in range(rounds):
             for name, (_, port) in servers.items():
-                path = "/bare" if name == bare else "/read"
+                path = "/bare" if name == bare else E2E_PATHS[workload]
                 samples[name].append(_wrk(port, path, cookies[name], seconds))
     finally:
         for process, _ in servers.values():
@@ -291,12 +310,26 @@ def serve_and_measure(
     }
 
 
-def _wrk(port: int, path: str, cookie: str, seconds: int) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency",
-         "-H", f"Cookie: session={cookie}", f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, check=True, timeout=seconds + 30,
-    ).stdout  # fmt: skip
+def _wrk(port: int, path: str, cookies: list[str], seconds: int) -> dict[str, float]:
+    """wrk's figures for ``path``: with no cookie, one, or each request the next of
+    ``cookies`` (a Lua script hands them out)."""
+    options = ["-H", f"Cookie: session={cookies[0]}"] if len(cookies) == 1 else []
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        if len(cookies) > 1:
+            listed = ", ".join(f'"session={cookie}"' for cookie in cookies)
+            script.write(
+                f"local cookies = {{{listed}}}\nlocal n = 0\n"
+                "request = function()\n  n = n + 1\n"
+                f'  return wrk.format("GET", "{path}", {{Cookie = cookies[n % #cookies + 1]}})\n'
+                "end\n"
+            )
+            script.flush()
+            options = ["-s", script.name]
+        out = subprocess.run(
+            ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", *options,
+             f"http://127.0.0.1:{port}{path}"],
+            capture_output=True, text=True, check=True, timeout=seconds + 30,
+        ).stdout  # fmt: skip
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     assert p99 is not None, out
@@ -705,6 +738,11 @@ def main() -> None:
         "--asgi-only", action="store_true", help="only the ASGI section (and its targets)"
     )
     parser.add_argument(
+        "--e2e-workloads",
+        action="store_true",
+        help="end to end, also read-modify-writes and first requests (on 64 sessions)",
+    )
+    parser.add_argument(
         "--instructions",
         action="store_true",
         help="also count CPU instructions per request with valgrind (a few minutes more)",
@@ -807,6 +845,21 @@ def main() -> None:
                 rps, p99, bad = row["rps"], row["p99_ms"], row["non_2xx"]
                 print(f"  {name:<24} {rps:8.0f} req/s ({share:4.0%})  p99 {p99:6.2f} ms  "
                       f"non-2xx {bad:.0f}")  # fmt: skip
+            if args.e2e_workloads:
+                report["end_to_end_workloads"] = every = {
+                    workload: end_to_end(envs, args.seconds, e2e_rounds, workload, sessions=64)
+                    for workload in E2E_PATHS
+                }
+                print(
+                    "\nend to end, every workload: as above, each request on the next of 64 "
+                    "sessions (a first request on none); share of bare Flask's req/s"
+                )
+                print(f"  {'backend':<36}" + "".join(f"{w:>20}" for w in E2E_PATHS))
+                for name in envs:
+                    cells = [
+                        every[w][name]["rps"] / every[w]["bare Flask"]["rps"] for w in E2E_PATHS
+                    ]
+                    print(f"  {name:<36}" + "".join(f"{c:>20.0%}" for c in cells))
         else:
             print("\nend to end: skipped, wrk is not installed (apt-get install wrk)")
         report["cache"] = cache = cache_figures(valkey)
