@@ -101,3 +101,39 @@ def test_calls_after_a_shutdown_get_new_threads() -> None:
         assert not first.is_alive()  # the first thread ended at the shutdown
 
     asyncio.run(check())
+
+
+def test_a_store_is_closed_only_once_no_call_of_it_runs() -> None:
+    """A call still running on a thread (a cancelled request's, a checkpoint) ends before
+    the store's close runs: closing an SQLite connection under a running statement
+    crashed the process."""
+    from satchel.stores import MemoryStore
+    from satchel.stores.aio import ThreadedStore
+
+    order: list[str] = []
+    started, finish = threading.Event(), threading.Event()
+
+    class Slow(MemoryStore):
+        def load(self, key: str) -> None:
+            started.set()
+            finish.wait(10)
+            order.append("load ended")
+
+        def close(self) -> None:
+            order.append("closed")
+
+    async def check() -> None:
+        store = ThreadedStore(Slow())
+        loading = asyncio.ensure_future(store.load("k"))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        loading.cancel()  # the request gave up; its call runs on
+        closing = asyncio.ensure_future(store.close())
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert order == [] and not closing.done()  # close waits for the load
+        finish.set()
+        await closing
+
+    asyncio.run(check())
+    assert order == ["load ended", "closed"]

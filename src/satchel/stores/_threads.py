@@ -48,15 +48,42 @@ class Workers:
         self._idle = threading.Semaphore(0)
         self._threads: list[threading.Thread] = []
         self._guard = threading.Lock()
+        #: Calls handed over and not yet ended, and who waits for there to be none.
+        self._running = 0
+        self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def call(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """``function(*args)`` on a worker; a future of the running loop that it settles."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        with self._guard:
+            self._running += 1
         if not self._idle.acquire(blocking=False) and len(self._threads) < self.most:
             self._spawn()
         self._jobs.put((loop, future, function, args))
         return future
+
+    async def idle(self) -> None:
+        """Return once no call handed to these threads is running or queued (a store's
+        connections closed under a running statement would crash the process)."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            if self._running == 0:
+                return
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiting.append((loop, future))
+        await future
+
+    def _ended(self) -> None:
+        """One call ended: wake whoever waits for none to run, if it was the last."""
+        with self._guard:
+            self._running -= 1
+            waiting, self._waiting = (
+                (self._waiting, []) if self._running == 0 else ([], self._waiting)
+            )
+        for loop, future in waiting:
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, future, None, None)
 
     def _spawn(self) -> None:
         with self._guard:
@@ -71,8 +98,7 @@ class Workers:
             self._threads.append(thread)
             thread.start()
 
-    @staticmethod
-    def _work(jobs: queue.SimpleQueue[_Job | None], idle: threading.Semaphore) -> None:
+    def _work(self, jobs: queue.SimpleQueue[_Job | None], idle: threading.Semaphore) -> None:
         while True:
             job = jobs.get()
             if job is None:
@@ -87,6 +113,7 @@ class Workers:
             with contextlib.suppress(RuntimeError):  # a loop closed meanwhile: nobody waits
                 loop.call_soon_threadsafe(_settle, future, result, error)
             del loop, future, result, error
+            self._ended()
             idle.release()
 
     def shutdown(self) -> None:

@@ -193,7 +193,11 @@ class ThreadedStore(_Wrapper):
         return await _async.to_thread(method, *args)
 
     async def close(self) -> None:
-        """Close the wrapped store, then stop the threads."""
+        """Close the wrapped store once none of its calls runs on a thread (a cancelled
+        request's, a checkpoint), then stop the threads."""
+        workers = self._workers
+        if workers is not None and self._pid == os.getpid() and _async.on_asyncio():
+            await workers.idle()
         await super().close()
         workers, self._workers = self._workers, None
         if workers is not None:
