@@ -353,6 +353,49 @@ def _log_frames(path: Path) -> int:
     return int.from_bytes(header[16:20], sys.byteorder)
 
 
+def test_maintain_starts_the_log_over_though_its_checkpoint_could_not_copy_it_all(
+    tmp_path: Path,
+) -> None:
+    """A passive checkpoint copies no further than what a reader still reads (here one
+    that began before the last writes; in steady traffic, the writes the loop makes
+    while the checkpoint runs): with part of the log not copied when the next writer
+    looks, the log would go on growing; maintain() makes it start over."""
+    path = tmp_path / "s.sqlite3"
+    sqlite = SQLiteStore(path)
+    inline = sqlite.inline_twin()  # never checkpoints: the log grows
+    now = time.time()
+    blob = b'"' + b"x" * 2000 + b'"'
+    inline.save("k", Change(set={"x": b"0", "blob": blob}, created_at=now, expires_at=now + 60),
+                create=True)  # fmt: skip
+
+    def write(n: int) -> None:
+        change = Change(set={"x": str(n).encode()}, touched_at=now, expires_at=now + 60)
+        assert inline.save("k", change, create=False) == SaveResult.SAVED
+
+    for n in range(1, 1100):
+        write(n)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM satchel_sessions").fetchall()  # its snapshot: now
+    for n in range(1100, 1200):
+        write(n)
+    run = sqlite._run
+
+    def reader_done_after_the_checkpoint(sql: str, args: tuple[object, ...]) -> Any:
+        rows = run(sql, args)
+        if "PASSIVE" in sql:
+            reader.execute("COMMIT")
+        return rows
+
+    sqlite._run = reader_done_after_the_checkpoint  # type: ignore[method-assign]
+    sqlite.maintain()
+    write(5000)
+    assert _log_frames(path) < 10  # started over
+    reader.close()
+    inline.close()
+    sqlite.close()
+
+
 def test_sqlite_loop_writes_under_steady_traffic_keep_the_log_bounded(tmp_path: Path) -> None:
     """Writes that never pause still let the write-ahead log start over.
 
@@ -387,7 +430,7 @@ def test_sqlite_loop_writes_under_steady_traffic_keep_the_log_bounded(tmp_path: 
 
     asyncio.run(check())
     # 6,000 writes of a 2 KB record make over 6,000 frames in a log never started over.
-    assert len(maintained) >= 5
+    assert len(maintained) >= 2  # a maintenance still running skips the next turn
     assert max(log) < 3000, log
 
 

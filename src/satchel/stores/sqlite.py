@@ -101,6 +101,8 @@ WHERE satchel_lock.expires_at <= ? OR satchel_lock.token = excluded.token
 #: The log's length (frames, a page each) from which :meth:`SQLiteStore.maintain` makes
 #: it start over: SQLite's own checkpoint threshold.
 RESTART_FRAMES = 1000
+#: How many times :meth:`SQLiteStore.maintain` tries to make the log start over.
+RESTART_TRIES = 20
 #: How often (seconds) a process checks that its file is still the one it opened.
 FILE_CHECK_INTERVAL = 1.0
 
@@ -227,18 +229,31 @@ class SQLiteStore:
         how many expired records the batch removed. The checkpoint is passive
         (it holds up no one); but while writes keep coming, a passive one never
         finds the whole log copied, and only a writer that does starts the log
-        over: so once the log holds :data:`RESTART_FRAMES` frames, a restart
-        checkpoint follows, which waits (on this thread) until the log can
-        start over. Meanwhile inline writes find the file busy and go to a
-        thread.
+        over: so once the log holds :data:`RESTART_FRAMES` frames,
+        :meth:`_restart_log` follows.
         """
         now = time.time()
         self._next_purge = now + self.purge_interval
         self._purge_from, removed = self._purge_range(self._purge_from, now)
         rows, _ = self._run("PRAGMA wal_checkpoint(PASSIVE)", ())
         if rows and rows[0][1] >= RESTART_FRAMES:
-            self._run("PRAGMA wal_checkpoint(RESTART)", ())
+            self._restart_log()
         return removed
+
+    def _restart_log(self) -> None:
+        """Make the write-ahead log start over, in a quiet moment: a restart checkpoint
+        holds the write lock while it waits for readers, so this one never waits (no
+        busy timeout) and is tried a few times a millisecond apart instead. Inline
+        writes meanwhile find the file busy and go to a thread."""
+        with self._errors(), self._connection() as conn:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                for _ in range(RESTART_TRIES):
+                    if not conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]:
+                        return
+                    time.sleep(0.001)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
 
     def _connect(self) -> sqlite3.Connection:
         with self._errors():
