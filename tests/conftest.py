@@ -22,6 +22,12 @@ SECRET = "test-secret-key-that-is-long-enough-0123456789"
 #: with its record cache on (``?cache=``), so every guarantee is checked with it too;
 #: "cluster" is the Redis store on a 3-primary Valkey Cluster.
 STORE_KINDS = ["memory", "sqlite", "redis", "redis_cached", "postgres", "cluster"]
+#: Socket and statement timeouts of the shared store fixtures, in seconds. The stores'
+#: own defaults (0.5 s for Redis/Valkey, 1 s for PostgreSQL) are for production, where
+#: a slow store must fail fast; here a loaded machine (the suite beside a CPU hog)
+#: can stall a healthy server that long, and a test not about slowness must not fail
+#: for it. Tests about slowness (a frozen or stopped server) build their own stores.
+SERVER_TIMEOUT = 5.0
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +53,9 @@ def redis_store(valkey: ValkeyServer) -> Iterator[RedisStore]:
     client = redis.Redis.from_url(valkey.url)
     client.flushdb()
     client.close()
-    store = RedisStore.from_url(valkey.url)
+    store = RedisStore.from_url(
+        valkey.url, socket_timeout=SERVER_TIMEOUT, connect_timeout=SERVER_TIMEOUT
+    )
     yield store
     store.close()
 
@@ -57,7 +65,9 @@ def redis_cached_store(valkey: ValkeyServer) -> Iterator[RedisStore]:
     client = redis.Redis.from_url(valkey.url)
     client.flushdb()
     client.close()
-    store = RedisStore.from_url(valkey.url, cache="16MB")
+    store = RedisStore.from_url(
+        valkey.url, cache="16MB", socket_timeout=SERVER_TIMEOUT, connect_timeout=SERVER_TIMEOUT
+    )
     yield store
     store.close()
 
@@ -76,7 +86,9 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyC
 def cluster_store(shared_cluster: ValkeyCluster) -> Iterator[RedisStore]:
     from redis.cluster import RedisCluster
 
-    store = RedisStore.from_url(shared_cluster.url)
+    store = RedisStore.from_url(
+        shared_cluster.url, socket_timeout=SERVER_TIMEOUT, connect_timeout=SERVER_TIMEOUT
+    )
     store.client.flushall(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
     yield store
     store.close()
@@ -95,7 +107,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
 def postgres_store(postgres: PostgresServer) -> Iterator[Store]:
     from satchel.stores.postgres import PostgresStore
 
-    store = PostgresStore.from_url(postgres.url)
+    store = PostgresStore.from_url(postgres.url, timeout=SERVER_TIMEOUT)
     store._run("TRUNCATE satchel_sessions, satchel_locks, satchel_moves")
     yield store
     store.close()

@@ -20,7 +20,7 @@ from satchel._merge import ABSENT, diff, patch
 from satchel.signing import CookieSigner
 from satchel.stores import MemoryStore, PostgresStore, RedisStore, SQLiteStore, Store
 
-from .conftest import SECRET
+from .conftest import SECRET, SERVER_TIMEOUT
 
 
 @pytest.mark.parametrize(
@@ -122,10 +122,18 @@ def fresh_store(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
         elif request.param in ("redis", "redis_cached"):
             valkey = request.getfixturevalue("valkey")
             cache = "16MB" if request.param == "redis_cached" else 0
-            store = RedisStore.from_url(valkey.url, prefix=f"merge{len(made)}:", cache=cache)
+            store = RedisStore.from_url(
+                valkey.url,
+                prefix=f"merge{len(made)}:",
+                cache=cache,
+                socket_timeout=SERVER_TIMEOUT,
+                connect_timeout=SERVER_TIMEOUT,
+            )
         else:
             server = request.getfixturevalue("postgres")
-            store = PostgresStore.from_url(server.url, prefix=f"merge{len(made)}:")
+            store = PostgresStore.from_url(
+                server.url, prefix=f"merge{len(made)}:", timeout=SERVER_TIMEOUT
+            )
         made.append(store)
         return store
 
