@@ -329,3 +329,33 @@ def test_saves_purge_expired_rows_now_and_then(postgres: PostgresServer) -> None
         assert [row[0] for row in rows] == ["purge:live"]
     finally:
         store.close()
+
+
+def test_a_full_purge_batch_makes_the_next_one_due_shortly(
+    own_postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While saves find full batches of expired rows, the next batch is due after
+    PURGE_STEP_SECONDS, not purge_interval, so purging keeps up with sessions that
+    expire faster than a batch an interval; a batch that was not full waits it."""
+    from satchel.stores import _postgres_rules
+
+    monkeypatch.setattr(_postgres_rules, "PURGE_BATCH", 2)
+    store = PostgresStore.from_url(own_postgres.url)  # a server of its own: purges are global
+    try:
+        now = time.time()
+        for n in range(5):
+            old = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now - 1)
+            store.save(f"old{n}", old, create=True)
+        live = Change(set={"a": b"1"}, created_at=now, touched_at=now, expires_at=now + 60)
+        store.save("live", live, create=True)
+        after = []
+        for _ in range(3):
+            store._next_purge = 0.0  # due: this save runs a batch
+            store.save("live", Change(set={"a": b"2"}, expires_at=now + 60), create=False)
+            rows, _ = store._run("SELECT count(*) FROM satchel_sessions", ())
+            after.append((rows[0][0], store._next_purge - time.time()))
+        assert [count for count, _ in after] == [4, 2, 1]
+        assert all(due <= _postgres_rules.PURGE_STEP_SECONDS for _, due in after[:2])
+        assert after[2][1] > 299
+    finally:
+        store.close()

@@ -126,6 +126,102 @@ def test_periodic_purge_visits_the_whole_table(tmp_path: Path) -> None:
     assert left == {f"new{i}" for i in range(8)}
 
 
+def _expired_and_live(store: SQLiteStore, pattern: list[bool]) -> set[str]:
+    """File one record per entry of ``pattern`` (True: already expired); the live keys."""
+    now = time.time()
+    with store._connection() as conn:
+        conn.execute("BEGIN")
+        for n, expired in enumerate(pattern):
+            conn.execute(
+                "INSERT INTO satchel_sessions (key, created_at, touched_at, expires_at, data)"
+                " VALUES (?, ?, ?, ?, '{}')",
+                (f"k{n}", now, now, now - 10 if expired else now + 600),
+            )
+        conn.execute("COMMIT")
+    return {f"k{n}" for n, expired in enumerate(pattern) if not expired}
+
+
+def _stored(store: SQLiteStore) -> set[str]:
+    rows, _ = store._run("SELECT key FROM satchel_sessions", ())
+    return {row[0] for row in rows}
+
+
+def test_a_purge_batch_deletes_no_more_rows_than_its_hold_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch whose delete takes longer than PURGE_HOLD halves the next one's rows
+    (at 2 KB a session, a batch of 2,000 held every writer up for 85 ms); the purge
+    still removes every expired row and no live one."""
+    from satchel.stores import sqlite as module
+
+    monkeypatch.setattr(module, "PURGE_HOLD", 0.0)  # every batch counts as too long
+    store = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=1000)
+    live = _expired_and_live(store, [n % 5 != 0 for n in range(300)])
+    deleted: list[int] = []
+    run = store._run
+
+    def counting(sql: str, args: tuple[object, ...]) -> tuple[list[Any], int]:
+        rows, changed = run(sql, args)
+        if sql.startswith("DELETE FROM satchel_sessions"):
+            deleted.append(changed)
+        return rows, changed
+
+    monkeypatch.setattr(store, "_run", counting)
+    assert store.purge_expired() == 240
+    store.close()
+    assert _stored(store) == live
+    first = module.PURGE_FIRST_LIMIT
+    halving = [first >> n for n in range(first.bit_length())]
+    assert deleted[: len(halving)] == halving  # 64, 32, ..., 1
+    assert set(deleted[len(halving) :]) == {1}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_purge_removes_exactly_the_expired_rows_whatever_the_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Rows expired and live in any order, batches of any width and row limit (adapting
+    up or down): the walk removes every expired row once and never a live one."""
+    import random
+
+    from satchel.stores import sqlite as module
+
+    rng = random.Random(seed)
+    monkeypatch.setattr(module, "PURGE_HOLD", rng.choice([0.0, 1e-9, 10.0]))
+    monkeypatch.setattr(module, "PURGE_FIRST_LIMIT", rng.randint(1, 9))
+    store = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=rng.randint(1, 40))
+    pattern = [rng.random() < rng.choice([0.1, 0.5, 0.9]) for _ in range(rng.randint(1, 250))]
+    live = _expired_and_live(store, pattern)
+    assert store.purge_expired() == sum(pattern)
+    assert _stored(store) == live
+    store.close()
+
+
+def test_the_periodic_purge_walks_on_shortly_until_the_table_is_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk that began goes on a batch every PURGE_STEP_SECONDS, not a batch every
+    purge_interval (2,000 rows every five minutes fell behind any site creating more
+    than seven sessions a second); once it has walked the table, the next walk waits
+    purge_interval."""
+    from satchel.stores import sqlite as module
+
+    monkeypatch.setattr(module, "PURGE_STEP_SECONDS", 0.0)
+    store = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=10)
+    live = _expired_and_live(store, [n % 4 != 0 for n in range(100)])
+    store._next_purge = 0.0  # the interval is up
+    saves = 0
+    while _stored(store) - {"new"} != live:
+        now = time.time()
+        change = Change(set={"n": str(saves).encode()}, created_at=now, expires_at=now + 60)
+        assert store.save("new", change, create=saves == 0) is SaveResult.SAVED
+        saves += 1
+        assert saves <= 20, "the walk stopped before the table was clean"
+    assert saves >= 100 // 10 - 1  # one batch a save, each walking ten rowids at most
+    assert store._next_purge > time.time() + 299  # the walk is over: next in 300 s
+    store.close()
+
+
 def test_non_utf8_bytes_and_json_look_alikes_survive(tmp_path: Path) -> None:
     """Field values are opaque bytes: binary, null-looking and marker-looking ones round-trip."""
     store = SQLiteStore(tmp_path / "s.sqlite3")

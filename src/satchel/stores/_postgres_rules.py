@@ -20,6 +20,8 @@ T = TypeVar("T")
 BREAKER_SECONDS = 0.5
 #: How many rows one purge statement deletes at most.
 PURGE_BATCH = 2000
+#: How soon (seconds) the next periodic batch is due after one that found a full batch.
+PURGE_STEP_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,10 @@ class _PostgresRules:
             raise SessionTooLarge(int(reply[1]), change.max_size or 0)
         if reply[0] == SaveResult.SAVED and now >= self._next_purge:
             self._next_purge = now + self.purge_interval
-            yield from self._purge_batch_steps(now)
+            if (yield from self._purge_batch_steps(now)) >= PURGE_BATCH:
+                # More are left: the next batch is due shortly, so that purging keeps
+                # up with sessions that expire faster than a batch an interval.
+                self._next_purge = now + min(PURGE_STEP_SECONDS, self.purge_interval)
         return SaveResult(reply[0])
 
     def _touch_steps(self, key: str, touched_at: float, expires_at: float) -> PostgresSteps[bool]:

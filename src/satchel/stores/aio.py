@@ -268,6 +268,8 @@ class SQLiteLoopStore(ThreadedStore):
 
     def _maintained(self, done: asyncio.Future[int]) -> None:
         self._maintaining = False
+        # While a walk of the purge is under way its next batch is due shortly.
+        self._next_maintenance = min(self._next_maintenance, self.sqlite._next_purge)
         error = done.exception()
         if error is not None:
             _log.warning("could not checkpoint or purge %r: %s", self.sqlite, error)
