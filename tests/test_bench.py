@@ -137,3 +137,27 @@ def test_starsessions_runs_in_each_configuration_a_user_picks(
     assert ages[1] == [3600, 3600]  # rolling: whole again on every response
     assert ages[0][0] < 3600 and ages[0][1] < ages[0][0]  # fixed: counting down
     assert len(browser) == 2 and all(b"max-age" not in c for c in browser)
+
+
+def test_scale_benchmark_runs_end_to_end_at_a_small_size(bench: object, tmp_path: Path) -> None:
+    """bench/scale.py on its own servers at 3,000 sessions (the docs run a million): every
+    store holds what was filled, gives it back, and has it purged or expired."""
+    import scale
+
+    report = scale.main(
+        ["--sessions", "3000", "--samples", "50", "--seconds", "1",
+         "--output", str(tmp_path / "scale.json")]
+    )  # fmt: skip
+    assert (tmp_path / "scale.json").exists()
+    # A 2 KB incompressible value and its record's bookkeeping: more than 2,000 bytes,
+    # and not ten times as much (a fill that wrote nothing, or wrote every row twice).
+    for kind, size in report["bytes per session"].items():
+        assert 2_000 < size < 10_000, (kind, size)
+    assert 2_000 < report["cluster"]["bytes per session"] < 10_000
+    for kind in scale.KINDS:
+        assert report["purge"][kind]["removed"] == 3_000, kind
+        assert report["purge"][kind]["before"]["requests"] > 0, kind
+        for step in ("empty", "full"):
+            figures = report["steps"][step][kind]
+            assert figures["filled"] == (1_000 if step == "empty" else 3_000)
+            assert 0 < figures["load p50 us"] <= figures["load p99 us"]

@@ -345,6 +345,43 @@ def test_sqlite_checkpoints_and_purges_run_off_the_loop(
     assert len(threads) >= 2 and all(name.startswith("satchel-store") for name in threads)
 
 
+def test_the_loop_store_walks_the_purge_on_shortly_until_the_table_is_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A maintenance that left a walk of the purge under way is due again at the
+    walk's next step (PURGE_STEP_SECONDS), not purge_interval later."""
+    from satchel.stores import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "PURGE_STEP_SECONDS", 0.0)
+    sqlite = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=10)
+    now = time.time()
+    with sqlite._connection() as conn:
+        for n in range(100):
+            conn.execute(
+                "INSERT INTO satchel_sessions (key, created_at, touched_at, expires_at, data)"
+                " VALUES (?, ?, ?, ?, '{}')",
+                (f"old{n}", now, now, now - 10),
+            )
+    store = SQLiteLoopStore(sqlite)
+    store._next_maintenance = 0.0  # the interval is up
+
+    async def check() -> int:
+        for n in range(40):
+            await _saved(store, f"k{n}", x=b"1")
+            while store._maintaining:
+                await asyncio.sleep(0.001)
+            rows, _ = sqlite._run("SELECT count(*) FROM satchel_sessions WHERE key LIKE 'old%'", ())
+            if rows[0][0] == 0 and sqlite._purge_from == 0:  # clean, and the walk over
+                return n + 1
+        return 0
+
+    writes = asyncio.run(check())
+    # A batch of ten rowids each write: 100 expired rows, then the new ones' rowids.
+    assert 10 <= writes <= 15, writes
+    assert store._next_maintenance > time.time() + 299  # the walk ended: next in 300 s
+    asyncio.run(store.close())
+
+
 def _log_frames(path: Path) -> int:
     """How many frames the write-ahead log of ``path`` holds now, read from the header
     of its shared-memory index (mxFrame, a native-endian u32 at byte 16), without
