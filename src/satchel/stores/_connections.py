@@ -61,6 +61,8 @@ class ConnectionList(Generic[Conn]):
         #: Every connection made in this process, idle or lent out.
         self.made: list[Conn] = []
         self._inherited: list[Conn] = []
+        #: Connections lent out when :meth:`drain` ran: closed when given back.
+        self._doomed: list[Conn] = []
         self._generation = _generation
         self._lock = threading.Lock()
 
@@ -83,6 +85,9 @@ class ConnectionList(Generic[Conn]):
 
     def give(self, conn: Conn) -> None:
         """Return a connection taken with :meth:`take`; close it if enough are idle."""
+        if self._doomed and self._close is not None and self._drained(conn):
+            self._close(conn)
+            return
         if self._close is None or len(self.idle) < self.max_idle:
             self.idle.append(conn)
             if self._shrunk:
@@ -134,9 +139,31 @@ class ConnectionList(Generic[Conn]):
                     self.made.remove(each)
         return doomed
 
+    def _drained(self, conn: Conn) -> bool:
+        """Whether ``conn`` was lent out when :meth:`drain` ran (and forget it)."""
+        with self._lock:
+            for n, each in enumerate(self._doomed):
+                if each is conn:
+                    del self._doomed[n]
+                    return True
+        return False
+
     def drain(self) -> list[Conn]:
-        """Forget every connection this process made and return them, for closing."""
+        """Forget every connection this process made; return the idle ones, for closing.
+
+        With a ``close`` function, one lent out now is closed when it is given
+        back, not here: closing an SQLite connection under a statement another
+        thread is running crashes the process. Without one, all are returned.
+        """
         with self._lock:
             made, self.made = self.made, []
-        self.idle.clear()
-        return made
+            idle = []
+            while True:
+                try:
+                    idle.append(self.idle.popleft())  # atomic: never one a take() got
+                except IndexError:
+                    break
+            if self._close is None:
+                return made
+            self._doomed += [conn for conn in made if not any(conn is i for i in idle)]
+        return idle
