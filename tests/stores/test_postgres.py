@@ -334,12 +334,13 @@ def test_saves_purge_expired_rows_now_and_then(postgres: PostgresServer) -> None
 def test_a_full_purge_batch_makes_the_next_one_due_shortly(
     own_postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While saves find full batches of expired rows, the next batch is due after
-    PURGE_STEP_SECONDS, not purge_interval, so purging keeps up with sessions that
-    expire faster than a batch an interval; a batch that was not full waits it."""
+    """A request's batch deletes PURGE_STEP_ROWS rows at most (a few milliseconds of its
+    time); while batches come back full the next is due after PURGE_STEP_SECONDS, not
+    purge_interval, so purging keeps up with sessions that expire faster than a batch
+    an interval; a batch that was not full waits the interval."""
     from satchel.stores import _postgres_rules
 
-    monkeypatch.setattr(_postgres_rules, "PURGE_BATCH", 2)
+    monkeypatch.setattr(_postgres_rules, "PURGE_STEP_ROWS", 2)
     store = PostgresStore.from_url(own_postgres.url)  # a server of its own: purges are global
     try:
         now = time.time()
