@@ -9,7 +9,8 @@ benchmark app on satchel's SQLite, Valkey and PostgreSQL stores. Then, on each s
 1. with the store nearly empty: the median and 99th percentile of one ``load``, one
    read-modify-write ``save`` (a field changed under an ``expect`` condition, as an
    app's save is) and one create, from this process; requests per second under wrk
-   (read-only, read-modify-write over 64 sessions, first requests), when wrk exists;
+   (read-only, read-modify-write over 64 sessions, first requests; medians of
+   ``--rounds`` rounds), when wrk exists;
 2. the store filled to ``--sessions`` records of 2 KB (copies of one real record,
    with a random, incompressible payload, under keys as long as real ones): how
    long that took, and what it occupies (Valkey: ``used_memory`` and the cluster's
@@ -212,17 +213,27 @@ class Apps:
         self.cookies = {name: [_wait_and_create(port) for _ in range(64)]
                         for name, port in self.ports.items()}  # fmt: skip
 
-    def wrk(self, seconds: int) -> dict[str, dict[str, dict[str, float]]]:
-        """Requests per second and p99 of each app in each workload (bare Flask: /bare)."""
-        found: dict[str, dict[str, dict[str, float]]] = {}
-        for workload, path in E2E_PATHS.items():
-            for name, port in self.ports.items():
-                cookies = self.cookies[name]
-                given = (cookies[:1] if workload == "read-only"
-                         else [] if workload == "first request" else cookies)  # fmt: skip
-                where = "/bare" if name == "bare Flask" else path
-                found.setdefault(workload, {})[name] = _wrk(port, where, given, seconds)
-        return found
+    def wrk(self, seconds: int, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
+        """Requests per second and p99 of each app in each workload (bare Flask: /bare):
+        the medians of ``rounds`` rounds that take the apps in turn, so that a slow
+        moment of the machine falls on every app alike."""
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+        for _ in range(rounds):
+            for workload, path in E2E_PATHS.items():
+                for name, port in self.ports.items():
+                    cookies = self.cookies[name]
+                    given = (cookies[:1] if workload == "read-only"
+                             else [] if workload == "first request" else cookies)  # fmt: skip
+                    where = "/bare" if name == "bare Flask" else path
+                    figures = _wrk(port, where, given, seconds)
+                    runs.setdefault(workload, {}).setdefault(name, []).append(figures)
+        return {
+            workload: {
+                name: {k: statistics.median(run[k] for run in taken) for k in taken[0]}
+                for name, taken in by_name.items()
+            }
+            for workload, by_name in runs.items()
+        }
 
     def close(self) -> None:
         for process in self.processes:
@@ -344,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=2_000, help="probes per figure")
     parser.add_argument("--seconds", type=int, default=4, help="wrk duration per cell")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk rounds (medians)")
     parser.add_argument("--output", type=Path, default=RESULTS / "scale.json")
     args = parser.parse_args(argv)
     count = args.sessions
@@ -394,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
                 print(f"  {kind}: filled in {seconds:.1f} s; {found[kind]}", flush=True)
             if wrk:
-                found["end to end"] = apps.wrk(args.seconds)
+                found["end to end"] = apps.wrk(args.seconds, args.rounds)
             steps[step] = found
         report["steps"] = steps
         empty, full = steps["empty"], steps["full"]

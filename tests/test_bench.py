@@ -145,7 +145,7 @@ def test_scale_benchmark_runs_end_to_end_at_a_small_size(bench: object, tmp_path
     import scale
 
     report = scale.main(
-        ["--sessions", "3000", "--samples", "50", "--seconds", "1",
+        ["--sessions", "3000", "--samples", "50", "--seconds", "1", "--rounds", "1",
          "--output", str(tmp_path / "scale.json")]
     )  # fmt: skip
     assert (tmp_path / "scale.json").exists()
