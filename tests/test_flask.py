@@ -325,13 +325,17 @@ def test_idle_timeout_expires_unused_session(make_app: AppFactory) -> None:
 
 
 def test_activity_slides_the_idle_window(make_app: AppFactory) -> None:
-    """Reading a session refreshes its idle expiry, so an active session lives on."""
-    app = add_views(make_app(SATCHEL_IDLE_TIMEOUT=1.0))
+    """Reading a session refreshes its idle expiry, so an active session lives on past
+    its idle timeout. Gaps of 0.5 s in a 2 s window: a loaded machine has 1.5 s to
+    answer each request before the session could expire for real."""
+    app = add_views(make_app(SATCHEL_IDLE_TIMEOUT=2.0))
     client = app.test_client()
+    started = time.monotonic()
     client.get("/set/a/1")
-    for _ in range(4):
-        time.sleep(0.4)
+    for _ in range(5):
+        time.sleep(0.5)
         assert client.get("/read").json == {"data": {"a": "1"}}
+    assert time.monotonic() - started > 2.0  # longer than the idle timeout in all
 
 
 def test_absolute_timeout_ends_even_an_active_session(make_app: AppFactory, store: Store) -> None:
