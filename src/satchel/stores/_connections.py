@@ -108,12 +108,7 @@ class ConnectionList(Generic[Conn]):
         with self._lock:
             if len(self.idle) < len(self.made):
                 return  # some are still lent out: try again when they come back
-            closing = []
-            while True:
-                try:
-                    closing.append(self.idle.popleft())  # atomic: never one a take() got
-                except IndexError:
-                    break
+            closing = self._all_idle()
             for conn in closing:
                 self.made.remove(conn)
             self._shrunk = bool(self.made)
@@ -129,15 +124,21 @@ class ConnectionList(Generic[Conn]):
         doomed = [conn]
         with self._lock:
             if idle_too:
-                while True:
-                    try:
-                        doomed.append(self.idle.popleft())  # atomic: never one a take() got
-                    except IndexError:
-                        break
+                doomed += self._all_idle()
             for each in doomed:
                 with contextlib.suppress(ValueError):  # made before a fork
                     self.made.remove(each)
         return doomed
+
+    def _all_idle(self) -> list[Conn]:
+        """Take every idle connection out of the list, one atomic pop at a time (never
+        one that a concurrent :meth:`take` got)."""
+        taken = []
+        while True:
+            try:
+                taken.append(self.idle.popleft())
+            except IndexError:
+                return taken
 
     def _drained(self, conn: Conn) -> bool:
         """Whether ``conn`` was lent out when :meth:`drain` ran (and forget it)."""
@@ -157,12 +158,7 @@ class ConnectionList(Generic[Conn]):
         """
         with self._lock:
             made, self.made = self.made, []
-            idle = []
-            while True:
-                try:
-                    idle.append(self.idle.popleft())  # atomic: never one a take() got
-                except IndexError:
-                    break
+            idle = self._all_idle()
             if self._close is None:
                 return made
             self._doomed += [conn for conn in made if not any(conn is i for i in idle)]
