@@ -350,7 +350,7 @@ def test_the_loop_store_walks_the_purge_on_shortly_until_the_table_is_clean(
 ) -> None:
     """A maintenance that left a walk of the purge under way is due again at the
     walk's next step (PURGE_STEP_SECONDS), not purge_interval later."""
-    from satchel.stores import sqlite as sqlite_module
+    from satchel.stores import _sqlite_purge as sqlite_module
 
     monkeypatch.setattr(sqlite_module, "PURGE_STEP_SECONDS", 0.0)
     sqlite = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=10)

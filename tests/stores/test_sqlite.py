@@ -152,7 +152,7 @@ def test_a_purge_batch_deletes_no_more_rows_than_its_hold_allows(
     """Every batch whose delete takes longer than PURGE_HOLD halves the next one's rows
     (at 2 KB a session, a batch of 2,000 held every writer up for 85 ms); the purge
     still removes every expired row and no live one."""
-    from satchel.stores import sqlite as module
+    from satchel.stores import _sqlite_purge as module
 
     monkeypatch.setattr(module, "PURGE_HOLD", 0.0)  # every batch counts as too long
     store = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=1000)
@@ -184,7 +184,7 @@ def test_a_purge_removes_exactly_the_expired_rows_whatever_the_batches(
     up or down): the walk removes every expired row once and never a live one."""
     import random
 
-    from satchel.stores import sqlite as module
+    from satchel.stores import _sqlite_purge as module
 
     rng = random.Random(seed)
     monkeypatch.setattr(module, "PURGE_HOLD", rng.choice([0.0, 1e-9, 10.0]))
@@ -204,7 +204,7 @@ def test_the_periodic_purge_walks_on_shortly_until_the_table_is_clean(
     purge_interval (2,000 rows every five minutes fell behind any site creating more
     than seven sessions a second); once it has walked the table, the next walk waits
     purge_interval."""
-    from satchel.stores import sqlite as module
+    from satchel.stores import _sqlite_purge as module
 
     monkeypatch.setattr(module, "PURGE_STEP_SECONDS", 0.0)
     store = SQLiteStore(tmp_path / "s.sqlite3", purge_batch=10)

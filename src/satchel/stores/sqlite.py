@@ -36,7 +36,7 @@ from typing import Any
 
 from .. import _json
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
-from . import _sqlite_quick
+from . import _sqlite_purge, _sqlite_quick
 from ._connections import ConnectionList
 from ._fieldtext import from_text, to_text
 from .base import MOVE_NOTE_SECONDS, Change, Conflict, Record, SaveResult, apply_change
@@ -105,18 +105,6 @@ RESTART_FRAMES = 1000
 RESTART_TRIES = 20
 #: How often (seconds) a process checks that its file is still the one it opened.
 FILE_CHECK_INTERVAL = 1.0
-#: How long (seconds) one purge batch should hold the write lock: every other writer,
-#: in every process, waits that long. A batch deletes at most a number of rows that
-#: halves when a batch took longer and doubles (up to ``purge_batch``) when one took
-#: under half of it, so the bound holds for sessions of any size (a batch of 2,000
-#: rows of 2 KB held the lock for 85 ms).
-PURGE_HOLD = 0.005
-#: The row limit of a store's first purge batch.
-PURGE_FIRST_LIMIT = 64
-#: While a walk of the table is under way, the next periodic batch is due this many
-#: seconds after the last one (not ``purge_interval`` later), so that purging keeps
-#: up with sessions that expire faster than one batch an interval removes.
-PURGE_STEP_SECONDS = 0.1
 
 
 def _encode(fields: dict[str, str | None]) -> str:
@@ -150,9 +138,9 @@ class SQLiteStore:
     write before the store gives up. ``prefix`` is a namespace: stores with
     different prefixes on one file never see each other's sessions or locks.
     Expired records are removed in short batches (each holding the write lock
-    about :data:`PURGE_HOLD`, walking at most ``purge_batch`` rows): every
-    ``purge_interval`` seconds a walk of the table starts, one batch every
-    :data:`PURGE_STEP_SECONDS` by whichever request saves next, and
+    about 5 ms, walking at most ``purge_batch`` rows; see ``_sqlite_purge``): every
+    ``purge_interval`` seconds a walk of the table starts, one batch every 0.1 s
+    by whichever request saves next, and
     :meth:`purge_expired` removes them all. At most ``max_idle`` idle
     connections are kept per process.
     """
@@ -177,7 +165,7 @@ class SQLiteStore:
         self._connections = ConnectionList(self._connect, close=self._close, max_idle=max_idle)
         self._next_purge = time.time() + purge_interval
         self._purge_from = 0  # the rowid where the next periodic batch starts
-        self._purge_limit = min(PURGE_FIRST_LIMIT, purge_batch)  # rows a batch deletes
+        self._purge_limit = _sqlite_purge.first_limit(purge_batch)  # rows a batch deletes
         self._purge_held = 0.0  # seconds the last batch's delete took
         self._identity: tuple[int, int] | None = None
         self._next_check = 0.0
@@ -481,9 +469,8 @@ class SQLiteStore:
         """The periodic purge's next batch; when the walk it belongs to ends, the next
         walk starts ``purge_interval`` later, else the next batch is due shortly."""
         self._next_purge = now + self.purge_interval  # also when this batch fails
-        self._purge_from, removed = self._purge_range(self._purge_from, now)
-        if self._purge_from:
-            self._next_purge = now + min(PURGE_STEP_SECONDS, self.purge_interval)
+        self._purge_from, removed = _sqlite_purge.purge_range(self, self._purge_from, now)
+        self._next_purge = _sqlite_purge.next_due(self, now)
         return removed
 
     def _save_in_transaction(
@@ -583,46 +570,6 @@ class SQLiteStore:
             "DELETE FROM satchel_lock WHERE key = ? AND token = ?", (self.prefix + key, token)
         )
 
-    def _purge_range(self, start: int, now: float) -> tuple[int, int]:
-        """Delete expired rows with rowids in one batch from ``start``.
-
-        Returns where the next batch starts (0 once the table is walked) and
-        how many rows this one removed.
-        Walking the table by rowid needs no index on the expiry time (which every
-        save would have to update). The expired rows are found by a read, which
-        takes no lock; the delete, the one write, removes at most ``_purge_limit``
-        of them, a number kept to what the write lock may be held for
-        (:data:`PURGE_HOLD`). Expired locks and move notes go when a walk starts.
-        """
-        if start == 0:
-            self._run("DELETE FROM satchel_lock WHERE expires_at <= ?", (now,))
-            self._run("DELETE FROM satchel_moves WHERE expires_at <= ?", (now,))
-        end = start + self.purge_batch
-        limit = self._purge_limit
-        found, _ = self._run(
-            "SELECT id FROM satchel_sessions WHERE id >= ? AND id < ? AND expires_at <= ?"
-            " ORDER BY id LIMIT ?",
-            (start, end, now, limit),
-        )
-        removed = 0
-        self._purge_held = 0.0
-        if found:
-            last_found = found[-1][0]
-            began = time.perf_counter()
-            _, removed = self._run(
-                "DELETE FROM satchel_sessions WHERE id >= ? AND id <= ? AND expires_at <= ?",
-                (start, last_found, now),
-            )
-            self._purge_held = held = time.perf_counter() - began
-            if held > PURGE_HOLD:
-                self._purge_limit = max(1, limit // 2)
-            elif held < PURGE_HOLD / 2:
-                self._purge_limit = min(self.purge_batch, limit * 2)
-            if len(found) == limit:  # more may be left before ``end``: go on from here
-                end = last_found + 1
-        last = self._run("SELECT max(id) FROM satchel_sessions", ())[0][0][0]
-        return (0 if last is None or end > last else end), removed
-
     def purge_expired(self) -> int:
         """Remove every expired record, one short batch at a time; return how many."""
         return sum(removed for _walked, _total, removed in self.purge_in_batches())
@@ -633,7 +580,7 @@ class SQLiteStore:
         total = self._run("SELECT max(id) FROM satchel_sessions", ())[0][0][0] or 0
         start = 0
         while True:
-            start, removed = self._purge_range(start, now)
+            start, removed = _sqlite_purge.purge_range(self, start, now)
             if start == 0:
                 yield total, total, removed
                 return
