@@ -611,6 +611,35 @@ def targets(table: dict[str, dict[str, float]], rt: dict[str, dict[str, float]],
     return out
 
 
+def write_path_targets(
+    table: dict[str, dict[str, float]],
+    every: dict[str, dict[str, dict[str, float]]] | None,
+) -> list[tuple[bool, str]]:
+    """The performance issue's goals (round three), 2 KB: each cell's added cost against
+    its peer's, and, end to end in every workload, a share of bare Flask's requests per
+    second at least the peer's."""
+    out: list[tuple[bool, str]] = []
+    bare = table["bare Flask"]
+    goals = [
+        ("satchel SQLite", "Flask cookie session", "read-modify-write, 2 KB", 1 / 3),
+        ("satchel Valkey", "Flask-Session Redis", "read-only, 2 KB", 0.3),
+        ("satchel Valkey", "Flask-Session Redis", "read-modify-write, 2 KB", 0.5),
+    ]
+    for ours, peer, column, goal in goals:
+        ratio = (table[ours][column] - bare[column]) / (table[peer][column] - bare[column])
+        out.append((ratio <= goal, f"{ours}'s added time vs {peer}'s, {column}: "
+                                   f"{ratio:.2f}x (goal <= {goal:.2g}x)"))  # fmt: skip
+    for workload, cells in (every or {}).items():
+        base = cells["bare Flask"]["rps"]
+        for ours, peer in (("satchel SQLite", "Flask cookie session"),
+                           ("satchel Valkey", "Flask-Session Redis")):  # fmt: skip
+            mine, theirs = cells[ours]["rps"] / base, cells[peer]["rps"] / base
+            out.append((mine >= theirs, f"{ours} end to end, {workload}: {mine:.0%} of bare "
+                                        f"Flask's requests/s vs {peer}'s {theirs:.0%} "
+                                        f"(target: ahead)"))  # fmt: skip
+    return out
+
+
 def read_path_targets(
     table: dict[str, dict[str, float]],
     rt: dict[str, dict[str, float]],
@@ -908,7 +937,11 @@ def main() -> None:
             valkey, work, rounds, args.sample_ms, args.seconds, args.quick
         )
         print("\ntargets:")
-        checks = targets(table, rt, e2e, pg, counts) + asgi_checks
+        checks = (
+            targets(table, rt, e2e, pg, counts)
+            + write_path_targets(table, report.get("end_to_end_workloads"))
+            + asgi_checks
+        )
         report["targets"] = [{"pass": ok, "what": what} for ok, what in checks]
         for ok, what in checks:
             print(f"  {'PASS' if ok else 'FAIL'}  {what}")

@@ -161,3 +161,30 @@ def test_scale_benchmark_runs_end_to_end_at_a_small_size(bench: object, tmp_path
             figures = report["steps"][step][kind]
             assert figures["filled"] == (1_000 if step == "empty" else 3_000)
             assert 0 < figures["load p50 us"] <= figures["load p99 us"]
+
+
+def test_write_path_targets_pass_only_cells_that_meet_their_goal(bench: object) -> None:
+    """Each goal of the performance issue is judged on the cell it names: an added cost
+    against the peer's, and end to end a share of bare Flask's requests/s."""
+    columns = ("read-only, 2 KB", "read-modify-write, 2 KB")
+    table = {
+        "bare Flask": dict.fromkeys(columns, 100.0),
+        "Flask cookie session": dict.fromkeys(columns, 400.0),  # +300
+        "Flask-Session Redis": dict.fromkeys(columns, 500.0),  # +400
+        "satchel SQLite": {"read-only, 2 KB": 150.0, "read-modify-write, 2 KB": 201.0},
+        "satchel Valkey": {"read-only, 2 KB": 220.0, "read-modify-write, 2 KB": 300.0},
+    }
+    every = {
+        "first request": {
+            "bare Flask": {"rps": 1000.0}, "Flask cookie session": {"rps": 800.0},
+            "satchel SQLite": {"rps": 700.0}, "Flask-Session Redis": {"rps": 600.0},
+            "satchel Valkey": {"rps": 600.0},
+        }
+    }  # fmt: skip
+    checks = bench.write_path_targets(table, every)  # type: ignore[attr-defined]
+    verdicts = [ok for ok, _ in checks]
+    # SQLite rmw: +101 vs +300 = 0.34x (goal 1/3): fail; Valkey read: +120 vs +400 =
+    # 0.30x: pass; Valkey rmw: +200 vs +400 = 0.50x: pass; end to end SQLite 70 % vs
+    # 80 %: fail; Valkey 60 % vs 60 %: level, not behind: pass.
+    assert verdicts == [False, True, True, False, True]
+    assert "0.34x" in checks[0][1] and "70% of bare" in checks[3][1]
