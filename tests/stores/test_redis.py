@@ -229,3 +229,45 @@ def test_a_burst_of_threads_leaves_few_connections_open(own_valkey: ValkeyServer
     assert clients_connected(own_valkey) <= store._connections.max_idle
     assert store.load(KEY) is not None
     store.close()
+
+
+@pytest.mark.parametrize("limit", [None, 10_000])
+def test_a_plain_create_takes_the_short_script_and_stores_what_the_save_script_does(
+    own_valkey: ValkeyServer, limit: int | None
+) -> None:
+    """A create with no owner, fence, expectation or deletion runs CREATE (a third of
+    the save script's server time); the record it stores is the one SAVE stores, field
+    for field (the size field included), and a key taken is refused the same way."""
+    from satchel.errors import SessionTooLarge
+    from satchel.stores._redis_scripts import CREATE, SAVE
+
+    store = RedisStore.from_url(own_valkey.url)
+    now = time.time()
+    fields = {"name": "Zoë".encode(), "blob": b"\x00\xff" * 300, "n": b"7"}
+
+    def made(**extra: Any) -> Change:
+        given: dict[str, Any] = {"set": fields, "max_size": limit, **extra}
+        return Change(created_at=now, touched_at=now, expires_at=now + 60, **given)
+
+    assert store.save("short", made(), create=True) == SaveResult.SAVED
+    assert store.client.script_exists(CREATE.sha, SAVE.sha) == [True, False]
+    # An expectation of an absent field holds for a new key and sends it through SAVE.
+    assert store.save("long", made(expect={"x": None}), create=True) == SaveResult.SAVED
+    assert store.client.script_exists(SAVE.sha) == [True]
+    short = store.client.hgetall(store._key("short"))
+    assert short == store.client.hgetall(store._key("long"))
+    assert (b"m:s" in short) is (limit is not None)
+    if limit is not None:
+        size = sum(len(name.encode()) + len(value) for name, value in fields.items())
+        assert short[b"m:s"] == str(size).encode()
+    assert 0 < store.client.pttl(store._key("short")) <= 60_000  # type: ignore[operator]
+    assert store.save("short", made(), create=True) == SaveResult.REFUSED
+    assert store.load("short") == store.load("long")
+    # A key whose record a revoke ended (its note says so) stays ended, as with SAVE.
+    store.client.set(store._note_key("ended"), "!")
+    assert store.save("ended", made(), create=True) == SaveResult.REFUSED
+    assert store.load("ended") is None
+    if limit is not None:  # too large: the save script decides, and says so
+        with pytest.raises(SessionTooLarge):
+            store.save("big", made(set={"x": b"y" * limit}), create=True)
+    store.close()

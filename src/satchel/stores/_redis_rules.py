@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._redis_scripts import (
     BUMP,
+    CREATE,
     EPOCH,
     INDEX,
     RESTORE,
@@ -181,6 +182,12 @@ class _RedisRules:
         pairs += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
         for name, value in change.set.items():
             pairs += ("d:" + name, value)
+        if create and not index and _plain_create(change, len(pairs)):
+            if change.max_size is not None:
+                pairs += ("m:s", _size_of_set(change))
+            keys = [self._key(key), self._note_key(key)]
+            reply = yield Script(CREATE, keys, [_ms(change.expires_at), *pairs])
+            return SaveResult(reply[0])
         source = change.replaces if create and change.replaces is not None else key
         mode = "u" if not create else "c" if change.replaces is None else "m"
         keys = [
@@ -390,3 +397,22 @@ class _RedisRules:
             "session keys, losing sessions whose writes were acknowledged; "
             "set it to noeviction"
         )
+
+
+def _size_of_set(change: Change) -> int:
+    """The size the save script counts for a create's fields: names and values, in bytes."""
+    return sum(len(name.encode("utf-8")) + len(value) for name, value in change.set.items())
+
+
+def _plain_create(change: Change, pairs: int) -> bool:
+    """Whether a create can take the short CREATE script: a new key (no move), no owner,
+    fence, expectation or deletion, a record left non-empty, within its size limit, and
+    few enough fields for one HSET; anything else takes SAVE, which decides it all."""
+    if change.replaces is not None or change.owner is not None or change.fence is not None:
+        return False
+    if change.expect or change.delete or pairs > 1990:
+        return False
+    only = change.delete_if_only
+    if only is not None and all(name in only for name in change.set):
+        return False  # the save script finds it empty (DELETED)
+    return change.max_size is None or _size_of_set(change) <= change.max_size

@@ -139,6 +139,20 @@ redis.call('EXISTS', target)  -- read last: a tracking caller keeps tracking it 
 return {1}
 """
 
+# A plain create (no owner, fence, expectation or deletion; its size already checked
+# by the caller): the _SAVE script's create with none of its bookkeeping (server time
+# for a 2 KB session, INFO commandstats: 25 µs against 34; the HSET of the fields
+# from Lua is most of what is left, 10 µs over the same HSET sent as a command).
+# KEYS: the record, its move note (see _SAVE); ARGV: the expiry (unix ms), then the
+# name/value pairs. Replies as _SAVE: {0} the key is taken or ended, {1} saved.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return {0} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+redis.call('EXISTS', KEYS[1])  -- read last: a tracking caller keeps tracking it
+return {1}
+"""
+
 # A Cluster's half of a move, on the old record's slot: check the fence, then
 # return the whole hash, delete it and leave a note of where it goes (ARGV[2]).
 # KEYS: the record, its lock, its note. Replies {0} gone, {3} fenced, {1, hash}.
@@ -326,14 +340,15 @@ class _Script:
 
 
 _NOTE_MS = str(int(MOVE_NOTE_SECONDS * 1000))
-SAVE, TAKE, RESTORE, KILL, TOUCH, INDEX, BUMP, STAMP, REVOKE, ACQUIRE, RELEASE = (
+SAVE, CREATE, TAKE, RESTORE, KILL, TOUCH, INDEX, BUMP, STAMP, REVOKE, ACQUIRE, RELEASE = (
     _Script(source.replace("@NOTE_MS@", _NOTE_MS))
     for source in (
-        _SAVE, _TAKE, _RESTORE, _KILL, _TOUCH, _INDEX, _BUMP, _STAMP, _REVOKE, _ACQUIRE, _RELEASE
+        _SAVE, _CREATE, _TAKE, _RESTORE, _KILL, _TOUCH, _INDEX, _BUMP, _STAMP, _REVOKE,
+        _ACQUIRE, _RELEASE,
     )
 )  # fmt: skip
 #: The scripts that change a session record: a fenced store pings after each.
-_WRITES = frozenset({SAVE, TAKE, RESTORE, KILL, TOUCH, REVOKE})
+_WRITES = frozenset({SAVE, CREATE, TAKE, RESTORE, KILL, TOUCH, REVOKE})
 #: The member of an owner's set that holds their revocation epoch (never a store key).
 EPOCH = "@epoch"
 

@@ -51,6 +51,7 @@ from ._redis_scripts import (
     _WRITES,
     ACQUIRE,
     CLUSTER_PRUNE_AFTER_MS,
+    CREATE,
     KILL,
     RELEASE,
     REVOKE,
@@ -500,7 +501,7 @@ class RedisStore(_RedisRules):
         def perform(op: RedisOp) -> Any:
             if isinstance(op, Script) and op.script is TAKE:  # a Cluster's move ends the old
                 return self._run(op.script, op.keys, op.args, forget=gone)
-            if isinstance(op, Script) and op.script is SAVE:
+            if isinstance(op, Script) and (op.script is SAVE or op.script is CREATE):
                 how = derive if change.replaces is None else None
                 fence = not create or change.replaces is not None  # a new key: nobody tracks it
                 return self._run(
