@@ -27,7 +27,7 @@ from ._redis_scripts import (
     _record,
     _Script,
 )
-from .base import Change, Conflict, Record, SaveResult, apply_change
+from .base import Change, Conflict, Record, SaveResult, apply_change, size_of
 
 T = TypeVar("T")
 
@@ -182,9 +182,10 @@ class _RedisRules:
         pairs += ("m:t", repr(change.touched_at), "m:e", repr(change.expires_at))
         for name, value in change.set.items():
             pairs += ("d:" + name, value)
-        if create and not index and _plain_create(change, len(pairs)):
+        size = size_of(change.set) if create and change.max_size is not None else 0
+        if create and not index and _plain_create(change, len(pairs), size):
             if change.max_size is not None:
-                pairs += ("m:s", _size_of_set(change))
+                pairs += ("m:s", size)
             keys = [self._key(key), self._note_key(key)]
             reply = yield Script(CREATE, keys, [_ms(change.expires_at), *pairs])
             return SaveResult(reply[0])
@@ -399,15 +400,11 @@ class _RedisRules:
         )
 
 
-def _size_of_set(change: Change) -> int:
-    """The size the save script counts for a create's fields: names and values, in bytes."""
-    return sum(len(name.encode("utf-8")) + len(value) for name, value in change.set.items())
-
-
-def _plain_create(change: Change, pairs: int) -> bool:
+def _plain_create(change: Change, pairs: int, size: int) -> bool:
     """Whether a create can take the short CREATE script: a new key (no move), no owner,
-    fence, expectation or deletion, a record left non-empty, within its size limit, and
-    few enough fields for one HSET; anything else takes SAVE, which decides it all."""
+    fence, expectation or deletion, a record left non-empty, within its size limit
+    (``size``: its fields' :func:`~satchel.stores.base.size_of`), and few enough fields
+    for one HSET; anything else takes SAVE, which decides it all."""
     if change.replaces is not None or change.owner is not None or change.fence is not None:
         return False
     if change.expect or change.delete or pairs > 1990:
@@ -415,4 +412,4 @@ def _plain_create(change: Change, pairs: int) -> bool:
     only = change.delete_if_only
     if only is not None and all(name in only for name in change.set):
         return False  # the save script finds it empty (DELETED)
-    return change.max_size is None or _size_of_set(change) <= change.max_size
+    return change.max_size is None or size <= change.max_size
