@@ -234,6 +234,13 @@ def round_trip(valkey: ValkeyServer, n: int = 2_000) -> dict[str, float]:
     return {name: statistics.median(values) * 1e6 for name, values in times.items()}
 
 
+#: How the end-to-end benchmarks serve the app: gunicorn, 2 sync workers ({port} filled in).
+GUNICORN = [
+    sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}",
+    "--log-level", "warning", "bench_e2e_app:create_app()",
+]  # fmt: skip
+
+
 def end_to_end(
     backend_envs: dict[str, dict[str, str]],
     seconds: int,
@@ -242,11 +249,7 @@ def end_to_end(
     sessions: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Requests per second and p99 latency under gunicorn (2 workers) and wrk."""
-    command = [
-        sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:{port}",
-        "--log-level", "warning", "bench_e2e_app:create_app()",
-    ]  # fmt: skip
-    launch = {name: (command, env) for name, env in backend_envs.items()}
+    launch = {name: (GUNICORN, env) for name, env in backend_envs.items()}
     return serve_and_measure(launch, "bare Flask", seconds, rounds, workload, sessions)
 
 

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import E2E_PATHS, RESULTS, _wait_and_create, _wrk  # noqa: E402
+from run import E2E_PATHS, GUNICORN, RESULTS, _wait_and_create, _wrk  # noqa: E402
 from tests.valkey import free_port  # noqa: E402
 
 from satchel.serialization import dumps  # noqa: E402
@@ -196,8 +196,7 @@ class Apps:
         self.processes: list[subprocess.Popen[bytes]] = []
         for name, env in envs.items():
             port = free_port()
-            command = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
-                       "--log-level", "warning", "bench_e2e_app:create_app()"]  # fmt: skip
+            command = [part.replace("{port}", str(port)) for part in GUNICORN]
             environment = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
             self.processes.append(
                 subprocess.Popen(
