@@ -113,6 +113,12 @@ class _Protocol(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(future: asyncio.Future[Any], timeout: float) -> None:
+    """Fail a reply's future that waited ``timeout`` seconds (a late reply is dropped)."""
+    if not future.done():
+        future.set_exception(TimeoutError(f"no reply within {timeout}s"))
+
+
 class RespConnection:
     """A lazily made, pipelined connection to one server, for one event loop.
 
@@ -193,14 +199,20 @@ class RespConnection:
     async def _send(self, protocol: _Protocol, args: tuple[Any, ...]) -> Any:
         if protocol.lost is not None or protocol.transport is None:
             raise _Closed(str(protocol.lost))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         protocol.waiting.append(future)
         protocol.transport.write(encode(args))
+        # A timer on the reply's own future, not asyncio.wait_for: on Python 3.11 that
+        # chains a second future to it, one more turn of the loop on every reply.
+        timer = loop.call_later(self.timeout, _expire, future, self.timeout)
         try:
-            return await asyncio.wait_for(future, self.timeout)
+            return await future
         except TimeoutError:
             protocol.close(TimeoutError(f"no reply within {self.timeout}s"))
             raise
+        finally:
+            timer.cancel()
 
     def _current(self) -> _Protocol | None:
         protocol = self._protocol
