@@ -208,8 +208,8 @@ class RespConnection:
         timer = loop.call_later(self.timeout, _expire, future, self.timeout)
         try:
             return await future
-        except TimeoutError:
-            protocol.close(TimeoutError(f"no reply within {self.timeout}s"))
+        except TimeoutError as exc:  # _expire's: every later reply is out of step
+            protocol.close(exc)
             raise
         finally:
             timer.cancel()
