@@ -204,13 +204,12 @@ class _PostgresRules:
         )
         return int(rows[0][0]), int(rows[0][1])
 
-    def _purge_batch_steps(self, now: float, rows: int | None = None) -> PostgresSteps[int]:
-        """Delete up to ``rows`` (PURGE_BATCH) expired rows of every namespace, by the
-        expiry index."""
+    def _purge_batch_steps(self, now: float, rows: int = PURGE_BATCH) -> PostgresSteps[int]:
+        """Delete up to ``rows`` expired rows of every namespace, by the expiry index."""
         _, removed = yield Run(
             "DELETE FROM satchel_sessions WHERE key IN (SELECT key FROM satchel_sessions"
             " WHERE expires_at <= %s LIMIT %s)",
-            (now, PURGE_BATCH if rows is None else rows),
+            (now, rows),
         )
         yield Run("DELETE FROM satchel_locks WHERE expires_at <= %s", (now,))
         yield Run("DELETE FROM satchel_moves WHERE expires_at <= %s", (now,))
