@@ -905,9 +905,9 @@ def test_lock_errors_name_the_store_and_how_long_they_took() -> None:
     life = lifecycle(lock_timeout=0.0)
     session, _ = opened(life, stored({"n": 1}))
     session["n"] = 2
+    started = time.monotonic()  # before the save's first step, where its own clock starts
     save = Steps(life._save_steps(session))
     save.first()
-    started = time.monotonic()
     with pytest.raises(LockTimeout) as timed_out:
         save.send(SaveResult.CONFLICT)
     assert timed_out.value.store == repr(life.store)
