@@ -2,7 +2,8 @@
 
     python bench/instructions.py BACKEND VALKEY_URL DIRECTORY REQUESTS [POSTGRES_URL]
 
-runs one backend's three workloads on a 2 KB session under ``valgrind
+runs one backend's three workloads (a Flask backend of bench/backends.py, or an
+ASGI one of bench/asgi_backends.py named ``asgi:NAME``) on a 2 KB session under ``valgrind
 --tool=callgrind`` (``bench/run.py --instructions`` starts it). Each workload
 runs twice, a warm-up then the measured pass, each inside its own call through
 :mod:`ctypes`, and callgrind counts only inside those calls and writes one
@@ -52,10 +53,56 @@ def counted(call: Callable[[], Any], n: int) -> None:
     ctypes.CFUNCTYPE(None)(loop)()
 
 
+#: How an ASGI backend's name starts (``asgi:satchel Valkey``): its app is a Starlette one
+#: from bench/asgi_backends.py, called directly as ASGI on one event loop.
+ASGI = "asgi:"
+
+
+def asgi_calls(
+    name: str, valkey_url: str, directory: Path, size: int
+) -> tuple[list[Callable[[], Any]], Callable[[], None]]:
+    """One call per workload of the ASGI backend ``name`` (bare Starlette: ``/bare`` each),
+    and what closes its store and event loop afterwards."""
+    import asyncio
+
+    from asgi_backends import ASGIClient, build
+
+    loop = asyncio.new_event_loop()
+    closers: list[Callable[[], Any]] = []
+    app = build(name, valkey_url, directory, closers)
+    holder, fresh = ASGIClient(app), ASGIClient(app, keep_cookies=False)
+
+    def run(client: ASGIClient, path: str) -> Callable[[], Any]:
+        # The loop runs its other callbacks once after each request, as a server's does.
+        async def request() -> None:
+            await client.get(path)
+            await asyncio.sleep(0)
+
+        return lambda: loop.run_until_complete(request())
+
+    def close() -> None:
+        for closer in closers:
+            loop.run_until_complete(closer())
+        loop.close()
+
+    if name == "bare Starlette":
+        return [run(holder, "/bare")] * len(WORKLOADS), close
+    run(holder, f"/create/{size}")()
+    return [run(holder, "/read"), run(holder, "/rmw"), run(fresh, f"/create/{size}")], close
+
+
 def main() -> None:
     name, valkey_url, directory, requests = sys.argv[1:5]
     postgres_url = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
     size = int(sys.argv[6]) if len(sys.argv) > 6 else 2_000  # the session's payload, bytes
+    if name.startswith(ASGI):
+        calls, close = asgi_calls(name[len(ASGI) :], valkey_url, Path(directory), size)
+        for call in calls:
+            counted(call, WARM_UP)
+            gc.collect()
+            counted(call, int(requests))
+        close()
+        return
     factory = all_backends(valkey_url, Path(directory), postgres_url)[name]
     holder, fresh = make_clients(factory, size)
     for workload in WORKLOADS:

@@ -720,9 +720,16 @@ def plot(table: dict[str, dict[str, float]], path: Path) -> None:
 
 
 def asgi_section(
-    valkey: ValkeyServer, work: Path, rounds: int, sample_ms: float, seconds: int, quick: bool
+    valkey: ValkeyServer,
+    work: Path,
+    rounds: int,
+    sample_ms: float,
+    seconds: int,
+    quick: bool,
+    count_instructions: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[bool, str]]]:
-    """The ASGI rows (bench/asgi_backends.py): in-process, round trips, end to end, targets."""
+    """The ASGI rows (bench/asgi_backends.py): in-process, round trips, end to end, targets;
+    with ``count_instructions``, CPU instructions per request too (callgrind)."""
     import asyncio
 
     import asgi_backends
@@ -741,6 +748,25 @@ def asgi_section(
     print("  commands per read-only request: "
           + ", ".join(f"{n}: {c:.2f}" for n, c in commands.items()))  # fmt: skip
     found: dict[str, Any] = {"in_process_us": table, "commands_per_read": commands}
+    if count_instructions and shutil.which("valgrind") is None:
+        print("ASGI instructions: skipped, valgrind is not installed (apt-get install valgrind)")
+    elif count_instructions:
+        from instructions import ASGI
+
+        # Not satchel SQLite: its store calls run on worker threads, which callgrind's
+        # switch (on in the thread that enters the measured call) does not count.
+        names = [
+            n
+            for n in asgi_backends.BACKENDS
+            if n not in asgi_backends.STARSESSIONS and n != "satchel SQLite"
+        ]
+        names.insert(2, "starsessions Redis")  # its configurations run the same code
+        counted = instructions([ASGI + n for n in names], valkey, work, 100)
+        found["instructions_per_request"] = {n[len(ASGI) :]: row for n, row in counted.items()}
+        print("ASGI CPU instructions per request (valgrind; the app's process only), 2 KB:")
+        for name, row in found["instructions_per_request"].items():
+            cells = [f"{count / 1000:8.0f} k" for count in row.values()]
+            print(f"  {name:<42}" + "".join(f"{c:>24}" for c in cells))
     if shutil.which("wrk"):
         e2e_rounds = 1 if quick else 3
         e2e = asgi_backends.end_to_end(valkey.url, work, seconds, e2e_rounds, serve_and_measure)
@@ -802,7 +828,7 @@ def main() -> None:
     if args.asgi_only:
         try:
             report["asgi"], checks = asgi_section(
-                valkey, work, rounds, args.sample_ms, args.seconds, args.quick
+                valkey, work, rounds, args.sample_ms, args.seconds, args.quick, args.instructions
             )
             print("\ntargets:")
             for ok, what in checks:
@@ -937,7 +963,7 @@ def main() -> None:
         if pg is not None:
             report["postgres"] = pg
         report["asgi"], asgi_checks = asgi_section(
-            valkey, work, rounds, args.sample_ms, args.seconds, args.quick
+            valkey, work, rounds, args.sample_ms, args.seconds, args.quick, args.instructions
         )
         print("\ntargets:")
         checks = (

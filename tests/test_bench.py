@@ -188,3 +188,35 @@ def test_write_path_targets_pass_only_cells_that_meet_their_goal(bench: object) 
     # 80 %: fail; Valkey 60 % vs 60 %: level, not behind: pass.
     assert verdicts == [False, True, True, False, True]
     assert "0.34x" in checks[0][1] and "70% of bare" in checks[3][1]
+
+
+def test_instruction_counts_run_each_asgi_workload_in_order(
+    bench: object, tmp_path: Path, valkey: ValkeyServer
+) -> None:
+    """bench/instructions.py's ASGI calls: a read and a read-modify-write on one session,
+    then first requests that each make a new one (callgrind is not needed to run them)."""
+    import instructions
+    import redis
+
+    client = redis.Redis.from_url(valkey.url)
+
+    def stored() -> int:
+        return sum(1 for _ in client.scan_iter(match="asgi:*"))
+
+    before = stored()
+    (read, rmw, first), close = instructions.asgi_calls("satchel Valkey", valkey.url, tmp_path, 100)
+    try:
+        assert stored() == before + 1  # the session the read and the write use
+        read()
+        rmw()
+        assert stored() == before + 1
+        first()
+        first()
+        assert stored() == before + 3
+    finally:
+        close()
+    bare, close = instructions.asgi_calls("bare Starlette", valkey.url, tmp_path, 100)
+    for call in bare:
+        call()
+    close()
+    client.close()
