@@ -4,12 +4,12 @@ steps of every call that takes more than one command (see :mod:`satchel._steps`)
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .. import _json
 from ..errors import ConfigError, SessionTooLarge, StoreUnavailable
 from ._redis_scripts import (
     BUMP,
@@ -166,7 +166,7 @@ class _RedisRules:
         if create:
             pairs += ("m:c", repr(change.created_at))
             if change.meta:
-                pairs += ("m:x", json.dumps(dict(change.meta), ensure_ascii=False))
+                pairs += ("m:x", _json.dumps(dict(change.meta)))  # orjson: 0.2 us, json 3 us
             if change.owner is not None:
                 pairs += ("m:o", change.owner)
                 until = _ms(max(change.ends_by, change.expires_at))

@@ -24,7 +24,6 @@ otherwise go to a file nobody else reads.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -444,7 +443,7 @@ class SQLiteStore:
 
     def _create_args(self, name: str, result: Record, data: str, now: float) -> tuple[object, ...]:
         """The arguments of ``_CREATE`` for a new row holding ``result`` (``data``: its fields)."""
-        meta = json.dumps(dict(result.meta), ensure_ascii=False)
+        meta = _encode(dict(result.meta))  # through orjson: 0.2 us where json takes 3
         return (
             name, result.created_at, result.touched_at, result.expires_at, data,
             result.owner, meta, self.prefix, now,
