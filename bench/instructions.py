@@ -53,6 +53,18 @@ def counted(call: Callable[[], Any], n: int) -> None:
     ctypes.CFUNCTYPE(None)(loop)()
 
 
+def flask_calls(name: str, factory: Any, size: int) -> list[Callable[[], Any]]:
+    """One call per workload of the Flask backend ``name`` (bare Flask: ``/bare`` each)."""
+    holder, fresh = make_clients(factory, size)
+    if name == "bare Flask":
+        return [lambda: holder.get("/bare")] * len(WORKLOADS)
+    return [
+        lambda: holder.get("/read"),
+        lambda: holder.get("/write"),
+        lambda: fresh.get(f"/create/{size}"),
+    ]
+
+
 #: How an ASGI backend's name starts (``asgi:satchel Valkey``): its app is a Starlette one
 #: from bench/asgi_backends.py, called directly as ASGI on one event loop.
 ASGI = "asgi:"
@@ -95,28 +107,17 @@ def main() -> None:
     name, valkey_url, directory, requests = sys.argv[1:5]
     postgres_url = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] else None
     size = int(sys.argv[6]) if len(sys.argv) > 6 else 2_000  # the session's payload, bytes
+    close: Callable[[], None] = lambda: None  # noqa: E731
     if name.startswith(ASGI):
         calls, close = asgi_calls(name[len(ASGI) :], valkey_url, Path(directory), size)
-        for call in calls:
-            counted(call, WARM_UP)
-            gc.collect()
-            counted(call, int(requests))
-        close()
-        return
-    factory = all_backends(valkey_url, Path(directory), postgres_url)[name]
-    holder, fresh = make_clients(factory, size)
-    for workload in WORKLOADS:
-        if name == "bare Flask":
-            call: Callable[[], Any] = lambda: holder.get("/bare")  # noqa: E731
-        elif workload == "read-only":
-            call = lambda: holder.get("/read")  # noqa: E731
-        elif workload == "read-modify-write":
-            call = lambda: holder.get("/write")  # noqa: E731
-        else:
-            call = lambda: fresh.get(f"/create/{size}")  # noqa: E731
+    else:
+        factory = all_backends(valkey_url, Path(directory), postgres_url)[name]
+        calls = flask_calls(name, factory, size)
+    for call in calls:
         counted(call, WARM_UP)
         gc.collect()  # start each pass with the same garbage behind it
         counted(call, int(requests))
+    close()
 
 
 if __name__ == "__main__":
