@@ -637,8 +637,10 @@ def write_path_targets(
         for ours, peer in (("satchel SQLite", "Flask cookie session"),
                            ("satchel Valkey", "Flask-Session Redis")):  # fmt: skip
             mine, theirs = cells[ours]["rps"] / base, cells[peer]["rps"] / base
-            out.append((mine >= theirs, f"{ours} end to end, {workload}: {mine:.0%} of bare "
-                                        f"Flask's requests/s vs {peer}'s {theirs:.0%} "
+            # One decimal: the verdict compares the shares unrounded, and "87% vs 87%"
+            # printed beside a FAIL would hide the difference it was decided on.
+            out.append((mine >= theirs, f"{ours} end to end, {workload}: {mine:.1%} of bare "
+                                        f"Flask's requests/s vs {peer}'s {theirs:.1%} "
                                         f"(target: ahead)"))  # fmt: skip
     return out
 

@@ -187,7 +187,7 @@ def test_write_path_targets_pass_only_cells_that_meet_their_goal(bench: object) 
     # 0.30x: pass; Valkey rmw: +200 vs +400 = 0.50x: pass; end to end SQLite 70 % vs
     # 80 %: fail; Valkey 60 % vs 60 %: level, not behind: pass.
     assert verdicts == [False, True, True, False, True]
-    assert "0.34x" in checks[0][1] and "70% of bare" in checks[3][1]
+    assert "0.34x" in checks[0][1] and "70.0% of bare" in checks[3][1]
 
 
 def test_instruction_counts_run_each_asgi_workload_in_order(
