@@ -58,13 +58,30 @@ def _free(port: int) -> bool:
     return True
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (32768 by default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_cluster_port(taken: set[int]) -> int:
     """A free port whose cluster bus port (10,000 higher) is free too, from this worker's
-    own range (20000 to 29999, buses 30000 to 39999)."""
+    own share of 20000 up.
+
+    Both stay below the ports the kernel gives outgoing connections (from 32768 by
+    default), where they can be: a probe found the bus port free, but a connection any
+    test opens meanwhile could take it before the node binds it, and the node would exit.
+    """
     rng = random.Random()
-    low = 20000 + _worker() * _SPAN
+    top = min(20000 + 4 * _SPAN, _ephemeral_low() - 10000)  # 22768 by default
+    width = (top - 20000) // 4
+    if width < 50:  # a kernel that hands out low ports: the old, wider shares
+        width = _SPAN
+    low = 20000 + _worker() * width
     while True:
-        port = rng.randrange(low, low + _SPAN)
+        port = rng.randrange(low, low + width)
         if port not in taken and _free(port) and _free(port + 10000):
             taken.add(port)
             return port
