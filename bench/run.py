@@ -2,6 +2,7 @@
 
     python bench/run.py            # everything, a few minutes on 2 cores
     python bench/run.py --quick    # fewer rounds, no scale section
+    python bench/run.py --one-cpu  # everything on one CPU: no waiting for idle CPUs to wake
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``) and, for the end-to-end
 section, ``wrk`` (``apt-get install wrk``). Every figure is a median of
@@ -207,11 +208,28 @@ def scale_postgres(url: str, sessions: int) -> dict[str, float]:
             "full_load_us": full}  # fmt: skip
 
 
+def pin(pids: list[int], cpus: set[int]) -> dict[int, set[int]]:
+    """Run each of ``pids`` (0: this process) on ``cpus`` only; the CPUs each had before."""
+    before = {pid: os.sched_getaffinity(pid) for pid in pids}
+    for pid in pids:
+        os.sched_setaffinity(pid, cpus)
+    return before
+
+
+def one_cpu_possible() -> bool:
+    """Whether this platform can pin processes and this process may run on more than one CPU."""
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1
+
+
 def round_trip(valkey: ValkeyServer, n: int = 2_000) -> dict[str, float]:
-    """Median µs of one PING: on a bare socket, and through a redis-py client.
+    """Median µs of one PING: on a bare socket, and through a redis-py client; and on the
+    bare socket again with the server and this process pinned to one CPU (``socket, one
+    CPU``), where the platform allows it.
 
     The floor under every store call: what the network and the server cost
-    before any session layer does anything.
+    before any session layer does anything. The two sockets differ by what it
+    costs to wake an idle CPU for each message, which on a virtual machine can
+    be most of a round trip (and depends on where the scheduler put each side).
     """
     import socket
 
@@ -221,14 +239,25 @@ def round_trip(valkey: ValkeyServer, n: int = 2_000) -> dict[str, float]:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client = redis.Redis(host="127.0.0.1", port=valkey.port)
     times: dict[str, list[float]] = {"socket": [], "redis-py": []}
-    for _ in range(n):
+
+    def ping_socket() -> float:
         start = time.perf_counter()
         sock.sendall(b"*1\r\n$4\r\nPING\r\n")
         assert sock.recv(16) == b"+PONG\r\n"
-        times["socket"].append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    for _ in range(n):
+        times["socket"].append(ping_socket())
         start = time.perf_counter()
         client.ping()
         times["redis-py"].append(time.perf_counter() - start)
+    if one_cpu_possible() and valkey.process is not None:
+        before = pin([0, valkey.process.pid], {min(os.sched_getaffinity(0))})
+        try:
+            times["socket, one CPU"] = [ping_socket() for _ in range(n)]
+        finally:
+            for pid, cpus in before.items():
+                os.sched_setaffinity(pid, cpus)
     sock.close()
     client.close()
     return {name: statistics.median(values) * 1e6 for name, values in times.items()}
@@ -807,7 +836,15 @@ def main() -> None:
         action="store_true",
         help="also count CPU instructions per request with valgrind (a few minutes more)",
     )
+    parser.add_argument(
+        "--one-cpu",
+        action="store_true",
+        help="run the servers, the apps and wrk on one CPU, as on a one-core machine: "
+        "no round trip then waits for an idle CPU to wake",
+    )
     args = parser.parse_args()
+    if args.one_cpu and not one_cpu_possible():
+        parser.error("--one-cpu: this machine cannot pin processes to one of several CPUs")
     rounds = args.rounds or (5 if args.quick else 9)
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="satchel-bench-"))
@@ -826,7 +863,18 @@ def main() -> None:
         "versions": {p: version(p) for p in ("flask", "flask-session", "redis", "satchel")},
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "one_cpu": args.one_cpu,
     }
+    if args.one_cpu:
+        # The processes started from here on (workers, wrk, valgrind, PostgreSQL's
+        # backends) inherit the CPU from this process or the server that forks them.
+        assert valkey.process is not None
+        pids = [0, valkey.process.pid]
+        if postgres is not None and postgres.process is not None:
+            pids.append(postgres.process.pid)
+        cpu = min(os.sched_getaffinity(0))
+        pin(pids, {cpu})
+        print(f"--one-cpu: Valkey, PostgreSQL, the apps and wrk all run on CPU {cpu}")
     if args.asgi_only:
         try:
             report["asgi"], checks = asgi_section(
@@ -874,6 +922,10 @@ def main() -> None:
         report["ping_us"] = ping
         print(f"  one PING round trip: {ping['socket']:.0f} us on a bare socket, "
               f"{ping['redis-py']:.0f} us through a redis-py client")  # fmt: skip
+        if "socket, one CPU" in ping:
+            print(f"  the same socket with the server and this process on one CPU: "
+                  f"{ping['socket, one CPU']:.1f} us (the rest of a round trip above is "
+                  f"waking an idle CPU)")  # fmt: skip
         e2e: dict[str, dict[str, float]] = {}
         if shutil.which("wrk"):
             envs = {

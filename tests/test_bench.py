@@ -67,6 +67,41 @@ def test_postgres_sections_run_on_a_real_server(bench: object, postgres: object)
     assert result["empty_load_us"] > 0 and result["full_load_us"] > 0
 
 
+def test_round_trip_pings_across_cpus_and_on_one_then_puts_both_back(
+    bench: object, valkey: ValkeyServer
+) -> None:
+    """The PING floor, also with the server and the benchmark pinned to one CPU; both
+    processes run where they ran before once it is measured."""
+    import os
+
+    assert valkey.process is not None
+    server = valkey.process.pid
+    before = os.sched_getaffinity(0), os.sched_getaffinity(server)
+    ping = bench.round_trip(valkey, 20)  # type: ignore[attr-defined]
+    assert ping["socket"] > 0 and ping["redis-py"] > 0
+    possible = bench.one_cpu_possible()  # type: ignore[attr-defined]
+    assert possible == (len(before[0]) > 1)
+    assert ("socket, one CPU" in ping) == possible
+    assert ping.get("socket, one CPU", 1.0) > 0
+    assert (os.sched_getaffinity(0), os.sched_getaffinity(server)) == before
+
+
+def test_pin_keeps_a_process_on_the_cpus_given_and_says_where_it_ran(bench: object) -> None:
+    import os
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        everywhere = os.sched_getaffinity(child.pid)
+        cpu = min(everywhere)
+        assert bench.pin([child.pid], {cpu}) == {child.pid: everywhere}  # type: ignore[attr-defined]
+        assert os.sched_getaffinity(child.pid) == {cpu}
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_asgi_section_measures_each_cell_and_counts_round_trips(
     bench: object, tmp_path: Path, valkey: ValkeyServer
 ) -> None:
