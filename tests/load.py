@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,16 +202,28 @@ class LoadResult:
         return self.statuses.get(status, 0)
 
 
-def load(port: int, jobs: Iterable[tuple[str, str | None]], clients: int = 16) -> LoadResult:
-    """Send each (path, cookie) job once from ``clients`` threads; bounded by the job list."""
+def load(
+    port: int,
+    jobs: Iterable[tuple[str, str | None]],
+    clients: int = 16,
+    answered: Callable[[int], None] | None = None,
+) -> LoadResult:
+    """Send each (path, cookie) job once from ``clients`` threads; bounded by the job list.
+
+    ``answered``, if given, is called with how many jobs have ended so far each time
+    one ends (from the client's thread), so a test can act in the middle of the load.
+    """
     result = LoadResult()
+    ended = itertools.count(1)
 
     def one(job: tuple[str, str | None]) -> tuple[int, float]:
         start = time.monotonic()
         try:
             status, _, _ = request(port, *job)
         except OSError:
-            return -1, time.monotonic() - start
+            status = -1
+        if answered is not None:
+            answered(next(ended))  # itertools.count: one C call, safe across threads
         return status, time.monotonic() - start
 
     with ThreadPoolExecutor(clients) as pool:

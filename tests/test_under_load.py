@@ -171,9 +171,17 @@ def faulty_run(
     jobs: list[tuple[str, str | None]] = [
         (f"/write/{m}-{i}", cookies[m]) for i in range(30) for m in markers
     ]
+    # The fault comes once a sixth of the writes have been answered, with the rest
+    # still to send and some in flight, however fast this machine serves them (after a
+    # fixed half second, a fast run had sent all 600 before it).
+    under_way = threading.Event()
+
+    def answered(count: int) -> None:
+        if count == len(jobs) // 6:
+            under_way.set()
 
     def inject() -> None:
-        time.sleep(0.5)
+        assert under_way.wait(60), "the load never got under way"
         if fault == "kill":
             server.kill()
             time.sleep(1.5)
@@ -185,7 +193,7 @@ def faulty_run(
 
     injector = threading.Thread(target=inject)
     injector.start()
-    result = load(app.port, jobs)
+    result = load(app.port, jobs, answered=answered)
     injector.join()
     report(
         capsys,
